@@ -1,0 +1,122 @@
+//! Clouds: where servers run.
+
+use chrono::{DateTime, Utc};
+use std::collections::BTreeSet;
+
+use crate::name::truncate;
+use crate::size::InstanceSize;
+use crate::{CloudId, FieldError, Invalid, Name};
+
+/// Which driver talks to the cloud.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DriverKind {
+    /// In-memory cloud for tests and trying the API; instances only exist in the control plane.
+    Fake,
+    /// Instances as Linux namespaces on this machine (the embedded default).
+    Local,
+    /// AWS or any EC2-compatible endpoint.
+    Ec2,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Region {
+    pub name: String,
+    #[serde(default)]
+    pub zones: Vec<String>,
+}
+
+/// A range of "public" addresses servers can hold as elastic IPs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddressPool {
+    pub name: Name,
+    #[schema(value_type = String, example = "198.51.100.0/28")]
+    pub cidr: ipnet::IpNet,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CloudSpec {
+    pub name: Name,
+    pub driver: DriverKind,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// API endpoint, for drivers that talk to one (`https://ec2.eu-west-1.amazonaws.com`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    pub regions: Vec<Region>,
+    pub sizes: Vec<InstanceSize>,
+    #[serde(default)]
+    pub address_pools: Vec<AddressPool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Cloud {
+    pub id: CloudId,
+    pub revision: u32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub spec: CloudSpec,
+}
+
+fn simple_name_ok(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+impl CloudSpec {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let mut errs = Invalid::default();
+        if self.regions.is_empty() {
+            errs.push(FieldError::new("regions", "a cloud needs at least one region"));
+        }
+        let mut seen = BTreeSet::new();
+        for (i, r) in self.regions.iter().enumerate() {
+            if !simple_name_ok(&r.name) {
+                errs.push(FieldError::new(format!("regions[{i}].name"), format!("{:?} is not a region name", truncate(&r.name))));
+            } else if !seen.insert(&r.name) {
+                errs.push(FieldError::new(format!("regions[{i}].name"), format!("region {} is listed twice", r.name)));
+            }
+            for (j, z) in r.zones.iter().enumerate() {
+                if !simple_name_ok(z) {
+                    errs.push(FieldError::new(format!("regions[{i}].zones[{j}]"), format!("{:?} is not a zone name", truncate(z))));
+                }
+            }
+        }
+        if self.sizes.is_empty() {
+            errs.push(FieldError::new("sizes", "a cloud needs at least one size"));
+        }
+        let mut seen = BTreeSet::new();
+        for (i, s) in self.sizes.iter().enumerate() {
+            errs.check(&format!("sizes[{i}]"), s.validate());
+            if !seen.insert(&s.name) {
+                errs.push(FieldError::new(format!("sizes[{i}].name"), format!("size {} is listed twice", truncate(&s.name))));
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for (i, p) in self.address_pools.iter().enumerate() {
+            if !seen.insert(&p.name) {
+                errs.push(FieldError::new(format!("address_pools[{i}].name"), format!("pool {} is listed twice", p.name)));
+            }
+            if p.cidr.prefix_len() < p.cidr.max_prefix_len().saturating_sub(16) {
+                errs.push(FieldError::new(format!("address_pools[{i}].cidr"), "a pool holds at most 65536 addresses"));
+            }
+            for (j, q) in self.address_pools.iter().enumerate().take(i) {
+                if p.cidr.contains(&q.cidr.network()) || q.cidr.contains(&p.cidr.network()) {
+                    errs.push(FieldError::new(format!("address_pools[{i}].cidr"), format!("overlaps address_pools[{j}] ({})", q.cidr)));
+                }
+            }
+        }
+        if let Some(e) = &self.endpoint {
+            if !(e.starts_with("http://") || e.starts_with("https://")) || e.len() > 2048 || e.chars().any(char::is_whitespace) {
+                errs.push(FieldError::new("endpoint", format!("{:?} is not an http(s) URL", truncate(e))));
+            }
+        }
+        if self.description.len() > 4096 {
+            errs.push(FieldError::new("description", "is longer than 4096 bytes"));
+        }
+        errs.into_result()
+    }
+}

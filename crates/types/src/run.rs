@@ -1,0 +1,117 @@
+//! Runs: one execution of one script on one server.
+
+use chrono::{DateTime, Utc};
+use std::collections::BTreeMap;
+
+use crate::{Name, RunId, ServerId};
+
+/// Output kept per run; older output is dropped from the front (the tail matters most).
+pub const RUN_OUTPUT_MAX: usize = 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Boot,
+    Operational,
+    Decommission,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    TimedOut,
+}
+
+impl RunStatus {
+    pub fn is_finished(self) -> bool {
+        !matches!(self, Self::Queued | Self::Running)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Run {
+    pub id: RunId,
+    pub server: ServerId,
+    pub server_name: Name,
+    pub deployment: Name,
+    pub script: Name,
+    pub script_revision: u32,
+    pub phase: Phase,
+    /// Inputs as given, by name. Credentials appear as `cred:NAME`, never as their value.
+    pub inputs: BTreeMap<String, String>,
+    pub status: RunStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Combined output, credentials masked; at most [`RUN_OUTPUT_MAX`] bytes (the tail).
+    #[serde(default)]
+    pub output: String,
+    #[serde(default)]
+    pub output_truncated: bool,
+    /// The user who asked, or `system` for boot and decommission runs.
+    pub requested_by: String,
+    pub created_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl Run {
+    /// Append output, keeping the tail within the limit (cut on a character boundary).
+    pub fn append_output(&mut self, chunk: &str) {
+        self.output.push_str(chunk);
+        if self.output.len() > RUN_OUTPUT_MAX {
+            let mut cut = self.output.len() - RUN_OUTPUT_MAX;
+            while !self.output.is_char_boundary(cut) {
+                cut += 1;
+            }
+            self.output.drain(..cut);
+            self.output_truncated = true;
+        }
+    }
+
+    /// The last `n` lines of output.
+    pub fn output_tail(&self, n: usize) -> String {
+        let lines: Vec<&str> = self.output.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_keeps_the_tail() {
+        let now = Utc::now();
+        let mut r = Run {
+            id: RunId::new(),
+            server: ServerId::new(),
+            server_name: Name::parse("s").unwrap(),
+            deployment: Name::parse("d").unwrap(),
+            script: Name::parse("x").unwrap(),
+            script_revision: 1,
+            phase: Phase::Boot,
+            inputs: BTreeMap::new(),
+            status: RunStatus::Running,
+            exit_code: None,
+            output: String::new(),
+            output_truncated: false,
+            requested_by: "system".into(),
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+        };
+        for i in 0..200_000 {
+            r.append_output(&format!("é line {i}\n"));
+        }
+        assert!(r.output.len() <= RUN_OUTPUT_MAX);
+        assert!(r.output_truncated);
+        assert_eq!(r.output_tail(1), "é line 199999");
+    }
+}

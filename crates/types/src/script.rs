@@ -1,0 +1,82 @@
+//! Scripts: the recipes that turn a stock image into a working server.
+
+use chrono::{DateTime, Utc};
+use crate::input::InputDecl;
+use crate::name::truncate;
+use crate::{FieldError, Invalid, Name, ScriptId};
+
+pub const SCRIPT_BODY_MAX: usize = 1024 * 1024;
+pub const INPUTS_MAX: usize = 128;
+
+/// When a script runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Frequency {
+    /// Once in an instance's life (again after a rebundle, since that is a new instance).
+    PerInstance,
+    /// On every boot, including reboots.
+    EveryBoot,
+    /// Only when somebody runs it.
+    OnDemand,
+}
+
+/// A script and what it declares.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Script {
+    pub id: ScriptId,
+    /// Counts up on every change.
+    pub revision: u32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub spec: ScriptSpec,
+}
+
+/// What a user gives to create or update a script.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptSpec {
+    pub name: Name,
+    #[serde(default)]
+    pub description: String,
+    pub body: String,
+    #[serde(default)]
+    pub inputs: Vec<InputDecl>,
+    #[serde(default = "on_demand")]
+    pub frequency: Frequency,
+}
+
+fn on_demand() -> Frequency {
+    Frequency::OnDemand
+}
+
+impl ScriptSpec {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let mut errs = Invalid::default();
+        if self.body.trim().is_empty() {
+            errs.push(FieldError::new("body", "is empty"));
+        }
+        if self.body.len() > SCRIPT_BODY_MAX {
+            errs.push(FieldError::new("body", format!("is {} bytes; the limit is {SCRIPT_BODY_MAX}", self.body.len())));
+        }
+        if self.body.contains('\0') {
+            errs.push(FieldError::new("body", "contains a NUL byte"));
+        }
+        if self.description.len() > 4096 {
+            errs.push(FieldError::new("description", "is longer than 4096 bytes"));
+        }
+        if self.inputs.len() > INPUTS_MAX {
+            errs.push(FieldError::new("inputs", format!("{} inputs; the limit is {INPUTS_MAX}", self.inputs.len())));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, d) in self.inputs.iter().enumerate() {
+            if let Err(e) = d.validate() {
+                errs.absorb(&format!("inputs[{i}]"), e);
+            }
+            if !seen.insert(&d.name) {
+                errs.push(FieldError::new(format!("inputs[{i}].name"), format!("{} is declared twice", truncate(&d.name))));
+            }
+        }
+        errs.into_result()
+    }
+}

@@ -1,0 +1,327 @@
+//! Servers and server arrays, and the server lifecycle.
+//!
+//! ```text
+//!                 launch ok          agent: boot done
+//!   pending ───────────────▶ booting ───────────────▶ operational
+//!      │                       │  boot script failed /       │
+//!      │ launch failed         │  no agent before deadline   │ terminate
+//!      ▼                       ▼                             ▼
+//!   stranded ◀─────────────────┘                      decommissioning ──▶ terminated
+//!      │                                                     ▲
+//!      └──────────────────── terminate ──────────────────────┘
+//! ```
+//!
+//! `stranded` always carries a [`StrandedReason`]: the step that failed, its exit code and the
+//! tail of its output, so a user sees why without logging in. Any state may go straight to
+//! `terminated` when the instance disappears under us (terminated outside Stratus).
+
+use chrono::{DateTime, Utc};
+use std::net::IpAddr;
+
+use crate::input::Inputs;
+use crate::size::SizeRequest;
+use crate::tag::Tag;
+use crate::{ArrayId, FieldError, Invalid, Name, ServerId};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerState {
+    Pending,
+    Booting,
+    Operational,
+    Decommissioning,
+    Terminated,
+    Stranded,
+}
+
+impl ServerState {
+    pub const ALL: [ServerState; 6] = [
+        Self::Pending,
+        Self::Booting,
+        Self::Operational,
+        Self::Decommissioning,
+        Self::Terminated,
+        Self::Stranded,
+    ];
+
+    /// The lifecycle's edges (see the module docs).
+    pub fn can_move_to(self, to: ServerState) -> bool {
+        use ServerState::*;
+        matches!(
+            (self, to),
+            (Pending, Booting | Stranded | Decommissioning)
+                | (Booting, Operational | Stranded | Decommissioning)
+                | (Operational, Booting | Decommissioning)
+                | (Stranded, Decommissioning)
+                | (Pending | Booting | Operational | Stranded | Decommissioning, Terminated)
+        )
+    }
+
+    /// Still holds (or is getting) an instance.
+    pub fn is_live(self) -> bool {
+        !matches!(self, Self::Terminated)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Booting => "booting",
+            Self::Operational => "operational",
+            Self::Decommissioning => "decommissioning",
+            Self::Terminated => "terminated",
+            Self::Stranded => "stranded",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for ServerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a server is stranded.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct StrandedReason {
+    /// What failed: `launch`, `enrolment`, or `boot script NAME`.
+    pub step: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The last lines of the failing script's output (credentials masked).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub output_tail: String,
+}
+
+/// What a user gives to launch a server.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSpec {
+    /// Unique within the deployment; becomes the hostname.
+    pub name: Name,
+    pub deployment: Name,
+    pub template: Name,
+    /// Defaults to the deployment's cloud.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud: Option<Name>,
+    /// Defaults to the cloud's first region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Overrides the template's and image's size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<SizeRequest>,
+    /// Override deployment and template inputs for this server.
+    #[serde(default)]
+    pub inputs: Inputs,
+    /// Added to the template's default tags.
+    #[serde(default)]
+    pub tags: Vec<Tag>,
+}
+
+impl ServerSpec {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let mut errs = Invalid::default();
+        if let Some(s) = &self.size {
+            errs.check("", s.validate());
+        }
+        if self.tags.len() > crate::template::TAGS_MAX {
+            errs.push(FieldError::new("tags", "too many tags"));
+        }
+        if let Some(r) = &self.region {
+            if r.is_empty() || r.len() > 64 {
+                errs.push(FieldError::new("region", "must be 1-64 characters"));
+            }
+        }
+        errs.into_result()
+    }
+}
+
+/// A server: what was asked, what it resolved to, and where it stands.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Server {
+    pub id: ServerId,
+    pub revision: u32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub name: Name,
+    pub deployment: Name,
+    pub template: Name,
+    /// The template version and content hash it was launched from.
+    pub template_version: u32,
+    pub template_hash: String,
+    pub cloud: Name,
+    pub region: String,
+    /// The cloud's size name it resolved to.
+    pub size: String,
+    pub image: Name,
+    pub image_version: u32,
+    pub native_image: String,
+    pub login_user: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub array: Option<Name>,
+    pub inputs: Inputs,
+    pub tags: Vec<Tag>,
+    pub state: ServerState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stranded: Option<StrandedReason>,
+    /// The cloud's id of the instance, once launched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub private_ip: Option<IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub public_ip: Option<IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launched_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operational_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminated_at: Option<DateTime<Utc>>,
+}
+
+/// Why a state change was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("server {server} is {from}; it cannot become {to}")]
+pub struct BadTransition {
+    pub server: String,
+    pub from: ServerState,
+    pub to: ServerState,
+}
+
+impl Server {
+    /// Move along the lifecycle, stamping the times the model keeps.
+    pub fn move_to(&mut self, to: ServerState, now: DateTime<Utc>) -> Result<(), BadTransition> {
+        if !self.state.can_move_to(to) {
+            return Err(BadTransition { server: self.name.to_string(), from: self.state, to });
+        }
+        self.state = to;
+        match to {
+            ServerState::Booting if self.launched_at.is_none() => self.launched_at = Some(now),
+            ServerState::Operational => {
+                self.operational_at = Some(now);
+                self.stranded = None;
+            }
+            ServerState::Terminated => self.terminated_at = Some(now),
+            _ => {}
+        }
+        self.updated_at = now;
+        Ok(())
+    }
+
+    pub fn strand(&mut self, reason: StrandedReason, now: DateTime<Utc>) -> Result<(), BadTransition> {
+        self.move_to(ServerState::Stranded, now)?;
+        self.stranded = Some(reason);
+        Ok(())
+    }
+}
+
+/// What a user gives to create a server array.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ArraySpec {
+    pub name: Name,
+    pub deployment: Name,
+    pub template: Name,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud: Option<Name>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<SizeRequest>,
+    #[serde(default)]
+    pub min: u32,
+    pub max: u32,
+    pub desired: u32,
+    #[serde(default)]
+    pub inputs: Inputs,
+    #[serde(default)]
+    pub tags: Vec<Tag>,
+}
+
+pub const ARRAY_MAX: u32 = 1000;
+
+impl ArraySpec {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let mut errs = Invalid::default();
+        if self.max > ARRAY_MAX {
+            errs.push(FieldError::new("max", format!("{} is over the limit of {ARRAY_MAX}", self.max)));
+        }
+        if self.min > self.max {
+            errs.push(FieldError::new("min", format!("min ({}) is above max ({})", self.min, self.max)));
+        }
+        if self.desired < self.min || self.desired > self.max {
+            errs.push(FieldError::new("desired", format!("{} is outside min..max ({}..{})", self.desired, self.min, self.max)));
+        }
+        if let Some(s) = &self.size {
+            errs.check("", s.validate());
+        }
+        // Members are named `<array>-<n>`; leave room for the suffix.
+        if self.name.as_str().len() > 56 {
+            errs.push(FieldError::new("name", "an array name has at most 56 characters (members add a suffix)"));
+        }
+        errs.into_result()
+    }
+}
+
+/// The image version a new member of an array boots from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ImageRef {
+    pub image: Name,
+    pub version: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ServerArray {
+    pub id: ArrayId,
+    pub revision: u32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub spec: ArraySpec,
+    /// When set, new members launch from this image version instead of the template's image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_launch_image: Option<ImageRef>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use ServerState::*;
+
+    #[test]
+    fn lifecycle_edges() {
+        assert!(Pending.can_move_to(Booting));
+        assert!(Booting.can_move_to(Operational));
+        assert!(Booting.can_move_to(Stranded));
+        assert!(Operational.can_move_to(Decommissioning));
+        assert!(Decommissioning.can_move_to(Terminated));
+        assert!(!Terminated.can_move_to(Pending));
+        assert!(!Stranded.can_move_to(Operational), "a stranded server is replaced, not revived");
+        assert!(!Operational.can_move_to(Pending));
+    }
+
+    proptest! {
+        #[test]
+        fn terminated_is_final_and_reachable(i in 0usize..6, j in 0usize..6) {
+            let (a, b) = (ServerState::ALL[i], ServerState::ALL[j]);
+            prop_assert!(!Terminated.can_move_to(b));
+            if a != Terminated { prop_assert!(a.can_move_to(Terminated)); }
+            prop_assert!(!a.can_move_to(a), "no self-loops");
+        }
+    }
+
+    #[test]
+    fn array_bounds() {
+        let mut a: ArraySpec = toml::from_str("name = \"app\"\ndeployment = \"d\"\ntemplate = \"t\"\nmin = 1\nmax = 3\ndesired = 2").unwrap();
+        a.validate().unwrap();
+        a.desired = 4;
+        assert!(a.validate().unwrap_err().to_string().contains("desired: 4 is outside min..max (1..3)"));
+        a.min = 5;
+        assert!(a.validate().unwrap_err().to_string().contains("min (5) is above max (3)"));
+    }
+}

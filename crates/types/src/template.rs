@@ -1,0 +1,298 @@
+//! Server templates: image + ordered scripts + tags + firewall rules, versioned by content.
+//!
+//! A template's *content hash* covers everything that decides what a booted server holds: the
+//! template's own fields and the body, inputs and frequency of every script it names. Changing
+//! a script therefore changes the hash of every template that uses it, which is what marks a
+//! cached (rebundled) image as stale.
+
+use chrono::{DateTime, Utc};
+use std::collections::BTreeSet;
+use std::fmt;
+use std::str::FromStr;
+
+use sha2::{Digest, Sha256};
+
+use crate::input::Inputs;
+use crate::script::Script;
+use crate::size::SizeRequest;
+use crate::tag::Tag;
+use crate::{FieldError, Invalid, Name, TemplateId};
+
+pub const SCRIPTS_PER_PHASE_MAX: usize = 64;
+pub const TAGS_MAX: usize = 64;
+pub const FIREWALL_RULES_MAX: usize = 128;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+/// A port or an inclusive range: `80`, `8000-8100`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(into = "String")]
+pub struct Ports {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl<'de> serde::Deserialize<'de> for Ports {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Ports;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a port number or a range such as \"8000-8100\"")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Ports, E> {
+                Ports::parse(&v.to_string()).map_err(E::custom)
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Ports, E> {
+                Ports::parse(&v.to_string()).map_err(E::custom)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Ports, E> {
+                Ports::parse(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Ports {
+    pub fn parse(s: &str) -> Result<Self, FieldError> {
+        let bad = || FieldError::new("", format!("{:?} is not a port (1-65535) or range like 8000-8100", crate::name::truncate(s)));
+        let port = |p: &str| p.trim().parse::<u16>().ok().filter(|&n| n > 0).ok_or_else(bad);
+        let (first, last) = match s.split_once('-') {
+            Some((a, b)) => (port(a)?, port(b)?),
+            None => (port(s)?, port(s)?),
+        };
+        if first > last {
+            return Err(bad());
+        }
+        Ok(Self { first, last })
+    }
+}
+
+impl fmt::Display for Ports {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.first == self.last { write!(f, "{}", self.first) } else { write!(f, "{}-{}", self.first, self.last) }
+    }
+}
+
+impl FromStr for Ports {
+    type Err = FieldError;
+    fn from_str(s: &str) -> Result<Self, FieldError> {
+        Self::parse(s)
+    }
+}
+
+impl From<Ports> for String {
+    fn from(p: Ports) -> String {
+        p.to_string()
+    }
+}
+
+crate::string_schema!(Ports, "Ports", "A port or an inclusive port range.", "8000-8100");
+
+/// Allow inbound traffic. Everything not allowed is dropped.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FirewallRule {
+    pub protocol: Protocol,
+    /// Required for tcp and udp; not allowed for icmp.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<Ports>,
+    #[serde(default = "anywhere")]
+    #[schema(value_type = String, example = "10.0.0.0/8")]
+    pub source: ipnet::IpNet,
+}
+
+fn anywhere() -> ipnet::IpNet {
+    ipnet::IpNet::V4(ipnet::Ipv4Net::default())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateSpec {
+    pub name: Name,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// The multi-cloud image (by name).
+    pub image: Name,
+    /// Overrides the image's default size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<SizeRequest>,
+    /// Run in order at boot, each according to its frequency.
+    #[serde(default)]
+    pub boot_scripts: Vec<Name>,
+    /// Offered for `stratus run` on servers of this template.
+    #[serde(default)]
+    pub operational_scripts: Vec<Name>,
+    /// Run in order before the instance is destroyed.
+    #[serde(default)]
+    pub decommission_scripts: Vec<Name>,
+    /// Every server of the template starts with these.
+    #[serde(default)]
+    pub default_tags: Vec<Tag>,
+    #[serde(default)]
+    pub firewall: Vec<FirewallRule>,
+    /// Input values for the scripts; deployment and server inputs override them.
+    #[serde(default)]
+    pub inputs: Inputs,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ServerTemplate {
+    pub id: TemplateId,
+    /// Counts up whenever the content hash changes.
+    pub version: u32,
+    /// SHA-256 (hex) of the template and the scripts it names.
+    pub content_hash: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub spec: TemplateSpec,
+}
+
+impl TemplateSpec {
+    /// Check the template's own fields. References (image, scripts) are checked by the app
+    /// layer, which knows what exists.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let mut errs = Invalid::default();
+        for (field, list) in self.phases() {
+            if list.len() > SCRIPTS_PER_PHASE_MAX {
+                errs.push(FieldError::new(field, format!("{} scripts; the limit is {SCRIPTS_PER_PHASE_MAX}", list.len())));
+            }
+        }
+        if let Some(s) = &self.size {
+            errs.check("", s.validate());
+        }
+        if self.default_tags.len() > TAGS_MAX {
+            errs.push(FieldError::new("default_tags", format!("{} tags; the limit is {TAGS_MAX}", self.default_tags.len())));
+        }
+        let mut seen = BTreeSet::new();
+        for (i, t) in self.default_tags.iter().enumerate() {
+            if !seen.insert(t) {
+                errs.push(FieldError::new(format!("default_tags[{i}]"), format!("{t} is listed twice")));
+            }
+        }
+        if self.firewall.len() > FIREWALL_RULES_MAX {
+            errs.push(FieldError::new("firewall", format!("{} rules; the limit is {FIREWALL_RULES_MAX}", self.firewall.len())));
+        }
+        for (i, r) in self.firewall.iter().enumerate() {
+            match (r.protocol, r.ports) {
+                (Protocol::Icmp, Some(_)) => errs.push(FieldError::new(format!("firewall[{i}].ports"), "icmp has no ports")),
+                (Protocol::Tcp | Protocol::Udp, None) => {
+                    errs.push(FieldError::new(format!("firewall[{i}].ports"), "tcp and udp rules need ports"))
+                }
+                _ => {}
+            }
+        }
+        if self.description.len() > 4096 {
+            errs.push(FieldError::new("description", "is longer than 4096 bytes"));
+        }
+        errs.into_result()
+    }
+
+    /// The three script lists with their field names.
+    pub fn phases(&self) -> [(&'static str, &[Name]); 3] {
+        [
+            ("boot_scripts", &self.boot_scripts),
+            ("operational_scripts", &self.operational_scripts),
+            ("decommission_scripts", &self.decommission_scripts),
+        ]
+    }
+
+    /// The content hash over this spec and the scripts it names (looked up by `script`).
+    /// Scripts not found contribute their name only; callers validate references first.
+    pub fn content_hash<'a>(&self, script: impl Fn(&Name) -> Option<&'a Script>) -> String {
+        let mut h = Sha256::new();
+        h.update(b"stratus-template-v1\0");
+        // The spec's JSON is deterministic: struct fields in order, maps sorted (BTreeMap).
+        h.update(serde_json::to_vec(self).unwrap_or_default());
+        for (_, list) in self.phases() {
+            for name in list {
+                h.update(b"\0script\0");
+                h.update(name.as_str());
+                if let Some(s) = script(name) {
+                    h.update(serde_json::to_vec(&(&s.spec.body, &s.spec.inputs, s.spec.frequency)).unwrap_or_default());
+                }
+            }
+        }
+        hex::encode(h.finalize())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::script::{Frequency, ScriptSpec};
+
+    fn spec() -> TemplateSpec {
+        toml::from_str(
+            r#"
+            name = "web"
+            image = "debian"
+            boot_scripts = ["install"]
+            default_tags = ["lb:pool=www"]
+            firewall = [{ protocol = "tcp", ports = 80 }, { protocol = "tcp", ports = "8000-8100", source = "10.0.0.0/8" }]
+            "#,
+        )
+        .unwrap()
+    }
+
+    fn script(body: &str) -> Script {
+        let now = Utc::now();
+        Script {
+            id: crate::ScriptId::new(),
+            revision: 1,
+            created_at: now,
+            updated_at: now,
+            spec: ScriptSpec { name: Name::parse("install").unwrap(), description: String::new(), body: body.into(), inputs: vec![], frequency: Frequency::PerInstance },
+        }
+    }
+
+    #[test]
+    fn parses_and_validates() {
+        let s = spec();
+        s.validate().unwrap();
+        assert_eq!(s.firewall[1].ports, Some(Ports { first: 8000, last: 8100 }));
+    }
+
+    #[test]
+    fn rejects_bad_rules() {
+        let mut s = spec();
+        s.firewall.push(FirewallRule { protocol: Protocol::Icmp, ports: Some(Ports { first: 1, last: 1 }), source: anywhere() });
+        s.firewall.push(FirewallRule { protocol: Protocol::Udp, ports: None, source: anywhere() });
+        s.default_tags.push(Tag::parse("lb:pool=www").unwrap());
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("firewall[2].ports: icmp has no ports"), "{err}");
+        assert!(err.contains("firewall[3].ports"), "{err}");
+        assert!(err.contains("default_tags[1]"), "{err}");
+        for bad in ["0", "70000", "90-80", "x", "1-", ""] {
+            assert!(Ports::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = toml::from_str::<TemplateSpec>("name = \"a\"\nimage = \"b\"\nboot_script = [\"x\"]").unwrap_err();
+        assert!(err.to_string().contains("unknown field `boot_script`"), "{err}");
+    }
+
+    #[test]
+    fn hash_follows_script_content() {
+        let s = spec();
+        let a = script("echo one");
+        let b = script("echo two");
+        let h1 = s.content_hash(|_| Some(&a));
+        assert_eq!(h1, s.content_hash(|_| Some(&a)), "deterministic");
+        assert_ne!(h1, s.content_hash(|_| Some(&b)), "a script change changes the hash");
+        let mut s2 = s.clone();
+        s2.default_tags.clear();
+        assert_ne!(h1, s2.content_hash(|_| Some(&a)));
+        assert_eq!(h1.len(), 64);
+    }
+}
