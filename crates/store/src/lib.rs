@@ -1,1 +1,69 @@
-//! placeholder
+//! Stratus state: the [`Datastore`] contract and its SQLite implementation.
+//!
+//! The app layer sees typed resources; backends see [`Record`]s: the columns a backend indexes
+//! and queries (kind, id, scope, name, state, liveness, revision, tags) plus the whole value as
+//! JSON. This keeps a backend small (a PostgreSQL one is the same handful of statements in
+//! another dialect) while the app layer never writes SQL.
+//!
+//! Writes go through [`Datastore::commit`]: a batch of [`Change`]s applied in one transaction,
+//! all or nothing. Every `Put` states the revision it expects to replace (optimistic
+//! concurrency), so two writers racing on one resource cannot silently lose an update, and an
+//! audit entry is written in the same transaction as the change it records.
+
+mod record;
+mod sqlite;
+mod typed;
+
+pub use record::{AuditQuery, Change, Kind, Page, Query, Record, Sealed};
+pub use sqlite::SqliteStore;
+pub use typed::{Resource, TemplateVersion, TypedStore};
+
+#[cfg(any(test, feature = "contract"))]
+pub mod contract;
+
+use async_trait::async_trait;
+use stratus_types::audit::AuditEntry;
+
+/// What can go wrong in the store. Conflicts and staleness are the caller's to handle; the rest
+/// are the backend failing.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{kind} {name:?} already exists")]
+    Conflict { kind: Kind, name: String },
+    #[error("{kind} {id} was changed by someone else (expected revision {expected:?}); reload and retry")]
+    Stale { kind: Kind, id: String, expected: Option<u32> },
+    #[error("{kind} {id} does not exist")]
+    Missing { kind: Kind, id: String },
+    #[error("stored {kind} {id} cannot be read")]
+    Corrupt {
+        kind: Kind,
+        id: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("database error")]
+    Db(#[source] sqlx::Error),
+    #[error("database migration failed")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+}
+
+/// The contract every backend keeps. `tests/contract.rs` holds the suite each one must pass.
+#[async_trait]
+pub trait Datastore: Send + Sync + std::fmt::Debug {
+    /// One resource by id, live or not.
+    async fn get(&self, kind: Kind, id: &str) -> Result<Option<Record>, StoreError>;
+    /// The live resource of this kind with this name in this scope.
+    async fn find(&self, kind: Kind, scope: &str, name: &str) -> Result<Option<Record>, StoreError>;
+    /// A page of resources in id (creation) order.
+    async fn list(&self, kind: Kind, query: &Query) -> Result<Page, StoreError>;
+    /// Apply every change or none.
+    async fn commit(&self, changes: Vec<Change>) -> Result<(), StoreError>;
+    /// An encrypted credential value.
+    async fn sealed(&self, id: &str) -> Result<Option<Sealed>, StoreError>;
+    /// Audit entries, newest first.
+    async fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError>;
+    /// A control-plane setting (small values such as the instance id).
+    async fn setting(&self, key: &str) -> Result<Option<String>, StoreError>;
+    /// Set a setting only if it has none yet; returns the value now stored.
+    async fn init_setting(&self, key: &str, value: &str) -> Result<String, StoreError>;
+}

@@ -41,6 +41,9 @@ pub struct Run {
     pub deployment: Name,
     pub script: Name,
     pub script_revision: u32,
+    /// Counts up on every stored change of the run.
+    #[serde(default)]
+    pub revision: u32,
     pub phase: Phase,
     /// Inputs as given, by name. Credentials appear as `cred:NAME`, never as their value.
     pub inputs: BTreeMap<String, String>,
@@ -96,6 +99,7 @@ mod tests {
             deployment: Name::parse("d").unwrap(),
             script: Name::parse("x").unwrap(),
             script_revision: 1,
+            revision: 1,
             phase: Phase::Boot,
             inputs: BTreeMap::new(),
             status: RunStatus::Running,
