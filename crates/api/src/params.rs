@@ -1,0 +1,121 @@
+//! Request parameters (query strings and bodies) beyond the domain specs.
+
+use stratus_types::Name;
+use stratus_types::input::Inputs;
+use stratus_types::tag::Tag;
+
+use crate::file::DeploymentFile;
+
+/// Paging for every list: `limit` (1-1000, default 100) and `after` (the previous page's `next`).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    pub limit: Option<u32>,
+    pub after: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ServerListParams {
+    pub limit: Option<u32>,
+    pub after: Option<String>,
+    pub deployment: Option<String>,
+    /// `pending`, `booting`, `operational`, `decommissioning`, `terminated`, `stranded`.
+    pub state: Option<String>,
+    /// A tag selector such as `lb:pool=www,!maint:drain`.
+    pub tag: Option<String>,
+    /// Include terminated servers (default: only live ones).
+    pub all: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct RunListParams {
+    pub limit: Option<u32>,
+    pub after: Option<String>,
+    /// Runs of one server (id or `deployment/name`).
+    pub server: Option<String>,
+    pub status: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AuditParams {
+    pub limit: Option<u32>,
+    /// Entries older than this id.
+    pub before: Option<String>,
+    pub actor: Option<String>,
+    /// Prefix of the action, e.g. `server.`.
+    pub action: Option<String>,
+    /// Prefix of the target, e.g. `server/web-1`.
+    pub target: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ResolveSizeParams {
+    /// A size name, or constraints as `cpus=2,memory=4GiB`.
+    pub size: String,
+}
+
+/// Add and remove tags in one step.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TagChange {
+    #[serde(default)]
+    pub add: Vec<Tag>,
+    #[serde(default)]
+    pub remove: Vec<Tag>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleRequest {
+    pub desired: u32,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddKeyRequest {
+    /// One `authorized_keys` line (`ssh-ed25519 AAAA… comment`).
+    pub public_key: String,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTokenRequest {
+    /// Whose token (admins may create tokens for anyone; others only for themselves).
+    pub user: Name,
+    #[serde(default)]
+    pub description: String,
+    /// Lifetime in hours; none means it lasts until revoked.
+    #[serde(default)]
+    pub ttl_hours: Option<u32>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyRequest {
+    pub document: DeploymentFile,
+    /// Only compute the plan.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AssociateRequest {
+    /// Server id, or `deployment/name`.
+    pub server: String,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateInputs {
+    pub inputs: Inputs,
+}
