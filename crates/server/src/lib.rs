@@ -1,1 +1,126 @@
-//! placeholder
+//! The Stratus control plane: HTTP API → app layer → store, with the orchestrator running
+//! beside it. [`start`] brings it all up on a data directory and returns a handle; `stratus
+//! serve` and the tests both use it.
+//!
+//! The data directory holds `stratus.db` (SQLite state), `master.key` (encrypts credentials)
+//! and, after the first start, `admin.token` (the first admin's API token, mode 0600).
+
+pub mod app;
+pub mod crypto;
+pub mod drivers;
+pub mod http;
+pub mod reconcile;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use stratus_store::SqliteStore;
+use tokio::task::JoinHandle;
+use tracing::info;
+
+use crate::app::{App, AppSettings};
+use crate::crypto::KeyRing;
+use crate::drivers::Drivers;
+
+/// How to run the control plane.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// The URL instances use to reach the control plane; defaults to `http://<listen>`.
+    pub public_url: Option<String>,
+    pub boot_deadline: Duration,
+    pub reconcile_interval: Duration,
+}
+
+impl Config {
+    pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            listen,
+            public_url: None,
+            boot_deadline: Duration::from_secs(120),
+            reconcile_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A running control plane.
+#[derive(Debug)]
+pub struct Running {
+    /// Base URL of the API server (`http://127.0.0.1:7400`).
+    pub url: String,
+    pub addr: SocketAddr,
+    pub app: Arc<App>,
+    /// Where the first admin's token was written (exists after the first start).
+    pub admin_token_file: PathBuf,
+    /// Set only on the start that created the admin.
+    pub created_admin: bool,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stop serving and reconciling (state stays on disk).
+    pub fn stop(self) {
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+
+    /// Wait until the server task ends (it does not, unless it fails).
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        if let Some(t) = self.tasks.pop() {
+            t.await.context("the API server task failed")?;
+        }
+        Ok(())
+    }
+}
+
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    f.write_all(contents.as_bytes())?;
+    f.write_all(b"\n")
+}
+
+/// Open state, create the first admin if needed, bind, and start serving and reconciling.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+    let keys = KeyRing::load_or_create(&config.data_dir.join("master.key"))?;
+    let db = config.data_dir.join("stratus.db");
+    let store = SqliteStore::open(&db).await.with_context(|| format!("cannot open the database {}", db.display()))?;
+    let store: Arc<dyn stratus_store::Datastore> = Arc::new(store);
+    let token_file = config.data_dir.join(ADMIN_TOKEN_FILE);
+    let created_admin = match app::users::bootstrap_admin(&*store).await.context("cannot create the first admin")? {
+        Some(token) => {
+            write_private(&token_file, &token).with_context(|| format!("cannot write {}", token_file.display()))?;
+            info!(path = %token_file.display(), "first start: created user admin; its API token is in this file");
+            true
+        }
+        None => false,
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let url = format!("http://{addr}");
+    let settings = AppSettings {
+        public_url: config.public_url.clone().unwrap_or_else(|| url.clone()),
+        boot_deadline: config.boot_deadline,
+        reconcile_interval: config.reconcile_interval,
+    };
+    let app = Arc::new(App { store, keys, drivers: Drivers::default(), poke: Default::default(), settings });
+    let reconciler = tokio::spawn(reconcile::run(app.clone()));
+    let router = http::router(app.clone());
+    let server = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "API server stopped");
+        }
+    });
+    info!(%url, data_dir = %config.data_dir.display(), "control plane ready");
+    Ok(Running { url, addr, app, admin_token_file: token_file, created_admin, tasks: vec![reconciler, server] })
+}

@@ -1,0 +1,493 @@
+//! Planning and applying desired state: deployment files and single-resource upserts.
+//!
+//! `plan` compares a [`DeploymentFile`] with what exists and produces, per entry, `create`,
+//! `update` or `unchanged`, plus the store changes that would make it so. Every reference is
+//! checked against the catalog *as it would be after the apply* (a template may name a script
+//! created by the same file). Any error aborts the whole plan: nothing is written unless all
+//! of it is valid, and then it is written in one transaction with one audit entry.
+//!
+//! Servers are not changed in place: tags and inputs of an existing server are updated, but a
+//! different template, cloud or size is reported as a note (replace the server to change it).
+//! Servers that exist but are not in the file are left alone.
+
+use chrono::{DateTime, Utc};
+use stratus_api::file::{DeploymentFile, FileArray, FileServer};
+use stratus_api::views::{Plan, PlanAction, PlannedChange};
+use stratus_store::{Change, Datastore, Query, TemplateVersion, TypedStore};
+use stratus_types::cloud::{Cloud, CloudSpec};
+use stratus_types::deployment::{Deployment, DeploymentSpec};
+use stratus_types::image::{Image, ImageSpec, ImageVersion};
+use stratus_types::input::{InputDecl, InputValue, Inputs};
+use stratus_types::script::{Script, ScriptSpec};
+use stratus_types::server::{ArraySpec, Server, ServerArray, ServerSpec};
+use stratus_types::template::{ServerTemplate, TemplateSpec};
+use stratus_types::{ArrayId, CloudId, DeploymentId, FieldError, ImageId, Invalid, Name, ScriptId, TemplateId};
+
+use super::resolve::Catalog;
+use super::servers::build_server;
+use super::{Actor, App, AppError, OPERATOR, audit};
+
+/// Create-only refuses to touch an existing resource (POST); upsert creates or updates (PUT, apply).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    CreateOnly,
+    Upsert,
+}
+
+struct Planner {
+    now: DateTime<Utc>,
+    mode: Mode,
+    catalog: Catalog,
+    changes: Vec<Change>,
+    plan: Vec<PlannedChange>,
+    errs: Invalid,
+}
+
+impl Planner {
+    fn record(&mut self, kind: &str, name: &Name, action: PlanAction, notes: Vec<String>) {
+        self.plan.push(PlannedChange { kind: kind.into(), name: name.to_string(), action, notes });
+    }
+
+    /// Shared create/update decision: `Err` when create-only meets an existing resource.
+    fn exists_check(&mut self, kind: &str, name: &Name, exists: bool) -> bool {
+        if exists && self.mode == Mode::CreateOnly {
+            self.errs.push(FieldError::new("name", format!("{kind} {name} already exists; use PUT to update it")));
+            return false;
+        }
+        true
+    }
+
+    fn cloud(&mut self, spec: &CloudSpec) {
+        let existing = self.catalog.clouds.get(&spec.name).cloned();
+        if !self.exists_check("cloud", &spec.name, existing.is_some()) {
+            return;
+        }
+        match existing {
+            Some(c) if &c.spec == spec => self.record("cloud", &spec.name, PlanAction::Unchanged, vec![]),
+            Some(mut c) => {
+                let mut notes = vec![];
+                if c.spec.driver != spec.driver {
+                    notes.push(format!("driver {:?} -> {:?}", c.spec.driver, spec.driver));
+                }
+                c.spec = spec.clone();
+                self.changes.push(Change::update(&mut c, self.now));
+                self.catalog.clouds.insert(spec.name.clone(), c);
+                self.record("cloud", &spec.name, PlanAction::Update, notes);
+            }
+            None => {
+                let c = Cloud { id: CloudId::new(), revision: 1, created_at: self.now, updated_at: self.now, spec: spec.clone() };
+                self.changes.push(Change::insert(&c));
+                self.catalog.clouds.insert(spec.name.clone(), c);
+                self.record("cloud", &spec.name, PlanAction::Create, vec![]);
+            }
+        }
+    }
+
+    fn image(&mut self, spec: &ImageSpec, at: &str) {
+        for cloud in spec.clouds.keys() {
+            if !self.catalog.clouds.contains_key(cloud) {
+                self.errs.push(FieldError::new(format!("{at}.clouds.{cloud}"), format!("no cloud named {cloud}")));
+            }
+        }
+        let existing = self.catalog.images.get(&spec.name).cloned();
+        if !self.exists_check("image", &spec.name, existing.is_some()) {
+            return;
+        }
+        match existing {
+            Some(i) if &i.spec == spec => self.record("image", &spec.name, PlanAction::Unchanged, vec![]),
+            Some(mut i) => {
+                let mut notes = vec![];
+                if i.spec.clouds != spec.clouds {
+                    let v = i.current_version() + 1;
+                    i.versions.push(ImageVersion { version: v, clouds: spec.clouds.clone(), provenance: None, created_at: self.now });
+                    notes.push(format!("new version {v}"));
+                }
+                i.spec = spec.clone();
+                self.changes.push(Change::update(&mut i, self.now));
+                self.catalog.images.insert(spec.name.clone(), i);
+                self.record("image", &spec.name, PlanAction::Update, notes);
+            }
+            None => {
+                let i = Image {
+                    id: ImageId::new(),
+                    revision: 1,
+                    created_at: self.now,
+                    updated_at: self.now,
+                    spec: spec.clone(),
+                    versions: vec![ImageVersion { version: 1, clouds: spec.clouds.clone(), provenance: None, created_at: self.now }],
+                };
+                self.changes.push(Change::insert(&i));
+                self.catalog.images.insert(spec.name.clone(), i);
+                self.record("image", &spec.name, PlanAction::Create, vec![]);
+            }
+        }
+    }
+
+    fn script(&mut self, spec: &ScriptSpec) {
+        let existing = self.catalog.scripts.get(&spec.name).cloned();
+        if !self.exists_check("script", &spec.name, existing.is_some()) {
+            return;
+        }
+        match existing {
+            Some(s) if &s.spec == spec => self.record("script", &spec.name, PlanAction::Unchanged, vec![]),
+            Some(mut s) => {
+                s.spec = spec.clone();
+                self.changes.push(Change::update(&mut s, self.now));
+                self.catalog.scripts.insert(spec.name.clone(), s);
+                self.record("script", &spec.name, PlanAction::Update, vec![]);
+            }
+            None => {
+                let s = Script { id: ScriptId::new(), revision: 1, created_at: self.now, updated_at: self.now, spec: spec.clone() };
+                self.changes.push(Change::insert(&s));
+                self.catalog.scripts.insert(spec.name.clone(), s);
+                self.record("script", &spec.name, PlanAction::Create, vec![]);
+            }
+        }
+    }
+
+    /// Every input the template's scripts declare.
+    fn declared(&self, spec: &TemplateSpec) -> Vec<InputDecl> {
+        spec.phases()
+            .iter()
+            .flat_map(|(_, list)| list.iter())
+            .filter_map(|n| self.catalog.scripts.get(n))
+            .flat_map(|s| s.spec.inputs.iter().cloned())
+            .collect()
+    }
+
+    fn check_template_refs(&mut self, spec: &TemplateSpec, at: &str) {
+        if !self.catalog.images.contains_key(&spec.image) {
+            self.errs.push(FieldError::new(format!("{at}.image"), format!("no image named {}", spec.image)));
+        }
+        for (field, list) in spec.phases() {
+            for (i, n) in list.iter().enumerate() {
+                if !self.catalog.scripts.contains_key(n) {
+                    self.errs.push(FieldError::new(format!("{at}.{field}[{i}]"), format!("no script named {n}")));
+                }
+            }
+        }
+        let declared = self.declared(spec);
+        let decls: Vec<InputDecl> = declared.into_iter().collect();
+        if let Err(e) = stratus_types::input::check_inputs(&decls, &spec.inputs) {
+            self.errs.absorb(at, e);
+        }
+        self.check_creds(&spec.inputs, &format!("{at}.inputs"));
+    }
+
+    fn check_creds(&mut self, inputs: &Inputs, at: &str) {
+        for (k, v) in inputs {
+            if let InputValue::Cred(c) = v {
+                if !self.catalog.credentials.contains(c) {
+                    self.errs.push(FieldError::new(format!("{at}.{k}"), format!("no credential named {c}; create it with `stratus credential create {c}`")));
+                }
+            }
+        }
+    }
+
+    fn template(&mut self, spec: &TemplateSpec, at: &str, touched: &[Name]) {
+        self.check_template_refs(spec, at);
+        let hash = spec.content_hash(|n| self.catalog.scripts.get(n));
+        let existing = self.catalog.templates.get(&spec.name).cloned();
+        if !self.exists_check("template", &spec.name, existing.is_some()) {
+            return;
+        }
+        match existing {
+            Some(t) if &t.spec == spec && t.content_hash == hash => {
+                self.record("template", &spec.name, PlanAction::Unchanged, vec![]);
+            }
+            Some(mut t) => {
+                let mut notes: Vec<String> = spec
+                    .phases()
+                    .iter()
+                    .flat_map(|(_, l)| l.iter())
+                    .filter(|n| touched.contains(n))
+                    .map(|n| format!("script {n} changed"))
+                    .collect();
+                notes.dedup();
+                t.spec = spec.clone();
+                t.content_hash = hash;
+                self.changes.push(Change::update(&mut t, self.now));
+                notes.push(format!("new version {}", t.version));
+                self.changes.push(Change::insert(&TemplateVersion(t.clone())));
+                self.catalog.templates.insert(spec.name.clone(), t);
+                self.record("template", &spec.name, PlanAction::Update, notes);
+            }
+            None => {
+                let t = ServerTemplate {
+                    id: TemplateId::new(),
+                    version: 1,
+                    content_hash: hash,
+                    created_at: self.now,
+                    updated_at: self.now,
+                    spec: spec.clone(),
+                };
+                self.changes.push(Change::insert(&t));
+                self.changes.push(Change::insert(&TemplateVersion(t.clone())));
+                self.catalog.templates.insert(spec.name.clone(), t);
+                self.record("template", &spec.name, PlanAction::Create, vec![]);
+            }
+        }
+    }
+
+    fn deployment(&mut self, spec: &DeploymentSpec, existing: Option<Deployment>) -> Deployment {
+        if let Some(c) = &spec.cloud {
+            if !self.catalog.clouds.contains_key(c) {
+                self.errs.push(FieldError::new("deployment.cloud", format!("no cloud named {c}")));
+            }
+        }
+        self.check_creds(&spec.inputs, "deployment.inputs");
+        let exists = existing.is_some();
+        self.exists_check("deployment", &spec.name, exists);
+        match existing {
+            Some(d) if &d.spec == spec => {
+                self.record("deployment", &spec.name, PlanAction::Unchanged, vec![]);
+                d
+            }
+            Some(mut d) => {
+                d.spec = spec.clone();
+                self.changes.push(Change::update(&mut d, self.now));
+                self.record("deployment", &spec.name, PlanAction::Update, vec![]);
+                d
+            }
+            None => {
+                let d = Deployment { id: DeploymentId::new(), revision: 1, created_at: self.now, updated_at: self.now, spec: spec.clone() };
+                self.changes.push(Change::insert(&d));
+                self.record("deployment", &spec.name, PlanAction::Create, vec![]);
+                d
+            }
+        }
+    }
+
+    fn server(&mut self, f: &FileServer, at: &str, dep: &Deployment, existing: Option<Server>) {
+        let spec = ServerSpec {
+            name: f.name.clone(),
+            deployment: dep.spec.name.clone(),
+            template: f.template.clone(),
+            cloud: f.cloud.clone(),
+            region: f.region.clone(),
+            size: f.size.clone(),
+            inputs: f.inputs.clone(),
+            tags: f.tags.clone(),
+        };
+        let built = match build_server(&spec, dep, &self.catalog, None, self.now) {
+            Ok(s) => s,
+            Err(e) => {
+                self.errs.absorb(at, e);
+                return;
+            }
+        };
+        match existing {
+            None => {
+                self.changes.push(Change::insert(&built));
+                self.record("server", &f.name, PlanAction::Create, vec![]);
+            }
+            Some(mut s) => {
+                let mut notes = vec![];
+                for (what, differs) in [
+                    ("template", s.template != built.template),
+                    ("cloud", s.cloud != built.cloud),
+                    ("size", s.size != built.size),
+                    ("template version", s.template_hash != built.template_hash),
+                ] {
+                    if differs {
+                        notes.push(format!("{what} differs; replace the server to change it"));
+                    }
+                }
+                if s.tags != built.tags || s.inputs != built.inputs {
+                    s.tags = built.tags;
+                    s.inputs = built.inputs;
+                    self.changes.push(Change::update(&mut s, self.now));
+                    notes.insert(0, "tags/inputs updated".into());
+                    self.record("server", &f.name, PlanAction::Update, notes);
+                } else {
+                    self.record("server", &f.name, PlanAction::Unchanged, notes);
+                }
+            }
+        }
+    }
+
+    fn array(&mut self, f: &FileArray, at: &str, dep: &Deployment, existing: Option<ServerArray>) {
+        let spec = ArraySpec {
+            name: f.name.clone(),
+            deployment: dep.spec.name.clone(),
+            template: f.template.clone(),
+            cloud: f.cloud.clone(),
+            size: f.size.clone(),
+            min: f.min,
+            max: f.max,
+            desired: f.desired,
+            inputs: f.inputs.clone(),
+            tags: f.tags.clone(),
+        };
+        if let Err(e) = spec.validate() {
+            self.errs.absorb(at, e);
+            return;
+        }
+        // A member must be launchable: check with a probe member.
+        let probe = super::arrays::member_spec(&spec, 1);
+        if let Err(e) = build_server(&probe, dep, &self.catalog, None, self.now) {
+            self.errs.absorb(at, e);
+            return;
+        }
+        match existing {
+            Some(a) if a.spec == spec => self.record("array", &f.name, PlanAction::Unchanged, vec![]),
+            Some(mut a) => {
+                let notes = if a.spec.desired != spec.desired { vec![format!("desired {} -> {}", a.spec.desired, spec.desired)] } else { vec![] };
+                a.spec = spec;
+                self.changes.push(Change::update(&mut a, self.now));
+                self.record("array", &f.name, PlanAction::Update, notes);
+            }
+            None => {
+                let a = ServerArray { id: ArrayId::new(), revision: 1, created_at: self.now, updated_at: self.now, spec, next_launch_image: None };
+                self.changes.push(Change::insert(&a));
+                self.record("array", &f.name, PlanAction::Create, vec![]);
+            }
+        }
+    }
+}
+
+/// Plan `file` against the store, and unless `dry_run`, apply it atomically.
+pub async fn apply(app: &App, actor: &Actor, file: &DeploymentFile, mode: Mode, dry_run: bool) -> Result<Plan, AppError> {
+    actor.require(OPERATOR)?;
+    file.validate()?;
+    let store = &*app.store;
+    let mut p = Planner {
+        now: Utc::now(),
+        mode,
+        catalog: Catalog::load(store).await?,
+        changes: vec![],
+        plan: vec![],
+        errs: Invalid::default(),
+    };
+    for c in &file.clouds {
+        p.cloud(c);
+    }
+    for (i, c) in file.images.iter().enumerate() {
+        p.image(c, &format!("image[{i}]"));
+    }
+    let before_scripts = p.catalog.scripts.clone();
+    for s in &file.scripts {
+        p.script(s);
+    }
+    let touched: Vec<Name> = p
+        .catalog
+        .scripts
+        .iter()
+        .filter(|(n, s)| before_scripts.get(*n).is_none_or(|b| b.spec != s.spec))
+        .map(|(n, _)| n.clone())
+        .collect();
+    for (i, t) in file.templates.iter().enumerate() {
+        p.template(t, &format!("template[{i}]"), &touched);
+    }
+    rehash_dependents(&mut p, file, &touched);
+    if let Some(dspec) = &file.deployment {
+        let existing = store.find_as::<Deployment>("", dspec.name.as_str()).await?;
+        let dep = p.deployment(dspec, existing);
+        let dep_scope = dep.spec.name.to_string();
+        for (i, s) in file.servers.iter().enumerate() {
+            let existing = store.find_as::<Server>(&dep_scope, s.name.as_str()).await?;
+            p.server(s, &format!("server[{i}]"), &dep, existing);
+        }
+        for (i, a) in file.arrays.iter().enumerate() {
+            let existing = store.find_as::<ServerArray>(&dep_scope, a.name.as_str()).await?;
+            p.array(a, &format!("array[{i}]"), &dep, existing);
+        }
+    }
+    if !p.errs.is_empty() {
+        return Err(AppError::Invalid(p.errs));
+    }
+    let mut plan = Plan { changes: p.plan, applied: false };
+    let changed = plan.changes.iter().any(|c| c.action != PlanAction::Unchanged);
+    if !dry_run && changed {
+        let summary: Vec<String> =
+            plan.changes.iter().filter(|c| c.action != PlanAction::Unchanged).map(|c| format!("{:?} {} {}", c.action, c.kind, c.name)).collect();
+        let target = file.deployment.as_ref().map_or("catalog".to_string(), |d| format!("deployment/{}", d.name));
+        p.changes.push(audit(actor, "deployment.apply", target, summary));
+        app.commit(p.changes).await?;
+    }
+    plan.applied = !dry_run;
+    Ok(plan)
+}
+
+/// Templates not in the file whose scripts changed get a new version too.
+fn rehash_dependents(p: &mut Planner, file: &DeploymentFile, touched: &[Name]) {
+    if touched.is_empty() {
+        return;
+    }
+    let in_file: Vec<&Name> = file.templates.iter().map(|t| &t.name).collect();
+    let dependents: Vec<TemplateSpec> = p
+        .catalog
+        .templates
+        .values()
+        .filter(|t| !in_file.contains(&&t.spec.name))
+        .filter(|t| t.spec.phases().iter().any(|(_, l)| l.iter().any(|n| touched.contains(n))))
+        .map(|t| t.spec.clone())
+        .collect();
+    let saved = p.mode;
+    p.mode = Mode::Upsert;
+    for spec in dependents {
+        let at = format!("template {}", spec.name);
+        p.template(&spec, &at, touched);
+    }
+    p.mode = saved;
+}
+
+/// Load a deployment for a request that names it.
+pub async fn deployment(store: &dyn Datastore, name: &str) -> Result<Deployment, AppError> {
+    super::resolve::named::<Deployment>(store, name).await
+}
+
+/// Delete a catalog entry or deployment after checking nothing uses it.
+pub async fn delete(app: &App, actor: &Actor, kind: &'static str, name: &str) -> Result<(), AppError> {
+    actor.require(OPERATOR)?;
+    let store = &*app.store;
+    let cat = Catalog::load(store).await?;
+    let live_servers = store.list_all::<Server>(&Query { live_only: true, ..Default::default() }).await?;
+    let arrays = store.list_all::<ServerArray>(&Query::default()).await?;
+    let users = |list: Vec<String>, what: &str| -> Result<(), AppError> {
+        if list.is_empty() {
+            Ok(())
+        } else {
+            Err(AppError::Conflict(format!("{kind} {name} is used by {what} {}; change or remove those first", list.join(", "))))
+        }
+    };
+    let change = match kind {
+        "cloud" => {
+            let c = super::resolve::named::<Cloud>(store, name).await?;
+            users(live_servers.iter().filter(|s| s.cloud.as_str() == name).map(|s| format!("{}/{}", s.deployment, s.name)).collect(), "servers")?;
+            users(cat.images.values().filter(|i| i.spec.clouds.keys().any(|k| k.as_str() == name)).map(|i| i.spec.name.to_string()).collect(), "images")?;
+            Change::delete(&c)
+        }
+        "image" => {
+            let i = super::resolve::named::<Image>(store, name).await?;
+            users(cat.templates.values().filter(|t| t.spec.image.as_str() == name).map(|t| t.spec.name.to_string()).collect(), "templates")?;
+            Change::delete(&i)
+        }
+        "script" => {
+            let s = super::resolve::named::<Script>(store, name).await?;
+            users(
+                cat.templates
+                    .values()
+                    .filter(|t| t.spec.phases().iter().any(|(_, l)| l.iter().any(|n| n.as_str() == name)))
+                    .map(|t| t.spec.name.to_string())
+                    .collect(),
+                "templates",
+            )?;
+            Change::delete(&s)
+        }
+        "template" => {
+            let t = super::resolve::named::<ServerTemplate>(store, name).await?;
+            users(live_servers.iter().filter(|s| s.template.as_str() == name).map(|s| format!("{}/{}", s.deployment, s.name)).collect(), "servers")?;
+            users(arrays.iter().filter(|a| a.spec.template.as_str() == name).map(|a| a.spec.name.to_string()).collect(), "arrays")?;
+            Change::delete(&t)
+        }
+        "deployment" => {
+            let d = deployment(store, name).await?;
+            users(live_servers.iter().filter(|s| s.deployment.as_str() == name).map(|s| s.name.to_string()).collect(), "live servers")?;
+            users(arrays.iter().filter(|a| a.spec.deployment.as_str() == name).map(|a| a.spec.name.to_string()).collect(), "arrays")?;
+            Change::delete(&d)
+        }
+        _ => return Err(AppError::not_found("kind", kind)),
+    };
+    app.commit(vec![change, audit(actor, &format!("{kind}.delete"), format!("{kind}/{name}"), ())]).await
+}

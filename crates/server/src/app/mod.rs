@@ -1,0 +1,201 @@
+//! The app layer: every operation of the control plane, independent of HTTP.
+//!
+//! Handlers call these functions with an [`Actor`] (who asks) and typed parameters; the
+//! functions check permissions, validate against what exists, and write through the store in one
+//! atomic batch together with the audit entry. Nothing here knows about requests or status
+//! codes; [`AppError`] is mapped to HTTP in one place (`http::error`).
+//!
+//! One file per resource. `apply.rs` holds the planner that deployment files and the
+//! single-resource create/update endpoints share, so a template created through the API and one
+//! written in a file are checked by the same code.
+
+pub mod addresses;
+pub mod apply;
+pub mod arrays;
+pub mod audit;
+pub mod credentials;
+pub mod resolve;
+pub mod runs;
+pub mod servers;
+pub mod users;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde::Serialize;
+use stratus_cloud::CloudError;
+use stratus_store::{Change, Datastore, StoreError};
+use stratus_types::audit::AuditEntry;
+use stratus_types::user::User;
+use stratus_types::{AuditId, FieldError, Invalid};
+use tokio::sync::Notify;
+
+use crate::crypto::{CryptoError, KeyRing};
+use crate::drivers::Drivers;
+
+/// What the app layer needs to run.
+#[derive(Debug)]
+pub struct App {
+    pub store: Arc<dyn Datastore>,
+    pub keys: KeyRing,
+    pub drivers: Drivers,
+    /// Wakes the reconcilers after a change.
+    pub poke: Notify,
+    pub settings: AppSettings,
+}
+
+/// Behaviour knobs, from the server configuration.
+#[derive(Debug, Clone)]
+pub struct AppSettings {
+    /// The URL instances reach the control plane at (written into user-data).
+    pub public_url: String,
+    /// A booting server whose agent has not finished within this is stranded.
+    pub boot_deadline: Duration,
+    /// How often reconcilers run when nothing pokes them.
+    pub reconcile_interval: Duration,
+}
+
+impl App {
+    pub fn poke(&self) {
+        self.poke.notify_one();
+    }
+
+    /// Commit a batch and wake the reconcilers.
+    pub async fn commit(&self, changes: Vec<Change>) -> Result<(), AppError> {
+        self.store.commit(changes).await?;
+        self.poke();
+        Ok(())
+    }
+}
+
+/// API permission levels (see `Role::level`).
+pub const OBSERVER: u8 = 1;
+pub const OPERATOR: u8 = 2;
+pub const ADMIN: u8 = 3;
+
+/// Who is asking.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    pub name: String,
+    pub level: u8,
+}
+
+impl Actor {
+    pub fn user(u: &User) -> Self {
+        Self { name: u.spec.name.to_string(), level: u.level() }
+    }
+
+    /// The control plane itself (reconcilers).
+    pub fn system() -> Self {
+        Self { name: "system".into(), level: ADMIN }
+    }
+
+    pub fn require(&self, level: u8) -> Result<(), AppError> {
+        if self.level >= level {
+            return Ok(());
+        }
+        let role = match level {
+            ADMIN => "admin",
+            OPERATOR => "operator",
+            _ => "observer",
+        };
+        Err(AppError::Forbidden(format!("this needs the {role} role; ask an admin to grant it to {}", self.name)))
+    }
+}
+
+/// An audit entry for a batch. `detail` must hold no secret (callers pass specs whose secrets
+/// serialise as `***`).
+pub fn audit(actor: &Actor, action: &str, target: String, detail: impl Serialize) -> Change {
+    Change::Audit(AuditEntry {
+        id: AuditId::new(),
+        at: Utc::now(),
+        actor: actor.name.clone(),
+        action: action.into(),
+        target,
+        detail: serde_json::to_value(detail).unwrap_or_default(),
+    })
+}
+
+/// Everything an operation can fail with, independent of transport.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    Invalid(Invalid),
+    #[error("{kind} {key:?} does not exist")]
+    NotFound { kind: &'static str, key: String },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Stale(String),
+    #[error("{0}")]
+    BadState(String),
+    #[error("missing or unknown bearer token; see `stratus login --help`")]
+    Unauthenticated,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{context}: {source}")]
+    Cloud {
+        context: String,
+        #[source]
+        source: CloudError,
+    },
+    #[error("internal error in the store")]
+    Store(#[source] StoreError),
+    #[error("internal error in credential encryption")]
+    Crypto(#[source] CryptoError),
+}
+
+impl AppError {
+    pub fn not_found(kind: &'static str, key: impl Into<String>) -> Self {
+        Self::NotFound { kind, key: stratus_types::name::truncate(&key.into()) }
+    }
+
+    pub fn invalid(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self::Invalid(Invalid::one(field, problem))
+    }
+}
+
+impl From<Invalid> for AppError {
+    fn from(e: Invalid) -> Self {
+        Self::Invalid(e)
+    }
+}
+
+impl From<FieldError> for AppError {
+    fn from(e: FieldError) -> Self {
+        Self::Invalid(e.into())
+    }
+}
+
+impl From<StoreError> for AppError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict { kind, name } => Self::Conflict(format!("{kind} {name:?} already exists")),
+            StoreError::Stale { kind, id, .. } => {
+                Self::Stale(format!("{kind} {id} was changed by someone else meanwhile; reload and retry"))
+            }
+            StoreError::Missing { kind, id } => Self::NotFound { kind: kind.as_str(), key: id },
+            other => Self::Store(other),
+        }
+    }
+}
+
+impl From<CryptoError> for AppError {
+    fn from(e: CryptoError) -> Self {
+        Self::Crypto(e)
+    }
+}
+
+/// Default and maximum page sizes for lists.
+pub const PAGE_DEFAULT: u32 = 100;
+pub const PAGE_MAX: u32 = 1000;
+
+pub fn page_limit(limit: Option<u32>) -> Result<u32, AppError> {
+    match limit {
+        None => Ok(PAGE_DEFAULT),
+        Some(0) => Err(AppError::invalid("limit", "must be at least 1")),
+        Some(n) if n > PAGE_MAX => Err(AppError::invalid("limit", format!("{n} is over the maximum of {PAGE_MAX}"))),
+        Some(n) => Ok(n),
+    }
+}

@@ -1,0 +1,77 @@
+//! Finding resources by what users type: a name, or for servers an id or `deployment/name`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use stratus_store::{Datastore, Query, Resource, TypedStore};
+use stratus_types::Name;
+use stratus_types::cloud::Cloud;
+use stratus_types::credential::Credential;
+use stratus_types::image::Image;
+use stratus_types::script::Script;
+use stratus_types::server::Server;
+use stratus_types::template::ServerTemplate;
+
+use super::AppError;
+
+/// The live resource of kind `T` named `name` (global scope).
+pub async fn named<T: Resource>(store: &dyn Datastore, name: &str) -> Result<T, AppError> {
+    store.find_as::<T>("", name).await?.ok_or_else(|| AppError::not_found(T::KIND.as_str(), name))
+}
+
+/// A server by id, or by `deployment/name`.
+pub async fn server(store: &dyn Datastore, key: &str) -> Result<Server, AppError> {
+    let found = match key.split_once('/') {
+        Some((dep, name)) => store.find_as::<Server>(dep, name).await?,
+        None if key.parse::<uuid::Uuid>().is_ok() => store.get_as::<Server>(key).await?,
+        None => {
+            return Err(AppError::invalid(
+                "server",
+                format!("{:?} is neither a server id nor DEPLOYMENT/NAME", stratus_types::name::truncate(key)),
+            ));
+        }
+    };
+    found.ok_or_else(|| AppError::not_found("server", key))
+}
+
+/// The catalog (clouds, images, scripts, templates, credential names) as one snapshot. It is
+/// small (hundreds of entries), so planning loads it whole.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    pub clouds: BTreeMap<Name, Cloud>,
+    pub images: BTreeMap<Name, Image>,
+    pub scripts: BTreeMap<Name, Script>,
+    pub templates: BTreeMap<Name, ServerTemplate>,
+    pub credentials: BTreeSet<Name>,
+}
+
+impl Catalog {
+    pub async fn load(store: &dyn Datastore) -> Result<Self, AppError> {
+        let q = Query::default();
+        Ok(Self {
+            clouds: store.list_all::<Cloud>(&q).await?.into_iter().map(|c| (c.spec.name.clone(), c)).collect(),
+            images: store.list_all::<Image>(&q).await?.into_iter().map(|c| (c.spec.name.clone(), c)).collect(),
+            scripts: store.list_all::<Script>(&q).await?.into_iter().map(|c| (c.spec.name.clone(), c)).collect(),
+            templates: store.list_all::<ServerTemplate>(&q).await?.into_iter().map(|c| (c.spec.name.clone(), c)).collect(),
+            credentials: store.list_all::<Credential>(&q).await?.into_iter().map(|c| c.name).collect(),
+        })
+    }
+}
+
+/// A page of resources of one kind (catalog lists).
+pub async fn page<T: Resource>(
+    app: &super::App,
+    actor: &super::Actor,
+    limit: Option<u32>,
+    after: Option<String>,
+) -> Result<stratus_api::views::Page<T>, AppError> {
+    actor.require(super::OBSERVER)?;
+    let q = Query { after, limit: super::page_limit(limit)?, ..Default::default() };
+    let (items, next) = app.store.list_as::<T>(&q).await?;
+    Ok(stratus_api::views::Page { items, next })
+}
+
+/// One resource by name, for an observer.
+pub async fn show<T: Resource>(app: &super::App, actor: &super::Actor, name: &str) -> Result<T, AppError> {
+    actor.require(super::OBSERVER)?;
+    named::<T>(&*app.store, name).await
+}

@@ -1,0 +1,131 @@
+//! Credentials at rest: XChaCha20-Poly1305 under a key the control plane creates on first start.
+//!
+//! The key is 32 random bytes in `<data dir>/master.key` (mode 0600), apart from the database:
+//! a copy of the database alone reveals no credential. Each value gets a fresh 24-byte nonce, and
+//! the credential's id is bound in as associated data, so a ciphertext moved to another
+//! credential's row does not decrypt.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use sha2::{Digest, Sha256};
+use stratus_store::Sealed;
+use stratus_types::credential::Secret;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    #[error("cannot read or create the key file {path}")]
+    KeyFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the key file {path} is not 32 bytes; restore it from backup (credentials cannot be read without it)")]
+    BadKey { path: String },
+    #[error("the key file {path} is readable by others (mode {mode:o}); run chmod 600 on it")]
+    LooseKey { path: String, mode: u32 },
+    #[error("credential {0} was encrypted with another key (key id {1}); restore the matching master.key")]
+    WrongKey(String, String),
+    #[error("credential {0} cannot be decrypted (damaged or tampered with)")]
+    Damaged(String),
+    #[error("the system random generator failed")]
+    Random,
+}
+
+pub struct KeyRing {
+    cipher: XChaCha20Poly1305,
+    key_id: String,
+}
+
+impl std::fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyRing(key {})", self.key_id)
+    }
+}
+
+pub fn random_bytes<const N: usize>() -> Result<[u8; N], CryptoError> {
+    let mut b = [0u8; N];
+    getrandom::fill(&mut b).map_err(|_| CryptoError::Random)?;
+    Ok(b)
+}
+
+impl KeyRing {
+    /// Load the key, creating it (0600) if the file does not exist.
+    pub fn load_or_create(path: &Path) -> Result<Self, CryptoError> {
+        let shown = path.display().to_string();
+        let io = |source| CryptoError::KeyFile { path: shown.clone(), source };
+        if !path.exists() {
+            let key: [u8; 32] = random_bytes()?;
+            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io)?;
+            f.write_all(&key).map_err(io)?;
+            f.sync_all().map_err(io)?;
+        }
+        let mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(CryptoError::LooseKey { path: shown, mode });
+        }
+        let bytes = std::fs::read(path).map_err(io)?;
+        let key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| CryptoError::BadKey { path: shown.clone() })?;
+        Ok(Self::from_key(&key))
+    }
+
+    pub fn from_key(key: &[u8; 32]) -> Self {
+        let key_id = hex::encode(&Sha256::digest(key)[..8]);
+        Self { cipher: XChaCha20Poly1305::new(key.into()), key_id }
+    }
+
+    pub fn seal(&self, id: &str, secret: &Secret) -> Result<Sealed, CryptoError> {
+        let nonce: [u8; 24] = random_bytes()?;
+        let ciphertext = self
+            .cipher
+            .encrypt(&XNonce::from(nonce), Payload { msg: secret.expose().as_bytes(), aad: id.as_bytes() })
+            .map_err(|_| CryptoError::Damaged(id.to_string()))?;
+        Ok(Sealed { key_id: self.key_id.clone(), nonce: nonce.to_vec(), ciphertext })
+    }
+
+    pub fn open(&self, id: &str, sealed: &Sealed) -> Result<Secret, CryptoError> {
+        if sealed.key_id != self.key_id {
+            return Err(CryptoError::WrongKey(id.to_string(), sealed.key_id.clone()));
+        }
+        let nonce = XNonce::try_from(sealed.nonce.as_slice()).map_err(|_| CryptoError::Damaged(id.to_string()))?;
+        let plain = self
+            .cipher
+            .decrypt(&nonce, Payload { msg: &sealed.ciphertext, aad: id.as_bytes() })
+            .map_err(|_| CryptoError::Damaged(id.to_string()))?;
+        String::from_utf8(plain).map(Secret::new).map_err(|_| CryptoError::Damaged(id.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_binding() {
+        let k = KeyRing::from_key(&[7; 32]);
+        let s = k.seal("cred-a", &Secret::new("hunter2")).unwrap();
+        assert!(!s.ciphertext.windows(7).any(|w| w == b"hunter2"));
+        assert_eq!(k.open("cred-a", &s).unwrap().expose(), "hunter2");
+        assert!(matches!(k.open("cred-b", &s), Err(CryptoError::Damaged(_))), "bound to its id");
+        let other = KeyRing::from_key(&[8; 32]);
+        assert!(matches!(other.open("cred-a", &s), Err(CryptoError::WrongKey(..))));
+        let mut bad = s.clone();
+        bad.ciphertext[0] ^= 1;
+        assert!(k.open("cred-a", &bad).is_err());
+    }
+
+    #[test]
+    fn key_file_is_created_private_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("master.key");
+        let a = KeyRing::load_or_create(&p).unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        let b = KeyRing::load_or_create(&p).unwrap();
+        assert_eq!(a.key_id, b.key_id);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(KeyRing::load_or_create(&p), Err(CryptoError::LooseKey { .. })));
+    }
+}

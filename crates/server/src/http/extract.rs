@@ -1,0 +1,79 @@
+//! Extractors: the caller (bearer token), and JSON/query bodies whose rejections become API
+//! errors that name the problem.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use stratus_api::error::ErrorCode;
+
+use super::error::{ApiError, body};
+use crate::app::{Actor, App, AppError, users};
+
+/// The authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Actor);
+
+impl FromRequestParts<Arc<App>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Self::Rejection> {
+        let header = parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|h| h.to_str().ok());
+        let token = header.and_then(|h| h.strip_prefix("Bearer ")).ok_or(AppError::Unauthenticated)?;
+        let user = users::authenticate(&*app.store, token.trim()).await?;
+        Ok(Caller(Actor::user(&user)))
+    }
+}
+
+/// A JSON body; malformed JSON and unknown fields are `invalid_input` with serde's message
+/// (which names the field), and too large a body is `payload_too_large`.
+#[derive(Debug)]
+pub struct Body<T>(pub T);
+
+pub struct BodyRejection(JsonRejection);
+
+impl IntoResponse for BodyRejection {
+    fn into_response(self) -> Response {
+        let r = self.0;
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return body(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge, format!("the request body is over {} bytes", super::BODY_MAX), vec![]);
+        }
+        let message = match &r {
+            JsonRejection::JsonDataError(e) => format!("invalid request body: {}", std::error::Error::source(e).map_or(e.body_text(), |s| s.to_string())),
+            _ => format!("invalid request body: {}", r.body_text()),
+        };
+        body(StatusCode::BAD_REQUEST, ErrorCode::InvalidInput, message, vec![])
+    }
+}
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
+    type Rejection = BodyRejection;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        axum::Json::<T>::from_request(req, state).await.map(|j| Body(j.0)).map_err(BodyRejection)
+    }
+}
+
+/// Query parameters with the same error treatment.
+#[derive(Debug)]
+pub struct Q<T>(pub T);
+
+pub struct QueryError(QueryRejection);
+
+impl IntoResponse for QueryError {
+    fn into_response(self) -> Response {
+        body(StatusCode::BAD_REQUEST, ErrorCode::InvalidInput, format!("invalid query: {}", self.0.body_text()), vec![])
+    }
+}
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Q<T> {
+    type Rejection = QueryError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state).await.map(|q| Q(q.0)).map_err(QueryError)
+    }
+}

@@ -1,0 +1,105 @@
+//! Servers, arrays and runs. A server is addressed by id or `deployment/name` (URL-encode the
+//! slash: `/servers/prod%2Fweb-1`).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use stratus_api::params::{RunListParams, ScaleRequest, ServerListParams, TagChange};
+use stratus_api::views::Page;
+use stratus_types::run::Run;
+use stratus_types::server::{ArraySpec, Server, ServerArray, ServerSpec};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::error::ApiError;
+use super::extract::{Body, Caller, Q};
+use crate::app::{App, arrays, runs, servers};
+
+/// List servers, filtered by deployment, state and tag selector.
+#[utoipa::path(get, path = "/servers", tag = "servers", params(ServerListParams), responses((status = 200, body = Page<Server>)))]
+async fn list(State(app): State<Arc<App>>, c: Caller, Q(p): Q<ServerListParams>) -> Result<Json<Page<Server>>, ApiError> {
+    Ok(Json(servers::list(&app, &c.0, &p).await?))
+}
+
+/// Launch a server; it starts `pending` and the orchestrator takes it from there.
+#[utoipa::path(post, path = "/servers", tag = "servers", request_body = ServerSpec, responses((status = 201, body = Server), (status = 400, body = stratus_api::error::ErrorBody)))]
+async fn launch(State(app): State<Arc<App>>, c: Caller, Body(spec): Body<ServerSpec>) -> Result<(StatusCode, Json<Server>), ApiError> {
+    Ok((StatusCode::CREATED, Json(servers::launch(&app, &c.0, &spec).await?)))
+}
+
+#[utoipa::path(get, path = "/servers/{key}", tag = "servers", params(("key" = String, Path, description = "id or deployment/name")), responses((status = 200, body = Server), (status = 404, body = stratus_api::error::ErrorBody)))]
+async fn show(State(app): State<Arc<App>>, c: Caller, Path(key): Path<String>) -> Result<Json<Server>, ApiError> {
+    Ok(Json(servers::show(&app, &c.0, &key).await?))
+}
+
+/// Terminate: decommission scripts run, then the instance is destroyed.
+#[utoipa::path(delete, path = "/servers/{key}", tag = "servers", params(("key" = String, Path)), responses((status = 202, body = Server), (status = 409, body = stratus_api::error::ErrorBody)))]
+async fn terminate(State(app): State<Arc<App>>, c: Caller, Path(key): Path<String>) -> Result<(StatusCode, Json<Server>), ApiError> {
+    Ok((StatusCode::ACCEPTED, Json(servers::terminate(&app, &c.0, &key).await?)))
+}
+
+/// Add and remove tags.
+#[utoipa::path(post, path = "/servers/{key}/tags", tag = "servers", params(("key" = String, Path)), request_body = TagChange, responses((status = 200, body = Server)))]
+async fn tags(State(app): State<Arc<App>>, c: Caller, Path(key): Path<String>, Body(change): Body<TagChange>) -> Result<Json<Server>, ApiError> {
+    Ok(Json(servers::change_tags(&app, &c.0, &key, &change).await?))
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct ArrayListParams {
+    deployment: Option<String>,
+    limit: Option<u32>,
+    after: Option<String>,
+}
+
+#[utoipa::path(get, path = "/arrays", tag = "arrays", params(ArrayListParams), responses((status = 200, body = Page<ServerArray>)))]
+async fn list_arrays(State(app): State<Arc<App>>, c: Caller, Q(p): Q<ArrayListParams>) -> Result<Json<Page<ServerArray>>, ApiError> {
+    Ok(Json(arrays::list(&app, &c.0, p.deployment, p.limit, p.after).await?))
+}
+
+#[utoipa::path(post, path = "/arrays", tag = "arrays", request_body = ArraySpec, responses((status = 201, body = ServerArray)))]
+async fn create_array(State(app): State<Arc<App>>, c: Caller, Body(spec): Body<ArraySpec>) -> Result<(StatusCode, Json<ServerArray>), ApiError> {
+    Ok((StatusCode::CREATED, Json(arrays::create(&app, &c.0, &spec).await?)))
+}
+
+#[utoipa::path(get, path = "/arrays/{deployment}/{name}", tag = "arrays", params(("deployment" = String, Path), ("name" = String, Path)), responses((status = 200, body = ServerArray)))]
+async fn show_array(State(app): State<Arc<App>>, c: Caller, Path((d, n)): Path<(String, String)>) -> Result<Json<ServerArray>, ApiError> {
+    Ok(Json(arrays::show(&app, &c.0, &d, &n).await?))
+}
+
+#[utoipa::path(delete, path = "/arrays/{deployment}/{name}", tag = "arrays", params(("deployment" = String, Path), ("name" = String, Path)), responses((status = 204)))]
+async fn delete_array(State(app): State<Arc<App>>, c: Caller, Path((d, n)): Path<(String, String)>) -> Result<StatusCode, ApiError> {
+    arrays::delete(&app, &c.0, &d, &n).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Set the desired number of servers.
+#[utoipa::path(post, path = "/arrays/{deployment}/{name}/scale", tag = "arrays", params(("deployment" = String, Path), ("name" = String, Path)), request_body = ScaleRequest, responses((status = 200, body = ServerArray)))]
+async fn scale(State(app): State<Arc<App>>, c: Caller, Path((d, n)): Path<(String, String)>, Body(r): Body<ScaleRequest>) -> Result<Json<ServerArray>, ApiError> {
+    Ok(Json(arrays::scale(&app, &c.0, &d, &n, r.desired).await?))
+}
+
+#[utoipa::path(get, path = "/runs", tag = "runs", params(RunListParams), responses((status = 200, body = Page<Run>)))]
+async fn list_runs(State(app): State<Arc<App>>, c: Caller, Q(p): Q<RunListParams>) -> Result<Json<Page<Run>>, ApiError> {
+    Ok(Json(runs::list(&app, &c.0, &p).await?))
+}
+
+#[utoipa::path(get, path = "/runs/{id}", tag = "runs", params(("id" = String, Path)), responses((status = 200, body = Run)))]
+async fn show_run(State(app): State<Arc<App>>, c: Caller, Path(id): Path<String>) -> Result<Json<Run>, ApiError> {
+    Ok(Json(runs::show(&app, &c.0, &id).await?))
+}
+
+pub fn routes() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::new()
+        .routes(routes!(list, launch))
+        .routes(routes!(show, terminate))
+        .routes(routes!(tags))
+        .routes(routes!(list_arrays, create_array))
+        .routes(routes!(show_array, delete_array))
+        .routes(routes!(scale))
+        .routes(routes!(list_runs))
+        .routes(routes!(show_run))
+}

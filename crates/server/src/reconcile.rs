@@ -1,0 +1,280 @@
+//! The orchestrator: an idempotent loop that moves servers along their lifecycle and keeps
+//! arrays at their desired size. It runs every `reconcile_interval` and whenever the app layer
+//! pokes it after a change. Each pass reads desired and actual state afresh, so a pass that
+//! fails half-way (or a control plane that restarts) is simply picked up by the next one.
+//!
+//! Per server state:
+//!
+//! 1. `pending`: launch the instance (the driver is retry-safe per server) → `booting`, or
+//!    `stranded` with the cloud's refusal.
+//! 2. `booting`: on the fake cloud, a simulated agent records every boot script as a run and the
+//!    server becomes `operational`. Elsewhere the agent reports boot progress; a server with no
+//!    finished boot within the boot deadline is `stranded` ("enrolment").
+//! 3. `decommissioning`: decommission runs, then the instance is terminated → `terminated`;
+//!    elastic IPs it held are released from it.
+//!
+//! Writes use the revision the pass read, so a concurrent user action wins and the pass retries.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use stratus_cloud::{CloudDriver, InstanceState, LaunchRequest};
+use stratus_store::{Change, Query, StoreError, TypedStore};
+use stratus_types::RunId;
+use stratus_types::address::Address;
+use stratus_types::cloud::{Cloud, DriverKind};
+use stratus_types::deployment::Deployment;
+use stratus_types::run::{Phase, Run, RunStatus};
+use stratus_types::script::Script;
+use stratus_types::server::{Server, ServerArray, ServerState, StrandedReason};
+use stratus_types::template::ServerTemplate;
+use tracing::{info, warn};
+
+use crate::app::resolve::Catalog;
+use crate::app::servers::build_server;
+use crate::app::{Actor, App, AppError, arrays, audit};
+
+/// Run forever (until the task is dropped).
+pub async fn run(app: Arc<App>) {
+    loop {
+        if let Err(e) = pass(&app).await {
+            warn!(error = %e, "reconcile pass failed; retrying");
+        }
+        tokio::select! {
+            _ = app.poke.notified() => {}
+            _ = tokio::time::sleep(app.settings.reconcile_interval) => {}
+        }
+    }
+}
+
+/// One pass over arrays and servers. Public so tests can step the orchestrator.
+pub async fn pass(app: &App) -> Result<(), AppError> {
+    scale_arrays(app).await?;
+    for state in [ServerState::Pending, ServerState::Booting, ServerState::Decommissioning] {
+        let q = Query { state: Some(state.as_str().into()), live_only: true, ..Default::default() };
+        for s in app.store.list_all::<Server>(&q).await? {
+            let name = format!("{}/{}", s.deployment, s.name);
+            match step(app, s).await {
+                Ok(()) | Err(AppError::Stale(_)) => {}
+                Err(e) => warn!(server = %name, error = %e, "server step failed"),
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn step(app: &App, s: Server) -> Result<(), AppError> {
+    let driver = app.drivers.for_cloud(&*app.store, &s.cloud).await;
+    match s.state {
+        ServerState::Pending => launch(app, s, driver?).await,
+        ServerState::Booting => boot(app, s, driver?).await,
+        ServerState::Decommissioning => decommission(app, s, driver.ok()).await,
+        _ => Ok(()),
+    }
+}
+
+fn user_data(app: &App, s: &Server) -> Vec<u8> {
+    // Minimal on purpose: where the control plane is and who this is. Everything else is
+    // fetched by the agent after it connects.
+    serde_json::to_vec(&serde_json::json!({ "stratus_url": app.settings.public_url, "server_id": s.id })).unwrap_or_default()
+}
+
+async fn launch(app: &App, mut s: Server, driver: Arc<dyn CloudDriver>) -> Result<(), AppError> {
+    let cloud = crate::app::resolve::named::<Cloud>(&*app.store, s.cloud.as_str()).await?;
+    let template = crate::app::resolve::named::<ServerTemplate>(&*app.store, s.template.as_str()).await?;
+    let size = cloud.spec.sizes.iter().find(|z| z.name == s.size).cloned();
+    let now = Utc::now();
+    let result = match size {
+        None => Err(format!("size {} no longer exists on cloud {}", s.size, s.cloud)),
+        Some(size) => driver
+            .launch(LaunchRequest {
+                server: s.id,
+                hostname: s.name.to_string(),
+                region: s.region.clone(),
+                size,
+                native_image: s.native_image.clone(),
+                user_data: user_data(app, &s),
+                tags: s.tags.clone(),
+                firewall: template.spec.firewall.clone(),
+            })
+            .await
+            .map_err(|e| e.to_string()),
+    };
+    match result {
+        Ok(inst) => {
+            s.instance_id = Some(inst.id.clone());
+            s.private_ip = inst.private_ip;
+            s.move_to(ServerState::Booting, now).map_err(|e| AppError::BadState(e.to_string()))?;
+            info!(server = %s.name, instance = %inst.id, "launched");
+        }
+        Err(message) => {
+            let reason = StrandedReason { step: "launch".into(), message, exit_code: None, output_tail: String::new() };
+            s.strand(reason, now).map_err(|e| AppError::BadState(e.to_string()))?;
+        }
+    }
+    app.store.commit(vec![Change::update(&mut s, now)]).await?;
+    Ok(())
+}
+
+fn run_record(s: &Server, script: &Script, phase: Phase, output: &str) -> Run {
+    let now = Utc::now();
+    Run {
+        id: RunId::new(),
+        server: s.id,
+        server_name: s.name.clone(),
+        deployment: s.deployment.clone(),
+        script: script.spec.name.clone(),
+        script_revision: script.revision,
+        revision: 1,
+        phase,
+        inputs: s.inputs.iter().filter(|(k, _)| script.spec.inputs.iter().any(|d| &d.name == *k)).map(|(k, v)| (k.clone(), v.to_string())).collect(),
+        status: RunStatus::Succeeded,
+        exit_code: Some(0),
+        output: output.to_string(),
+        output_truncated: false,
+        requested_by: "system".into(),
+        created_at: now,
+        started_at: Some(now),
+        finished_at: Some(now),
+    }
+}
+
+/// The fake cloud has no agent: record its scripts as runs that did not execute anything.
+async fn simulated_runs(app: &App, s: &Server, phase: Phase) -> Result<Vec<Change>, AppError> {
+    let template = app.store.find_as::<ServerTemplate>("", s.template.as_str()).await?;
+    let Some(template) = template else { return Ok(vec![]) };
+    let list = match phase {
+        Phase::Boot => &template.spec.boot_scripts,
+        Phase::Decommission => &template.spec.decommission_scripts,
+        Phase::Operational => return Ok(vec![]),
+    };
+    let mut out = vec![];
+    for name in list {
+        if let Some(script) = app.store.find_as::<Script>("", name.as_str()).await? {
+            out.push(Change::insert(&run_record(s, &script, phase, "fake cloud: simulated agent, the script was not executed\n")));
+        }
+    }
+    Ok(out)
+}
+
+async fn boot(app: &App, mut s: Server, driver: Arc<dyn CloudDriver>) -> Result<(), AppError> {
+    let now = Utc::now();
+    let Some(instance_id) = s.instance_id.clone() else { return Ok(()) };
+    let inst = driver.describe(&instance_id).await.map_err(|source| AppError::Cloud { context: "describe".into(), source })?;
+    let mut changes = vec![];
+    match inst.map(|i| i.state) {
+        None | Some(InstanceState::Terminated) => {
+            let reason = StrandedReason { step: "boot".into(), message: format!("instance {instance_id} disappeared while booting"), exit_code: None, output_tail: String::new() };
+            s.strand(reason, now).map_err(|e| AppError::BadState(e.to_string()))?;
+        }
+        Some(InstanceState::Running) if driver.kind() == DriverKind::Fake => {
+            changes = simulated_runs(app, &s, Phase::Boot).await?;
+            s.move_to(ServerState::Operational, now).map_err(|e| AppError::BadState(e.to_string()))?;
+            info!(server = %s.name, "operational");
+        }
+        _ => {
+            let since = s.launched_at.unwrap_or(s.created_at);
+            let deadline = chrono::Duration::from_std(app.settings.boot_deadline).unwrap_or_default();
+            if now - since <= deadline {
+                return Ok(());
+            }
+            let reason = StrandedReason {
+                step: "enrolment".into(),
+                message: format!("no agent finished booting within {}s; check the instance's console and network to the control plane", app.settings.boot_deadline.as_secs()),
+                exit_code: None,
+                output_tail: String::new(),
+            };
+            s.strand(reason, now).map_err(|e| AppError::BadState(e.to_string()))?;
+        }
+    }
+    changes.push(Change::update(&mut s, now));
+    app.store.commit(changes).await?;
+    Ok(())
+}
+
+async fn decommission(app: &App, mut s: Server, driver: Option<Arc<dyn CloudDriver>>) -> Result<(), AppError> {
+    let now = Utc::now();
+    let mut changes = vec![];
+    if let (Some(driver), Some(id)) = (&driver, &s.instance_id) {
+        if driver.kind() == DriverKind::Fake {
+            changes.extend(simulated_runs(app, &s, Phase::Decommission).await?);
+        }
+        driver.terminate(id).await.map_err(|source| AppError::Cloud { context: format!("terminating {id}"), source })?;
+    }
+    for mut a in app.store.list_all::<Address>(&Query::default()).await?.into_iter().filter(|a| a.server == Some(s.id)) {
+        a.server = None;
+        changes.push(Change::update(&mut a, now));
+    }
+    s.public_ip = None;
+    s.move_to(ServerState::Terminated, now).map_err(|e| AppError::BadState(e.to_string()))?;
+    changes.push(Change::update(&mut s, now));
+    app.store.commit(changes).await?;
+    info!(server = %s.name, "terminated");
+    Ok(())
+}
+
+/// Launch missing members and decommission the oldest extra ones.
+async fn scale_arrays(app: &App) -> Result<(), AppError> {
+    let arrays_all = app.store.list_all::<ServerArray>(&Query::default()).await?;
+    if arrays_all.is_empty() {
+        return Ok(());
+    }
+    let system = Actor::system();
+    for a in arrays_all {
+        let q = Query { scope: Some(a.spec.deployment.to_string()), live_only: true, ..Default::default() };
+        let mut members: Vec<Server> = app
+            .store
+            .list_all::<Server>(&q)
+            .await?
+            .into_iter()
+            .filter(|s| s.array.as_ref() == Some(&a.spec.name) && s.state != ServerState::Decommissioning)
+            .collect();
+        let want = a.spec.desired as usize;
+        let now = Utc::now();
+        let result = if members.len() < want {
+            let Some(dep) = app.store.find_as::<Deployment>("", a.spec.deployment.as_str()).await? else { continue };
+            let cat = Catalog::load(&*app.store).await?;
+            let mut changes = vec![];
+            let mut n = 1;
+            while members.len() < want {
+                let spec = arrays::member_spec(&a.spec, n);
+                n += 1;
+                if members.iter().any(|m| m.name == spec.name) || app.store.find_as::<Server>(a.spec.deployment.as_str(), spec.name.as_str()).await?.is_some() {
+                    continue;
+                }
+                match build_server(&spec, &dep, &cat, a.next_launch_image.as_ref(), now) {
+                    Ok(mut s) => {
+                        s.array = Some(a.spec.name.clone());
+                        changes.push(Change::insert(&s));
+                        changes.push(audit(&system, "array.launch", format!("server/{}/{}", s.deployment, s.name), serde_json::json!({"array": a.spec.name})));
+                        members.push(s);
+                    }
+                    Err(e) => {
+                        warn!(array = %a.spec.name, error = %e, "cannot launch array member");
+                        break;
+                    }
+                }
+            }
+            app.store.commit(changes).await
+        } else if members.len() > want {
+            members.sort_by_key(|m| m.created_at);
+            let extra = members.len() - want;
+            let mut changes = vec![];
+            for mut m in members.into_iter().take(extra) {
+                let to = if m.instance_id.is_none() { ServerState::Terminated } else { ServerState::Decommissioning };
+                if m.move_to(to, now).is_ok() {
+                    changes.push(audit(&system, "array.shrink", format!("server/{}/{}", m.deployment, m.name), serde_json::json!({"array": a.spec.name})));
+                    changes.push(Change::update(&mut m, now));
+                }
+            }
+            app.store.commit(changes).await
+        } else {
+            Ok(())
+        };
+        match result {
+            Ok(()) | Err(StoreError::Stale { .. } | StoreError::Conflict { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
