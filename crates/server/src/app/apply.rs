@@ -41,6 +41,8 @@ struct Planner {
     changes: Vec<Change>,
     plan: Vec<PlannedChange>,
     errs: Invalid,
+    /// Create-only entries whose name is taken: `409 conflict`, not invalid input.
+    conflicts: Vec<String>,
 }
 
 impl Planner {
@@ -48,10 +50,11 @@ impl Planner {
         self.plan.push(PlannedChange { kind: kind.into(), name: name.to_string(), action, notes });
     }
 
-    /// Shared create/update decision: `Err` when create-only meets an existing resource.
+    /// Shared create/update decision: false (and a conflict) when create-only meets an existing
+    /// resource.
     fn exists_check(&mut self, kind: &str, name: &Name, exists: bool) -> bool {
         if exists && self.mode == Mode::CreateOnly {
-            self.errs.push(FieldError::new("name", format!("{kind} {name} already exists; use PUT to update it")));
+            self.conflicts.push(format!("{kind} {name} already exists; use PUT to update it"));
             return false;
         }
         true
@@ -358,6 +361,7 @@ pub async fn apply(app: &App, actor: &Actor, file: &DeploymentFile, mode: Mode, 
         changes: vec![],
         plan: vec![],
         errs: Invalid::default(),
+        conflicts: vec![],
     };
     for c in &file.clouds {
         p.cloud(c);
@@ -392,6 +396,9 @@ pub async fn apply(app: &App, actor: &Actor, file: &DeploymentFile, mode: Mode, 
             let existing = store.find_as::<ServerArray>(&dep_scope, a.name.as_str()).await?;
             p.array(a, &format!("array[{i}]"), &dep, existing);
         }
+    }
+    if !p.conflicts.is_empty() {
+        return Err(AppError::Conflict(p.conflicts.join("; ")));
     }
     if !p.errs.is_empty() {
         return Err(AppError::Invalid(p.errs));

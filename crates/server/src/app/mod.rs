@@ -130,7 +130,7 @@ pub enum AppError {
     Stale(String),
     #[error("{0}")]
     BadState(String),
-    #[error("missing or unknown bearer token; see `stratus login --help`")]
+    #[error("missing, unknown or expired bearer token; log in with `stratus login --token-file DATA_DIR/admin.token` or set STRATUS_TOKEN")]
     Unauthenticated,
     #[error("{0}")]
     Forbidden(String),

@@ -42,10 +42,16 @@ impl IntoResponse for BodyRejection {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             return body(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge, format!("the request body is over {} bytes", super::BODY_MAX), vec![]);
         }
-        let message = match &r {
-            JsonRejection::JsonDataError(e) => format!("invalid request body: {}", std::error::Error::source(e).map_or(e.body_text(), |s| s.to_string())),
-            _ => format!("invalid request body: {}", r.body_text()),
+        let detail = match &r {
+            JsonRejection::JsonDataError(e) => std::error::Error::source(e).map_or(e.body_text(), |s| s.to_string()),
+            _ => r.body_text(),
         };
+        // serde_json's "at line 1 column 65" points into the wire JSON, not anything the user wrote.
+        let detail = match detail.rfind(" at line ") {
+            Some(i) if detail[i..].contains(" column ") => detail[..i].to_string(),
+            _ => detail,
+        };
+        let message = format!("invalid request body: {detail}");
         body(StatusCode::BAD_REQUEST, ErrorCode::InvalidInput, message, vec![])
     }
 }

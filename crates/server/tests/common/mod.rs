@@ -69,6 +69,85 @@ impl TestServer {
         self.call(Method::POST, path, Some(body)).await
     }
 
+    pub async fn put(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::PUT, path, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        self.call(Method::DELETE, path, None).await
+    }
+
+    /// Every item of a paged list, following `next` with small pages so paging is exercised.
+    pub async fn list_all(&self, path: &str) -> Vec<Value> {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let mut items = vec![];
+        let mut after: Option<String> = None;
+        for _ in 0..1000 {
+            let page_path = match &after {
+                Some(a) => format!("{path}{sep}limit=7&after={}", enc(a)),
+                None => format!("{path}{sep}limit=7"),
+            };
+            let page = self.get(&page_path).await;
+            items.extend(page["items"].as_array().expect("a page has items").iter().cloned());
+            match page["next"].as_str() {
+                Some(n) => after = Some(n.to_string()),
+                None => return items,
+            }
+        }
+        panic!("{path}: paging never ended");
+    }
+
+    /// The `name` of every item of a list.
+    pub async fn names(&self, path: &str) -> Vec<String> {
+        self.list_all(path).await.iter().map(|v| v["name"].as_str().expect("item has a name").to_string()).collect()
+    }
+
+    /// The audit log (newest first), optionally filtered by a query string such as `action=server.`.
+    pub async fn audit(&self, query: &str) -> Vec<Value> {
+        let v = self.get(&format!("/audit?limit=1000&{query}")).await;
+        v.as_array().expect("audit is a list").clone()
+    }
+
+    /// Create a user with these roles and return a fresh API token of theirs.
+    pub async fn user_token(&self, name: &str, roles: &[&str]) -> String {
+        let (s, v) = self.post("/users", serde_json::json!({ "name": name, "roles": roles })).await;
+        assert_eq!(s, StatusCode::CREATED, "create user {name}: {v}");
+        let (s, v) = self.post("/tokens", serde_json::json!({ "user": name, "description": "test" })).await;
+        assert_eq!(s, StatusCode::CREATED, "create token for {name}: {v}");
+        v["token"].as_str().expect("token").to_string()
+    }
+
+    /// Everything a user can list, plus the audit log: equal snapshots mean nothing changed.
+    pub async fn snapshot(&self) -> Value {
+        let mut out = serde_json::Map::new();
+        for path in ["/clouds", "/images", "/scripts", "/templates", "/deployments", "/servers?all=true", "/arrays", "/credentials", "/users", "/addresses"] {
+            out.insert(path.into(), Value::Array(self.list_all(path).await));
+        }
+        out.insert("/audit".into(), Value::Array(self.audit("").await));
+        Value::Object(out)
+    }
+
+    /// Apply [`EXAMPLE`] (with its credential) and wait until its servers are operational.
+    pub async fn example(&self) {
+        example_credential(self, "example-stats-password").await;
+        let (s, plan) = self.apply_toml(EXAMPLE, false).await;
+        assert_eq!(s, StatusCode::OK, "{plan}");
+        for name in ["lb-1", "app-1", "app-2"] {
+            self.wait_state(&format!("example/{name}"), "operational").await;
+        }
+    }
+
+    /// Poll `check` until it returns `Some` (bounded).
+    pub async fn wait_for<T>(&self, what: &str, mut check: impl AsyncFnMut(&Self) -> Option<T>) -> T {
+        for _ in 0..400 {
+            if let Some(v) = check(self).await {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
     /// Apply a deployment file given as TOML text.
     pub async fn apply_toml(&self, toml_text: &str, dry_run: bool) -> (StatusCode, Value) {
         let doc = stratus_api::file::parse(toml_text, stratus_api::file::Format::Toml, "test.toml", None).expect("test file parses");
@@ -87,6 +166,50 @@ impl TestServer {
         }
         panic!("server {key} never became {state}: {}", self.get(&path).await);
     }
+}
+
+/// The API path of a server given by id or `deployment/name`.
+pub fn server_path(key: &str) -> String {
+    format!("/servers/{}", enc(key))
+}
+
+/// Percent-encode a path segment or query value.
+pub fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+/// Assert an error response: its status, its stable code, and a message.
+pub fn assert_error(status: StatusCode, body: &Value, want_status: StatusCode, want_code: &str) {
+    assert_eq!(status, want_status, "{body}");
+    assert_eq!(body["error"]["code"], want_code, "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "an error has a message: {body}");
+}
+
+/// The error's message and every field error, as one lowercase text to search.
+pub fn error_text(body: &Value) -> String {
+    let mut text = body["error"]["message"].as_str().unwrap_or_default().to_string();
+    for f in body["error"]["fields"].as_array().into_iter().flatten() {
+        text.push_str(&format!(" | {}: {}", f["field"].as_str().unwrap_or_default(), f["problem"].as_str().unwrap_or_default()));
+    }
+    text.to_lowercase()
+}
+
+/// The field names of an `invalid_input` error.
+pub fn error_fields(body: &Value) -> Vec<String> {
+    body["error"]["fields"].as_array().into_iter().flatten().map(|f| f["field"].as_str().unwrap_or_default().to_string()).collect()
+}
+
+/// An `authorized_keys` line for a well-formed ed25519 public key made from `seed`.
+pub fn ed25519_key(seed: u8, comment: &str) -> String {
+    use base64::Engine;
+    let mut blob = vec![];
+    blob.extend_from_slice(&11u32.to_be_bytes());
+    blob.extend_from_slice(b"ssh-ed25519");
+    blob.extend_from_slice(&32u32.to_be_bytes());
+    blob.extend((0..32u8).map(|i| i.wrapping_mul(31).wrapping_add(seed)));
+    format!("ssh-ed25519 {} {comment}", base64::engine::general_purpose::STANDARD.encode(blob))
 }
 
 /// The example deployment shape used across tests: a fake cloud, one image, scripts, an LB

@@ -1,0 +1,335 @@
+//! Command-line arguments.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "stratus", version, about = "Self-hosted multi-cloud server management", propagate_version = true)]
+pub struct Cli {
+    /// Control-plane URL.
+    #[arg(long, global = true, env = "STRATUS_URL")]
+    pub url: Option<String>,
+    /// API token (prefer `stratus login`; a token on the command line lands in shell history).
+    #[arg(long, global = true, env = "STRATUS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Where `serve` keeps its state; also where the first admin token is found.
+    #[arg(long, global = true, env = "STRATUS_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More log output (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the control plane.
+    Serve(ServeArgs),
+    /// Start an embedded control plane and bring up the example deployment.
+    Quickstart(QuickstartArgs),
+    /// Save the URL and token other commands use.
+    Login(LoginArgs),
+    /// Apply a deployment file (TOML or YAML); `--dry-run` prints the plan only.
+    Apply(ApplyArgs),
+    /// Who am I (the token's user)?
+    Whoami,
+    #[command(subcommand)]
+    Cloud(CatalogCmd),
+    #[command(subcommand)]
+    Image(CatalogCmd),
+    #[command(subcommand)]
+    Script(CatalogCmd),
+    #[command(subcommand)]
+    Template(TemplateCmd),
+    #[command(subcommand)]
+    Deployment(CatalogCmd),
+    #[command(subcommand)]
+    Server(ServerCmd),
+    #[command(subcommand)]
+    Array(ArrayCmd),
+    /// Script runs (boot, operational, decommission).
+    #[command(subcommand)]
+    Runs(RunsCmd),
+    #[command(subcommand)]
+    Credential(CredentialCmd),
+    #[command(subcommand)]
+    User(UserCmd),
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Elastic IP addresses.
+    #[command(subcommand)]
+    Address(AddressCmd),
+    /// The audit log, newest first.
+    Audit(AuditArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    pub listen: SocketAddr,
+    /// URL instances reach the control plane at (default: http://LISTEN).
+    #[arg(long)]
+    pub public_url: Option<String>,
+    /// Strand a server whose boot has not finished within this many seconds.
+    #[arg(long, default_value_t = 120)]
+    pub boot_deadline: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct QuickstartArgs {
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    pub listen: SocketAddr,
+    /// The deployment file to bring up.
+    #[arg(short, long, default_value = "examples/quickstart.toml")]
+    pub file: PathBuf,
+    /// Remove everything the quickstart created.
+    #[arg(long)]
+    pub down: bool,
+    /// Exit once the deployment is up instead of serving until Ctrl-C.
+    #[arg(long)]
+    pub exit: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// Read the token from this file (e.g. DATA_DIR/admin.token).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    #[arg(short, long)]
+    pub file: PathBuf,
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct PageArgs {
+    /// At most this many (1-1000).
+    #[arg(long)]
+    pub limit: Option<u32>,
+    /// Follow pages and list everything.
+    #[arg(long)]
+    pub all_pages: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CatalogCmd {
+    List(PageArgs),
+    Show { name: String },
+    /// Create from a file holding one spec (TOML, YAML or JSON).
+    Create {
+        #[arg(short, long)]
+        file: PathBuf,
+    },
+    /// Create or update from a file holding one spec.
+    Put {
+        #[arg(short, long)]
+        file: PathBuf,
+    },
+    Delete { name: String },
+    /// (clouds) Which size a request resolves to: a name or `cpus=2,memory=4GiB`.
+    ResolveSize { name: String, size: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TemplateCmd {
+    List(PageArgs),
+    Show { name: String },
+    Versions { name: String },
+    Create {
+        #[arg(short, long)]
+        file: PathBuf,
+    },
+    Put {
+        #[arg(short, long)]
+        file: PathBuf,
+    },
+    Delete { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServerCmd {
+    List {
+        #[arg(long, short)]
+        deployment: Option<String>,
+        #[arg(long)]
+        state: Option<String>,
+        /// Tag selector, e.g. `lb:pool=www,!maint:drain`.
+        #[arg(long)]
+        tag: Option<String>,
+        /// Include terminated servers.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// Show a server (id or DEPLOYMENT/NAME).
+    Show { server: String },
+    Launch {
+        name: String,
+        #[arg(long, short)]
+        deployment: String,
+        #[arg(long, short)]
+        template: String,
+        #[arg(long)]
+        cloud: Option<String>,
+        #[arg(long)]
+        region: Option<String>,
+        /// A size name or `cpus=2,memory=4GiB`.
+        #[arg(long)]
+        size: Option<String>,
+        /// NAME=VALUE (VALUE may be `cred:NAME`, `env:NAME`, `artifact:BUCKET/KEY`, or text).
+        #[arg(long = "input", short = 'i')]
+        inputs: Vec<String>,
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// Wait until it is operational (or stranded).
+        #[arg(long)]
+        wait: bool,
+    },
+    Terminate {
+        server: String,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Add or remove tags.
+    Tag {
+        server: String,
+        #[arg(long)]
+        add: Vec<String>,
+        #[arg(long)]
+        remove: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ArrayCmd {
+    List {
+        #[arg(long, short)]
+        deployment: Option<String>,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// DEPLOYMENT/NAME
+    Show { array: String },
+    Scale { array: String, desired: u32 },
+    Delete { array: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunsCmd {
+    List {
+        #[arg(long)]
+        server: Option<String>,
+        #[arg(long)]
+        status: Option<String>,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    Show { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CredentialCmd {
+    List(PageArgs),
+    Show { name: String },
+    /// Create a credential; the value is read from stdin (or --value-file), never an argument.
+    Create {
+        name: String,
+        #[arg(long)]
+        description: Option<String>,
+        #[arg(long)]
+        value_file: Option<PathBuf>,
+    },
+    /// Replace a credential's value (read like `create`).
+    Set {
+        name: String,
+        #[arg(long)]
+        description: Option<String>,
+        #[arg(long)]
+        value_file: Option<PathBuf>,
+    },
+    Delete { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCmd {
+    List(PageArgs),
+    Show { name: String },
+    Create {
+        name: String,
+        #[arg(long)]
+        email: Option<String>,
+        /// admin, operator, observer, server_login[:DEPLOYMENT], server_superuser[:DEPLOYMENT]
+        #[arg(long = "role")]
+        roles: Vec<String>,
+    },
+    /// Replace a user's roles.
+    Roles {
+        name: String,
+        #[arg(long = "role")]
+        roles: Vec<String>,
+    },
+    Delete { name: String },
+    /// Register an SSH public key (a .pub file).
+    AddKey {
+        name: String,
+        #[arg(long)]
+        key_file: PathBuf,
+    },
+    RemoveKey { name: String, fingerprint: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Create a token (printed once).
+    Create {
+        #[arg(long)]
+        user: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        #[arg(long)]
+        ttl_hours: Option<u32>,
+    },
+    List { user: String },
+    Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AddressCmd {
+    List(PageArgs),
+    Show { name: String },
+    Allocate {
+        name: String,
+        #[arg(long)]
+        cloud: String,
+        #[arg(long)]
+        pool: Option<String>,
+    },
+    Associate { name: String, server: String },
+    Disassociate { name: String },
+    Release { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// Action prefix, e.g. `server.`.
+    #[arg(long)]
+    pub action: Option<String>,
+    /// Target prefix, e.g. `server/example`.
+    #[arg(long)]
+    pub target: Option<String>,
+    #[arg(long)]
+    pub limit: Option<u32>,
+}
