@@ -135,9 +135,15 @@ pub enum FileError {
 /// it, `body_file` is an error.
 pub fn parse(text: &str, format: Format, path: &str, base: Option<&Path>) -> Result<DeploymentFile, FileError> {
     if text.len() > FILE_MAX {
-        return Err(FileError::TooLarge { path: path.into(), size: text.len() });
+        return Err(FileError::TooLarge {
+            path: path.into(),
+            size: text.len(),
+        });
     }
-    let syntax = |message: String| FileError::Syntax { path: path.into(), message };
+    let syntax = |message: String| FileError::Syntax {
+        path: path.into(),
+        message,
+    };
     let mut value: serde_json::Value = match format {
         Format::Toml => toml::from_str(text).map_err(|e| syntax(e.to_string().trim_end().to_string()))?,
         Format::Yaml => yaml_serde::from_str(text).map_err(|e| syntax(e.to_string()))?,
@@ -145,7 +151,10 @@ pub fn parse(text: &str, format: Format, path: &str, base: Option<&Path>) -> Res
     inline_body_files(&mut value, path, base)?;
     let file: DeploymentFile =
         serde_path_to_error::deserialize(value).map_err(|e| syntax(format!("at {}: {}", e.path(), e.inner())))?;
-    file.validate().map_err(|problems| FileError::Invalid { path: path.into(), problems })?;
+    file.validate().map_err(|problems| FileError::Invalid {
+        path: path.into(),
+        problems,
+    })?;
     Ok(file)
 }
 
@@ -157,18 +166,29 @@ fn inline_body_files(value: &mut serde_json::Value, path: &str, base: Option<&Pa
     for (i, script) in scripts.iter_mut().enumerate() {
         let Some(obj) = script.as_object_mut() else { continue };
         let Some(file) = obj.remove("body_file") else { continue };
-        let invalid = |p: &str| FileError::Invalid { path: path.into(), problems: Invalid::one(format!("script[{i}].body_file"), p) };
+        let invalid = |p: &str| FileError::Invalid {
+            path: path.into(),
+            problems: Invalid::one(format!("script[{i}].body_file"), p),
+        };
         let file = file.as_str().ok_or_else(|| invalid("must be a path"))?.to_string();
         if obj.contains_key("body") {
             return Err(invalid("give either body or body_file, not both"));
         }
         let base = base.ok_or_else(|| invalid("body_file needs the file to be read from disk"))?;
         let full = base.join(&file);
-        let meta = std::fs::metadata(&full).map_err(|source| FileError::Io { path: path.into(), file: file.clone(), source })?;
+        let meta = std::fs::metadata(&full).map_err(|source| FileError::Io {
+            path: path.into(),
+            file: file.clone(),
+            source,
+        })?;
         if meta.len() > stratus_types::script::SCRIPT_BODY_MAX as u64 {
             return Err(invalid("the script file is larger than 1 MiB"));
         }
-        let body = std::fs::read_to_string(&full).map_err(|source| FileError::Io { path: path.into(), file, source })?;
+        let body = std::fs::read_to_string(&full).map_err(|source| FileError::Io {
+            path: path.into(),
+            file,
+            source,
+        })?;
         obj.insert("body".into(), serde_json::Value::String(body));
     }
     Ok(())
@@ -183,7 +203,10 @@ impl DeploymentFile {
             let mut seen = std::collections::BTreeSet::new();
             for (i, n) in names.enumerate() {
                 if !seen.insert(n) {
-                    errs.push(FieldError::new(format!("{kind}[{i}].name"), format!("{n} is declared twice")));
+                    errs.push(FieldError::new(
+                        format!("{kind}[{i}].name"),
+                        format!("{n} is declared twice"),
+                    ));
                 }
             }
         }
@@ -207,18 +230,28 @@ impl DeploymentFile {
                 errs.absorb(&format!("template[{i}]"), e);
             }
         }
-        if let Some(d) = &self.deployment {
-            if let Err(e) = d.validate() {
-                errs.absorb("deployment", e);
-            }
+        if let Some(d) = &self.deployment
+            && let Err(e) = d.validate()
+        {
+            errs.absorb("deployment", e);
         }
         dupes(&mut errs, "cloud", self.clouds.iter().map(|c| &c.name));
         dupes(&mut errs, "image", self.images.iter().map(|c| &c.name));
         dupes(&mut errs, "script", self.scripts.iter().map(|c| &c.name));
         dupes(&mut errs, "template", self.templates.iter().map(|c| &c.name));
-        dupes(&mut errs, "server", self.servers.iter().map(|c| &c.name).chain(self.arrays.iter().map(|a| &a.name)));
+        dupes(
+            &mut errs,
+            "server",
+            self.servers
+                .iter()
+                .map(|c| &c.name)
+                .chain(self.arrays.iter().map(|a| &a.name)),
+        );
         if self.deployment.is_none() && !(self.servers.is_empty() && self.arrays.is_empty()) {
-            errs.push(FieldError::new("deployment", "servers and arrays need a [deployment] section"));
+            errs.push(FieldError::new(
+                "deployment",
+                "servers and arrays need a [deployment] section",
+            ));
         }
         errs.into_result()
     }
@@ -270,15 +303,42 @@ tags = ["lb:pool=www"]
 
     #[test]
     fn errors_name_the_place() {
-        let e = parse("[[template]]\nname = \"a\"\nimage = \"b\"\nboot_script = []\n", Format::Toml, "d.toml", None).unwrap_err();
-        assert!(e.to_string().contains("template[0]") && e.to_string().contains("boot_script"), "{e}");
+        let e = parse(
+            "[[template]]\nname = \"a\"\nimage = \"b\"\nboot_script = []\n",
+            Format::Toml,
+            "d.toml",
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("template[0]") && e.to_string().contains("boot_script"),
+            "{e}"
+        );
         let e = parse("[deployment\nname = 1", Format::Toml, "d.toml", None).unwrap_err();
-        assert!(e.to_string().starts_with("d.toml: ") && e.to_string().contains("line"), "{e}");
-        let e = parse("[[server]]\nname = \"a\"\ntemplate = \"t\"\ntags = [\"bad tag\"]\n", Format::Toml, "d.toml", None).unwrap_err();
-        assert!(e.to_string().contains("server[0].tags[0]") && e.to_string().contains("invalid tag"), "{e}");
+        assert!(
+            e.to_string().starts_with("d.toml: ") && e.to_string().contains("line"),
+            "{e}"
+        );
+        let e = parse(
+            "[[server]]\nname = \"a\"\ntemplate = \"t\"\ntags = [\"bad tag\"]\n",
+            Format::Toml,
+            "d.toml",
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("server[0].tags[0]") && e.to_string().contains("invalid tag"),
+            "{e}"
+        );
         let e = parse("[deployment]\nname = \"d\"\n[[server]]\nname = \"a\"\ntemplate = \"t\"\n[[server]]\nname = \"a\"\ntemplate = \"t\"\n", Format::Toml, "d.toml", None).unwrap_err();
         assert!(e.to_string().contains("server[1].name: a is declared twice"), "{e}");
-        let e = parse("[[server]]\nname = \"a\"\ntemplate = \"t\"\n", Format::Toml, "d.toml", None).unwrap_err();
+        let e = parse(
+            "[[server]]\nname = \"a\"\ntemplate = \"t\"\n",
+            Format::Toml,
+            "d.toml",
+            None,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("need a [deployment]"), "{e}");
     }
 
@@ -292,14 +352,22 @@ tags = ["lb:pool=www"]
         assert_eq!(f.scripts[0].body, "echo from file\n");
         assert!(parse(text, Format::Toml, "d.toml", None).is_err());
         let missing = "[[script]]\nname = \"x\"\nbody_file = \"nope.sh\"\n";
-        assert!(parse(missing, Format::Toml, "d.toml", Some(&dir)).unwrap_err().to_string().contains("nope.sh"));
+        assert!(
+            parse(missing, Format::Toml, "d.toml", Some(&dir))
+                .unwrap_err()
+                .to_string()
+                .contains("nope.sh")
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn oversized_files_are_refused() {
         let big = "#".repeat(FILE_MAX + 1);
-        assert!(matches!(parse(&big, Format::Toml, "d.toml", None), Err(FileError::TooLarge { .. })));
+        assert!(matches!(
+            parse(&big, Format::Toml, "d.toml", None),
+            Err(FileError::TooLarge { .. })
+        ));
     }
 
     proptest! {

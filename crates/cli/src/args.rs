@@ -6,7 +6,12 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "stratus", version, about = "Self-hosted multi-cloud server management", propagate_version = true)]
+#[command(
+    name = "stratus",
+    version,
+    about = "Self-hosted multi-cloud server management",
+    propagate_version = true
+)]
 pub struct Cli {
     /// Control-plane URL.
     #[arg(long, global = true, env = "STRATUS_URL")]
@@ -124,7 +129,9 @@ pub struct PageArgs {
 #[derive(Debug, Subcommand)]
 pub enum CatalogCmd {
     List(PageArgs),
-    Show { name: String },
+    Show {
+        name: String,
+    },
     /// Create from a file holding one spec (TOML, YAML or JSON).
     Create {
         #[arg(short, long)]
@@ -135,16 +142,25 @@ pub enum CatalogCmd {
         #[arg(short, long)]
         file: PathBuf,
     },
-    Delete { name: String },
+    Delete {
+        name: String,
+    },
     /// (clouds) Which size a request resolves to: a name or `cpus=2,memory=4GiB`.
-    ResolveSize { name: String, size: String },
+    ResolveSize {
+        name: String,
+        size: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum TemplateCmd {
     List(PageArgs),
-    Show { name: String },
-    Versions { name: String },
+    Show {
+        name: String,
+    },
+    Versions {
+        name: String,
+    },
     Create {
         #[arg(short, long)]
         file: PathBuf,
@@ -153,7 +169,9 @@ pub enum TemplateCmd {
         #[arg(short, long)]
         file: PathBuf,
     },
-    Delete { name: String },
+    Delete {
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -220,9 +238,16 @@ pub enum ArrayCmd {
         page: PageArgs,
     },
     /// DEPLOYMENT/NAME
-    Show { array: String },
-    Scale { array: String, desired: u32 },
-    Delete { array: String },
+    Show {
+        array: String,
+    },
+    Scale {
+        array: String,
+        desired: u32,
+    },
+    Delete {
+        array: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -235,13 +260,17 @@ pub enum RunsCmd {
         #[command(flatten)]
         page: PageArgs,
     },
-    Show { id: String },
+    Show {
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum CredentialCmd {
     List(PageArgs),
-    Show { name: String },
+    Show {
+        name: String,
+    },
     /// Create a credential; the value is read from stdin (or --value-file), never an argument.
     Create {
         name: String,
@@ -258,13 +287,17 @@ pub enum CredentialCmd {
         #[arg(long)]
         value_file: Option<PathBuf>,
     },
-    Delete { name: String },
+    Delete {
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum UserCmd {
     List(PageArgs),
-    Show { name: String },
+    Show {
+        name: String,
+    },
     Create {
         name: String,
         #[arg(long)]
@@ -279,14 +312,19 @@ pub enum UserCmd {
         #[arg(long = "role")]
         roles: Vec<String>,
     },
-    Delete { name: String },
+    Delete {
+        name: String,
+    },
     /// Register an SSH public key (a .pub file).
     AddKey {
         name: String,
         #[arg(long)]
         key_file: PathBuf,
     },
-    RemoveKey { name: String, fingerprint: String },
+    RemoveKey {
+        name: String,
+        fingerprint: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -300,14 +338,20 @@ pub enum TokenCmd {
         #[arg(long)]
         ttl_hours: Option<u32>,
     },
-    List { user: String },
-    Revoke { id: String },
+    List {
+        user: String,
+    },
+    Revoke {
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum AddressCmd {
     List(PageArgs),
-    Show { name: String },
+    Show {
+        name: String,
+    },
     Allocate {
         name: String,
         #[arg(long)]
@@ -315,9 +359,16 @@ pub enum AddressCmd {
         #[arg(long)]
         pool: Option<String>,
     },
-    Associate { name: String, server: String },
-    Disassociate { name: String },
-    Release { name: String },
+    Associate {
+        name: String,
+        server: String,
+    },
+    Disassociate {
+        name: String,
+    },
+    Release {
+        name: String,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -38,14 +38,24 @@ pub fn seg(s: &str) -> String {
 
 impl Client {
     pub fn new(base: &str, token: Option<String>) -> Self {
-        Self { base: base.trim_end_matches('/').to_string(), token, http: reqwest::Client::new() }
+        Self {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            http: reqwest::Client::new(),
+        }
     }
 
     pub fn base(&self) -> &str {
         &self.base
     }
 
-    pub async fn send<B: Serialize>(&self, method: Method, path: &str, query: &[(&str, String)], body: Option<&B>) -> anyhow::Result<Value> {
+    pub async fn send<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&B>,
+    ) -> anyhow::Result<Value> {
         let url = format!("{}{}{path}", self.base, stratus_api::API_PREFIX);
         let mut req = self.http.request(method, &url).query(query);
         if let Some(t) = &self.token {
@@ -55,19 +65,37 @@ impl Client {
             req = req.json(b);
         }
         let resp = req.send().await.map_err(|e| {
-            anyhow::anyhow!("cannot reach the control plane at {}: {e}; is `stratus serve` running? (set --url or STRATUS_URL)", self.base)
+            anyhow::anyhow!(
+                "cannot reach the control plane at {}: {e}; is `stratus serve` running? (set --url or STRATUS_URL)",
+                self.base
+            )
         })?;
         let status = resp.status();
         let text = resp.text().await?;
         if status.is_success() {
-            return Ok(if text.is_empty() { Value::Null } else { serde_json::from_str(&text)? });
+            return Ok(if text.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_str(&text)?
+            });
         }
         let failure = match serde_json::from_str::<ErrorBody>(&text) {
             Ok(b) => {
                 let message = b.error.message;
-                ApiFailure { status, code: serde_json::to_value(b.error.code)?.as_str().unwrap_or("internal").to_string(), message }
+                ApiFailure {
+                    status,
+                    code: serde_json::to_value(b.error.code)?
+                        .as_str()
+                        .unwrap_or("internal")
+                        .to_string(),
+                    message,
+                }
             }
-            Err(_) => ApiFailure { status, code: "internal".into(), message: format!("HTTP {status}: {}", stratus_types::name::truncate(&text)) },
+            Err(_) => ApiFailure {
+                status,
+                code: "internal".into(),
+                message: format!("HTTP {status}: {}", stratus_types::name::truncate(&text)),
+            },
         };
         Err(failure.into())
     }
@@ -93,7 +121,13 @@ impl Client {
     }
 
     /// A list, following pages when `all` (or up to `limit` items).
-    pub async fn list(&self, path: &str, mut query: Vec<(&str, String)>, limit: Option<u32>, all: bool) -> anyhow::Result<Vec<Value>> {
+    pub async fn list(
+        &self,
+        path: &str,
+        mut query: Vec<(&str, String)>,
+        limit: Option<u32>,
+        all: bool,
+    ) -> anyhow::Result<Vec<Value>> {
         if let Some(l) = limit {
             query.push(("limit", l.to_string()));
         }

@@ -9,10 +9,10 @@ use serde_json::Value;
 /// Print a line to stdout; a closed pipe (`stratus server list | head`) ends the program quietly.
 pub fn emit_line(text: &str) {
     let mut out = std::io::stdout().lock();
-    if let Err(e) = writeln!(out, "{text}") {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(0);
-        }
+    if let Err(e) = writeln!(out, "{text}")
+        && e.kind() == std::io::ErrorKind::BrokenPipe
+    {
+        std::process::exit(0);
     }
 }
 
@@ -34,10 +34,15 @@ fn cell(v: &Value) -> String {
 
 pub fn table(items: &[Value], columns: &[Column]) -> String {
     let mut t = Table::new();
-    t.load_style(UTF8_BORDERS_ONLY).set_content_arrangement(ContentArrangement::Dynamic);
+    t.load_style(UTF8_BORDERS_ONLY)
+        .set_content_arrangement(ContentArrangement::Dynamic);
     t.set_header(columns.iter().map(|(h, _)| *h));
     for item in items {
-        t.add_row(columns.iter().map(|(_, p)| cell(item.pointer(p).unwrap_or(&Value::Null))));
+        t.add_row(
+            columns
+                .iter()
+                .map(|(_, p)| cell(item.pointer(p).unwrap_or(&Value::Null))),
+        );
     }
     t.to_string()
 }

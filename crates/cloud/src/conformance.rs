@@ -12,7 +12,11 @@ use crate::{CloudDriver, CloudError, InstanceState, LaunchRequest, USER_DATA_MAX
 pub async fn wait_for(driver: &dyn CloudDriver, id: &str, want: InstanceState, timeout: Duration) -> InstanceState {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let state = driver.describe(id).await.expect("describe").map_or(InstanceState::Terminated, |i| i.state);
+        let state = driver
+            .describe(id)
+            .await
+            .expect("describe")
+            .map_or(InstanceState::Terminated, |i| i.state);
         if state == want || tokio::time::Instant::now() >= deadline {
             return state;
         }
@@ -21,13 +25,19 @@ pub async fn wait_for(driver: &dyn CloudDriver, id: &str, want: InstanceState, t
 }
 
 fn fresh(base: &LaunchRequest) -> LaunchRequest {
-    LaunchRequest { server: ServerId::new(), ..base.clone() }
+    LaunchRequest {
+        server: ServerId::new(),
+        ..base.clone()
+    }
 }
 
 /// Launch → running with a private address → listed → terminated; terminating twice is fine.
 pub async fn lifecycle(driver: &dyn CloudDriver, base: &LaunchRequest, timeout: Duration) {
     let inst = driver.launch(fresh(base)).await.expect("launch");
-    assert_eq!(wait_for(driver, &inst.id, InstanceState::Running, timeout).await, InstanceState::Running);
+    assert_eq!(
+        wait_for(driver, &inst.id, InstanceState::Running, timeout).await,
+        InstanceState::Running
+    );
     let seen = driver.describe(&inst.id).await.expect("describe").expect("exists");
     assert!(seen.private_ip.is_some(), "a running instance has a private address");
     assert!(driver.list().await.expect("list").iter().any(|i| i.id == inst.id));
@@ -50,12 +60,29 @@ pub async fn launch_is_idempotent_per_server(driver: &dyn CloudDriver, base: &La
 pub async fn stop_start(driver: &dyn CloudDriver, base: &LaunchRequest, timeout: Duration) {
     let inst = driver.launch(fresh(base)).await.expect("launch");
     wait_for(driver, &inst.id, InstanceState::Running, timeout).await;
-    let ip = driver.describe(&inst.id).await.expect("describe").and_then(|i| i.private_ip);
+    let ip = driver
+        .describe(&inst.id)
+        .await
+        .expect("describe")
+        .and_then(|i| i.private_ip);
     driver.stop(&inst.id).await.expect("stop");
-    assert_eq!(wait_for(driver, &inst.id, InstanceState::Stopped, timeout).await, InstanceState::Stopped);
+    assert_eq!(
+        wait_for(driver, &inst.id, InstanceState::Stopped, timeout).await,
+        InstanceState::Stopped
+    );
     driver.start(&inst.id).await.expect("start");
-    assert_eq!(wait_for(driver, &inst.id, InstanceState::Running, timeout).await, InstanceState::Running);
-    assert_eq!(driver.describe(&inst.id).await.expect("describe").and_then(|i| i.private_ip), ip);
+    assert_eq!(
+        wait_for(driver, &inst.id, InstanceState::Running, timeout).await,
+        InstanceState::Running
+    );
+    assert_eq!(
+        driver
+            .describe(&inst.id)
+            .await
+            .expect("describe")
+            .and_then(|i| i.private_ip),
+        ip
+    );
     driver.terminate(&inst.id).await.expect("terminate");
 }
 
@@ -79,12 +106,40 @@ pub async fn addresses_move(driver: &dyn CloudDriver, base: &LaunchRequest, ip: 
     wait_for(driver, &a.id, InstanceState::Running, timeout).await;
     wait_for(driver, &b.id, InstanceState::Running, timeout).await;
     driver.associate_address(&a.id, ip).await.expect("associate");
-    assert_eq!(driver.describe(&a.id).await.expect("describe").and_then(|i| i.public_ip), Some(ip));
+    assert_eq!(
+        driver
+            .describe(&a.id)
+            .await
+            .expect("describe")
+            .and_then(|i| i.public_ip),
+        Some(ip)
+    );
     driver.associate_address(&b.id, ip).await.expect("move");
-    assert_eq!(driver.describe(&b.id).await.expect("describe").and_then(|i| i.public_ip), Some(ip));
-    assert_eq!(driver.describe(&a.id).await.expect("describe").and_then(|i| i.public_ip), None);
+    assert_eq!(
+        driver
+            .describe(&b.id)
+            .await
+            .expect("describe")
+            .and_then(|i| i.public_ip),
+        Some(ip)
+    );
+    assert_eq!(
+        driver
+            .describe(&a.id)
+            .await
+            .expect("describe")
+            .and_then(|i| i.public_ip),
+        None
+    );
     driver.disassociate_address(ip).await.expect("disassociate");
-    assert_eq!(driver.describe(&b.id).await.expect("describe").and_then(|i| i.public_ip), None);
+    assert_eq!(
+        driver
+            .describe(&b.id)
+            .await
+            .expect("describe")
+            .and_then(|i| i.public_ip),
+        None
+    );
     driver.terminate(&a.id).await.expect("terminate");
     driver.terminate(&b.id).await.expect("terminate");
 }

@@ -39,7 +39,10 @@ impl FakeCloud {
 
     /// Instances stay `pending` this long after launch.
     pub fn with_boot_delay(delay: Duration) -> Self {
-        Self { boot_delay: delay, ..Self::default() }
+        Self {
+            boot_delay: delay,
+            ..Self::default()
+        }
     }
 
     /// The next launch fails with this message.
@@ -74,9 +77,16 @@ impl FakeCloud {
         }
     }
 
-    fn with_instance<T>(&self, id: &str, f: impl FnOnce(&mut Instance) -> Result<T, CloudError>) -> Result<T, CloudError> {
+    fn with_instance<T>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut Instance) -> Result<T, CloudError>,
+    ) -> Result<T, CloudError> {
         let mut st = self.lock();
-        let inst = st.instances.get_mut(id).ok_or_else(|| CloudError::NoSuchInstance(id.to_string()))?;
+        let inst = st
+            .instances
+            .get_mut(id)
+            .ok_or_else(|| CloudError::NoSuchInstance(id.to_string()))?;
         self.settle(inst);
         f(inst)
     }
@@ -99,10 +109,18 @@ impl CloudDriver for FakeCloud {
         if let Some(msg) = st.fail_next_launch.take() {
             return Err(CloudError::Refused(msg));
         }
-        if let Some(existing) = st.instances.values().find(|i| i.server == req.server && i.state != InstanceState::Terminated) {
+        if let Some(existing) = st
+            .instances
+            .values()
+            .find(|i| i.server == req.server && i.state != InstanceState::Terminated)
+        {
             return Ok(existing.clone());
         }
-        let live = st.instances.values().filter(|i| i.state != InstanceState::Terminated).count();
+        let live = st
+            .instances
+            .values()
+            .filter(|i| i.state != InstanceState::Terminated)
+            .count();
         if st.capacity.is_some_and(|c| live >= c) {
             return Err(CloudError::Capacity(format!("{live} instances running")));
         }
@@ -148,7 +166,12 @@ impl CloudDriver for FakeCloud {
                 i.state = InstanceState::Stopped;
                 Ok(())
             }
-            s => Err(CloudError::WrongState { id: i.id.clone(), state: s, action: "stop", needs: "running" }),
+            s => Err(CloudError::WrongState {
+                id: i.id.clone(),
+                state: s,
+                action: "stop",
+                needs: "running",
+            }),
         })
     }
 
@@ -158,14 +181,24 @@ impl CloudDriver for FakeCloud {
                 i.state = InstanceState::Running;
                 Ok(())
             }
-            s => Err(CloudError::WrongState { id: i.id.clone(), state: s, action: "start", needs: "stopped" }),
+            s => Err(CloudError::WrongState {
+                id: i.id.clone(),
+                state: s,
+                action: "start",
+                needs: "stopped",
+            }),
         })
     }
 
     async fn reboot(&self, instance_id: &str) -> Result<(), CloudError> {
         self.with_instance(instance_id, |i| match i.state {
             InstanceState::Running => Ok(()),
-            s => Err(CloudError::WrongState { id: i.id.clone(), state: s, action: "reboot", needs: "running" }),
+            s => Err(CloudError::WrongState {
+                id: i.id.clone(),
+                state: s,
+                action: "reboot",
+                needs: "running",
+            }),
         })
     }
 

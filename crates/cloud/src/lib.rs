@@ -67,7 +67,12 @@ pub enum CloudError {
     #[error("instance {0} does not exist")]
     NoSuchInstance(String),
     #[error("instance {id} is {state:?}; {action} needs it {needs}")]
-    WrongState { id: String, state: InstanceState, action: &'static str, needs: &'static str },
+    WrongState {
+        id: String,
+        state: InstanceState,
+        action: &'static str,
+        needs: &'static str,
+    },
     #[error("user-data is {0} bytes; the limit is {USER_DATA_MAX}")]
     UserDataTooLarge(usize),
     #[error("image {0:?} does not exist on this cloud")]

@@ -12,7 +12,11 @@ fn request() -> LaunchRequest {
         server: ServerId::new(),
         hostname: "web-1".into(),
         region: "local".into(),
-        size: InstanceSize { name: "small".into(), cpus: 1, memory: Memory::parse("512MiB").expect("memory") },
+        size: InstanceSize {
+            name: "small".into(),
+            cpus: 1,
+            memory: Memory::parse("512MiB").expect("memory"),
+        },
         native_image: "debian-12".into(),
         user_data: b"#stratus\nurl: http://10.0.0.1:7400\n".to_vec(),
         tags: vec![],
@@ -23,13 +27,25 @@ fn request() -> LaunchRequest {
 #[tokio::test]
 async fn conformance_immediate() {
     let cloud = FakeCloud::new();
-    conformance::run_all(&cloud, &request(), "198.51.100.7".parse().expect("ip"), Duration::from_secs(5)).await;
+    conformance::run_all(
+        &cloud,
+        &request(),
+        "198.51.100.7".parse().expect("ip"),
+        Duration::from_secs(5),
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn conformance_with_boot_delay() {
     let cloud = FakeCloud::with_boot_delay(Duration::from_millis(200));
-    conformance::run_all(&cloud, &request(), "198.51.100.8".parse().expect("ip"), Duration::from_secs(5)).await;
+    conformance::run_all(
+        &cloud,
+        &request(),
+        "198.51.100.8".parse().expect("ip"),
+        Duration::from_secs(5),
+    )
+    .await;
 }
 
 #[tokio::test]

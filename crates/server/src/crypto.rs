@@ -56,10 +56,18 @@ impl KeyRing {
     /// Load the key, creating it (0600) if the file does not exist.
     pub fn load_or_create(path: &Path) -> Result<Self, CryptoError> {
         let shown = path.display().to_string();
-        let io = |source| CryptoError::KeyFile { path: shown.clone(), source };
+        let io = |source| CryptoError::KeyFile {
+            path: shown.clone(),
+            source,
+        };
         if !path.exists() {
             let key: [u8; 32] = random_bytes()?;
-            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io)?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(io)?;
             f.write_all(&key).map_err(io)?;
             f.sync_all().map_err(io)?;
         }
@@ -68,22 +76,38 @@ impl KeyRing {
             return Err(CryptoError::LooseKey { path: shown, mode });
         }
         let bytes = std::fs::read(path).map_err(io)?;
-        let key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| CryptoError::BadKey { path: shown.clone() })?;
+        let key: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| CryptoError::BadKey { path: shown.clone() })?;
         Ok(Self::from_key(&key))
     }
 
     pub fn from_key(key: &[u8; 32]) -> Self {
         let key_id = hex::encode(&Sha256::digest(key)[..8]);
-        Self { cipher: XChaCha20Poly1305::new(key.into()), key_id }
+        Self {
+            cipher: XChaCha20Poly1305::new(key.into()),
+            key_id,
+        }
     }
 
     pub fn seal(&self, id: &str, secret: &Secret) -> Result<Sealed, CryptoError> {
         let nonce: [u8; 24] = random_bytes()?;
         let ciphertext = self
             .cipher
-            .encrypt(&XNonce::from(nonce), Payload { msg: secret.expose().as_bytes(), aad: id.as_bytes() })
+            .encrypt(
+                &XNonce::from(nonce),
+                Payload {
+                    msg: secret.expose().as_bytes(),
+                    aad: id.as_bytes(),
+                },
+            )
             .map_err(|_| CryptoError::Damaged(id.to_string()))?;
-        Ok(Sealed { key_id: self.key_id.clone(), nonce: nonce.to_vec(), ciphertext })
+        Ok(Sealed {
+            key_id: self.key_id.clone(),
+            nonce: nonce.to_vec(),
+            ciphertext,
+        })
     }
 
     pub fn open(&self, id: &str, sealed: &Sealed) -> Result<Secret, CryptoError> {
@@ -93,9 +117,17 @@ impl KeyRing {
         let nonce = XNonce::try_from(sealed.nonce.as_slice()).map_err(|_| CryptoError::Damaged(id.to_string()))?;
         let plain = self
             .cipher
-            .decrypt(&nonce, Payload { msg: &sealed.ciphertext, aad: id.as_bytes() })
+            .decrypt(
+                &nonce,
+                Payload {
+                    msg: &sealed.ciphertext,
+                    aad: id.as_bytes(),
+                },
+            )
             .map_err(|_| CryptoError::Damaged(id.to_string()))?;
-        String::from_utf8(plain).map(Secret::new).map_err(|_| CryptoError::Damaged(id.to_string()))
+        String::from_utf8(plain)
+            .map(Secret::new)
+            .map_err(|_| CryptoError::Damaged(id.to_string()))
     }
 }
 
@@ -109,7 +141,10 @@ mod tests {
         let s = k.seal("cred-a", &Secret::new("hunter2")).unwrap();
         assert!(!s.ciphertext.windows(7).any(|w| w == b"hunter2"));
         assert_eq!(k.open("cred-a", &s).unwrap().expose(), "hunter2");
-        assert!(matches!(k.open("cred-b", &s), Err(CryptoError::Damaged(_))), "bound to its id");
+        assert!(
+            matches!(k.open("cred-b", &s), Err(CryptoError::Damaged(_))),
+            "bound to its id"
+        );
         let other = KeyRing::from_key(&[8; 32]);
         assert!(matches!(other.open("cred-a", &s), Err(CryptoError::WrongKey(..))));
         let mut bad = s.clone();

@@ -36,6 +36,8 @@ pub struct Config {
     pub public_url: Option<String>,
     pub boot_deadline: Duration,
     pub reconcile_interval: Duration,
+    /// Run the orchestrator (off only for benchmarks that measure the API alone).
+    pub reconcile: bool,
 }
 
 impl Config {
@@ -46,6 +48,7 @@ impl Config {
             public_url: None,
             boot_deadline: Duration::from_secs(120),
             reconcile_interval: Duration::from_secs(1),
+            reconcile: true,
         }
     }
 }
@@ -84,20 +87,31 @@ impl Running {
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(contents.as_bytes())?;
     f.write_all(b"\n")
 }
 
 /// Open state, create the first admin if needed, bind, and start serving and reconciling.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
-    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
     let keys = KeyRing::load_or_create(&config.data_dir.join("master.key"))?;
     let db = config.data_dir.join("stratus.db");
-    let store = SqliteStore::open(&db).await.with_context(|| format!("cannot open the database {}", db.display()))?;
+    let store = SqliteStore::open(&db)
+        .await
+        .with_context(|| format!("cannot open the database {}", db.display()))?;
     let store: Arc<dyn stratus_store::Datastore> = Arc::new(store);
     let token_file = config.data_dir.join(ADMIN_TOKEN_FILE);
-    let created_admin = match app::users::bootstrap_admin(&*store).await.context("cannot create the first admin")? {
+    let created_admin = match app::users::bootstrap_admin(&*store)
+        .await
+        .context("cannot create the first admin")?
+    {
         Some(token) => {
             write_private(&token_file, &token).with_context(|| format!("cannot write {}", token_file.display()))?;
             info!(path = %token_file.display(), "first start: created user admin; its API token is in this file");
@@ -105,7 +119,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
         None => false,
     };
-    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
     let url = format!("http://{addr}");
     let settings = AppSettings {
@@ -113,8 +129,17 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         boot_deadline: config.boot_deadline,
         reconcile_interval: config.reconcile_interval,
     };
-    let app = Arc::new(App { store, keys, drivers: Drivers::default(), poke: Default::default(), settings });
-    let reconciler = tokio::spawn(reconcile::run(app.clone()));
+    let app = Arc::new(App {
+        store,
+        keys,
+        drivers: Drivers::default(),
+        poke: Default::default(),
+        settings,
+    });
+    let mut tasks = vec![];
+    if config.reconcile {
+        tasks.push(tokio::spawn(reconcile::run(app.clone())));
+    }
     let router = http::router(app.clone());
     let server = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).await {
@@ -122,5 +147,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
     });
     info!(%url, data_dir = %config.data_dir.display(), "control plane ready");
-    Ok(Running { url, addr, app, admin_token_file: token_file, created_admin, tasks: vec![reconciler, server] })
+    tasks.push(server);
+    Ok(Running {
+        url,
+        addr,
+        app,
+        admin_token_file: token_file,
+        created_admin,
+        tasks,
+    })
 }

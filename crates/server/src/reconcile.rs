@@ -51,7 +51,11 @@ pub async fn run(app: Arc<App>) {
 pub async fn pass(app: &App) -> Result<(), AppError> {
     scale_arrays(app).await?;
     for state in [ServerState::Pending, ServerState::Booting, ServerState::Decommissioning] {
-        let q = Query { state: Some(state.as_str().into()), live_only: true, ..Default::default() };
+        let q = Query {
+            state: Some(state.as_str().into()),
+            live_only: true,
+            ..Default::default()
+        };
         for s in app.store.list_all::<Server>(&q).await? {
             let name = format!("{}/{}", s.deployment, s.name);
             match step(app, s).await {
@@ -76,7 +80,8 @@ async fn step(app: &App, s: Server) -> Result<(), AppError> {
 fn user_data(app: &App, s: &Server) -> Vec<u8> {
     // Minimal on purpose: where the control plane is and who this is. Everything else is
     // fetched by the agent after it connects.
-    serde_json::to_vec(&serde_json::json!({ "stratus_url": app.settings.public_url, "server_id": s.id })).unwrap_or_default()
+    serde_json::to_vec(&serde_json::json!({ "stratus_url": app.settings.public_url, "server_id": s.id }))
+        .unwrap_or_default()
 }
 
 async fn launch(app: &App, mut s: Server, driver: Arc<dyn CloudDriver>) -> Result<(), AppError> {
@@ -104,11 +109,17 @@ async fn launch(app: &App, mut s: Server, driver: Arc<dyn CloudDriver>) -> Resul
         Ok(inst) => {
             s.instance_id = Some(inst.id.clone());
             s.private_ip = inst.private_ip;
-            s.move_to(ServerState::Booting, now).map_err(|e| AppError::BadState(e.to_string()))?;
+            s.move_to(ServerState::Booting, now)
+                .map_err(|e| AppError::BadState(e.to_string()))?;
             info!(server = %s.name, instance = %inst.id, "launched");
         }
         Err(message) => {
-            let reason = StrandedReason { step: "launch".into(), message, exit_code: None, output_tail: String::new() };
+            let reason = StrandedReason {
+                step: "launch".into(),
+                message,
+                exit_code: None,
+                output_tail: String::new(),
+            };
             s.strand(reason, now).map_err(|e| AppError::BadState(e.to_string()))?;
         }
     }
@@ -127,7 +138,12 @@ fn run_record(s: &Server, script: &Script, phase: Phase, output: &str) -> Run {
         script_revision: script.revision,
         revision: 1,
         phase,
-        inputs: s.inputs.iter().filter(|(k, _)| script.spec.inputs.iter().any(|d| &d.name == *k)).map(|(k, v)| (k.clone(), v.to_string())).collect(),
+        inputs: s
+            .inputs
+            .iter()
+            .filter(|(k, _)| script.spec.inputs.iter().any(|d| &d.name == *k))
+            .map(|(k, v)| (k.clone(), v.to_string()))
+            .collect(),
         status: RunStatus::Succeeded,
         exit_code: Some(0),
         output: output.to_string(),
@@ -151,7 +167,12 @@ async fn simulated_runs(app: &App, s: &Server, phase: Phase) -> Result<Vec<Chang
     let mut out = vec![];
     for name in list {
         if let Some(script) = app.store.find_as::<Script>("", name.as_str()).await? {
-            out.push(Change::insert(&run_record(s, &script, phase, "fake cloud: simulated agent, the script was not executed\n")));
+            out.push(Change::insert(&run_record(
+                s,
+                &script,
+                phase,
+                "fake cloud: simulated agent, the script was not executed\n",
+            )));
         }
     }
     Ok(out)
@@ -159,17 +180,28 @@ async fn simulated_runs(app: &App, s: &Server, phase: Phase) -> Result<Vec<Chang
 
 async fn boot(app: &App, mut s: Server, driver: Arc<dyn CloudDriver>) -> Result<(), AppError> {
     let now = Utc::now();
-    let Some(instance_id) = s.instance_id.clone() else { return Ok(()) };
-    let inst = driver.describe(&instance_id).await.map_err(|source| AppError::Cloud { context: "describe".into(), source })?;
+    let Some(instance_id) = s.instance_id.clone() else {
+        return Ok(());
+    };
+    let inst = driver.describe(&instance_id).await.map_err(|source| AppError::Cloud {
+        context: "describe".into(),
+        source,
+    })?;
     let mut changes = vec![];
     match inst.map(|i| i.state) {
         None | Some(InstanceState::Terminated) => {
-            let reason = StrandedReason { step: "boot".into(), message: format!("instance {instance_id} disappeared while booting"), exit_code: None, output_tail: String::new() };
+            let reason = StrandedReason {
+                step: "boot".into(),
+                message: format!("instance {instance_id} disappeared while booting"),
+                exit_code: None,
+                output_tail: String::new(),
+            };
             s.strand(reason, now).map_err(|e| AppError::BadState(e.to_string()))?;
         }
         Some(InstanceState::Running) if driver.kind() == DriverKind::Fake => {
             changes = simulated_runs(app, &s, Phase::Boot).await?;
-            s.move_to(ServerState::Operational, now).map_err(|e| AppError::BadState(e.to_string()))?;
+            s.move_to(ServerState::Operational, now)
+                .map_err(|e| AppError::BadState(e.to_string()))?;
             info!(server = %s.name, "operational");
         }
         _ => {
@@ -180,7 +212,10 @@ async fn boot(app: &App, mut s: Server, driver: Arc<dyn CloudDriver>) -> Result<
             }
             let reason = StrandedReason {
                 step: "enrolment".into(),
-                message: format!("no agent finished booting within {}s; check the instance's console and network to the control plane", app.settings.boot_deadline.as_secs()),
+                message: format!(
+                    "no agent finished booting within {}s; check the instance's console and network to the control plane",
+                    app.settings.boot_deadline.as_secs()
+                ),
                 exit_code: None,
                 output_tail: String::new(),
             };
@@ -199,14 +234,24 @@ async fn decommission(app: &App, mut s: Server, driver: Option<Arc<dyn CloudDriv
         if driver.kind() == DriverKind::Fake {
             changes.extend(simulated_runs(app, &s, Phase::Decommission).await?);
         }
-        driver.terminate(id).await.map_err(|source| AppError::Cloud { context: format!("terminating {id}"), source })?;
+        driver.terminate(id).await.map_err(|source| AppError::Cloud {
+            context: format!("terminating {id}"),
+            source,
+        })?;
     }
-    for mut a in app.store.list_all::<Address>(&Query::default()).await?.into_iter().filter(|a| a.server == Some(s.id)) {
+    for mut a in app
+        .store
+        .list_all::<Address>(&Query::default())
+        .await?
+        .into_iter()
+        .filter(|a| a.server == Some(s.id))
+    {
         a.server = None;
         changes.push(Change::update(&mut a, now));
     }
     s.public_ip = None;
-    s.move_to(ServerState::Terminated, now).map_err(|e| AppError::BadState(e.to_string()))?;
+    s.move_to(ServerState::Terminated, now)
+        .map_err(|e| AppError::BadState(e.to_string()))?;
     changes.push(Change::update(&mut s, now));
     app.store.commit(changes).await?;
     info!(server = %s.name, "terminated");
@@ -221,7 +266,11 @@ async fn scale_arrays(app: &App) -> Result<(), AppError> {
     }
     let system = Actor::system();
     for a in arrays_all {
-        let q = Query { scope: Some(a.spec.deployment.to_string()), live_only: true, ..Default::default() };
+        let q = Query {
+            scope: Some(a.spec.deployment.to_string()),
+            live_only: true,
+            ..Default::default()
+        };
         let mut members: Vec<Server> = app
             .store
             .list_all::<Server>(&q)
@@ -232,21 +281,34 @@ async fn scale_arrays(app: &App) -> Result<(), AppError> {
         let want = a.spec.desired as usize;
         let now = Utc::now();
         let result = if members.len() < want {
-            let Some(dep) = app.store.find_as::<Deployment>("", a.spec.deployment.as_str()).await? else { continue };
+            let Some(dep) = app.store.find_as::<Deployment>("", a.spec.deployment.as_str()).await? else {
+                continue;
+            };
             let cat = Catalog::load(&*app.store).await?;
             let mut changes = vec![];
             let mut n = 1;
             while members.len() < want {
                 let spec = arrays::member_spec(&a.spec, n);
                 n += 1;
-                if members.iter().any(|m| m.name == spec.name) || app.store.find_as::<Server>(a.spec.deployment.as_str(), spec.name.as_str()).await?.is_some() {
+                if members.iter().any(|m| m.name == spec.name)
+                    || app
+                        .store
+                        .find_as::<Server>(a.spec.deployment.as_str(), spec.name.as_str())
+                        .await?
+                        .is_some()
+                {
                     continue;
                 }
                 match build_server(&spec, &dep, &cat, a.next_launch_image.as_ref(), now) {
                     Ok(mut s) => {
                         s.array = Some(a.spec.name.clone());
                         changes.push(Change::insert(&s));
-                        changes.push(audit(&system, "array.launch", format!("server/{}/{}", s.deployment, s.name), serde_json::json!({"array": a.spec.name})));
+                        changes.push(audit(
+                            &system,
+                            "array.launch",
+                            format!("server/{}/{}", s.deployment, s.name),
+                            serde_json::json!({"array": a.spec.name}),
+                        ));
                         members.push(s);
                     }
                     Err(e) => {
@@ -261,9 +323,18 @@ async fn scale_arrays(app: &App) -> Result<(), AppError> {
             let extra = members.len() - want;
             let mut changes = vec![];
             for mut m in members.into_iter().take(extra) {
-                let to = if m.instance_id.is_none() { ServerState::Terminated } else { ServerState::Decommissioning };
+                let to = if m.instance_id.is_none() {
+                    ServerState::Terminated
+                } else {
+                    ServerState::Decommissioning
+                };
                 if m.move_to(to, now).is_ok() {
-                    changes.push(audit(&system, "array.shrink", format!("server/{}/{}", m.deployment, m.name), serde_json::json!({"array": a.spec.name})));
+                    changes.push(audit(
+                        &system,
+                        "array.shrink",
+                        format!("server/{}/{}", m.deployment, m.name),
+                        serde_json::json!({"array": a.spec.name}),
+                    ));
                     changes.push(Change::update(&mut m, now));
                 }
             }

@@ -23,7 +23,12 @@ pub fn deployment(n: &str) -> Deployment {
         revision: 1,
         created_at: now,
         updated_at: now,
-        spec: DeploymentSpec { name: name(n), description: String::new(), cloud: None, inputs: Default::default() },
+        spec: DeploymentSpec {
+            name: name(n),
+            description: String::new(),
+            cloud: None,
+            inputs: Default::default(),
+        },
     }
 }
 
@@ -77,9 +82,15 @@ pub async fn duplicate_names_conflict_atomically(store: &dyn Datastore) {
     store.commit(vec![Change::insert(&a)]).await.expect("insert");
     let other = deployment("other");
     let again = deployment("dup");
-    let err = store.commit(vec![Change::insert(&other), Change::insert(&again)]).await.expect_err("conflict");
+    let err = store
+        .commit(vec![Change::insert(&other), Change::insert(&again)])
+        .await
+        .expect_err("conflict");
     assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
-    assert!(store.find_as::<Deployment>("", "other").await.expect("find").is_none(), "batch was not atomic");
+    assert!(
+        store.find_as::<Deployment>("", "other").await.expect("find").is_none(),
+        "batch was not atomic"
+    );
 }
 
 /// An update must name the revision it replaces; a stale writer fails.
@@ -88,15 +99,27 @@ pub async fn stale_updates_fail(store: &dyn Datastore) {
     store.commit(vec![Change::insert(&d)]).await.expect("insert");
     let mut stale = d.clone();
     d.spec.description = "first".into();
-    store.commit(vec![Change::update(&mut d, Utc::now())]).await.expect("update");
+    store
+        .commit(vec![Change::update(&mut d, Utc::now())])
+        .await
+        .expect("update");
     assert_eq!(d.revision, 2);
     stale.spec.description = "second".into();
-    let err = store.commit(vec![Change::update(&mut stale, Utc::now())]).await.expect_err("stale");
+    let err = store
+        .commit(vec![Change::update(&mut stale, Utc::now())])
+        .await
+        .expect_err("stale");
     assert!(matches!(err, StoreError::Stale { .. }), "{err:?}");
     let now: Deployment = store.get_as(&d.id.to_string()).await.expect("get").expect("present");
     assert_eq!(now.spec.description, "first");
     store.commit(vec![Change::delete(&now)]).await.expect("delete");
-    assert!(store.get_as::<Deployment>(&d.id.to_string()).await.expect("get").is_none());
+    assert!(
+        store
+            .get_as::<Deployment>(&d.id.to_string())
+            .await
+            .expect("get")
+            .is_none()
+    );
 }
 
 /// Names are unique among live records only: a terminated server frees its name.
@@ -104,20 +127,33 @@ pub async fn terminated_servers_free_their_name(store: &dyn Datastore) {
     let mut s = server("web-1", "prod", &[]);
     store.commit(vec![Change::insert(&s)]).await.expect("insert");
     s.state = ServerState::Terminated;
-    store.commit(vec![Change::update(&mut s, Utc::now())]).await.expect("terminate");
+    store
+        .commit(vec![Change::update(&mut s, Utc::now())])
+        .await
+        .expect("terminate");
     let s2 = server("web-1", "prod", &[]);
     store.commit(vec![Change::insert(&s2)]).await.expect("name reused");
     let found: Server = store.find_as("prod", "web-1").await.expect("find").expect("present");
     assert_eq!(found.id, s2.id);
     // Same name in another deployment is fine too.
-    store.commit(vec![Change::insert(&server("web-1", "staging", &[]))]).await.expect("other scope");
+    store
+        .commit(vec![Change::insert(&server("web-1", "staging", &[]))])
+        .await
+        .expect("other scope");
 }
 
 /// Pages follow creation order and cover everything exactly once.
 pub async fn paging_covers_everything_once(store: &dyn Datastore) {
     let all: Vec<Server> = (0..25).map(|i| server(&format!("s{i}"), "pg", &[])).collect();
-    store.commit(all.iter().map(Change::insert).collect()).await.expect("insert");
-    let mut q = Query { scope: Some("pg".into()), limit: 10, ..Default::default() };
+    store
+        .commit(all.iter().map(Change::insert).collect())
+        .await
+        .expect("insert");
+    let mut q = Query {
+        scope: Some("pg".into()),
+        limit: 10,
+        ..Default::default()
+    };
     let mut seen = Vec::new();
     loop {
         let (page, next) = store.list_as::<Server>(&q).await.expect("list");
@@ -136,10 +172,21 @@ pub async fn selectors_and_filters(store: &dyn Datastore) {
     let mut lb = server("lb", "sel", &["lb:balances=www", "role:kind=lb"]);
     lb.state = ServerState::Operational;
     let a = server("app-a", "sel", &["lb:pool=www", "app:version=1.2.3"]);
-    let b = server("app-b", "sel", &["lb:pool=www", "app:version=2.0.0", "maint:drain=true"]);
-    store.commit(vec![Change::insert(&lb), Change::insert(&a), Change::insert(&b)]).await.expect("insert");
+    let b = server(
+        "app-b",
+        "sel",
+        &["lb:pool=www", "app:version=2.0.0", "maint:drain=true"],
+    );
+    store
+        .commit(vec![Change::insert(&lb), Change::insert(&a), Change::insert(&b)])
+        .await
+        .expect("insert");
     let names = |sel: &str| {
-        let q = Query { scope: Some("sel".into()), selector: Some(Selector::parse(sel).expect("selector")), ..Default::default() };
+        let q = Query {
+            scope: Some("sel".into()),
+            selector: Some(Selector::parse(sel).expect("selector")),
+            ..Default::default()
+        };
         async move {
             let (v, _) = store.list_as::<Server>(&q).await.expect("list");
             v.into_iter().map(|s| s.name.to_string()).collect::<Vec<_>>()
@@ -152,7 +199,11 @@ pub async fn selectors_and_filters(store: &dyn Datastore) {
     assert_eq!(names("lb:pool,!maint:drain").await, ["app-a"]);
     assert_eq!(names("role:kind=lb,lb:balances=www").await, ["lb"]);
     assert!(names("nothing:here").await.is_empty());
-    let q = Query { scope: Some("sel".into()), state: Some("operational".into()), ..Default::default() };
+    let q = Query {
+        scope: Some("sel".into()),
+        state: Some("operational".into()),
+        ..Default::default()
+    };
     assert_eq!(store.list_as::<Server>(&q).await.expect("list").0.len(), 1);
 }
 
@@ -160,15 +211,28 @@ pub async fn selectors_and_filters(store: &dyn Datastore) {
 pub async fn selector_patterns_are_literal_except_wildcards(store: &dyn Datastore) {
     let s = server("odd", "lit", &["x:y=a[b]c"]);
     store.commit(vec![Change::insert(&s)]).await.expect("insert");
-    for (sel, want) in [("x:y=a[b]c", 1), ("x:y=a[b]*", 1), ("x:y=abc", 0), ("x:y=a%", 0), ("x:y=a_b_c", 0)] {
-        let q = Query { selector: Some(Selector::parse(sel).expect("selector")), ..Default::default() };
+    for (sel, want) in [
+        ("x:y=a[b]c", 1),
+        ("x:y=a[b]*", 1),
+        ("x:y=abc", 0),
+        ("x:y=a%", 0),
+        ("x:y=a_b_c", 0),
+    ] {
+        let q = Query {
+            selector: Some(Selector::parse(sel).expect("selector")),
+            ..Default::default()
+        };
         assert_eq!(store.list_as::<Server>(&q).await.expect("list").0.len(), want, "{sel}");
     }
 }
 
 /// Sealed values and audit entries are written in the same batch as the change.
 pub async fn sealed_and_audit(store: &dyn Datastore) {
-    let sealed = Sealed { key_id: "k1".into(), nonce: vec![1; 24], ciphertext: vec![9; 40] };
+    let sealed = Sealed {
+        key_id: "k1".into(),
+        nonce: vec![1; 24],
+        ciphertext: vec![9; 40],
+    };
     let entry = |action: &str| AuditEntry {
         id: AuditId::new(),
         at: Utc::now(),
@@ -178,16 +242,34 @@ pub async fn sealed_and_audit(store: &dyn Datastore) {
         detail: serde_json::json!({"x": 1}),
     };
     store
-        .commit(vec![Change::PutSealed { id: "c1".into(), sealed: sealed.clone() }, Change::Audit(entry("credential.create"))])
+        .commit(vec![
+            Change::PutSealed {
+                id: "c1".into(),
+                sealed: sealed.clone(),
+            },
+            Change::Audit(entry("credential.create")),
+        ])
         .await
         .expect("commit");
     assert_eq!(store.sealed("c1").await.expect("sealed"), Some(sealed));
-    store.commit(vec![Change::Audit(entry("server.launch"))]).await.expect("commit");
+    store
+        .commit(vec![Change::Audit(entry("server.launch"))])
+        .await
+        .expect("commit");
     let all = store.audit(&AuditQuery::default()).await.expect("audit");
-    assert_eq!(all.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(), ["server.launch", "credential.create"]);
-    let q = AuditQuery { action_prefix: Some("credential.".into()), ..Default::default() };
+    assert_eq!(
+        all.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(),
+        ["server.launch", "credential.create"]
+    );
+    let q = AuditQuery {
+        action_prefix: Some("credential.".into()),
+        ..Default::default()
+    };
     assert_eq!(store.audit(&q).await.expect("audit").len(), 1);
-    store.commit(vec![Change::DeleteSealed { id: "c1".into() }]).await.expect("delete");
+    store
+        .commit(vec![Change::DeleteSealed { id: "c1".into() }])
+        .await
+        .expect("delete");
     assert!(store.sealed("c1").await.expect("sealed").is_none());
 }
 

@@ -31,7 +31,11 @@ pub enum StoreError {
     #[error("{kind} {name:?} already exists")]
     Conflict { kind: Kind, name: String },
     #[error("{kind} {id} was changed by someone else (expected revision {expected:?}); reload and retry")]
-    Stale { kind: Kind, id: String, expected: Option<u32> },
+    Stale {
+        kind: Kind,
+        id: String,
+        expected: Option<u32>,
+    },
     #[error("{kind} {id} does not exist")]
     Missing { kind: Kind, id: String },
     #[error("stored {kind} {id} cannot be read")]

@@ -65,7 +65,8 @@ pub struct Record {
     pub revision: u32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
-    /// Indexed for selector queries.
+    /// Indexed for selector queries on write; empty on records read back (the typed value
+    /// holds them).
     pub tags: Vec<Tag>,
     pub body: serde_json::Value,
 }
@@ -89,11 +90,23 @@ impl fmt::Debug for Sealed {
 pub enum Change {
     /// Insert (`expect: None`: must not exist) or replace (`expect: Some(rev)`: the stored
     /// revision must be `rev`). The record's own `revision` is what gets stored.
-    Put { record: Record, expect: Option<u32> },
+    Put {
+        record: Record,
+        expect: Option<u32>,
+    },
     /// Remove; the stored revision must be `expect`.
-    Delete { kind: Kind, id: String, expect: u32 },
-    PutSealed { id: String, sealed: Sealed },
-    DeleteSealed { id: String },
+    Delete {
+        kind: Kind,
+        id: String,
+        expect: u32,
+    },
+    PutSealed {
+        id: String,
+        sealed: Sealed,
+    },
+    DeleteSealed {
+        id: String,
+    },
     Audit(AuditEntry),
 }
 
@@ -117,7 +130,11 @@ impl Query {
     pub const MAX_LIMIT: u32 = 1000;
 
     pub fn effective_limit(&self) -> u32 {
-        if self.limit == 0 { Self::MAX_LIMIT } else { self.limit.min(Self::MAX_LIMIT) }
+        if self.limit == 0 {
+            Self::MAX_LIMIT
+        } else {
+            self.limit.min(Self::MAX_LIMIT)
+        }
     }
 }
 

@@ -13,7 +13,6 @@ use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use stratus_types::audit::AuditEntry;
-use stratus_types::tag::Tag;
 use tokio::sync::Mutex;
 
 use crate::{AuditQuery, Change, Datastore, Kind, Page, Query, Record, Sealed, StoreError};
@@ -51,21 +50,44 @@ impl SqliteStore {
     }
 
     async fn with_options(opts: SqliteConnectOptions, max: u32) -> Result<Self, StoreError> {
-        let pool = SqlitePoolOptions::new().max_connections(max).connect_with(opts).await.map_err(db)?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max)
+            .connect_with(opts)
+            .await
+            .map_err(db)?;
         MIGRATOR.run(&pool).await.map_err(StoreError::Migrate)?;
-        Ok(Self { pool, write: Mutex::new(()) })
+        Ok(Self {
+            pool,
+            write: Mutex::new(()),
+        })
     }
 }
 
 fn kind_of(s: &str) -> Option<Kind> {
     use Kind::*;
-    [Cloud, Image, Script, Template, TemplateVersion, Deployment, Server, Array, Run, Credential, User, Token, Address]
-        .into_iter()
-        .find(|k| k.as_str() == s)
+    [
+        Cloud,
+        Image,
+        Script,
+        Template,
+        TemplateVersion,
+        Deployment,
+        Server,
+        Array,
+        Run,
+        Credential,
+        User,
+        Token,
+        Address,
+    ]
+    .into_iter()
+    .find(|k| k.as_str() == s)
 }
 
 fn time(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc)).unwrap_or_default()
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_default()
 }
 
 fn ts(t: &DateTime<Utc>) -> String {
@@ -78,14 +100,11 @@ fn record(row: &SqliteRow) -> Result<Record, StoreError> {
     let id: String = row.get("id");
     let kind = kind_of(&kind_s).unwrap_or(Kind::Cloud);
     let body: String = row.get("body");
-    let body = serde_json::from_str(&body).map_err(|source| StoreError::Corrupt { kind, id: id.clone(), source })?;
-    let tags = match &body {
-        serde_json::Value::Object(m) if kind == Kind::Server => m
-            .get("tags")
-            .and_then(|t| serde_json::from_value::<Vec<Tag>>(t.clone()).ok())
-            .unwrap_or_default(),
-        _ => Vec::new(),
-    };
+    let body = serde_json::from_str(&body).map_err(|source| StoreError::Corrupt {
+        kind,
+        id: id.clone(),
+        source,
+    })?;
     Ok(Record {
         kind,
         id,
@@ -96,7 +115,8 @@ fn record(row: &SqliteRow) -> Result<Record, StoreError> {
         revision: u32::try_from(row.get::<i64, _>("revision")).unwrap_or(0),
         created_at: time(&row.get::<String, _>("created_at")),
         updated_at: time(&row.get::<String, _>("updated_at")),
-        tags,
+        // Tags are indexed on write; readers get them from the typed value.
+        tags: Vec::new(),
         body,
     })
 }
@@ -152,7 +172,8 @@ impl Datastore for SqliteStore {
         if let Some(sel) = &q.selector {
             for term in sel.terms() {
                 b.push(if term.negated { " AND NOT EXISTS" } else { " AND EXISTS" });
-                b.push(" (SELECT 1 FROM tags t WHERE t.resource_id = r.id AND t.namespace = ").push_bind(term.namespace.clone());
+                b.push(" (SELECT 1 FROM tags t WHERE t.resource_id = r.id AND t.namespace = ")
+                    .push_bind(term.namespace.clone());
                 if let Some(p) = &term.predicate {
                     b.push(" AND t.predicate = ").push_bind(p.clone());
                 }
@@ -190,19 +211,30 @@ impl Datastore for SqliteStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(db)?;
-        Ok(row.map(|r| Sealed { key_id: r.get("key_id"), nonce: r.get("nonce"), ciphertext: r.get("ciphertext") }))
+        Ok(row.map(|r| Sealed {
+            key_id: r.get("key_id"),
+            nonce: r.get("nonce"),
+            ciphertext: r.get("ciphertext"),
+        }))
     }
 
     async fn audit(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
-        let mut b: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT id, at, actor, action, target, detail FROM audit_log WHERE 1 = 1");
+        let mut b: QueryBuilder<Sqlite> =
+            QueryBuilder::new("SELECT id, at, actor, action, target, detail FROM audit_log WHERE 1 = 1");
         if let Some(a) = &q.actor {
             b.push(" AND actor = ").push_bind(a.clone());
         }
         if let Some(a) = &q.action_prefix {
-            b.push(" AND substr(action, 1, ").push_bind(a.len() as i64).push(") = ").push_bind(a.clone());
+            b.push(" AND substr(action, 1, ")
+                .push_bind(a.len() as i64)
+                .push(") = ")
+                .push_bind(a.clone());
         }
         if let Some(t) = &q.target_prefix {
-            b.push(" AND substr(target, 1, ").push_bind(t.len() as i64).push(") = ").push_bind(t.clone());
+            b.push(" AND substr(target, 1, ")
+                .push_bind(t.len() as i64)
+                .push(") = ")
+                .push_bind(t.clone());
         }
         if let Some(before) = &q.before {
             b.push(" AND id < ").push_bind(before.clone());
@@ -227,7 +259,11 @@ impl Datastore for SqliteStore {
     }
 
     async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
-        sqlx::query_scalar("SELECT value FROM settings WHERE key = ?").bind(key).fetch_optional(&self.pool).await.map_err(db)
+        sqlx::query_scalar("SELECT value FROM settings WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)
     }
 
     async fn init_setting(&self, key: &str, value: &str) -> Result<String, StoreError> {
@@ -238,7 +274,11 @@ impl Datastore for SqliteStore {
             .execute(&self.pool)
             .await
             .map_err(db)?;
-        sqlx::query_scalar("SELECT value FROM settings WHERE key = ?").bind(key).fetch_one(&self.pool).await.map_err(db)
+        sqlx::query_scalar("SELECT value FROM settings WHERE key = ?")
+            .bind(key)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)
     }
 }
 
@@ -254,9 +294,17 @@ async fn apply(tx: &mut sqlx::Transaction<'static, Sqlite>, change: Change) -> R
                 .await
                 .map_err(db)?;
             if done.rows_affected() == 0 {
-                return Err(StoreError::Stale { kind, id, expected: Some(expect) });
+                return Err(StoreError::Stale {
+                    kind,
+                    id,
+                    expected: Some(expect),
+                });
             }
-            sqlx::query("DELETE FROM tags WHERE resource_id = ?").bind(&id).execute(&mut **tx).await.map_err(db)?;
+            sqlx::query("DELETE FROM tags WHERE resource_id = ?")
+                .bind(&id)
+                .execute(&mut **tx)
+                .await
+                .map_err(db)?;
             Ok(())
         }
         Change::PutSealed { id, sealed } => {
@@ -271,7 +319,11 @@ async fn apply(tx: &mut sqlx::Transaction<'static, Sqlite>, change: Change) -> R
             Ok(())
         }
         Change::DeleteSealed { id } => {
-            sqlx::query("DELETE FROM secrets WHERE id = ?").bind(&id).execute(&mut **tx).await.map_err(db)?;
+            sqlx::query("DELETE FROM secrets WHERE id = ?")
+                .bind(&id)
+                .execute(&mut **tx)
+                .await
+                .map_err(db)?;
             Ok(())
         }
         Change::Audit(e) => {
@@ -327,16 +379,33 @@ async fn put(tx: &mut sqlx::Transaction<'static, Sqlite>, r: Record, expect: Opt
     let done = match result {
         Ok(d) => d,
         Err(e) if is_unique_violation(&e) && expect.is_none() && is_id_taken(tx, &r).await? => {
-            return Err(StoreError::Stale { kind: r.kind, id: r.id, expected: None });
+            return Err(StoreError::Stale {
+                kind: r.kind,
+                id: r.id,
+                expected: None,
+            });
         }
-        Err(e) if is_unique_violation(&e) => return Err(StoreError::Conflict { kind: r.kind, name: r.name }),
+        Err(e) if is_unique_violation(&e) => {
+            return Err(StoreError::Conflict {
+                kind: r.kind,
+                name: r.name,
+            });
+        }
         Err(e) => return Err(db(e)),
     };
     if done.rows_affected() == 0 {
-        return Err(StoreError::Stale { kind: r.kind, id: r.id, expected: expect });
+        return Err(StoreError::Stale {
+            kind: r.kind,
+            id: r.id,
+            expected: expect,
+        });
     }
     if r.kind == Kind::Server {
-        sqlx::query("DELETE FROM tags WHERE resource_id = ?").bind(&r.id).execute(&mut **tx).await.map_err(db)?;
+        sqlx::query("DELETE FROM tags WHERE resource_id = ?")
+            .bind(&r.id)
+            .execute(&mut **tx)
+            .await
+            .map_err(db)?;
         for t in &r.tags {
             sqlx::query("INSERT OR IGNORE INTO tags (resource_id, namespace, predicate, value) VALUES (?, ?, ?, ?)")
                 .bind(&r.id)

@@ -58,15 +58,19 @@ pub trait Resource: Serialize + DeserializeOwned + Send + Sync + 'static {
         }
     }
 
-    fn from_record(r: &Record) -> Result<Self, StoreError> {
-        serde_json::from_value(r.body.clone()).map_err(|source| StoreError::Corrupt { kind: r.kind, id: r.id.clone(), source })
+    fn from_record(r: Record) -> Result<Self, StoreError> {
+        let (kind, id) = (r.kind, r.id);
+        serde_json::from_value(r.body).map_err(|source| StoreError::Corrupt { kind, id, source })
     }
 }
 
 impl Change {
     /// Insert a new resource; fails with `Conflict` if its name is taken.
     pub fn insert<T: Resource>(value: &T) -> Change {
-        Change::Put { record: value.to_record(), expect: None }
+        Change::Put {
+            record: value.to_record(),
+            expect: None,
+        }
     }
 
     /// Store a changed resource: bumps its revision and update time, and expects the stored
@@ -75,11 +79,18 @@ impl Change {
         let expect = value.revision();
         value.set_revision(expect + 1);
         value.set_updated_at(now);
-        Change::Put { record: value.to_record(), expect: Some(expect) }
+        Change::Put {
+            record: value.to_record(),
+            expect: Some(expect),
+        }
     }
 
     pub fn delete<T: Resource>(value: &T) -> Change {
-        Change::Delete { kind: T::KIND, id: value.id_string(), expect: value.revision() }
+        Change::Delete {
+            kind: T::KIND,
+            id: value.id_string(),
+            expect: value.revision(),
+        }
     }
 }
 
@@ -96,16 +107,20 @@ pub trait TypedStore {
 #[async_trait]
 impl<S: Datastore + ?Sized> TypedStore for S {
     async fn get_as<T: Resource>(&self, id: &str) -> Result<Option<T>, StoreError> {
-        self.get(T::KIND, id).await?.as_ref().map(T::from_record).transpose()
+        self.get(T::KIND, id).await?.map(T::from_record).transpose()
     }
 
     async fn find_as<T: Resource>(&self, scope: &str, name: &str) -> Result<Option<T>, StoreError> {
-        self.find(T::KIND, scope, name).await?.as_ref().map(T::from_record).transpose()
+        self.find(T::KIND, scope, name).await?.map(T::from_record).transpose()
     }
 
     async fn list_as<T: Resource>(&self, query: &Query) -> Result<(Vec<T>, Option<String>), StoreError> {
         let page = self.list(T::KIND, query).await?;
-        let items = page.items.iter().map(T::from_record).collect::<Result<Vec<_>, _>>()?;
+        let items = page
+            .items
+            .into_iter()
+            .map(T::from_record)
+            .collect::<Result<Vec<_>, _>>()?;
         Ok((items, page.next))
     }
 
@@ -208,13 +223,16 @@ impl Resource for TemplateVersion {
     fn name_string(&self) -> String {
         self.0.version.to_string()
     }
+    /// Versions are kept per template id, so a template deleted and created again starts afresh.
     fn scope(&self) -> String {
-        self.0.spec.name.to_string()
+        self.0.id.to_string()
     }
     fn revision(&self) -> u32 {
         1
     }
     fn set_revision(&mut self, _: u32) {}
+    /// A version is created when its template is updated.
+    #[allow(clippy::misnamed_getters)]
     fn created_at(&self) -> DateTime<Utc> {
         self.0.updated_at
     }
@@ -268,7 +286,9 @@ impl Resource for Run {
         self.server.to_string()
     }
     fn state(&self) -> Option<String> {
-        serde_json::to_value(self.status).ok().and_then(|v| v.as_str().map(str::to_string))
+        serde_json::to_value(self.status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
     }
     fn revision(&self) -> u32 {
         self.revision

@@ -32,6 +32,10 @@ async fn reopening_loses_nothing() {
         store.commit(vec![Change::insert(&d)]).await.expect("insert");
     }
     let store = SqliteStore::open(&path).await.expect("reopen");
-    let back: Deployment = store.find_as("", "kept").await.expect("find").expect("kept across reopen");
+    let back: Deployment = store
+        .find_as("", "kept")
+        .await
+        .expect("find")
+        .expect("kept across reopen");
     assert_eq!(back, d);
 }

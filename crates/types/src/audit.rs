@@ -1,7 +1,7 @@
 //! The audit log: who did what to which resource, and how it ended.
 
-use chrono::{DateTime, Utc};
 use crate::AuditId;
+use chrono::{DateTime, Utc};
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct AuditEntry {

@@ -63,7 +63,10 @@ pub struct Cloud {
 }
 
 fn simple_name_ok(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 impl CloudSpec {
@@ -75,13 +78,22 @@ impl CloudSpec {
         let mut seen = BTreeSet::new();
         for (i, r) in self.regions.iter().enumerate() {
             if !simple_name_ok(&r.name) {
-                errs.push(FieldError::new(format!("regions[{i}].name"), format!("{:?} is not a region name", truncate(&r.name))));
+                errs.push(FieldError::new(
+                    format!("regions[{i}].name"),
+                    format!("{:?} is not a region name", truncate(&r.name)),
+                ));
             } else if !seen.insert(&r.name) {
-                errs.push(FieldError::new(format!("regions[{i}].name"), format!("region {} is listed twice", r.name)));
+                errs.push(FieldError::new(
+                    format!("regions[{i}].name"),
+                    format!("region {} is listed twice", r.name),
+                ));
             }
             for (j, z) in r.zones.iter().enumerate() {
                 if !simple_name_ok(z) {
-                    errs.push(FieldError::new(format!("regions[{i}].zones[{j}]"), format!("{:?} is not a zone name", truncate(z))));
+                    errs.push(FieldError::new(
+                        format!("regions[{i}].zones[{j}]"),
+                        format!("{:?} is not a zone name", truncate(z)),
+                    ));
                 }
             }
         }
@@ -92,27 +104,44 @@ impl CloudSpec {
         for (i, s) in self.sizes.iter().enumerate() {
             errs.check(&format!("sizes[{i}]"), s.validate());
             if !seen.insert(&s.name) {
-                errs.push(FieldError::new(format!("sizes[{i}].name"), format!("size {} is listed twice", truncate(&s.name))));
+                errs.push(FieldError::new(
+                    format!("sizes[{i}].name"),
+                    format!("size {} is listed twice", truncate(&s.name)),
+                ));
             }
         }
         let mut seen = BTreeSet::new();
         for (i, p) in self.address_pools.iter().enumerate() {
             if !seen.insert(&p.name) {
-                errs.push(FieldError::new(format!("address_pools[{i}].name"), format!("pool {} is listed twice", p.name)));
+                errs.push(FieldError::new(
+                    format!("address_pools[{i}].name"),
+                    format!("pool {} is listed twice", p.name),
+                ));
             }
             if p.cidr.prefix_len() < p.cidr.max_prefix_len().saturating_sub(16) {
-                errs.push(FieldError::new(format!("address_pools[{i}].cidr"), "a pool holds at most 65536 addresses"));
+                errs.push(FieldError::new(
+                    format!("address_pools[{i}].cidr"),
+                    "a pool holds at most 65536 addresses",
+                ));
             }
             for (j, q) in self.address_pools.iter().enumerate().take(i) {
                 if p.cidr.contains(&q.cidr.network()) || q.cidr.contains(&p.cidr.network()) {
-                    errs.push(FieldError::new(format!("address_pools[{i}].cidr"), format!("overlaps address_pools[{j}] ({})", q.cidr)));
+                    errs.push(FieldError::new(
+                        format!("address_pools[{i}].cidr"),
+                        format!("overlaps address_pools[{j}] ({})", q.cidr),
+                    ));
                 }
             }
         }
-        if let Some(e) = &self.endpoint {
-            if !(e.starts_with("http://") || e.starts_with("https://")) || e.len() > 2048 || e.chars().any(char::is_whitespace) {
-                errs.push(FieldError::new("endpoint", format!("{:?} is not an http(s) URL", truncate(e))));
-            }
+        if let Some(e) = &self.endpoint
+            && (!(e.starts_with("http://") || e.starts_with("https://"))
+                || e.len() > 2048
+                || e.chars().any(char::is_whitespace))
+        {
+            errs.push(FieldError::new(
+                "endpoint",
+                format!("{:?} is not an http(s) URL", truncate(e)),
+            ));
         }
         if self.description.len() > 4096 {
             errs.push(FieldError::new("description", "is longer than 4096 bytes"));

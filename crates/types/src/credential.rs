@@ -9,9 +9,56 @@ pub const SECRET_MAX: usize = 64 * 1024;
 
 /// A secret value. `Debug`, `Display` and `Serialize` all print `***`, so a secret that ends up
 /// in a log line, an error or a JSON response shows nothing. Read it with [`Secret::expose`].
-#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
-#[serde(transparent)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
+
+/// Only strings are accepted, and a wrong type is refused *without* echoing the value (serde's
+/// default message would repeat a numeric PIN back in the error).
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        fn refuse<E: serde::de::Error>() -> E {
+            E::custom("a secret value must be a string")
+        }
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Secret;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
+                Ok(Secret::new(v))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Secret, E> {
+                Ok(Secret(v))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Secret, E> {
+                Err(refuse())
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Secret, E> {
+                Err(refuse())
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Secret, E> {
+                Err(refuse())
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Secret, E> {
+                Err(refuse())
+            }
+            fn visit_bytes<E: serde::de::Error>(self, _: &[u8]) -> Result<Secret, E> {
+                Err(refuse())
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Secret, E> {
+                Err(refuse())
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _: A) -> Result<Secret, A::Error> {
+                Err(refuse())
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, _: A) -> Result<Secret, A::Error> {
+                Err(refuse())
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
 
 impl Secret {
     pub fn new(s: impl Into<String>) -> Self {
@@ -106,7 +153,11 @@ pub fn redact(text: &str, secrets: &[&Secret]) -> String {
         if v.len() >= 4 {
             out = out.replace(v, "***");
         } else if !v.is_empty() {
-            out = out.lines().map(|l| if l.trim() == v { "***" } else { l }).collect::<Vec<_>>().join("\n");
+            out = out
+                .lines()
+                .map(|l| if l.trim() == v { "***" } else { l })
+                .collect::<Vec<_>>()
+                .join("\n");
         }
     }
     out
@@ -121,10 +172,23 @@ mod tests {
         let s = Secret::new("hunter2-very-secret");
         assert_eq!(format!("{s} {s:?}"), "*** ***");
         assert_eq!(serde_json::to_string(&s).unwrap(), "\"***\"");
-        let spec = CredentialSpec { name: Name::parse("db").unwrap(), description: String::new(), value: s };
+        let spec = CredentialSpec {
+            name: Name::parse("db").unwrap(),
+            description: String::new(),
+            value: s,
+        };
         let dbg = format!("{spec:?}");
         assert!(!dbg.contains("hunter2"), "{dbg}");
         assert!(!serde_json::to_string(&spec).unwrap().contains("hunter2"));
+    }
+
+    #[test]
+    fn wrong_types_are_refused_without_echo() {
+        for bad in ["918273645", "9182.73645", "true", "[918273645]", "{\"v\": 918273645}"] {
+            let err = serde_json::from_str::<Secret>(bad).unwrap_err().to_string();
+            assert!(!err.contains("918273645") && !err.contains("9182.7"), "{err}");
+            assert!(err.contains("must be a string"), "{err}");
+        }
     }
 
     #[test]

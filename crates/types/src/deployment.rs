@@ -1,8 +1,8 @@
 //! Deployments: named groups of servers and arrays with shared inputs.
 
-use chrono::{DateTime, Utc};
 use crate::input::Inputs;
 use crate::{DeploymentId, FieldError, Invalid, Name};
+use chrono::{DateTime, Utc};
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]

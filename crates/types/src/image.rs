@@ -78,22 +78,42 @@ impl ImageSpec {
     pub fn validate(&self) -> Result<(), Invalid> {
         let mut errs = Invalid::default();
         if self.clouds.is_empty() {
-            errs.push(FieldError::new("clouds", "an image needs a native image on at least one cloud"));
+            errs.push(FieldError::new(
+                "clouds",
+                "an image needs a native image on at least one cloud",
+            ));
         }
         for (cloud, native) in &self.clouds {
             let at = format!("clouds.{cloud}");
-            if native.native_id.is_empty() || native.native_id.len() > 256 || native.native_id.chars().any(char::is_control) {
-                errs.push(FieldError::new(format!("{at}.native_id"), "must be 1-256 printable characters"));
+            if native.native_id.is_empty()
+                || native.native_id.len() > 256
+                || native.native_id.chars().any(char::is_control)
+            {
+                errs.push(FieldError::new(
+                    format!("{at}.native_id"),
+                    "must be 1-256 printable characters",
+                ));
             }
             let user_ok = !native.login_user.is_empty()
                 && native.login_user.len() <= 32
-                && native.login_user.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-                && native.login_user.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-'));
+                && native
+                    .login_user
+                    .starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                && native
+                    .login_user
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-'));
             if !user_ok {
-                errs.push(FieldError::new(format!("{at}.login_user"), format!("{:?} is not a Unix user name", truncate(&native.login_user))));
+                errs.push(FieldError::new(
+                    format!("{at}.login_user"),
+                    format!("{:?} is not a Unix user name", truncate(&native.login_user)),
+                ));
             }
             if let Some(s) = &native.default_size {
-                errs.check(&format!("{at}.default_size"), s.validate().map_err(|e| FieldError::new("", e.problem)));
+                errs.check(
+                    &format!("{at}.default_size"),
+                    s.validate().map_err(|e| FieldError::new("", e.problem)),
+                );
             }
         }
         if self.description.len() > 4096 {

@@ -60,7 +60,10 @@ impl InputValue {
         }
         if let Some(rest) = s.strip_prefix("env:") {
             if !env_name_ok(rest) {
-                return Err(bad(format!("{:?} is not a variable name (letters, digits, '_')", truncate(rest))));
+                return Err(bad(format!(
+                    "{:?} is not a variable name (letters, digits, '_')",
+                    truncate(rest)
+                )));
             }
             return Ok(Self::Env(rest.to_string()));
         }
@@ -70,7 +73,10 @@ impl InputValue {
                 .ok_or_else(|| bad(format!("{:?} is not `artifact:BUCKET/KEY`", truncate(s))))?;
             Name::parse(bucket).map_err(|e| bad(format!("bucket name {}", e.problem)))?;
             check_object_key(key).map_err(bad)?;
-            return Ok(Self::Artifact { bucket: bucket.into(), key: key.into() });
+            return Ok(Self::Artifact {
+                bucket: bucket.into(),
+                key: key.into(),
+            });
         }
         let text = s.strip_prefix("text:").unwrap_or(s);
         if text.len() > TEXT_MAX {
@@ -104,7 +110,10 @@ pub fn check_object_key(key: &str) -> Result<(), String> {
         return Err("an object key has 1-1024 bytes".into());
     }
     if key.starts_with('/') || key.split('/').any(|seg| seg == ".." || seg == "." || seg.is_empty()) {
-        return Err(format!("object key {:?} has an empty, '.' or '..' segment or starts with '/'", truncate(key)));
+        return Err(format!(
+            "object key {:?} has an empty, '.' or '..' segment or starts with '/'",
+            truncate(key)
+        ));
     }
     if key.chars().any(char::is_control) {
         return Err("an object key must not contain control characters".into());
@@ -177,15 +186,26 @@ impl InputDecl {
         if !env_name_ok(&self.name) {
             errs.push(FieldError::new(
                 "name",
-                format!("{:?} is not an environment-variable name (letters, digits, '_'; not starting with a digit)", truncate(&self.name)),
+                format!(
+                    "{:?} is not an environment-variable name (letters, digits, '_'; not starting with a digit)",
+                    truncate(&self.name)
+                ),
             ));
-        } else if RESERVED_INPUTS.iter().any(|r| r.eq_ignore_ascii_case(&self.name)) || self.name.starts_with("STRATUS_") {
-            errs.push(FieldError::new("name", format!("{} is reserved (PATH, HOME, STRATUS_*...)", self.name)));
+        } else if RESERVED_INPUTS.iter().any(|r| r.eq_ignore_ascii_case(&self.name))
+            || self.name.starts_with("STRATUS_")
+        {
+            errs.push(FieldError::new(
+                "name",
+                format!("{} is reserved (PATH, HOME, STRATUS_*...)", self.name),
+            ));
         }
-        if let Some(d) = &self.default {
-            if !d.fits(self.kind) {
-                errs.push(FieldError::new("default", format!("a {:?} value cannot fill a {:?} input", d.kind(), self.kind)));
-            }
+        if let Some(d) = &self.default
+            && !d.fits(self.kind)
+        {
+            errs.push(FieldError::new(
+                "default",
+                format!("a {:?} value cannot fill a {:?} input", d.kind(), self.kind),
+            ));
         }
         if self.description.len() > 1024 {
             errs.push(FieldError::new("description", "is longer than 1024 bytes"));
@@ -195,7 +215,16 @@ impl InputDecl {
 }
 
 /// Variables the runtime sets itself; an input must not shadow them.
-pub const RESERVED_INPUTS: &[&str] = &["PATH", "HOME", "USER", "SHELL", "PWD", "LD_PRELOAD", "LD_LIBRARY_PATH", "IFS"];
+pub const RESERVED_INPUTS: &[&str] = &[
+    "PATH",
+    "HOME",
+    "USER",
+    "SHELL",
+    "PWD",
+    "LD_PRELOAD",
+    "LD_LIBRARY_PATH",
+    "IFS",
+];
 
 /// Inputs given by name (deployment inputs, template defaults, run overrides).
 pub type Inputs = BTreeMap<String, InputValue>;
@@ -214,7 +243,11 @@ pub fn check_inputs(decls: &[InputDecl], given: &Inputs) -> Result<(), Invalid> 
                 format!("inputs.{}", truncate(name)),
                 format!(
                     "no such input; the script declares {}",
-                    if decls.is_empty() { "none".to_string() } else { decls.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ") }
+                    if decls.is_empty() {
+                        "none".to_string()
+                    } else {
+                        decls.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
+                    }
                 ),
             )),
             Some(d) if !value.fits(d.kind) => errs.push(FieldError::new(
@@ -235,18 +268,40 @@ mod tests {
     #[test]
     fn parses_each_kind() {
         assert_eq!(InputValue::parse("hello").unwrap(), InputValue::Text("hello".into()));
-        assert_eq!(InputValue::parse("text:cred:x").unwrap(), InputValue::Text("cred:x".into()));
-        assert_eq!(InputValue::parse("cred:db-pass").unwrap(), InputValue::Cred(Name::parse("db-pass").unwrap()));
-        assert_eq!(InputValue::parse("env:PRIVATE_IP").unwrap(), InputValue::Env("PRIVATE_IP".into()));
+        assert_eq!(
+            InputValue::parse("text:cred:x").unwrap(),
+            InputValue::Text("cred:x".into())
+        );
+        assert_eq!(
+            InputValue::parse("cred:db-pass").unwrap(),
+            InputValue::Cred(Name::parse("db-pass").unwrap())
+        );
+        assert_eq!(
+            InputValue::parse("env:PRIVATE_IP").unwrap(),
+            InputValue::Env("PRIVATE_IP".into())
+        );
         assert_eq!(
             InputValue::parse("artifact:apps/web/v1.tar.gz").unwrap(),
-            InputValue::Artifact { bucket: "apps".into(), key: "web/v1.tar.gz".into() }
+            InputValue::Artifact {
+                bucket: "apps".into(),
+                key: "web/v1.tar.gz".into()
+            }
         );
     }
 
     #[test]
     fn rejects_bad_values() {
-        for bad in ["cred:", "cred:Bad Name", "env:1X", "env:A-B", "artifact:nokey", "artifact:b/../etc/passwd", "artifact:b//x", "artifact:b/x\n", "a\0b"] {
+        for bad in [
+            "cred:",
+            "cred:Bad Name",
+            "env:1X",
+            "env:A-B",
+            "artifact:nokey",
+            "artifact:b/../etc/passwd",
+            "artifact:b//x",
+            "artifact:b/x\n",
+            "a\0b",
+        ] {
             assert!(InputValue::parse(bad).is_err(), "{bad:?}");
         }
         assert!(InputValue::parse(&"x".repeat(TEXT_MAX + 1)).is_err());
@@ -262,11 +317,29 @@ mod tests {
 
     #[test]
     fn declarations_are_checked() {
-        let d = InputDecl { name: "PATH".into(), kind: InputKind::Text, required: true, default: None, description: String::new() };
+        let d = InputDecl {
+            name: "PATH".into(),
+            kind: InputKind::Text,
+            required: true,
+            default: None,
+            description: String::new(),
+        };
         assert!(d.validate().unwrap_err().to_string().contains("reserved"));
-        let d = InputDecl { name: "DB_PASS".into(), kind: InputKind::Cred, required: true, default: Some(InputValue::Text("x".into())), description: String::new() };
+        let d = InputDecl {
+            name: "DB_PASS".into(),
+            kind: InputKind::Cred,
+            required: true,
+            default: Some(InputValue::Text("x".into())),
+            description: String::new(),
+        };
         assert!(d.validate().unwrap_err().to_string().contains("default"));
-        let decls = vec![InputDecl { name: "PORT".into(), kind: InputKind::Text, required: true, default: None, description: String::new() }];
+        let decls = vec![InputDecl {
+            name: "PORT".into(),
+            kind: InputKind::Text,
+            required: true,
+            default: None,
+            description: String::new(),
+        }];
         let mut given = Inputs::new();
         given.insert("PROT".into(), InputValue::Text("80".into()));
         let err = check_inputs(&decls, &given).unwrap_err().to_string();

@@ -89,7 +89,12 @@ impl AsRef<str> for Name {
     }
 }
 
-crate::string_schema!(Name, "Name", "A resource name: lowercase letters, digits, '-', '_', '.'; starts with a letter; at most 63 characters.", "web-1");
+crate::string_schema!(
+    Name,
+    "Name",
+    "A resource name: lowercase letters, digits, '-', '_', '.'; starts with a letter; at most 63 characters.",
+    "web-1"
+);
 
 #[cfg(test)]
 mod tests {

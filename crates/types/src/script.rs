@@ -1,9 +1,9 @@
 //! Scripts: the recipes that turn a stock image into a working server.
 
-use chrono::{DateTime, Utc};
 use crate::input::InputDecl;
 use crate::name::truncate;
 use crate::{FieldError, Invalid, Name, ScriptId};
+use chrono::{DateTime, Utc};
 
 pub const SCRIPT_BODY_MAX: usize = 1024 * 1024;
 pub const INPUTS_MAX: usize = 128;
@@ -57,7 +57,10 @@ impl ScriptSpec {
             errs.push(FieldError::new("body", "is empty"));
         }
         if self.body.len() > SCRIPT_BODY_MAX {
-            errs.push(FieldError::new("body", format!("is {} bytes; the limit is {SCRIPT_BODY_MAX}", self.body.len())));
+            errs.push(FieldError::new(
+                "body",
+                format!("is {} bytes; the limit is {SCRIPT_BODY_MAX}", self.body.len()),
+            ));
         }
         if self.body.contains('\0') {
             errs.push(FieldError::new("body", "contains a NUL byte"));
@@ -66,7 +69,10 @@ impl ScriptSpec {
             errs.push(FieldError::new("description", "is longer than 4096 bytes"));
         }
         if self.inputs.len() > INPUTS_MAX {
-            errs.push(FieldError::new("inputs", format!("{} inputs; the limit is {INPUTS_MAX}", self.inputs.len())));
+            errs.push(FieldError::new(
+                "inputs",
+                format!("{} inputs; the limit is {INPUTS_MAX}", self.inputs.len()),
+            ));
         }
         let mut seen = std::collections::BTreeSet::new();
         for (i, d) in self.inputs.iter().enumerate() {
@@ -74,7 +80,10 @@ impl ScriptSpec {
                 errs.absorb(&format!("inputs[{i}]"), e);
             }
             if !seen.insert(&d.name) {
-                errs.push(FieldError::new(format!("inputs[{i}].name"), format!("{} is declared twice", truncate(&d.name))));
+                errs.push(FieldError::new(
+                    format!("inputs[{i}].name"),
+                    format!("{} is declared twice", truncate(&d.name)),
+                ));
             }
         }
         errs.into_result()

@@ -23,7 +23,9 @@ use crate::size::SizeRequest;
 use crate::tag::Tag;
 use crate::{ArrayId, FieldError, Invalid, Name, ServerId};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ServerState {
     Pending,
@@ -131,10 +133,10 @@ impl ServerSpec {
         if self.tags.len() > crate::template::TAGS_MAX {
             errs.push(FieldError::new("tags", "too many tags"));
         }
-        if let Some(r) = &self.region {
-            if r.is_empty() || r.len() > 64 {
-                errs.push(FieldError::new("region", "must be 1-64 characters"));
-            }
+        if let Some(r) = &self.region
+            && (r.is_empty() || r.len() > 64)
+        {
+            errs.push(FieldError::new("region", "must be 1-64 characters"));
         }
         errs.into_result()
     }
@@ -198,7 +200,11 @@ impl Server {
     /// Move along the lifecycle, stamping the times the model keeps.
     pub fn move_to(&mut self, to: ServerState, now: DateTime<Utc>) -> Result<(), BadTransition> {
         if !self.state.can_move_to(to) {
-            return Err(BadTransition { server: self.name.to_string(), from: self.state, to });
+            return Err(BadTransition {
+                server: self.name.to_string(),
+                from: self.state,
+                to,
+            });
         }
         self.state = to;
         match to {
@@ -248,20 +254,32 @@ impl ArraySpec {
     pub fn validate(&self) -> Result<(), Invalid> {
         let mut errs = Invalid::default();
         if self.max > ARRAY_MAX {
-            errs.push(FieldError::new("max", format!("{} is over the limit of {ARRAY_MAX}", self.max)));
+            errs.push(FieldError::new(
+                "max",
+                format!("{} is over the limit of {ARRAY_MAX}", self.max),
+            ));
         }
         if self.min > self.max {
-            errs.push(FieldError::new("min", format!("min ({}) is above max ({})", self.min, self.max)));
+            errs.push(FieldError::new(
+                "min",
+                format!("min ({}) is above max ({})", self.min, self.max),
+            ));
         }
         if self.desired < self.min || self.desired > self.max {
-            errs.push(FieldError::new("desired", format!("{} is outside min..max ({}..{})", self.desired, self.min, self.max)));
+            errs.push(FieldError::new(
+                "desired",
+                format!("{} is outside min..max ({}..{})", self.desired, self.min, self.max),
+            ));
         }
         if let Some(s) = &self.size {
             errs.check("", s.validate());
         }
         // Members are named `<array>-<n>`; leave room for the suffix.
         if self.name.as_str().len() > 56 {
-            errs.push(FieldError::new("name", "an array name has at most 56 characters (members add a suffix)"));
+            errs.push(FieldError::new(
+                "name",
+                "an array name has at most 56 characters (members add a suffix)",
+            ));
         }
         errs.into_result()
     }
@@ -290,8 +308,8 @@ pub struct ServerArray {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
     use ServerState::*;
+    use proptest::prelude::*;
 
     #[test]
     fn lifecycle_edges() {
@@ -301,7 +319,10 @@ mod tests {
         assert!(Operational.can_move_to(Decommissioning));
         assert!(Decommissioning.can_move_to(Terminated));
         assert!(!Terminated.can_move_to(Pending));
-        assert!(!Stranded.can_move_to(Operational), "a stranded server is replaced, not revived");
+        assert!(
+            !Stranded.can_move_to(Operational),
+            "a stranded server is replaced, not revived"
+        );
         assert!(!Operational.can_move_to(Pending));
     }
 
@@ -317,11 +338,23 @@ mod tests {
 
     #[test]
     fn array_bounds() {
-        let mut a: ArraySpec = toml::from_str("name = \"app\"\ndeployment = \"d\"\ntemplate = \"t\"\nmin = 1\nmax = 3\ndesired = 2").unwrap();
+        let mut a: ArraySpec =
+            toml::from_str("name = \"app\"\ndeployment = \"d\"\ntemplate = \"t\"\nmin = 1\nmax = 3\ndesired = 2")
+                .unwrap();
         a.validate().unwrap();
         a.desired = 4;
-        assert!(a.validate().unwrap_err().to_string().contains("desired: 4 is outside min..max (1..3)"));
+        assert!(
+            a.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("desired: 4 is outside min..max (1..3)")
+        );
         a.min = 5;
-        assert!(a.validate().unwrap_err().to_string().contains("min (5) is above max (3)"));
+        assert!(
+            a.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("min (5) is above max (3)")
+        );
     }
 }

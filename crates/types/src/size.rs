@@ -22,8 +22,17 @@ pub struct InstanceSize {
 
 impl InstanceSize {
     pub fn validate(&self) -> Result<(), FieldError> {
-        if self.name.is_empty() || self.name.len() > 64 || self.name.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(FieldError::new("name", format!("{:?} is not a size name (1-64 characters, no spaces)", truncate(&self.name))));
+        if self.name.is_empty()
+            || self.name.len() > 64
+            || self.name.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(FieldError::new(
+                "name",
+                format!(
+                    "{:?} is not a size name (1-64 characters, no spaces)",
+                    truncate(&self.name)
+                ),
+            ));
         }
         if self.cpus == 0 {
             return Err(FieldError::new("cpus", "must be at least 1"));
@@ -77,7 +86,10 @@ const MEMORY_MAX_MIB: u64 = 1 << 34;
 impl Memory {
     pub fn from_mib(mib: u64) -> Result<Self, FieldError> {
         if mib > MEMORY_MAX_MIB {
-            return Err(FieldError::new("", format!("{mib} MiB is more memory than any instance has")));
+            return Err(FieldError::new(
+                "",
+                format!("{mib} MiB is more memory than any instance has"),
+            ));
         }
         Ok(Self(mib))
     }
@@ -90,7 +102,15 @@ impl Memory {
         let t = s.trim();
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (digits, unit) = t.split_at(split);
-        let bad = || FieldError::new("", format!("{:?} is not an amount of memory; write e.g. 512MiB or 4GiB", truncate(s)));
+        let bad = || {
+            FieldError::new(
+                "",
+                format!(
+                    "{:?} is not an amount of memory; write e.g. 512MiB or 4GiB",
+                    truncate(s)
+                ),
+            )
+        };
         if digits.is_empty() || digits.len() > 12 {
             return Err(bad());
         }
@@ -107,7 +127,7 @@ impl Memory {
 
 impl fmt::Display for Memory {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0 >= 1024 && self.0 % 1024 == 0 {
+        if self.0 >= 1024 && self.0.is_multiple_of(1024) {
             write!(f, "{}GiB", self.0 / 1024)
         } else {
             write!(f, "{}MiB", self.0)
@@ -159,7 +179,9 @@ impl<'de> serde::Deserialize<'de> for SizeRequest {
                 Ok(SizeRequest::Named(v.to_string()))
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<SizeRequest, A::Error> {
-                let c = <SizeConstraints as serde::Deserialize>::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                let c = <SizeConstraints as serde::Deserialize>::deserialize(
+                    serde::de::value::MapAccessDeserializer::new(map),
+                )?;
                 Ok(SizeRequest::Constraints(c))
             }
         }
@@ -185,10 +207,13 @@ impl SizeRequest {
             return Err(SizeError::NoSizes);
         }
         match self {
-            SizeRequest::Named(name) => sizes.iter().find(|s| &s.name == name).ok_or_else(|| SizeError::Unknown {
-                name: truncate(name),
-                available: sizes.iter().map(|s| s.name.clone()).collect(),
-            }),
+            SizeRequest::Named(name) => sizes
+                .iter()
+                .find(|s| &s.name == name)
+                .ok_or_else(|| SizeError::Unknown {
+                    name: truncate(name),
+                    available: sizes.iter().map(|s| s.name.clone()).collect(),
+                }),
             SizeRequest::Constraints(SizeConstraints { cpus, memory }) => sizes
                 .iter()
                 .filter(|s| s.fits(*cpus, *memory))
@@ -198,7 +223,9 @@ impl SizeRequest {
                     SizeError::NoneFits {
                         cpus: *cpus,
                         memory: *memory,
-                        largest: largest.map(|s| format!("{} ({} CPUs, {})", s.name, s.cpus, s.memory)).unwrap_or_default(),
+                        largest: largest
+                            .map(|s| format!("{} ({} CPUs, {})", s.name, s.cpus, s.memory))
+                            .unwrap_or_default(),
                     }
                 }),
         }
@@ -206,8 +233,12 @@ impl SizeRequest {
 
     pub fn validate(&self) -> Result<(), FieldError> {
         match self {
-            SizeRequest::Named(n) if n.is_empty() || n.len() > 64 => Err(FieldError::new("size", "a size name has 1-64 characters")),
-            SizeRequest::Constraints(SizeConstraints { cpus: 0, .. }) => Err(FieldError::new("size.cpus", "must be at least 1")),
+            SizeRequest::Named(n) if n.is_empty() || n.len() > 64 => {
+                Err(FieldError::new("size", "a size name has 1-64 characters"))
+            }
+            SizeRequest::Constraints(SizeConstraints { cpus: 0, .. }) => {
+                Err(FieldError::new("size.cpus", "must be at least 1"))
+            }
             _ => Ok(()),
         }
     }
@@ -228,11 +259,20 @@ mod tests {
     use proptest::prelude::*;
 
     fn size(name: &str, cpus: u32, mib: u64) -> InstanceSize {
-        InstanceSize { name: name.into(), cpus, memory: Memory(mib) }
+        InstanceSize {
+            name: name.into(),
+            cpus,
+            memory: Memory(mib),
+        }
     }
 
     fn catalog() -> Vec<InstanceSize> {
-        vec![size("large", 4, 8192), size("small", 1, 1024), size("medium", 2, 4096), size("highcpu", 8, 2048)]
+        vec![
+            size("large", 4, 8192),
+            size("small", 1, 1024),
+            size("medium", 2, 4096),
+            size("highcpu", 8, 2048),
+        ]
     }
 
     #[test]
@@ -253,15 +293,29 @@ mod tests {
     fn named_and_constrained_resolution() {
         let c = catalog();
         assert_eq!(SizeRequest::Named("medium".into()).resolve(&c).unwrap().name, "medium");
-        let req = SizeRequest::Constraints(SizeConstraints { cpus: 2, memory: Memory(2048) });
+        let req = SizeRequest::Constraints(SizeConstraints {
+            cpus: 2,
+            memory: Memory(2048),
+        });
         // highcpu (8 CPUs, 2 GiB) has less memory than medium, so it is the smaller fit.
         assert_eq!(req.resolve(&c).unwrap().name, "highcpu");
-        let req = SizeRequest::Constraints(SizeConstraints { cpus: 1, memory: Memory(3000) });
+        let req = SizeRequest::Constraints(SizeConstraints {
+            cpus: 1,
+            memory: Memory(3000),
+        });
         assert_eq!(req.resolve(&c).unwrap().name, "medium");
-        let err = SizeRequest::Constraints(SizeConstraints { cpus: 16, memory: Memory(1) }).resolve(&c).unwrap_err();
+        let err = SizeRequest::Constraints(SizeConstraints {
+            cpus: 16,
+            memory: Memory(1),
+        })
+        .resolve(&c)
+        .unwrap_err();
         assert!(err.to_string().contains("the largest is large"), "{err}");
         let err = SizeRequest::Named("huge".into()).resolve(&c).unwrap_err();
-        assert!(err.to_string().contains("huge") && err.to_string().contains("small"), "{err}");
+        assert!(
+            err.to_string().contains("huge") && err.to_string().contains("small"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -275,12 +329,21 @@ mod tests {
         let t: T = toml::from_str("size = { cpus = 2, memory = \"4GiB\" }").unwrap();
         let err = toml::from_str::<T>("size = { cpu = 2, memory = 1 }").err().unwrap();
         assert!(err.to_string().contains("unknown field `cpu`"), "{err}");
-        assert_eq!(t.size, SizeRequest::Constraints(SizeConstraints { cpus: 2, memory: Memory(4096) }));
+        assert_eq!(
+            t.size,
+            SizeRequest::Constraints(SizeConstraints {
+                cpus: 2,
+                memory: Memory(4096)
+            })
+        );
     }
 
     fn sizes() -> impl Strategy<Value = Vec<InstanceSize>> {
         prop::collection::vec((1u32..64, 1u64..262_144), 1..20).prop_map(|v| {
-            v.into_iter().enumerate().map(|(i, (c, m))| size(&format!("s{i}"), c, m)).collect()
+            v.into_iter()
+                .enumerate()
+                .map(|(i, (c, m))| size(&format!("s{i}"), c, m))
+                .collect()
         })
     }
 

@@ -35,13 +35,18 @@ impl SshPublicKey {
     pub fn parse(line: &str) -> Result<Self, FieldError> {
         let bad = |p: String| FieldError::new("public_key", p);
         if line.len() > KEY_LINE_MAX {
-            return Err(bad(format!("is {} bytes; a public key line is at most {KEY_LINE_MAX}", line.len())));
+            return Err(bad(format!(
+                "is {} bytes; a public key line is at most {KEY_LINE_MAX}",
+                line.len()
+            )));
         }
         if line.contains(['\n', '\r', '\0']) {
             return Err(bad("must be a single line".into()));
         }
         if line.contains("PRIVATE KEY") {
-            return Err(bad("this is a private key; register the public key (the .pub file)".into()));
+            return Err(bad(
+                "this is a private key; register the public key (the .pub file)".into()
+            ));
         }
         let mut parts = line.split_whitespace();
         let key_type = parts.next().ok_or_else(|| bad("is empty".into()))?;
@@ -52,7 +57,9 @@ impl SshPublicKey {
                 KEY_TYPES.join(", ")
             )));
         }
-        let data = parts.next().ok_or_else(|| bad("has no key data after the key type".into()))?;
+        let data = parts
+            .next()
+            .ok_or_else(|| bad("has no key data after the key type".into()))?;
         let blob = base64::engine::general_purpose::STANDARD
             .decode(data)
             .map_err(|_| bad("the key data is not valid base64".into()))?;
@@ -63,7 +70,10 @@ impl SshPublicKey {
             .and_then(|n| blob.get(4..4 + n))
             .ok_or_else(|| bad("the key data is truncated".into()))?;
         if inner != key_type.as_bytes() {
-            return Err(bad(format!("the key data is a {:?} key, not {key_type}", truncate(&String::from_utf8_lossy(inner)))));
+            return Err(bad(format!(
+                "the key data is a {:?} key, not {key_type}",
+                truncate(&String::from_utf8_lossy(inner))
+            )));
         }
         if key_type == "ssh-ed25519" && blob.len() != 4 + 11 + 4 + 32 {
             return Err(bad("an ed25519 key must hold 32 bytes".into()));
@@ -78,7 +88,12 @@ impl SshPublicKey {
         }
         let digest = Sha256::digest(&blob);
         let fp = base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest);
-        Ok(Self { key_type: key_type.into(), data: data.into(), comment, fingerprint: format!("SHA256:{fp}") })
+        Ok(Self {
+            key_type: key_type.into(),
+            data: data.into(),
+            comment,
+            fingerprint: format!("SHA256:{fp}"),
+        })
     }
 
     /// The `authorized_keys` line.
@@ -115,7 +130,10 @@ mod tests {
             ("ssh-dss AAAAB3NzaC1kc3MAAACBAP", "not supported"),
             ("ssh-ed25519", "no key data"),
             ("ssh-ed25519 !!!notbase64", "base64"),
-            ("ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIEf2dWvj9w2fUYvM8XIS3o1m2hKuVX1yqX5gXnHJxY8o", "not ssh-rsa"),
+            (
+                "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIEf2dWvj9w2fUYvM8XIS3o1m2hKuVX1yqX5gXnHJxY8o",
+                "not ssh-rsa",
+            ),
             ("-----BEGIN OPENSSH PRIVATE KEY-----", "private key"),
             ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEf2 x", "32 bytes"),
             ("ssh-ed25519 AAAA", "truncated"),

@@ -44,12 +44,21 @@ fn check_part(what: &str, s: &str, wildcard_ok: bool) -> Result<(), String> {
         return Err(format!("the {what} is empty"));
     }
     if s.len() > PART_MAX {
-        return Err(format!("the {what} is {} characters long; the limit is {PART_MAX}", s.len()));
+        return Err(format!(
+            "the {what} is {} characters long; the limit is {PART_MAX}",
+            s.len()
+        ));
     }
     if !s.starts_with(|c: char| c.is_ascii_alphanumeric()) {
-        return Err(format!("the {what} {:?} must start with a letter or digit", truncate(s)));
+        return Err(format!(
+            "the {what} {:?} must start with a letter or digit",
+            truncate(s)
+        ));
     }
-    if let Some(c) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))) {
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+    {
         return Err(format!(
             "the {what} {:?} contains {c:?}; use letters, digits, '_', '-' and '.'",
             truncate(s)
@@ -94,7 +103,11 @@ impl Tag {
             .and_then(|_| check_part("predicate", predicate, false))
             .and_then(|_| check_value(value));
         check.map_err(|p| FieldError::new("", p))?;
-        Ok(Self { namespace: namespace.into(), predicate: predicate.into(), value: value.into() })
+        Ok(Self {
+            namespace: namespace.into(),
+            predicate: predicate.into(),
+            value: value.into(),
+        })
     }
 
     pub fn namespace(&self) -> &str {
@@ -221,7 +234,11 @@ impl Selector {
         if parts.len() > SELECTOR_TERMS_MAX {
             return Err(bad(format!("{} terms; the limit is {SELECTOR_TERMS_MAX}", parts.len())));
         }
-        let terms = parts.into_iter().map(Term::parse).collect::<Result<Vec<_>, _>>().map_err(bad)?;
+        let terms = parts
+            .into_iter()
+            .map(Term::parse)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(bad)?;
         Ok(Self { terms })
     }
 

@@ -62,7 +62,15 @@ impl<'de> serde::Deserialize<'de> for Ports {
 
 impl Ports {
     pub fn parse(s: &str) -> Result<Self, FieldError> {
-        let bad = || FieldError::new("", format!("{:?} is not a port (1-65535) or range like 8000-8100", crate::name::truncate(s)));
+        let bad = || {
+            FieldError::new(
+                "",
+                format!(
+                    "{:?} is not a port (1-65535) or range like 8000-8100",
+                    crate::name::truncate(s)
+                ),
+            )
+        };
         let port = |p: &str| p.trim().parse::<u16>().ok().filter(|&n| n > 0).ok_or_else(bad);
         let (first, last) = match s.split_once('-') {
             Some((a, b)) => (port(a)?, port(b)?),
@@ -77,7 +85,11 @@ impl Ports {
 
 impl fmt::Display for Ports {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.first == self.last { write!(f, "{}", self.first) } else { write!(f, "{}-{}", self.first, self.last) }
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}-{}", self.first, self.last)
+        }
     }
 }
 
@@ -163,30 +175,45 @@ impl TemplateSpec {
         let mut errs = Invalid::default();
         for (field, list) in self.phases() {
             if list.len() > SCRIPTS_PER_PHASE_MAX {
-                errs.push(FieldError::new(field, format!("{} scripts; the limit is {SCRIPTS_PER_PHASE_MAX}", list.len())));
+                errs.push(FieldError::new(
+                    field,
+                    format!("{} scripts; the limit is {SCRIPTS_PER_PHASE_MAX}", list.len()),
+                ));
             }
         }
         if let Some(s) = &self.size {
             errs.check("", s.validate());
         }
         if self.default_tags.len() > TAGS_MAX {
-            errs.push(FieldError::new("default_tags", format!("{} tags; the limit is {TAGS_MAX}", self.default_tags.len())));
+            errs.push(FieldError::new(
+                "default_tags",
+                format!("{} tags; the limit is {TAGS_MAX}", self.default_tags.len()),
+            ));
         }
         let mut seen = BTreeSet::new();
         for (i, t) in self.default_tags.iter().enumerate() {
             if !seen.insert(t) {
-                errs.push(FieldError::new(format!("default_tags[{i}]"), format!("{t} is listed twice")));
+                errs.push(FieldError::new(
+                    format!("default_tags[{i}]"),
+                    format!("{t} is listed twice"),
+                ));
             }
         }
         if self.firewall.len() > FIREWALL_RULES_MAX {
-            errs.push(FieldError::new("firewall", format!("{} rules; the limit is {FIREWALL_RULES_MAX}", self.firewall.len())));
+            errs.push(FieldError::new(
+                "firewall",
+                format!("{} rules; the limit is {FIREWALL_RULES_MAX}", self.firewall.len()),
+            ));
         }
         for (i, r) in self.firewall.iter().enumerate() {
             match (r.protocol, r.ports) {
-                (Protocol::Icmp, Some(_)) => errs.push(FieldError::new(format!("firewall[{i}].ports"), "icmp has no ports")),
-                (Protocol::Tcp | Protocol::Udp, None) => {
-                    errs.push(FieldError::new(format!("firewall[{i}].ports"), "tcp and udp rules need ports"))
+                (Protocol::Icmp, Some(_)) => {
+                    errs.push(FieldError::new(format!("firewall[{i}].ports"), "icmp has no ports"))
                 }
+                (Protocol::Tcp | Protocol::Udp, None) => errs.push(FieldError::new(
+                    format!("firewall[{i}].ports"),
+                    "tcp and udp rules need ports",
+                )),
                 _ => {}
             }
         }
@@ -250,7 +277,13 @@ mod tests {
             revision: 1,
             created_at: now,
             updated_at: now,
-            spec: ScriptSpec { name: Name::parse("install").unwrap(), description: String::new(), body: body.into(), inputs: vec![], frequency: Frequency::PerInstance },
+            spec: ScriptSpec {
+                name: Name::parse("install").unwrap(),
+                description: String::new(),
+                body: body.into(),
+                inputs: vec![],
+                frequency: Frequency::PerInstance,
+            },
         }
     }
 
@@ -258,14 +291,28 @@ mod tests {
     fn parses_and_validates() {
         let s = spec();
         s.validate().unwrap();
-        assert_eq!(s.firewall[1].ports, Some(Ports { first: 8000, last: 8100 }));
+        assert_eq!(
+            s.firewall[1].ports,
+            Some(Ports {
+                first: 8000,
+                last: 8100
+            })
+        );
     }
 
     #[test]
     fn rejects_bad_rules() {
         let mut s = spec();
-        s.firewall.push(FirewallRule { protocol: Protocol::Icmp, ports: Some(Ports { first: 1, last: 1 }), source: anywhere() });
-        s.firewall.push(FirewallRule { protocol: Protocol::Udp, ports: None, source: anywhere() });
+        s.firewall.push(FirewallRule {
+            protocol: Protocol::Icmp,
+            ports: Some(Ports { first: 1, last: 1 }),
+            source: anywhere(),
+        });
+        s.firewall.push(FirewallRule {
+            protocol: Protocol::Udp,
+            ports: None,
+            source: anywhere(),
+        });
         s.default_tags.push(Tag::parse("lb:pool=www").unwrap());
         let err = s.validate().unwrap_err().to_string();
         assert!(err.contains("firewall[2].ports: icmp has no ports"), "{err}");

@@ -27,10 +27,16 @@ pub enum Role {
 
 impl Role {
     pub fn parse(s: &str) -> Result<Self, FieldError> {
-        let (base, scope) = match s.split_once(':') {
-            Some((b, d)) => (b, Some(Name::parse(d).map_err(|e| FieldError::new("", format!("role {:?}: deployment {}", truncate(s), e.problem)))?)),
-            None => (s, None),
-        };
+        let (base, scope) =
+            match s.split_once(':') {
+                Some((b, d)) => (
+                    b,
+                    Some(Name::parse(d).map_err(|e| {
+                        FieldError::new("", format!("role {:?}: deployment {}", truncate(s), e.problem))
+                    })?),
+                ),
+                None => (s, None),
+            };
         match (base, scope) {
             ("admin", None) => Ok(Self::Admin),
             ("operator", None) => Ok(Self::Operator),
@@ -117,10 +123,16 @@ impl UserSpec {
         let mut errs = Invalid::default();
         if !self.email.is_empty() {
             let ok = self.email.len() <= 254
-                && self.email.split_once('@').is_some_and(|(l, d)| !l.is_empty() && d.contains('.'))
+                && self
+                    .email
+                    .split_once('@')
+                    .is_some_and(|(l, d)| !l.is_empty() && d.contains('.'))
                 && !self.email.chars().any(|c| c.is_whitespace() || c.is_control());
             if !ok {
-                errs.push(FieldError::new("email", format!("{:?} is not an email address", truncate(&self.email))));
+                errs.push(FieldError::new(
+                    "email",
+                    format!("{:?} is not an email address", truncate(&self.email)),
+                ));
             }
         }
         let mut seen = std::collections::BTreeSet::new();
@@ -176,7 +188,13 @@ mod tests {
 
     #[test]
     fn roles_round_trip() {
-        for r in ["admin", "observer", "server_login", "server_login:prod", "server_superuser:prod"] {
+        for r in [
+            "admin",
+            "observer",
+            "server_login",
+            "server_login:prod",
+            "server_superuser:prod",
+        ] {
             assert_eq!(Role::parse(r).unwrap().to_string(), r);
         }
         for bad in ["root", "admin:prod", "server_login:", "server_login:Bad"] {

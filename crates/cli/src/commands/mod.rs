@@ -27,12 +27,21 @@ fn data_dir(cli: &Cli) -> PathBuf {
 /// URL and token by the documented order (see `config`).
 fn connect(cli: &Cli) -> anyhow::Result<Ctx> {
     let saved = config::load()?;
-    let url = cli.url.clone().or(saved.url).unwrap_or_else(|| config::DEFAULT_URL.to_string());
+    let url = cli
+        .url
+        .clone()
+        .or(saved.url)
+        .unwrap_or_else(|| config::DEFAULT_URL.to_string());
     let token = match cli.token.clone().or(saved.token) {
         Some(t) => Some(t),
-        None => std::fs::read_to_string(data_dir(cli).join(stratus_server::ADMIN_TOKEN_FILE)).ok().map(|t| t.trim().to_string()),
+        None => std::fs::read_to_string(data_dir(cli).join(stratus_server::ADMIN_TOKEN_FILE))
+            .ok()
+            .map(|t| t.trim().to_string()),
     };
-    Ok(Ctx { client: Client::new(&url, token), json: cli.json })
+    Ok(Ctx {
+        client: Client::new(&url, token),
+        json: cli.json,
+    })
 }
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
@@ -65,7 +74,10 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
 
 async fn login(cli: &Cli, a: &crate::args::LoginArgs) -> anyhow::Result<()> {
     let token = match (&a.token_file, &cli.token) {
-        (Some(f), _) => std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?.trim().to_string(),
+        (Some(f), _) => std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read {}", f.display()))?
+            .trim()
+            .to_string(),
         (None, Some(t)) => t.clone(),
         (None, None) => {
             let f = data_dir(cli).join(stratus_server::ADMIN_TOKEN_FILE);
@@ -77,8 +89,18 @@ async fn login(cli: &Cli, a: &crate::args::LoginArgs) -> anyhow::Result<()> {
     };
     let url = cli.url.clone().unwrap_or_else(|| config::DEFAULT_URL.to_string());
     let client = Client::new(&url, Some(token.clone()));
-    let me = client.get("/whoami", &[]).await.context("the control plane refused the token")?;
-    let path = config::save(&config::Saved { url: Some(url.clone()), token: Some(token) })?;
-    say!("logged in to {url} as {} (saved in {})", me["user"]["name"].as_str().unwrap_or("?"), path.display());
+    let me = client
+        .get("/whoami", &[])
+        .await
+        .context("the control plane refused the token")?;
+    let path = config::save(&config::Saved {
+        url: Some(url.clone()),
+        token: Some(token),
+    })?;
+    say!(
+        "logged in to {url} as {} (saved in {})",
+        me["user"]["name"].as_str().unwrap_or("?"),
+        path.display()
+    );
     Ok(())
 }

@@ -20,21 +20,62 @@ pub struct KindInfo {
     pub columns: &'static [Column],
 }
 
-pub const CLOUD: KindInfo = KindInfo { path: "/clouds", file_key: "cloud", columns: &[("NAME", "/name"), ("DRIVER", "/driver"), ("REGIONS", "/regions"), ("REVISION", "/revision")] };
-pub const IMAGE: KindInfo = KindInfo { path: "/images", file_key: "image", columns: &[("NAME", "/name"), ("VERSIONS", "/versions"), ("DESCRIPTION", "/description")] };
-pub const SCRIPT: KindInfo = KindInfo { path: "/scripts", file_key: "script", columns: &[("NAME", "/name"), ("FREQUENCY", "/frequency"), ("REVISION", "/revision"), ("DESCRIPTION", "/description")] };
+pub const CLOUD: KindInfo = KindInfo {
+    path: "/clouds",
+    file_key: "cloud",
+    columns: &[
+        ("NAME", "/name"),
+        ("DRIVER", "/driver"),
+        ("REGIONS", "/regions"),
+        ("REVISION", "/revision"),
+    ],
+};
+pub const IMAGE: KindInfo = KindInfo {
+    path: "/images",
+    file_key: "image",
+    columns: &[
+        ("NAME", "/name"),
+        ("VERSIONS", "/versions"),
+        ("DESCRIPTION", "/description"),
+    ],
+};
+pub const SCRIPT: KindInfo = KindInfo {
+    path: "/scripts",
+    file_key: "script",
+    columns: &[
+        ("NAME", "/name"),
+        ("FREQUENCY", "/frequency"),
+        ("REVISION", "/revision"),
+        ("DESCRIPTION", "/description"),
+    ],
+};
 pub const TEMPLATE: KindInfo = KindInfo {
     path: "/templates",
     file_key: "template",
-    columns: &[("NAME", "/name"), ("VERSION", "/version"), ("IMAGE", "/image"), ("BOOT SCRIPTS", "/boot_scripts"), ("HASH", "/content_hash")],
+    columns: &[
+        ("NAME", "/name"),
+        ("VERSION", "/version"),
+        ("IMAGE", "/image"),
+        ("BOOT SCRIPTS", "/boot_scripts"),
+        ("HASH", "/content_hash"),
+    ],
 };
-pub const DEPLOYMENT: KindInfo = KindInfo { path: "/deployments", file_key: "deployment", columns: &[("NAME", "/name"), ("CLOUD", "/cloud"), ("DESCRIPTION", "/description")] };
+pub const DEPLOYMENT: KindInfo = KindInfo {
+    path: "/deployments",
+    file_key: "deployment",
+    columns: &[("NAME", "/name"), ("CLOUD", "/cloud"), ("DESCRIPTION", "/description")],
+};
 
 /// Lists print names of regions and versions rather than whole objects.
 fn summarize(kind: &KindInfo, mut items: Vec<Value>) -> Vec<Value> {
     for it in &mut items {
         if kind.file_key == "cloud" {
-            let regions: Vec<Value> = it["regions"].as_array().into_iter().flatten().map(|r| r["name"].clone()).collect();
+            let regions: Vec<Value> = it["regions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| r["name"].clone())
+                .collect();
             it["regions"] = Value::Array(regions);
         }
         if kind.file_key == "image" {
@@ -42,7 +83,12 @@ fn summarize(kind: &KindInfo, mut items: Vec<Value>) -> Vec<Value> {
             it["versions"] = json!(n);
         }
         if kind.file_key == "template" {
-            let h = it["content_hash"].as_str().unwrap_or("").chars().take(12).collect::<String>();
+            let h = it["content_hash"]
+                .as_str()
+                .unwrap_or("")
+                .chars()
+                .take(12)
+                .collect::<String>();
             it["content_hash"] = json!(h);
         }
     }
@@ -54,16 +100,34 @@ pub fn read_spec(kind: &KindInfo, path: &Path) -> anyhow::Result<Value> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let value: Value = match path.extension().and_then(|e| e.to_str()) {
         Some("json") => serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?,
-        Some("yaml" | "yml") => yaml_serde::from_str(&text).with_context(|| format!("{}: invalid YAML", path.display()))?,
+        Some("yaml" | "yml") => {
+            yaml_serde::from_str(&text).with_context(|| format!("{}: invalid YAML", path.display()))?
+        }
         _ => toml::from_str(&text).with_context(|| format!("{}: invalid TOML", path.display()))?,
     };
-    let doc = if kind.file_key == "deployment" { json!({ "deployment": value }) } else { json!({ kind.file_key: [value] }) };
+    let doc = if kind.file_key == "deployment" {
+        json!({ "deployment": value })
+    } else {
+        json!({ kind.file_key: [value] })
+    };
     // JSON is YAML, so the deployment-file parser checks the spec (and inlines body_file).
     let text = serde_json::to_string(&doc)?;
-    let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let file = stratus_api::file::parse(&text, stratus_api::file::Format::Yaml, &path.display().to_string(), Some(base))?;
+    let base = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let file = stratus_api::file::parse(
+        &text,
+        stratus_api::file::Format::Yaml,
+        &path.display().to_string(),
+        Some(base),
+    )?;
     let back = serde_json::to_value(&file)?;
-    Ok(if kind.file_key == "deployment" { back["deployment"].clone() } else { back[kind.file_key][0].clone() })
+    Ok(if kind.file_key == "deployment" {
+        back["deployment"].clone()
+    } else {
+        back[kind.file_key][0].clone()
+    })
 }
 
 pub async fn catalog(ctx: &Ctx, kind: &KindInfo, cmd: &CatalogCmd) -> anyhow::Result<()> {
@@ -93,11 +157,21 @@ pub async fn catalog(ctx: &Ctx, kind: &KindInfo, cmd: &CatalogCmd) -> anyhow::Re
             if kind.file_key != "cloud" {
                 anyhow::bail!("resolve-size is a cloud command: stratus cloud resolve-size CLOUD SIZE");
             }
-            let v = c.get(&format!("/clouds/{}/sizes/resolve", seg(name)), &[("size", size.clone())]).await?;
+            let v = c
+                .get(
+                    &format!("/clouds/{}/sizes/resolve", seg(name)),
+                    &[("size", size.clone())],
+                )
+                .await?;
             if ctx.json {
                 show(true, &v);
             } else {
-                say!("{} ({} CPUs, {})", v["size"]["name"].as_str().unwrap_or("?"), v["size"]["cpus"], v["size"]["memory"].as_str().unwrap_or("?"));
+                say!(
+                    "{} ({} CPUs, {})",
+                    v["size"]["name"].as_str().unwrap_or("?"),
+                    v["size"]["cpus"],
+                    v["size"]["memory"].as_str().unwrap_or("?")
+                );
             }
         }
     }
@@ -115,9 +189,20 @@ fn report(ctx: &Ctx, v: &Value, verb: &str, kind: &KindInfo) {
 pub async fn template(ctx: &Ctx, cmd: &TemplateCmd) -> anyhow::Result<()> {
     let as_catalog = match cmd {
         TemplateCmd::Versions { name } => {
-            let v = ctx.client.get(&format!("/templates/{}/versions", seg(name)), &[]).await?;
+            let v = ctx
+                .client
+                .get(&format!("/templates/{}/versions", seg(name)), &[])
+                .await?;
             let items = v.as_array().cloned().unwrap_or_default();
-            list(ctx.json, &items, &[("VERSION", "/version"), ("HASH", "/content_hash"), ("UPDATED", "/updated_at")]);
+            list(
+                ctx.json,
+                &items,
+                &[
+                    ("VERSION", "/version"),
+                    ("HASH", "/content_hash"),
+                    ("UPDATED", "/updated_at"),
+                ],
+            );
             return Ok(());
         }
         TemplateCmd::List(p) => CatalogCmd::List(p.clone()),
@@ -135,7 +220,9 @@ fn read_value(file: &Option<std::path::PathBuf>) -> anyhow::Result<String> {
     match file {
         Some(f) => s = std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?,
         None => {
-            std::io::stdin().read_to_string(&mut s).context("cannot read the value from stdin")?;
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("cannot read the value from stdin")?;
         }
     }
     let v = s.strip_suffix('\n').unwrap_or(&s).to_string();
@@ -147,16 +234,33 @@ fn read_value(file: &Option<std::path::PathBuf>) -> anyhow::Result<String> {
 
 pub async fn credential(ctx: &Ctx, cmd: &CredentialCmd) -> anyhow::Result<()> {
     let c = &ctx.client;
-    let cols: &[Column] = &[("NAME", "/name"), ("REVISION", "/revision"), ("UPDATED", "/updated_at"), ("DESCRIPTION", "/description")];
+    let cols: &[Column] = &[
+        ("NAME", "/name"),
+        ("REVISION", "/revision"),
+        ("UPDATED", "/updated_at"),
+        ("DESCRIPTION", "/description"),
+    ];
     match cmd {
-        CredentialCmd::List(p) => list(ctx.json, &c.list("/credentials", vec![], p.limit, p.all_pages).await?, cols),
+        CredentialCmd::List(p) => list(
+            ctx.json,
+            &c.list("/credentials", vec![], p.limit, p.all_pages).await?,
+            cols,
+        ),
         CredentialCmd::Show { name } => show(ctx.json, &c.get(&format!("/credentials/{}", seg(name)), &[]).await?),
-        CredentialCmd::Create { name, description, value_file } => {
+        CredentialCmd::Create {
+            name,
+            description,
+            value_file,
+        } => {
             let body = json!({ "name": name, "description": description.clone().unwrap_or_default(), "value": read_value(value_file)? });
             c.post("/credentials", &body).await?;
             say!("created credential {name} (the value is stored encrypted and will not be shown again)");
         }
-        CredentialCmd::Set { name, description, value_file } => {
+        CredentialCmd::Set {
+            name,
+            description,
+            value_file,
+        } => {
             let body = json!({ "name": name, "description": description.clone().unwrap_or_default(), "value": read_value(value_file)? });
             c.put(&format!("/credentials/{}", seg(name)), &body).await?;
             say!("saved credential {name}");
@@ -178,16 +282,33 @@ pub async fn user(ctx: &Ctx, cmd: &UserCmd) -> anyhow::Result<()> {
                 let n = u["ssh_keys"].as_array().map_or(0, Vec::len);
                 u["ssh_keys"] = json!(n);
             }
-            list(ctx.json, &items, &[("NAME", "/name"), ("ROLES", "/roles"), ("SSH KEYS", "/ssh_keys"), ("EMAIL", "/email")]);
+            list(
+                ctx.json,
+                &items,
+                &[
+                    ("NAME", "/name"),
+                    ("ROLES", "/roles"),
+                    ("SSH KEYS", "/ssh_keys"),
+                    ("EMAIL", "/email"),
+                ],
+            );
         }
         UserCmd::Show { name } => show(ctx.json, &c.get(&format!("/users/{}", seg(name)), &[]).await?),
         UserCmd::Create { name, email, roles } => {
-            c.post("/users", &json!({ "name": name, "email": email.clone().unwrap_or_default(), "roles": roles })).await?;
+            c.post(
+                "/users",
+                &json!({ "name": name, "email": email.clone().unwrap_or_default(), "roles": roles }),
+            )
+            .await?;
             say!("created user {name}; give them a token with `stratus token create --user {name}`");
         }
         UserCmd::Roles { name, roles } => {
             let u = c.get(&format!("/users/{}", seg(name)), &[]).await?;
-            c.put(&format!("/users/{}", seg(name)), &json!({ "name": name, "email": u["email"].as_str().unwrap_or(""), "roles": roles })).await?;
+            c.put(
+                &format!("/users/{}", seg(name)),
+                &json!({ "name": name, "email": u["email"].as_str().unwrap_or(""), "roles": roles }),
+            )
+            .await?;
             say!("user {name} now has roles: {}", roles.join(", "));
         }
         UserCmd::Delete { name } => {
@@ -195,13 +316,24 @@ pub async fn user(ctx: &Ctx, cmd: &UserCmd) -> anyhow::Result<()> {
             say!("deleted user {name} and their tokens");
         }
         UserCmd::AddKey { name, key_file } => {
-            let key = std::fs::read_to_string(key_file).with_context(|| format!("cannot read {}", key_file.display()))?;
-            let u = c.post(&format!("/users/{}/keys", seg(name)), &json!({ "public_key": key.trim() })).await?;
-            let fp = u["ssh_keys"].as_array().and_then(|k| k.last()).and_then(|k| k["fingerprint"].as_str()).unwrap_or("?");
+            let key =
+                std::fs::read_to_string(key_file).with_context(|| format!("cannot read {}", key_file.display()))?;
+            let u = c
+                .post(
+                    &format!("/users/{}/keys", seg(name)),
+                    &json!({ "public_key": key.trim() }),
+                )
+                .await?;
+            let fp = u["ssh_keys"]
+                .as_array()
+                .and_then(|k| k.last())
+                .and_then(|k| k["fingerprint"].as_str())
+                .unwrap_or("?");
             say!("added key {fp} to {name}");
         }
         UserCmd::RemoveKey { name, fingerprint } => {
-            c.delete(&format!("/users/{}/keys/{}", seg(name), seg(fingerprint))).await?;
+            c.delete(&format!("/users/{}/keys/{}", seg(name), seg(fingerprint)))
+                .await?;
             say!("removed key {fingerprint} from {name}");
         }
     }
@@ -211,18 +343,39 @@ pub async fn user(ctx: &Ctx, cmd: &UserCmd) -> anyhow::Result<()> {
 pub async fn token(ctx: &Ctx, cmd: &TokenCmd) -> anyhow::Result<()> {
     let c = &ctx.client;
     match cmd {
-        TokenCmd::Create { user, description, ttl_hours } => {
-            let v = c.post("/tokens", &json!({ "user": user, "description": description, "ttl_hours": ttl_hours })).await?;
+        TokenCmd::Create {
+            user,
+            description,
+            ttl_hours,
+        } => {
+            let v = c
+                .post(
+                    "/tokens",
+                    &json!({ "user": user, "description": description, "ttl_hours": ttl_hours }),
+                )
+                .await?;
             if ctx.json {
                 show(true, &v);
             } else {
                 say!("{}", v["token"].as_str().unwrap_or(""));
-                eprintln!("token {} for {user}: shown once; store it now", v["info"]["id"].as_str().unwrap_or("?"));
+                eprintln!(
+                    "token {} for {user}: shown once; store it now",
+                    v["info"]["id"].as_str().unwrap_or("?")
+                );
             }
         }
         TokenCmd::List { user } => {
             let v = c.get(&format!("/users/{}/tokens", seg(user)), &[]).await?;
-            list(ctx.json, v.as_array().map_or(&[][..], Vec::as_slice), &[("ID", "/id"), ("DESCRIPTION", "/description"), ("CREATED", "/created_at"), ("EXPIRES", "/expires_at")]);
+            list(
+                ctx.json,
+                v.as_array().map_or(&[][..], Vec::as_slice),
+                &[
+                    ("ID", "/id"),
+                    ("DESCRIPTION", "/description"),
+                    ("CREATED", "/created_at"),
+                    ("EXPIRES", "/expires_at"),
+                ],
+            );
         }
         TokenCmd::Revoke { id } => {
             c.delete(&format!("/tokens/{}", seg(id))).await?;
@@ -234,20 +387,38 @@ pub async fn token(ctx: &Ctx, cmd: &TokenCmd) -> anyhow::Result<()> {
 
 pub async fn address(ctx: &Ctx, cmd: &AddressCmd) -> anyhow::Result<()> {
     let c = &ctx.client;
-    let cols: &[Column] = &[("NAME", "/name"), ("CLOUD", "/cloud"), ("POOL", "/pool"), ("IP", "/ip"), ("SERVER", "/server")];
+    let cols: &[Column] = &[
+        ("NAME", "/name"),
+        ("CLOUD", "/cloud"),
+        ("POOL", "/pool"),
+        ("IP", "/ip"),
+        ("SERVER", "/server"),
+    ];
     match cmd {
-        AddressCmd::List(p) => list(ctx.json, &c.list("/addresses", vec![], p.limit, p.all_pages).await?, cols),
+        AddressCmd::List(p) => list(
+            ctx.json,
+            &c.list("/addresses", vec![], p.limit, p.all_pages).await?,
+            cols,
+        ),
         AddressCmd::Show { name } => show(ctx.json, &c.get(&format!("/addresses/{}", seg(name)), &[]).await?),
         AddressCmd::Allocate { name, cloud, pool } => {
-            let v = c.post("/addresses", &json!({ "name": name, "cloud": cloud, "pool": pool })).await?;
+            let v = c
+                .post("/addresses", &json!({ "name": name, "cloud": cloud, "pool": pool }))
+                .await?;
             say!("allocated {name}: {}", v["ip"].as_str().unwrap_or("?"));
         }
         AddressCmd::Associate { name, server } => {
-            let v = c.post(&format!("/addresses/{}/associate", seg(name)), &json!({ "server": server })).await?;
+            let v = c
+                .post(
+                    &format!("/addresses/{}/associate", seg(name)),
+                    &json!({ "server": server }),
+                )
+                .await?;
             say!("{} ({name}) now reaches {server}", v["ip"].as_str().unwrap_or("?"));
         }
         AddressCmd::Disassociate { name } => {
-            c.post(&format!("/addresses/{}/disassociate", seg(name)), &json!({})).await?;
+            c.post(&format!("/addresses/{}/disassociate", seg(name)), &json!({}))
+                .await?;
             say!("disassociated {name}");
         }
         AddressCmd::Release { name } => {
@@ -269,6 +440,15 @@ pub async fn audit(ctx: &Ctx, a: &AuditArgs) -> anyhow::Result<()> {
         q.push(("limit", l.to_string()));
     }
     let v = ctx.client.get("/audit", &q).await?;
-    list(ctx.json, v.as_array().map_or(&[][..], Vec::as_slice), &[("AT", "/at"), ("ACTOR", "/actor"), ("ACTION", "/action"), ("TARGET", "/target")]);
+    list(
+        ctx.json,
+        v.as_array().map_or(&[][..], Vec::as_slice),
+        &[
+            ("AT", "/at"),
+            ("ACTOR", "/actor"),
+            ("ACTION", "/action"),
+            ("TARGET", "/target"),
+        ],
+    );
     Ok(())
 }

@@ -16,10 +16,20 @@ pub async fn serve(data_dir: PathBuf, a: &ServeArgs) -> anyhow::Result<()> {
     config.boot_deadline = Duration::from_secs(a.boot_deadline);
     let running = stratus_server::start(config).await?;
     if running.created_admin {
-        say!("First start: created user `admin`. Its API token is in {} (mode 0600).", running.admin_token_file.display());
-        say!("Log in with: stratus login --token-file {}", running.admin_token_file.display());
+        say!(
+            "First start: created user `admin`. Its API token is in {} (mode 0600).",
+            running.admin_token_file.display()
+        );
+        say!(
+            "Log in with: stratus login --token-file {}",
+            running.admin_token_file.display()
+        );
     }
-    say!("Stratus control plane listening on {} (data in {})", running.url, data_dir.display());
+    say!(
+        "Stratus control plane listening on {} (data in {})",
+        running.url,
+        data_dir.display()
+    );
     tokio::select! {
         r = running.wait() => r,
         _ = tokio::signal::ctrl_c() => {
@@ -30,16 +40,25 @@ pub async fn serve(data_dir: PathBuf, a: &ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn client_for(running: &stratus_server::Running) -> anyhow::Result<Client> {
-    let token = std::fs::read_to_string(&running.admin_token_file).with_context(|| format!("cannot read {}", running.admin_token_file.display()))?;
+    let token = std::fs::read_to_string(&running.admin_token_file)
+        .with_context(|| format!("cannot read {}", running.admin_token_file.display()))?;
     Ok(Client::new(&running.url, Some(token.trim().to_string())))
 }
 
 /// Bring up the example deployment on an embedded control plane, or take it down.
 pub async fn quickstart(data_dir: PathBuf, a: &QuickstartArgs, json_out: bool) -> anyhow::Result<()> {
-    let doc = read_file(&a.file).with_context(|| format!("step 1/4 (read the deployment file {}) failed", a.file.display()))?;
-    let deployment = doc.deployment.as_ref().map(|d| d.name.to_string()).context("the quickstart file has no [deployment]")?;
-    eprintln!("[1/4] read {}: deployment {deployment}, {} servers", a.file.display(), doc.servers.len());
-    eprintln!("[1/4] read {}: deployment {deployment}, {} servers", a.file.display(), doc.servers.len());
+    let doc = read_file(&a.file)
+        .with_context(|| format!("step 1/4 (read the deployment file {}) failed", a.file.display()))?;
+    let deployment = doc
+        .deployment
+        .as_ref()
+        .map(|d| d.name.to_string())
+        .context("the quickstart file has no [deployment]")?;
+    eprintln!(
+        "[1/4] read {}: deployment {deployment}, {} servers",
+        a.file.display(),
+        doc.servers.len()
+    );
     let running = stratus_server::start(stratus_server::Config::new(&data_dir, a.listen))
         .await
         .context("step 2/4 (start the control plane) failed; is another `stratus serve` using the port? Stop it or pass --listen")?;
@@ -52,26 +71,49 @@ pub async fn quickstart(data_dir: PathBuf, a: &QuickstartArgs, json_out: bool) -
     }
     eprintln!("[2/4] control plane up at {}", running.url);
     eprintln!("[3/4] applying {}", a.file.display());
-    let plan = client.post("/apply", &json!({ "document": doc, "dry_run": false })).await.context("step 3/4 (apply the deployment) failed")?;
+    let plan = client
+        .post("/apply", &json!({ "document": doc, "dry_run": false }))
+        .await
+        .context("step 3/4 (apply the deployment) failed")?;
     if !json_out {
         print_plan(&serde_json::from_value(plan)?);
     }
     eprintln!("[4/4] waiting for servers to become operational");
     let names: Vec<String> = doc.servers.iter().map(|s| format!("{deployment}/{}", s.name)).collect();
     for key in &names {
-        let v = super::servers::wait_for(&client, key, &["operational", "stranded"], Duration::from_secs(600), false).await?;
+        let v = super::servers::wait_for(
+            &client,
+            key,
+            &["operational", "stranded"],
+            Duration::from_secs(600),
+            false,
+        )
+        .await?;
         if v["state"] == "stranded" {
-            anyhow::bail!("{key} is stranded: {}; see `stratus server show {key}`", v["stranded"]["message"].as_str().unwrap_or("?"));
+            anyhow::bail!(
+                "{key} is stranded: {}; see `stratus server show {key}`",
+                v["stranded"]["message"].as_str().unwrap_or("?")
+            );
         }
     }
     say!();
     say!("Deployment {deployment} is up: {} servers operational.", names.len());
-    say!("  API:        {}/api/v1  (OpenAPI: {}/api/v1/openapi.json)", running.url, running.url);
+    say!(
+        "  API:        {}/api/v1  (OpenAPI: {}/api/v1/openapi.json)",
+        running.url,
+        running.url
+    );
     say!("  Token:      {}", running.admin_token_file.display());
     say!("Next:");
     say!("  stratus server list --deployment {deployment}");
-    say!("  stratus server show {}", names.first().map_or("DEPLOYMENT/NAME", String::as_str));
-    say!("  stratus runs list --server {}", names.first().map_or("DEPLOYMENT/NAME", String::as_str));
+    say!(
+        "  stratus server show {}",
+        names.first().map_or("DEPLOYMENT/NAME", String::as_str)
+    );
+    say!(
+        "  stratus runs list --server {}",
+        names.first().map_or("DEPLOYMENT/NAME", String::as_str)
+    );
     say!("  stratus quickstart --down   (remove it all)");
     if a.exit {
         running.stop();
@@ -93,9 +135,18 @@ fn ignore_missing(r: anyhow::Result<serde_json::Value>) -> anyhow::Result<()> {
 
 async fn down(client: &Client, doc: &stratus_api::file::DeploymentFile, deployment: &str) -> anyhow::Result<()> {
     for a in &doc.arrays {
-        ignore_missing(client.post(&format!("/arrays/{}/{}/scale", seg(deployment), seg(a.name.as_str())), &json!({"desired": 0})).await)?;
+        ignore_missing(
+            client
+                .post(
+                    &format!("/arrays/{}/{}/scale", seg(deployment), seg(a.name.as_str())),
+                    &json!({"desired": 0}),
+                )
+                .await,
+        )?;
     }
-    let servers = client.list("/servers", vec![("deployment", deployment.to_string())], None, true).await?;
+    let servers = client
+        .list("/servers", vec![("deployment", deployment.to_string())], None, true)
+        .await?;
     for s in &servers {
         let key = format!("{deployment}/{}", s["name"].as_str().unwrap_or_default());
         if !matches!(s["state"].as_str(), Some("decommissioning" | "terminated")) {
@@ -104,7 +155,11 @@ async fn down(client: &Client, doc: &stratus_api::file::DeploymentFile, deployme
         super::servers::wait_for(client, &key, &["terminated"], Duration::from_secs(600), false).await?;
     }
     for a in &doc.arrays {
-        ignore_missing(client.delete(&format!("/arrays/{}/{}", seg(deployment), seg(a.name.as_str()))).await)?;
+        ignore_missing(
+            client
+                .delete(&format!("/arrays/{}/{}", seg(deployment), seg(a.name.as_str())))
+                .await,
+        )?;
     }
     ignore_missing(client.delete(&format!("/deployments/{}", seg(deployment))).await)?;
     for t in &doc.templates {

@@ -28,9 +28,14 @@ fn size_value(s: &str) -> anyhow::Result<Value> {
     }
     let mut out = serde_json::Map::new();
     for part in s.split(',') {
-        let (k, v) = part.split_once('=').with_context(|| format!("size {part:?} is not key=value"))?;
+        let (k, v) = part
+            .split_once('=')
+            .with_context(|| format!("size {part:?} is not key=value"))?;
         let v = v.trim();
-        out.insert(k.trim().to_string(), v.parse::<u64>().map_or_else(|_| json!(v), |n| json!(n)));
+        out.insert(
+            k.trim().to_string(),
+            v.parse::<u64>().map_or_else(|_| json!(v), |n| json!(n)),
+        );
     }
     Ok(Value::Object(out))
 }
@@ -38,14 +43,22 @@ fn size_value(s: &str) -> anyhow::Result<Value> {
 fn inputs(list: &[String]) -> anyhow::Result<Value> {
     let mut m = serde_json::Map::new();
     for i in list {
-        let (k, v) = i.split_once('=').with_context(|| format!("input {i:?} is not NAME=VALUE"))?;
+        let (k, v) = i
+            .split_once('=')
+            .with_context(|| format!("input {i:?} is not NAME=VALUE"))?;
         m.insert(k.to_string(), json!(v));
     }
     Ok(Value::Object(m))
 }
 
 /// Poll a server until it reaches one of `states` (bounded by `timeout`), printing changes.
-pub async fn wait_for(client: &Client, key: &str, states: &[&str], timeout: Duration, quiet: bool) -> anyhow::Result<Value> {
+pub async fn wait_for(
+    client: &Client,
+    key: &str,
+    states: &[&str],
+    timeout: Duration,
+    quiet: bool,
+) -> anyhow::Result<Value> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut last = String::new();
     loop {
@@ -71,14 +84,23 @@ fn stranded_note(v: &Value) -> Option<String> {
         "stranded at {}: {}{}",
         r["step"].as_str().unwrap_or("?"),
         r["message"].as_str().unwrap_or(""),
-        r["exit_code"].as_i64().map(|c| format!(" (exit {c})")).unwrap_or_default()
+        r["exit_code"]
+            .as_i64()
+            .map(|c| format!(" (exit {c})"))
+            .unwrap_or_default()
     ))
 }
 
 pub async fn server(ctx: &Ctx, cmd: &ServerCmd) -> anyhow::Result<()> {
     let c = &ctx.client;
     match cmd {
-        ServerCmd::List { deployment, state, tag, all, page } => {
+        ServerCmd::List {
+            deployment,
+            state,
+            tag,
+            all,
+            page,
+        } => {
             let mut q: Vec<(&str, String)> = vec![];
             for (k, v) in [("deployment", deployment), ("state", state), ("tag", tag)] {
                 if let Some(v) = v {
@@ -88,13 +110,27 @@ pub async fn server(ctx: &Ctx, cmd: &ServerCmd) -> anyhow::Result<()> {
             if *all {
                 q.push(("all", "true".into()));
             }
-            list(ctx.json, &c.list("/servers", q, page.limit, page.all_pages).await?, SERVER_COLUMNS);
+            list(
+                ctx.json,
+                &c.list("/servers", q, page.limit, page.all_pages).await?,
+                SERVER_COLUMNS,
+            );
         }
         ServerCmd::Show { server } => {
             let v = c.get(&format!("/servers/{}", seg(server)), &[]).await?;
             show(ctx.json, &v);
         }
-        ServerCmd::Launch { name, deployment, template, cloud, region, size, inputs: ins, tags, wait } => {
+        ServerCmd::Launch {
+            name,
+            deployment,
+            template,
+            cloud,
+            region,
+            size,
+            inputs: ins,
+            tags,
+            wait,
+        } => {
             let mut body = json!({ "name": name, "deployment": deployment, "template": template, "inputs": inputs(ins)?, "tags": tags });
             if let Some(cl) = cloud {
                 body["cloud"] = json!(cl);
@@ -108,7 +144,14 @@ pub async fn server(ctx: &Ctx, cmd: &ServerCmd) -> anyhow::Result<()> {
             let v = c.post("/servers", &body).await?;
             let key = format!("{deployment}/{name}");
             if *wait {
-                let v = wait_for(c, &key, &["operational", "stranded", "terminated"], Duration::from_secs(900), ctx.json).await?;
+                let v = wait_for(
+                    c,
+                    &key,
+                    &["operational", "stranded", "terminated"],
+                    Duration::from_secs(900),
+                    ctx.json,
+                )
+                .await?;
                 if let Some(note) = stranded_note(&v) {
                     anyhow::bail!("{key} {note}");
                 }
@@ -116,7 +159,10 @@ pub async fn server(ctx: &Ctx, cmd: &ServerCmd) -> anyhow::Result<()> {
             } else if ctx.json {
                 show(true, &v);
             } else {
-                say!("launched {key} ({}); follow it with `stratus server show {key}`", v["id"].as_str().unwrap_or("?"));
+                say!(
+                    "launched {key} ({}); follow it with `stratus server show {key}`",
+                    v["id"].as_str().unwrap_or("?")
+                );
             }
         }
         ServerCmd::Terminate { server, wait } => {
@@ -127,11 +173,22 @@ pub async fn server(ctx: &Ctx, cmd: &ServerCmd) -> anyhow::Result<()> {
             say!("terminating {server}");
         }
         ServerCmd::Tag { server, add, remove } => {
-            let v = c.post(&format!("/servers/{}/tags", seg(server)), &json!({ "add": add, "remove": remove })).await?;
+            let v = c
+                .post(
+                    &format!("/servers/{}/tags", seg(server)),
+                    &json!({ "add": add, "remove": remove }),
+                )
+                .await?;
             if ctx.json {
                 show(true, &v);
             } else {
-                say!("{server}: {}", v["tags"].as_array().map(|t| t.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" ")).unwrap_or_default());
+                say!(
+                    "{server}: {}",
+                    v["tags"]
+                        .as_array()
+                        .map(|t| t.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" "))
+                        .unwrap_or_default()
+                );
             }
         }
     }
@@ -139,12 +196,21 @@ pub async fn server(ctx: &Ctx, cmd: &ServerCmd) -> anyhow::Result<()> {
 }
 
 fn split_array(key: &str) -> anyhow::Result<(String, String)> {
-    key.split_once('/').map(|(a, b)| (seg(a), seg(b))).with_context(|| format!("{key:?} is not DEPLOYMENT/ARRAY"))
+    key.split_once('/')
+        .map(|(a, b)| (seg(a), seg(b)))
+        .with_context(|| format!("{key:?} is not DEPLOYMENT/ARRAY"))
 }
 
 pub async fn array(ctx: &Ctx, cmd: &ArrayCmd) -> anyhow::Result<()> {
     let c = &ctx.client;
-    let cols: &[Column] = &[("DEPLOYMENT", "/deployment"), ("NAME", "/name"), ("TEMPLATE", "/template"), ("MIN", "/min"), ("DESIRED", "/desired"), ("MAX", "/max")];
+    let cols: &[Column] = &[
+        ("DEPLOYMENT", "/deployment"),
+        ("NAME", "/name"),
+        ("TEMPLATE", "/template"),
+        ("MIN", "/min"),
+        ("DESIRED", "/desired"),
+        ("MAX", "/max"),
+    ];
     match cmd {
         ArrayCmd::List { deployment, page } => {
             let q = deployment.iter().map(|d| ("deployment", d.clone())).collect();
@@ -156,7 +222,8 @@ pub async fn array(ctx: &Ctx, cmd: &ArrayCmd) -> anyhow::Result<()> {
         }
         ArrayCmd::Scale { array, desired } => {
             let (d, n) = split_array(array)?;
-            c.post(&format!("/arrays/{d}/{n}/scale"), &json!({ "desired": desired })).await?;
+            c.post(&format!("/arrays/{d}/{n}/scale"), &json!({ "desired": desired }))
+                .await?;
             say!("{array}: desired {desired}");
         }
         ArrayCmd::Delete { array } => {
@@ -178,7 +245,15 @@ pub async fn runs(ctx: &Ctx, cmd: &RunsCmd) -> anyhow::Result<()> {
                     q.push((k, v.clone()));
                 }
             }
-            let cols: &[Column] = &[("ID", "/id"), ("SERVER", "/server_name"), ("SCRIPT", "/script"), ("PHASE", "/phase"), ("STATUS", "/status"), ("EXIT", "/exit_code"), ("STARTED", "/started_at")];
+            let cols: &[Column] = &[
+                ("ID", "/id"),
+                ("SERVER", "/server_name"),
+                ("SCRIPT", "/script"),
+                ("PHASE", "/phase"),
+                ("STATUS", "/status"),
+                ("EXIT", "/exit_code"),
+                ("STARTED", "/started_at"),
+            ];
             list(ctx.json, &c.list("/runs", q, page.limit, page.all_pages).await?, cols);
         }
         RunsCmd::Show { id } => show(ctx.json, &c.get(&format!("/runs/{}", seg(id)), &[]).await?),

@@ -18,17 +18,47 @@ use super::{Actor, App, AppError, OBSERVER, OPERATOR, audit};
 pub async fn allocate(app: &App, actor: &Actor, spec: &AddressSpec) -> Result<Address, AppError> {
     actor.require(OPERATOR)?;
     let cloud = named::<Cloud>(&*app.store, spec.cloud.as_str()).await?;
-    let pool = match &spec.pool {
-        Some(p) => cloud.spec.address_pools.iter().find(|x| &x.name == p).ok_or_else(|| AppError::invalid("pool", format!("cloud {} has no address pool {p}", cloud.spec.name)))?,
-        None => cloud.spec.address_pools.first().ok_or_else(|| AppError::invalid("cloud", format!("cloud {} has no address pools", cloud.spec.name)))?,
-    };
+    let pool =
+        match &spec.pool {
+            Some(p) => cloud.spec.address_pools.iter().find(|x| &x.name == p).ok_or_else(|| {
+                AppError::invalid("pool", format!("cloud {} has no address pool {p}", cloud.spec.name))
+            })?,
+            None => {
+                cloud.spec.address_pools.first().ok_or_else(|| {
+                    AppError::invalid("cloud", format!("cloud {} has no address pools", cloud.spec.name))
+                })?
+            }
+        };
     let _guard = app.drivers.address_lock().await;
-    let taken: Vec<IpAddr> = app.store.list_all::<Address>(&Query::default()).await?.into_iter().filter(|a| a.cloud == spec.cloud).map(|a| a.ip).collect();
-    let ip = pool.cidr.hosts().find(|ip| !taken.contains(ip)).ok_or_else(|| AppError::Conflict(format!("address pool {} of cloud {} is full", pool.name, cloud.spec.name)))?;
+    let taken: Vec<IpAddr> = app
+        .store
+        .list_all::<Address>(&Query::default())
+        .await?
+        .into_iter()
+        .filter(|a| a.cloud == spec.cloud)
+        .map(|a| a.ip)
+        .collect();
+    let ip = pool.cidr.hosts().find(|ip| !taken.contains(ip)).ok_or_else(|| {
+        AppError::Conflict(format!(
+            "address pool {} of cloud {} is full",
+            pool.name, cloud.spec.name
+        ))
+    })?;
     let now = Utc::now();
-    let a = Address { id: AddressId::new(), revision: 1, created_at: now, updated_at: now, name: spec.name.clone(), cloud: spec.cloud.clone(), pool: pool.name.clone(), ip, server: None };
+    let a = Address {
+        id: AddressId::new(),
+        revision: 1,
+        created_at: now,
+        updated_at: now,
+        name: spec.name.clone(),
+        cloud: spec.cloud.clone(),
+        pool: pool.name.clone(),
+        ip,
+        server: None,
+    };
     let target = format!("address/{}", spec.name);
-    app.commit(vec![Change::insert(&a), audit(actor, "address.allocate", target, spec)]).await?;
+    app.commit(vec![Change::insert(&a), audit(actor, "address.allocate", target, spec)])
+        .await?;
     Ok(a)
 }
 
@@ -37,9 +67,18 @@ pub async fn show(app: &App, actor: &Actor, name: &str) -> Result<Address, AppEr
     named::<Address>(&*app.store, name).await
 }
 
-pub async fn list(app: &App, actor: &Actor, limit: Option<u32>, after: Option<String>) -> Result<Page<Address>, AppError> {
+pub async fn list(
+    app: &App,
+    actor: &Actor,
+    limit: Option<u32>,
+    after: Option<String>,
+) -> Result<Page<Address>, AppError> {
     actor.require(OBSERVER)?;
-    let q = Query { after, limit: super::page_limit(limit)?, ..Default::default() };
+    let q = Query {
+        after,
+        limit: super::page_limit(limit)?,
+        ..Default::default()
+    };
     let (items, next) = app.store.list_as::<Address>(&q).await?;
     Ok(Page { items, next })
 }
@@ -50,27 +89,52 @@ pub async fn associate(app: &App, actor: &Actor, name: &str, server_key: &str) -
     let mut a = named::<Address>(&*app.store, name).await?;
     let mut s = super::resolve::server(&*app.store, server_key).await?;
     if s.cloud != a.cloud {
-        return Err(AppError::invalid("server", format!("server {}/{} is on cloud {}, the address on {}", s.deployment, s.name, s.cloud, a.cloud)));
+        return Err(AppError::invalid(
+            "server",
+            format!(
+                "server {}/{} is on cloud {}, the address on {}",
+                s.deployment, s.name, s.cloud, a.cloud
+            ),
+        ));
     }
     let instance = match (&s.instance_id, s.state) {
         (Some(i), ServerState::Booting | ServerState::Operational) => i.clone(),
-        _ => return Err(AppError::BadState(format!("server {}/{} is {} and has no running instance", s.deployment, s.name, s.state))),
+        _ => {
+            return Err(AppError::BadState(format!(
+                "server {}/{} is {} and has no running instance",
+                s.deployment, s.name, s.state
+            )));
+        }
     };
     let driver = app.drivers.for_cloud(&*app.store, &a.cloud).await?;
-    driver.associate_address(&instance, a.ip).await.map_err(|source| AppError::Cloud { context: format!("associating {}", a.ip), source })?;
+    driver
+        .associate_address(&instance, a.ip)
+        .await
+        .map_err(|source| AppError::Cloud {
+            context: format!("associating {}", a.ip),
+            source,
+        })?;
     let now = Utc::now();
     let mut changes = vec![];
-    if let Some(prev) = a.server.filter(|p| *p != s.id) {
-        if let Some(mut old) = app.store.get_as::<stratus_types::server::Server>(&prev.to_string()).await? {
-            old.public_ip = None;
-            changes.push(Change::update(&mut old, now));
-        }
+    if let Some(prev) = a.server.filter(|p| *p != s.id)
+        && let Some(mut old) = app
+            .store
+            .get_as::<stratus_types::server::Server>(&prev.to_string())
+            .await?
+    {
+        old.public_ip = None;
+        changes.push(Change::update(&mut old, now));
     }
     a.server = Some(s.id);
     s.public_ip = Some(a.ip);
     changes.push(Change::update(&mut a, now));
     changes.push(Change::update(&mut s, now));
-    changes.push(audit(actor, "address.associate", format!("address/{name}"), serde_json::json!({"server": format!("{}/{}", s.deployment, s.name)})));
+    changes.push(audit(
+        actor,
+        "address.associate",
+        format!("address/{name}"),
+        serde_json::json!({"server": format!("{}/{}", s.deployment, s.name)}),
+    ));
     app.commit(changes).await?;
     Ok(a)
 }
@@ -82,10 +146,20 @@ pub async fn disassociate(app: &App, actor: &Actor, name: &str) -> Result<Addres
         return Err(AppError::BadState(format!("address {name} is not associated")));
     };
     let driver = app.drivers.for_cloud(&*app.store, &a.cloud).await?;
-    driver.disassociate_address(a.ip).await.map_err(|source| AppError::Cloud { context: format!("disassociating {}", a.ip), source })?;
+    driver
+        .disassociate_address(a.ip)
+        .await
+        .map_err(|source| AppError::Cloud {
+            context: format!("disassociating {}", a.ip),
+            source,
+        })?;
     let now = Utc::now();
     let mut changes = vec![];
-    if let Some(mut s) = app.store.get_as::<stratus_types::server::Server>(&sid.to_string()).await? {
+    if let Some(mut s) = app
+        .store
+        .get_as::<stratus_types::server::Server>(&sid.to_string())
+        .await?
+    {
         s.public_ip = None;
         changes.push(Change::update(&mut s, now));
     }
@@ -100,7 +174,13 @@ pub async fn release(app: &App, actor: &Actor, name: &str) -> Result<(), AppErro
     actor.require(OPERATOR)?;
     let a = named::<Address>(&*app.store, name).await?;
     if a.server.is_some() {
-        return Err(AppError::Conflict(format!("address {name} is associated; disassociate it first")));
+        return Err(AppError::Conflict(format!(
+            "address {name} is associated; disassociate it first"
+        )));
     }
-    app.commit(vec![Change::delete(&a), audit(actor, "address.release", format!("address/{name}"), ())]).await
+    app.commit(vec![
+        Change::delete(&a),
+        audit(actor, "address.release", format!("address/{name}"), ()),
+    ])
+    .await
 }

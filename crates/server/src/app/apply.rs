@@ -47,14 +47,20 @@ struct Planner {
 
 impl Planner {
     fn record(&mut self, kind: &str, name: &Name, action: PlanAction, notes: Vec<String>) {
-        self.plan.push(PlannedChange { kind: kind.into(), name: name.to_string(), action, notes });
+        self.plan.push(PlannedChange {
+            kind: kind.into(),
+            name: name.to_string(),
+            action,
+            notes,
+        });
     }
 
     /// Shared create/update decision: false (and a conflict) when create-only meets an existing
     /// resource.
     fn exists_check(&mut self, kind: &str, name: &Name, exists: bool) -> bool {
         if exists && self.mode == Mode::CreateOnly {
-            self.conflicts.push(format!("{kind} {name} already exists; use PUT to update it"));
+            self.conflicts
+                .push(format!("{kind} {name} already exists; use PUT to update it"));
             return false;
         }
         true
@@ -78,7 +84,13 @@ impl Planner {
                 self.record("cloud", &spec.name, PlanAction::Update, notes);
             }
             None => {
-                let c = Cloud { id: CloudId::new(), revision: 1, created_at: self.now, updated_at: self.now, spec: spec.clone() };
+                let c = Cloud {
+                    id: CloudId::new(),
+                    revision: 1,
+                    created_at: self.now,
+                    updated_at: self.now,
+                    spec: spec.clone(),
+                };
                 self.changes.push(Change::insert(&c));
                 self.catalog.clouds.insert(spec.name.clone(), c);
                 self.record("cloud", &spec.name, PlanAction::Create, vec![]);
@@ -89,7 +101,10 @@ impl Planner {
     fn image(&mut self, spec: &ImageSpec, at: &str) {
         for cloud in spec.clouds.keys() {
             if !self.catalog.clouds.contains_key(cloud) {
-                self.errs.push(FieldError::new(format!("{at}.clouds.{cloud}"), format!("no cloud named {cloud}")));
+                self.errs.push(FieldError::new(
+                    format!("{at}.clouds.{cloud}"),
+                    format!("no cloud named {cloud}"),
+                ));
             }
         }
         let existing = self.catalog.images.get(&spec.name).cloned();
@@ -102,7 +117,12 @@ impl Planner {
                 let mut notes = vec![];
                 if i.spec.clouds != spec.clouds {
                     let v = i.current_version() + 1;
-                    i.versions.push(ImageVersion { version: v, clouds: spec.clouds.clone(), provenance: None, created_at: self.now });
+                    i.versions.push(ImageVersion {
+                        version: v,
+                        clouds: spec.clouds.clone(),
+                        provenance: None,
+                        created_at: self.now,
+                    });
                     notes.push(format!("new version {v}"));
                 }
                 i.spec = spec.clone();
@@ -117,7 +137,12 @@ impl Planner {
                     created_at: self.now,
                     updated_at: self.now,
                     spec: spec.clone(),
-                    versions: vec![ImageVersion { version: 1, clouds: spec.clouds.clone(), provenance: None, created_at: self.now }],
+                    versions: vec![ImageVersion {
+                        version: 1,
+                        clouds: spec.clouds.clone(),
+                        provenance: None,
+                        created_at: self.now,
+                    }],
                 };
                 self.changes.push(Change::insert(&i));
                 self.catalog.images.insert(spec.name.clone(), i);
@@ -140,7 +165,13 @@ impl Planner {
                 self.record("script", &spec.name, PlanAction::Update, vec![]);
             }
             None => {
-                let s = Script { id: ScriptId::new(), revision: 1, created_at: self.now, updated_at: self.now, spec: spec.clone() };
+                let s = Script {
+                    id: ScriptId::new(),
+                    revision: 1,
+                    created_at: self.now,
+                    updated_at: self.now,
+                    spec: spec.clone(),
+                };
                 self.changes.push(Change::insert(&s));
                 self.catalog.scripts.insert(spec.name.clone(), s);
                 self.record("script", &spec.name, PlanAction::Create, vec![]);
@@ -160,12 +191,18 @@ impl Planner {
 
     fn check_template_refs(&mut self, spec: &TemplateSpec, at: &str) {
         if !self.catalog.images.contains_key(&spec.image) {
-            self.errs.push(FieldError::new(format!("{at}.image"), format!("no image named {}", spec.image)));
+            self.errs.push(FieldError::new(
+                format!("{at}.image"),
+                format!("no image named {}", spec.image),
+            ));
         }
         for (field, list) in spec.phases() {
             for (i, n) in list.iter().enumerate() {
                 if !self.catalog.scripts.contains_key(n) {
-                    self.errs.push(FieldError::new(format!("{at}.{field}[{i}]"), format!("no script named {n}")));
+                    self.errs.push(FieldError::new(
+                        format!("{at}.{field}[{i}]"),
+                        format!("no script named {n}"),
+                    ));
                 }
             }
         }
@@ -179,10 +216,13 @@ impl Planner {
 
     fn check_creds(&mut self, inputs: &Inputs, at: &str) {
         for (k, v) in inputs {
-            if let InputValue::Cred(c) = v {
-                if !self.catalog.credentials.contains(c) {
-                    self.errs.push(FieldError::new(format!("{at}.{k}"), format!("no credential named {c}; create it with `stratus credential create {c}`")));
-                }
+            if let InputValue::Cred(c) = v
+                && !self.catalog.credentials.contains(c)
+            {
+                self.errs.push(FieldError::new(
+                    format!("{at}.{k}"),
+                    format!("no credential named {c}; create it with `stratus credential create {c}`"),
+                ));
             }
         }
     }
@@ -233,10 +273,11 @@ impl Planner {
     }
 
     fn deployment(&mut self, spec: &DeploymentSpec, existing: Option<Deployment>) -> Deployment {
-        if let Some(c) = &spec.cloud {
-            if !self.catalog.clouds.contains_key(c) {
-                self.errs.push(FieldError::new("deployment.cloud", format!("no cloud named {c}")));
-            }
+        if let Some(c) = &spec.cloud
+            && !self.catalog.clouds.contains_key(c)
+        {
+            self.errs
+                .push(FieldError::new("deployment.cloud", format!("no cloud named {c}")));
         }
         self.check_creds(&spec.inputs, "deployment.inputs");
         let exists = existing.is_some();
@@ -253,7 +294,13 @@ impl Planner {
                 d
             }
             None => {
-                let d = Deployment { id: DeploymentId::new(), revision: 1, created_at: self.now, updated_at: self.now, spec: spec.clone() };
+                let d = Deployment {
+                    id: DeploymentId::new(),
+                    revision: 1,
+                    created_at: self.now,
+                    updated_at: self.now,
+                    spec: spec.clone(),
+                };
                 self.changes.push(Change::insert(&d));
                 self.record("deployment", &spec.name, PlanAction::Create, vec![]);
                 d
@@ -335,13 +382,24 @@ impl Planner {
         match existing {
             Some(a) if a.spec == spec => self.record("array", &f.name, PlanAction::Unchanged, vec![]),
             Some(mut a) => {
-                let notes = if a.spec.desired != spec.desired { vec![format!("desired {} -> {}", a.spec.desired, spec.desired)] } else { vec![] };
+                let notes = if a.spec.desired != spec.desired {
+                    vec![format!("desired {} -> {}", a.spec.desired, spec.desired)]
+                } else {
+                    vec![]
+                };
                 a.spec = spec;
                 self.changes.push(Change::update(&mut a, self.now));
                 self.record("array", &f.name, PlanAction::Update, notes);
             }
             None => {
-                let a = ServerArray { id: ArrayId::new(), revision: 1, created_at: self.now, updated_at: self.now, spec, next_launch_image: None };
+                let a = ServerArray {
+                    id: ArrayId::new(),
+                    revision: 1,
+                    created_at: self.now,
+                    updated_at: self.now,
+                    spec,
+                    next_launch_image: None,
+                };
                 self.changes.push(Change::insert(&a));
                 self.record("array", &f.name, PlanAction::Create, vec![]);
             }
@@ -350,7 +408,13 @@ impl Planner {
 }
 
 /// Plan `file` against the store, and unless `dry_run`, apply it atomically.
-pub async fn apply(app: &App, actor: &Actor, file: &DeploymentFile, mode: Mode, dry_run: bool) -> Result<Plan, AppError> {
+pub async fn apply(
+    app: &App,
+    actor: &Actor,
+    file: &DeploymentFile,
+    mode: Mode,
+    dry_run: bool,
+) -> Result<Plan, AppError> {
     actor.require(OPERATOR)?;
     file.validate()?;
     let store = &*app.store;
@@ -403,12 +467,22 @@ pub async fn apply(app: &App, actor: &Actor, file: &DeploymentFile, mode: Mode, 
     if !p.errs.is_empty() {
         return Err(AppError::Invalid(p.errs));
     }
-    let mut plan = Plan { changes: p.plan, applied: false };
+    let mut plan = Plan {
+        changes: p.plan,
+        applied: false,
+    };
     let changed = plan.changes.iter().any(|c| c.action != PlanAction::Unchanged);
     if !dry_run && changed {
-        let summary: Vec<String> =
-            plan.changes.iter().filter(|c| c.action != PlanAction::Unchanged).map(|c| format!("{:?} {} {}", c.action, c.kind, c.name)).collect();
-        let target = file.deployment.as_ref().map_or("catalog".to_string(), |d| format!("deployment/{}", d.name));
+        let summary: Vec<String> = plan
+            .changes
+            .iter()
+            .filter(|c| c.action != PlanAction::Unchanged)
+            .map(|c| format!("{:?} {} {}", c.action, c.kind, c.name))
+            .collect();
+        let target = file
+            .deployment
+            .as_ref()
+            .map_or("catalog".to_string(), |d| format!("deployment/{}", d.name));
         p.changes.push(audit(actor, "deployment.apply", target, summary));
         app.commit(p.changes).await?;
     }
@@ -427,7 +501,12 @@ fn rehash_dependents(p: &mut Planner, file: &DeploymentFile, touched: &[Name]) {
         .templates
         .values()
         .filter(|t| !in_file.contains(&&t.spec.name))
-        .filter(|t| t.spec.phases().iter().any(|(_, l)| l.iter().any(|n| touched.contains(n))))
+        .filter(|t| {
+            t.spec
+                .phases()
+                .iter()
+                .any(|(_, l)| l.iter().any(|n| touched.contains(n)))
+        })
         .map(|t| t.spec.clone())
         .collect();
     let saved = p.mode;
@@ -449,25 +528,54 @@ pub async fn delete(app: &App, actor: &Actor, kind: &'static str, name: &str) ->
     actor.require(OPERATOR)?;
     let store = &*app.store;
     let cat = Catalog::load(store).await?;
-    let live_servers = store.list_all::<Server>(&Query { live_only: true, ..Default::default() }).await?;
+    let live_servers = store
+        .list_all::<Server>(&Query {
+            live_only: true,
+            ..Default::default()
+        })
+        .await?;
     let arrays = store.list_all::<ServerArray>(&Query::default()).await?;
     let users = |list: Vec<String>, what: &str| -> Result<(), AppError> {
         if list.is_empty() {
             Ok(())
         } else {
-            Err(AppError::Conflict(format!("{kind} {name} is used by {what} {}; change or remove those first", list.join(", "))))
+            Err(AppError::Conflict(format!(
+                "{kind} {name} is used by {what} {}; change or remove those first",
+                list.join(", ")
+            )))
         }
     };
     let change = match kind {
         "cloud" => {
             let c = super::resolve::named::<Cloud>(store, name).await?;
-            users(live_servers.iter().filter(|s| s.cloud.as_str() == name).map(|s| format!("{}/{}", s.deployment, s.name)).collect(), "servers")?;
-            users(cat.images.values().filter(|i| i.spec.clouds.keys().any(|k| k.as_str() == name)).map(|i| i.spec.name.to_string()).collect(), "images")?;
+            users(
+                live_servers
+                    .iter()
+                    .filter(|s| s.cloud.as_str() == name)
+                    .map(|s| format!("{}/{}", s.deployment, s.name))
+                    .collect(),
+                "servers",
+            )?;
+            users(
+                cat.images
+                    .values()
+                    .filter(|i| i.spec.clouds.keys().any(|k| k.as_str() == name))
+                    .map(|i| i.spec.name.to_string())
+                    .collect(),
+                "images",
+            )?;
             Change::delete(&c)
         }
         "image" => {
             let i = super::resolve::named::<Image>(store, name).await?;
-            users(cat.templates.values().filter(|t| t.spec.image.as_str() == name).map(|t| t.spec.name.to_string()).collect(), "templates")?;
+            users(
+                cat.templates
+                    .values()
+                    .filter(|t| t.spec.image.as_str() == name)
+                    .map(|t| t.spec.name.to_string())
+                    .collect(),
+                "templates",
+            )?;
             Change::delete(&i)
         }
         "script" => {
@@ -475,7 +583,12 @@ pub async fn delete(app: &App, actor: &Actor, kind: &'static str, name: &str) ->
             users(
                 cat.templates
                     .values()
-                    .filter(|t| t.spec.phases().iter().any(|(_, l)| l.iter().any(|n| n.as_str() == name)))
+                    .filter(|t| {
+                        t.spec
+                            .phases()
+                            .iter()
+                            .any(|(_, l)| l.iter().any(|n| n.as_str() == name))
+                    })
                     .map(|t| t.spec.name.to_string())
                     .collect(),
                 "templates",
@@ -484,17 +597,61 @@ pub async fn delete(app: &App, actor: &Actor, kind: &'static str, name: &str) ->
         }
         "template" => {
             let t = super::resolve::named::<ServerTemplate>(store, name).await?;
-            users(live_servers.iter().filter(|s| s.template.as_str() == name).map(|s| format!("{}/{}", s.deployment, s.name)).collect(), "servers")?;
-            users(arrays.iter().filter(|a| a.spec.template.as_str() == name).map(|a| a.spec.name.to_string()).collect(), "arrays")?;
-            Change::delete(&t)
+            users(
+                live_servers
+                    .iter()
+                    .filter(|s| s.template.as_str() == name)
+                    .map(|s| format!("{}/{}", s.deployment, s.name))
+                    .collect(),
+                "servers",
+            )?;
+            users(
+                arrays
+                    .iter()
+                    .filter(|a| a.spec.template.as_str() == name)
+                    .map(|a| a.spec.name.to_string())
+                    .collect(),
+                "arrays",
+            )?;
+            let q = Query {
+                scope: Some(t.id.to_string()),
+                ..Default::default()
+            };
+            let mut changes: Vec<Change> = store
+                .list_all::<TemplateVersion>(&q)
+                .await?
+                .iter()
+                .map(Change::delete)
+                .collect();
+            changes.push(Change::delete(&t));
+            changes.push(audit(actor, "template.delete", format!("template/{name}"), ()));
+            return app.commit(changes).await;
         }
         "deployment" => {
             let d = deployment(store, name).await?;
-            users(live_servers.iter().filter(|s| s.deployment.as_str() == name).map(|s| s.name.to_string()).collect(), "live servers")?;
-            users(arrays.iter().filter(|a| a.spec.deployment.as_str() == name).map(|a| a.spec.name.to_string()).collect(), "arrays")?;
+            users(
+                live_servers
+                    .iter()
+                    .filter(|s| s.deployment.as_str() == name)
+                    .map(|s| s.name.to_string())
+                    .collect(),
+                "live servers",
+            )?;
+            users(
+                arrays
+                    .iter()
+                    .filter(|a| a.spec.deployment.as_str() == name)
+                    .map(|a| a.spec.name.to_string())
+                    .collect(),
+                "arrays",
+            )?;
             Change::delete(&d)
         }
         _ => return Err(AppError::not_found("kind", kind)),
     };
-    app.commit(vec![change, audit(actor, &format!("{kind}.delete"), format!("{kind}/{name}"), ())]).await
+    app.commit(vec![
+        change,
+        audit(actor, &format!("{kind}.delete"), format!("{kind}/{name}"), ()),
+    ])
+    .await
 }

@@ -25,7 +25,10 @@ pub fn member_spec(a: &ArraySpec, n: u32) -> ServerSpec {
 }
 
 pub async fn find(app: &App, deployment: &str, name: &str) -> Result<ServerArray, AppError> {
-    app.store.find_as::<ServerArray>(deployment, name).await?.ok_or_else(|| AppError::not_found("array", format!("{deployment}/{name}")))
+    app.store
+        .find_as::<ServerArray>(deployment, name)
+        .await?
+        .ok_or_else(|| AppError::not_found("array", format!("{deployment}/{name}")))
 }
 
 pub async fn show(app: &App, actor: &Actor, deployment: &str, name: &str) -> Result<ServerArray, AppError> {
@@ -33,24 +36,52 @@ pub async fn show(app: &App, actor: &Actor, deployment: &str, name: &str) -> Res
     find(app, deployment, name).await
 }
 
-pub async fn list(app: &App, actor: &Actor, deployment: Option<String>, limit: Option<u32>, after: Option<String>) -> Result<Page<ServerArray>, AppError> {
+pub async fn list(
+    app: &App,
+    actor: &Actor,
+    deployment: Option<String>,
+    limit: Option<u32>,
+    after: Option<String>,
+) -> Result<Page<ServerArray>, AppError> {
     actor.require(OBSERVER)?;
-    let q = Query { scope: deployment, after, limit: super::page_limit(limit)?, ..Default::default() };
+    let q = Query {
+        scope: deployment,
+        after,
+        limit: super::page_limit(limit)?,
+        ..Default::default()
+    };
     let (items, next) = app.store.list_as::<ServerArray>(&q).await?;
     Ok(Page { items, next })
 }
 
-pub async fn scale(app: &App, actor: &Actor, deployment: &str, name: &str, desired: u32) -> Result<ServerArray, AppError> {
+pub async fn scale(
+    app: &App,
+    actor: &Actor,
+    deployment: &str,
+    name: &str,
+    desired: u32,
+) -> Result<ServerArray, AppError> {
     actor.require(OPERATOR)?;
     let mut a = find(app, deployment, name).await?;
     if desired < a.spec.min || desired > a.spec.max {
-        return Err(AppError::invalid("desired", format!("{desired} is outside min..max ({}..{})", a.spec.min, a.spec.max)));
+        return Err(AppError::invalid(
+            "desired",
+            format!("{desired} is outside min..max ({}..{})", a.spec.min, a.spec.max),
+        ));
     }
     let from = a.spec.desired;
     a.spec.desired = desired;
     let target = format!("array/{deployment}/{name}");
-    app.commit(vec![Change::update(&mut a, Utc::now()), audit(actor, "array.scale", target, serde_json::json!({"from": from, "to": desired}))])
-        .await?;
+    app.commit(vec![
+        Change::update(&mut a, Utc::now()),
+        audit(
+            actor,
+            "array.scale",
+            target,
+            serde_json::json!({"from": from, "to": desired}),
+        ),
+    ])
+    .await?;
     Ok(a)
 }
 
@@ -58,16 +89,24 @@ pub async fn delete(app: &App, actor: &Actor, deployment: &str, name: &str) -> R
     actor.require(OPERATOR)?;
     let a = find(app, deployment, name).await?;
     if a.spec.desired > 0 {
-        return Err(AppError::Conflict(format!("array {name} still wants {} servers; scale it to 0 first", a.spec.desired)));
+        return Err(AppError::Conflict(format!(
+            "array {name} still wants {} servers; scale it to 0 first",
+            a.spec.desired
+        )));
     }
     let target = format!("array/{deployment}/{name}");
-    app.commit(vec![Change::delete(&a), audit(actor, "array.delete", target, ())]).await
+    app.commit(vec![Change::delete(&a), audit(actor, "array.delete", target, ())])
+        .await
 }
 
 /// Create an array in an existing deployment (the API's POST).
 pub async fn create(app: &App, actor: &Actor, spec: &ArraySpec) -> Result<ServerArray, AppError> {
     let file = stratus_api::file::DeploymentFile {
-        deployment: Some(super::apply::deployment(&*app.store, spec.deployment.as_str()).await?.spec),
+        deployment: Some(
+            super::apply::deployment(&*app.store, spec.deployment.as_str())
+                .await?
+                .spec,
+        ),
         arrays: vec![stratus_api::file::FileArray {
             name: spec.name.clone(),
             template: spec.template.clone(),
@@ -81,8 +120,16 @@ pub async fn create(app: &App, actor: &Actor, spec: &ArraySpec) -> Result<Server
         }],
         ..Default::default()
     };
-    if app.store.find_as::<ServerArray>(spec.deployment.as_str(), spec.name.as_str()).await?.is_some() {
-        return Err(AppError::Conflict(format!("array {}/{} already exists", spec.deployment, spec.name)));
+    if app
+        .store
+        .find_as::<ServerArray>(spec.deployment.as_str(), spec.name.as_str())
+        .await?
+        .is_some()
+    {
+        return Err(AppError::Conflict(format!(
+            "array {}/{} already exists",
+            spec.deployment, spec.name
+        )));
     }
     super::apply::apply(app, actor, &file, super::apply::Mode::Upsert, false).await?;
     find(app, spec.deployment.as_str(), spec.name.as_str()).await

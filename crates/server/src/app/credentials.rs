@@ -21,7 +21,10 @@ pub async fn put(app: &App, actor: &Actor, spec: &CredentialSpec, create_only: b
     let existing = app.store.find_as::<Credential>("", spec.name.as_str()).await?;
     let (mut cred, action, change) = match existing {
         Some(_) if create_only => {
-            return Err(AppError::Conflict(format!("credential {} already exists; use PUT to replace its value", spec.name)));
+            return Err(AppError::Conflict(format!(
+                "credential {} already exists; use PUT to replace its value",
+                spec.name
+            )));
         }
         Some(mut c) => {
             c.description = spec.description.clone();
@@ -29,7 +32,14 @@ pub async fn put(app: &App, actor: &Actor, spec: &CredentialSpec, create_only: b
             (c, "credential.update", ch)
         }
         None => {
-            let c = Credential { id: CredentialId::new(), revision: 1, name: spec.name.clone(), description: spec.description.clone(), created_at: now, updated_at: now };
+            let c = Credential {
+                id: CredentialId::new(),
+                revision: 1,
+                name: spec.name.clone(),
+                description: spec.description.clone(),
+                created_at: now,
+                updated_at: now,
+            };
             let ch = Change::insert(&c);
             (c, "credential.create", ch)
         }
@@ -37,7 +47,15 @@ pub async fn put(app: &App, actor: &Actor, spec: &CredentialSpec, create_only: b
     let sealed = app.keys.seal(&cred.id.to_string(), &spec.value)?;
     let target = format!("credential/{}", spec.name);
     // `spec` serialises its value as ***; the audit entry shows only that it was set.
-    app.commit(vec![change, Change::PutSealed { id: cred.id.to_string(), sealed }, audit(actor, action, target, spec)]).await?;
+    app.commit(vec![
+        change,
+        Change::PutSealed {
+            id: cred.id.to_string(),
+            sealed,
+        },
+        audit(actor, action, target, spec),
+    ])
+    .await?;
     cred.revision = cred.revision.max(1);
     Ok(cred)
 }
@@ -47,9 +65,18 @@ pub async fn show(app: &App, actor: &Actor, name: &str) -> Result<Credential, Ap
     named::<Credential>(&*app.store, name).await
 }
 
-pub async fn list(app: &App, actor: &Actor, limit: Option<u32>, after: Option<String>) -> Result<Page<Credential>, AppError> {
+pub async fn list(
+    app: &App,
+    actor: &Actor,
+    limit: Option<u32>,
+    after: Option<String>,
+) -> Result<Page<Credential>, AppError> {
     actor.require(OBSERVER)?;
-    let q = Query { after, limit: super::page_limit(limit)?, ..Default::default() };
+    let q = Query {
+        after,
+        limit: super::page_limit(limit)?,
+        ..Default::default()
+    };
     let (items, next) = app.store.list_as::<Credential>(&q).await?;
     Ok(Page { items, next })
 }
@@ -57,7 +84,11 @@ pub async fn list(app: &App, actor: &Actor, limit: Option<u32>, after: Option<St
 pub async fn delete(app: &App, actor: &Actor, name: &str) -> Result<(), AppError> {
     actor.require(ADMIN)?;
     let c = named::<Credential>(&*app.store, name).await?;
-    let uses_it = |inputs: &stratus_types::input::Inputs| inputs.values().any(|v| matches!(v, InputValue::Cred(n) if n == &c.name));
+    let uses_it = |inputs: &stratus_types::input::Inputs| {
+        inputs
+            .values()
+            .any(|v| matches!(v, InputValue::Cred(n) if n == &c.name))
+    };
     let mut users: Vec<String> = app
         .store
         .list_all::<ServerTemplate>(&Query::default())
@@ -67,18 +98,35 @@ pub async fn delete(app: &App, actor: &Actor, name: &str) -> Result<(), AppError
         .map(|t| format!("template {}", t.spec.name))
         .collect();
     users.extend(
-        app.store.list_all::<Deployment>(&Query::default()).await?.into_iter().filter(|d| uses_it(&d.spec.inputs)).map(|d| format!("deployment {}", d.spec.name)),
+        app.store
+            .list_all::<Deployment>(&Query::default())
+            .await?
+            .into_iter()
+            .filter(|d| uses_it(&d.spec.inputs))
+            .map(|d| format!("deployment {}", d.spec.name)),
     );
     if !users.is_empty() {
-        return Err(AppError::Conflict(format!("credential {name} is used by {}; change those inputs first", users.join(", "))));
+        return Err(AppError::Conflict(format!(
+            "credential {name} is used by {}; change those inputs first",
+            users.join(", ")
+        )));
     }
     let target = format!("credential/{name}");
-    app.commit(vec![Change::delete(&c), Change::DeleteSealed { id: c.id.to_string() }, audit(actor, "credential.delete", target, ())]).await
+    app.commit(vec![
+        Change::delete(&c),
+        Change::DeleteSealed { id: c.id.to_string() },
+        audit(actor, "credential.delete", target, ()),
+    ])
+    .await
 }
 
 /// The plain value, for delivery to an instance (the agent gateway) — never for a response.
 pub async fn reveal(app: &App, name: &str) -> Result<Secret, AppError> {
     let c = named::<Credential>(&*app.store, name).await?;
-    let sealed = app.store.sealed(&c.id.to_string()).await?.ok_or_else(|| AppError::not_found("credential value", name))?;
+    let sealed = app
+        .store
+        .sealed(&c.id.to_string())
+        .await?
+        .ok_or_else(|| AppError::not_found("credential value", name))?;
     Ok(app.keys.open(&c.id.to_string(), &sealed)?)
 }

@@ -83,12 +83,18 @@ pub struct Actor {
 
 impl Actor {
     pub fn user(u: &User) -> Self {
-        Self { name: u.spec.name.to_string(), level: u.level() }
+        Self {
+            name: u.spec.name.to_string(),
+            level: u.level(),
+        }
     }
 
     /// The control plane itself (reconcilers).
     pub fn system() -> Self {
-        Self { name: "system".into(), level: ADMIN }
+        Self {
+            name: "system".into(),
+            level: ADMIN,
+        }
     }
 
     pub fn require(&self, level: u8) -> Result<(), AppError> {
@@ -100,7 +106,10 @@ impl Actor {
             OPERATOR => "operator",
             _ => "observer",
         };
-        Err(AppError::Forbidden(format!("this needs the {role} role; ask an admin to grant it to {}", self.name)))
+        Err(AppError::Forbidden(format!(
+            "this needs the {role} role; ask an admin to grant it to {}",
+            self.name
+        )))
     }
 }
 
@@ -130,7 +139,9 @@ pub enum AppError {
     Stale(String),
     #[error("{0}")]
     BadState(String),
-    #[error("missing, unknown or expired bearer token; log in with `stratus login --token-file DATA_DIR/admin.token` or set STRATUS_TOKEN")]
+    #[error(
+        "missing, unknown or expired bearer token; log in with `stratus login --token-file DATA_DIR/admin.token` or set STRATUS_TOKEN"
+    )]
     Unauthenticated,
     #[error("{0}")]
     Forbidden(String),
@@ -148,7 +159,10 @@ pub enum AppError {
 
 impl AppError {
     pub fn not_found(kind: &'static str, key: impl Into<String>) -> Self {
-        Self::NotFound { kind, key: stratus_types::name::truncate(&key.into()) }
+        Self::NotFound {
+            kind,
+            key: stratus_types::name::truncate(&key.into()),
+        }
     }
 
     pub fn invalid(field: impl Into<String>, problem: impl Into<String>) -> Self {
@@ -172,10 +186,13 @@ impl From<StoreError> for AppError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict { kind, name } => Self::Conflict(format!("{kind} {name:?} already exists")),
-            StoreError::Stale { kind, id, .. } => {
-                Self::Stale(format!("{kind} {id} was changed by someone else meanwhile; reload and retry"))
-            }
-            StoreError::Missing { kind, id } => Self::NotFound { kind: kind.as_str(), key: id },
+            StoreError::Stale { kind, id, .. } => Self::Stale(format!(
+                "{kind} {id} was changed by someone else meanwhile; reload and retry"
+            )),
+            StoreError::Missing { kind, id } => Self::NotFound {
+                kind: kind.as_str(),
+                key: id,
+            },
             other => Self::Store(other),
         }
     }
@@ -195,7 +212,10 @@ pub fn page_limit(limit: Option<u32>) -> Result<u32, AppError> {
     match limit {
         None => Ok(PAGE_DEFAULT),
         Some(0) => Err(AppError::invalid("limit", "must be at least 1")),
-        Some(n) if n > PAGE_MAX => Err(AppError::invalid("limit", format!("{n} is over the maximum of {PAGE_MAX}"))),
+        Some(n) if n > PAGE_MAX => Err(AppError::invalid(
+            "limit",
+            format!("{n} is over the maximum of {PAGE_MAX}"),
+        )),
         Some(n) => Ok(n),
     }
 }

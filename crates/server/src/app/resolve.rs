@@ -15,18 +15,35 @@ use super::AppError;
 
 /// The live resource of kind `T` named `name` (global scope).
 pub async fn named<T: Resource>(store: &dyn Datastore, name: &str) -> Result<T, AppError> {
-    store.find_as::<T>("", name).await?.ok_or_else(|| AppError::not_found(T::KIND.as_str(), name))
+    store
+        .find_as::<T>("", name)
+        .await?
+        .ok_or_else(|| AppError::not_found(T::KIND.as_str(), name))
 }
 
-/// A server by id, or by `deployment/name`.
+/// A server by id, or by `deployment/name` (the live one, else the newest terminated one, so
+/// `show` still answers after a termination).
 pub async fn server(store: &dyn Datastore, key: &str) -> Result<Server, AppError> {
     let found = match key.split_once('/') {
-        Some((dep, name)) => store.find_as::<Server>(dep, name).await?,
+        Some((dep, name)) => match store.find_as::<Server>(dep, name).await? {
+            Some(s) => Some(s),
+            None => {
+                let q = Query {
+                    scope: Some(dep.into()),
+                    name: Some(name.into()),
+                    ..Default::default()
+                };
+                store.list_all::<Server>(&q).await?.pop()
+            }
+        },
         None if key.parse::<uuid::Uuid>().is_ok() => store.get_as::<Server>(key).await?,
         None => {
             return Err(AppError::invalid(
                 "server",
-                format!("{:?} is neither a server id nor DEPLOYMENT/NAME", stratus_types::name::truncate(key)),
+                format!(
+                    "{:?} is neither a server id nor DEPLOYMENT/NAME",
+                    stratus_types::name::truncate(key)
+                ),
             ));
         }
     };
@@ -48,11 +65,36 @@ impl Catalog {
     pub async fn load(store: &dyn Datastore) -> Result<Self, AppError> {
         let q = Query::default();
         Ok(Self {
-            clouds: store.list_all::<Cloud>(&q).await?.into_iter().map(|c| (c.spec.name.clone(), c)).collect(),
-            images: store.list_all::<Image>(&q).await?.into_iter().map(|c| (c.spec.name.clone(), c)).collect(),
-            scripts: store.list_all::<Script>(&q).await?.into_iter().map(|c| (c.spec.name.clone(), c)).collect(),
-            templates: store.list_all::<ServerTemplate>(&q).await?.into_iter().map(|c| (c.spec.name.clone(), c)).collect(),
-            credentials: store.list_all::<Credential>(&q).await?.into_iter().map(|c| c.name).collect(),
+            clouds: store
+                .list_all::<Cloud>(&q)
+                .await?
+                .into_iter()
+                .map(|c| (c.spec.name.clone(), c))
+                .collect(),
+            images: store
+                .list_all::<Image>(&q)
+                .await?
+                .into_iter()
+                .map(|c| (c.spec.name.clone(), c))
+                .collect(),
+            scripts: store
+                .list_all::<Script>(&q)
+                .await?
+                .into_iter()
+                .map(|c| (c.spec.name.clone(), c))
+                .collect(),
+            templates: store
+                .list_all::<ServerTemplate>(&q)
+                .await?
+                .into_iter()
+                .map(|c| (c.spec.name.clone(), c))
+                .collect(),
+            credentials: store
+                .list_all::<Credential>(&q)
+                .await?
+                .into_iter()
+                .map(|c| c.name)
+                .collect(),
         })
     }
 }
@@ -65,7 +107,11 @@ pub async fn page<T: Resource>(
     after: Option<String>,
 ) -> Result<stratus_api::views::Page<T>, AppError> {
     actor.require(super::OBSERVER)?;
-    let q = Query { after, limit: super::page_limit(limit)?, ..Default::default() };
+    let q = Query {
+        after,
+        limit: super::page_limit(limit)?,
+        ..Default::default()
+    };
     let (items, next) = app.store.list_as::<T>(&q).await?;
     Ok(stratus_api::views::Page { items, next })
 }

@@ -14,7 +14,13 @@ pub async fn list(app: &App, actor: &Actor, p: &RunListParams) -> Result<Page<Ru
         Some(key) => Some(super::resolve::server(&*app.store, key).await?.id.to_string()),
         None => None,
     };
-    let q = Query { scope, state: p.status.clone(), after: p.after.clone(), limit: super::page_limit(p.limit)?, ..Default::default() };
+    let q = Query {
+        scope,
+        state: p.status.clone(),
+        after: p.after.clone(),
+        limit: super::page_limit(p.limit)?,
+        ..Default::default()
+    };
     let (items, next) = app.store.list_as::<Run>(&q).await?;
     Ok(Page { items, next })
 }
@@ -24,5 +30,8 @@ pub async fn show(app: &App, actor: &Actor, id: &str) -> Result<Run, AppError> {
     if id.parse::<uuid::Uuid>().is_err() {
         return Err(AppError::invalid("id", "is not a run id"));
     }
-    app.store.get_as::<Run>(id).await?.ok_or_else(|| AppError::not_found("run", id))
+    app.store
+        .get_as::<Run>(id)
+        .await?
+        .ok_or_else(|| AppError::not_found("run", id))
 }

@@ -32,11 +32,17 @@ pub fn build_server(
         errs.absorb("", e);
     }
     let Some(template) = cat.templates.get(&spec.template) else {
-        errs.push(FieldError::new("template", format!("no template named {}", spec.template)));
+        errs.push(FieldError::new(
+            "template",
+            format!("no template named {}", spec.template),
+        ));
         return Err(errs);
     };
     let Some(cloud_name) = spec.cloud.clone().or_else(|| dep.spec.cloud.clone()) else {
-        errs.push(FieldError::new("cloud", format!("no cloud given and deployment {} has no default cloud", dep.spec.name)));
+        errs.push(FieldError::new(
+            "cloud",
+            format!("no cloud given and deployment {} has no default cloud", dep.spec.name),
+        ));
         return Err(errs);
     };
     let Some(cloud) = cat.clouds.get(&cloud_name) else {
@@ -47,28 +53,45 @@ pub fn build_server(
         Some(r) if cloud.spec.regions.iter().any(|x| &x.name == r) => r.clone(),
         Some(r) => {
             let known: Vec<&str> = cloud.spec.regions.iter().map(|x| x.name.as_str()).collect();
-            errs.push(FieldError::new("region", format!("cloud {cloud_name} has no region {r:?}; it has {}", known.join(", "))));
+            errs.push(FieldError::new(
+                "region",
+                format!("cloud {cloud_name} has no region {r:?}; it has {}", known.join(", ")),
+            ));
             String::new()
         }
         None => cloud.spec.regions.first().map(|r| r.name.clone()).unwrap_or_default(),
     };
     let image_name = image_override.map_or(&template.spec.image, |r| &r.image);
     let Some(image) = cat.images.get(image_name) else {
-        errs.push(FieldError::new("template", format!("template {} uses image {image_name}, which does not exist", template.spec.name)));
+        errs.push(FieldError::new(
+            "template",
+            format!(
+                "template {} uses image {image_name}, which does not exist",
+                template.spec.name
+            ),
+        ));
         return Err(errs);
     };
     let version = match image_override {
         Some(r) => image.version(r.version),
         None => image.versions.last(),
     };
-    let Some((version, native)) = version.and_then(|v| v.clouds.get(&cloud_name).map(|n| (v.version, n.clone()))) else {
+    let Some((version, native)) = version.and_then(|v| v.clouds.get(&cloud_name).map(|n| (v.version, n.clone())))
+    else {
         errs.push(FieldError::new("cloud", format!("image {image_name} has no native image on cloud {cloud_name}; add one under [image.clouds.{cloud_name}]")));
         return Err(errs);
     };
-    let request = spec.size.clone().or_else(|| template.spec.size.clone()).or_else(|| native.default_size.clone());
+    let request = spec
+        .size
+        .clone()
+        .or_else(|| template.spec.size.clone())
+        .or_else(|| native.default_size.clone());
     let size = match request.unwrap_or(SizeRequest::Named(String::new())) {
         SizeRequest::Named(n) if n.is_empty() => {
-            errs.push(FieldError::new("size", "no size given by the server, its template or its image's default"));
+            errs.push(FieldError::new(
+                "size",
+                "no size given by the server, its template or its image's default",
+            ));
             String::new()
         }
         req => match req.resolve(&cloud.spec.sizes) {
@@ -107,10 +130,13 @@ pub fn build_server(
         }
     }
     for (k, v) in &inputs {
-        if let InputValue::Cred(c) = v {
-            if !cat.credentials.contains(c) {
-                errs.push(FieldError::new(format!("inputs.{k}"), format!("no credential named {c}")));
-            }
+        if let InputValue::Cred(c) = v
+            && !cat.credentials.contains(c)
+        {
+            errs.push(FieldError::new(
+                format!("inputs.{k}"),
+                format!("no credential named {c}"),
+            ));
         }
     }
     let mut tags: Vec<Tag> = template.spec.default_tags.clone();
@@ -157,7 +183,11 @@ pub async fn launch(app: &App, actor: &Actor, spec: &ServerSpec) -> Result<Serve
     let cat = Catalog::load(&*app.store).await?;
     let server = build_server(spec, &dep, &cat, None, Utc::now())?;
     let target = format!("server/{}/{}", server.deployment, server.name);
-    app.commit(vec![Change::insert(&server), audit(actor, "server.launch", target, spec)]).await?;
+    app.commit(vec![
+        Change::insert(&server),
+        audit(actor, "server.launch", target, spec),
+    ])
+    .await?;
     Ok(server)
 }
 
@@ -168,7 +198,10 @@ pub async fn terminate(app: &App, actor: &Actor, key: &str) -> Result<Server, Ap
     let now = Utc::now();
     let to = match s.state {
         ServerState::Terminated | ServerState::Decommissioning => {
-            return Err(AppError::BadState(format!("server {}/{} is already {}", s.deployment, s.name, s.state)));
+            return Err(AppError::BadState(format!(
+                "server {}/{} is already {}",
+                s.deployment, s.name, s.state
+            )));
         }
         // Nothing launched yet: nothing to decommission.
         ServerState::Pending if s.instance_id.is_none() => ServerState::Terminated,
@@ -176,7 +209,11 @@ pub async fn terminate(app: &App, actor: &Actor, key: &str) -> Result<Server, Ap
     };
     s.move_to(to, now).map_err(|e| AppError::BadState(e.to_string()))?;
     let target = format!("server/{}/{}", s.deployment, s.name);
-    app.commit(vec![Change::update(&mut s, now), audit(actor, "server.terminate", target, ())]).await?;
+    app.commit(vec![
+        Change::update(&mut s, now),
+        audit(actor, "server.terminate", target, ()),
+    ])
+    .await?;
     Ok(s)
 }
 
@@ -190,13 +227,23 @@ pub async fn list(app: &App, actor: &Actor, p: &ServerListParams) -> Result<Page
     let state = match &p.state {
         Some(s) => Some(
             ServerState::parse(s)
-                .ok_or_else(|| AppError::invalid("state", format!("{:?} is not a server state", stratus_types::name::truncate(s))))?
+                .ok_or_else(|| {
+                    AppError::invalid(
+                        "state",
+                        format!("{:?} is not a server state", stratus_types::name::truncate(s)),
+                    )
+                })?
                 .as_str()
                 .to_string(),
         ),
         None => None,
     };
-    let selector = p.tag.as_deref().map(Selector::parse).transpose().map_err(|e| AppError::from(FieldError::new("tag", e.problem)))?;
+    let selector = p
+        .tag
+        .as_deref()
+        .map(Selector::parse)
+        .transpose()
+        .map_err(|e| AppError::from(FieldError::new("tag", e.problem)))?;
     let include_terminated = p.all.unwrap_or(false) || state.as_deref() == Some("terminated");
     let q = Query {
         scope: p.deployment.clone(),
@@ -216,7 +263,10 @@ pub async fn change_tags(app: &App, actor: &Actor, key: &str, change: &TagChange
     actor.require(OPERATOR)?;
     let mut s = server(&*app.store, key).await?;
     if s.state == ServerState::Terminated {
-        return Err(AppError::BadState(format!("server {}/{} is terminated", s.deployment, s.name)));
+        return Err(AppError::BadState(format!(
+            "server {}/{} is terminated",
+            s.deployment, s.name
+        )));
     }
     let mut tags: BTreeSet<Tag> = s.tags.iter().cloned().collect();
     for t in &change.remove {
@@ -228,6 +278,10 @@ pub async fn change_tags(app: &App, actor: &Actor, key: &str, change: &TagChange
     }
     s.tags = tags.into_iter().collect();
     let target = format!("server/{}/{}", s.deployment, s.name);
-    app.commit(vec![Change::update(&mut s, Utc::now()), audit(actor, "server.tag", target, change)]).await?;
+    app.commit(vec![
+        Change::update(&mut s, Utc::now()),
+        audit(actor, "server.tag", target, change),
+    ])
+    .await?;
     Ok(s)
 }

@@ -59,7 +59,10 @@ fn hash(token: &str) -> String {
 
 fn new_token(user: &User, description: &str, ttl_hours: Option<u32>) -> Result<(String, TokenRecord), AppError> {
     let raw: [u8; 32] = random_bytes()?;
-    let token = format!("stratus_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw));
+    let token = format!(
+        "stratus_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    );
     let now = Utc::now();
     let info = ApiToken {
         id: TokenId::new(),
@@ -68,7 +71,12 @@ fn new_token(user: &User, description: &str, ttl_hours: Option<u32>) -> Result<(
         created_at: now,
         expires_at: ttl_hours.map(|h| now + Duration::hours(i64::from(h))),
     };
-    let rec = TokenRecord { info, user_id: user.id, hash: hash(&token), revision: 1 };
+    let rec = TokenRecord {
+        info,
+        user_id: user.id,
+        hash: hash(&token),
+        revision: 1,
+    };
     Ok((token, rec))
 }
 
@@ -77,16 +85,27 @@ pub async fn authenticate(store: &dyn Datastore, token: &str) -> Result<User, Ap
     if !token.starts_with("stratus_") || token.len() > 128 {
         return Err(AppError::Unauthenticated);
     }
-    let rec = store.find_as::<TokenRecord>("token", &hash(token)).await?.ok_or(AppError::Unauthenticated)?;
+    let rec = store
+        .find_as::<TokenRecord>("token", &hash(token))
+        .await?
+        .ok_or(AppError::Unauthenticated)?;
     if rec.info.expires_at.is_some_and(|e| e < Utc::now()) {
         return Err(AppError::Unauthenticated);
     }
-    store.get_as::<User>(&rec.user_id.to_string()).await?.ok_or(AppError::Unauthenticated)
+    store
+        .get_as::<User>(&rec.user_id.to_string())
+        .await?
+        .ok_or(AppError::Unauthenticated)
 }
 
 /// At first start (no users at all), create `admin` with a token and return the token.
 pub async fn bootstrap_admin(store: &dyn Datastore) -> Result<Option<String>, AppError> {
-    let (users, _) = store.list_as::<User>(&Query { limit: 1, ..Default::default() }).await?;
+    let (users, _) = store
+        .list_as::<User>(&Query {
+            limit: 1,
+            ..Default::default()
+        })
+        .await?;
     if !users.is_empty() {
         return Ok(None);
     }
@@ -96,13 +115,21 @@ pub async fn bootstrap_admin(store: &dyn Datastore) -> Result<Option<String>, Ap
         revision: 1,
         created_at: now,
         updated_at: now,
-        spec: UserSpec { name: Name::parse("admin")?, email: String::new(), roles: vec![Role::Admin] },
+        spec: UserSpec {
+            name: Name::parse("admin")?,
+            email: String::new(),
+            roles: vec![Role::Admin],
+        },
         ssh_keys: vec![],
     };
     let (token, rec) = new_token(&admin, "created at first start", None)?;
     let system = Actor::system();
     store
-        .commit(vec![Change::insert(&admin), Change::insert(&rec), audit(&system, "user.create", "user/admin".into(), "first start")])
+        .commit(vec![
+            Change::insert(&admin),
+            Change::insert(&rec),
+            audit(&system, "user.create", "user/admin".into(), "first start"),
+        ])
         .await?;
     Ok(Some(token))
 }
@@ -111,9 +138,17 @@ pub async fn create(app: &App, actor: &Actor, spec: &UserSpec) -> Result<User, A
     actor.require(ADMIN)?;
     spec.validate()?;
     let now = Utc::now();
-    let u = User { id: UserId::new(), revision: 1, created_at: now, updated_at: now, spec: spec.clone(), ssh_keys: vec![] };
+    let u = User {
+        id: UserId::new(),
+        revision: 1,
+        created_at: now,
+        updated_at: now,
+        spec: spec.clone(),
+        ssh_keys: vec![],
+    };
     let target = format!("user/{}", spec.name);
-    app.commit(vec![Change::insert(&u), audit(actor, "user.create", target, spec)]).await?;
+    app.commit(vec![Change::insert(&u), audit(actor, "user.create", target, spec)])
+        .await?;
     Ok(u)
 }
 
@@ -129,14 +164,27 @@ pub async fn update(app: &App, actor: &Actor, name: &str, spec: &UserSpec) -> Re
     }
     u.spec = spec.clone();
     let target = format!("user/{name}");
-    app.commit(vec![Change::update(&mut u, Utc::now()), audit(actor, "user.update", target, spec)]).await?;
+    app.commit(vec![
+        Change::update(&mut u, Utc::now()),
+        audit(actor, "user.update", target, spec),
+    ])
+    .await?;
     Ok(u)
 }
 
 async fn ensure_other_admin(app: &App, u: &User) -> Result<(), AppError> {
-    let admins = app.store.list_all::<User>(&Query::default()).await?.into_iter().filter(|x| x.level() == ADMIN && x.id != u.id).count();
+    let admins = app
+        .store
+        .list_all::<User>(&Query::default())
+        .await?
+        .into_iter()
+        .filter(|x| x.level() == ADMIN && x.id != u.id)
+        .count();
     if admins == 0 {
-        return Err(AppError::Conflict(format!("{} is the last admin; make someone else admin first", u.spec.name)));
+        return Err(AppError::Conflict(format!(
+            "{} is the last admin; make someone else admin first",
+            u.spec.name
+        )));
     }
     Ok(())
 }
@@ -147,8 +195,18 @@ pub async fn delete(app: &App, actor: &Actor, name: &str) -> Result<(), AppError
     if u.level() == ADMIN {
         ensure_other_admin(app, &u).await?;
     }
-    let tokens = app.store.list_all::<TokenRecord>(&Query { scope: Some("token".into()), ..Default::default() }).await?;
-    let mut changes: Vec<Change> = tokens.iter().filter(|t| t.user_id == u.id).map(Change::delete).collect();
+    let tokens = app
+        .store
+        .list_all::<TokenRecord>(&Query {
+            scope: Some("token".into()),
+            ..Default::default()
+        })
+        .await?;
+    let mut changes: Vec<Change> = tokens
+        .iter()
+        .filter(|t| t.user_id == u.id)
+        .map(Change::delete)
+        .collect();
     changes.push(Change::delete(&u));
     changes.push(audit(actor, "user.delete", format!("user/{name}"), ()));
     app.commit(changes).await
@@ -161,7 +219,11 @@ pub async fn show(app: &App, actor: &Actor, name: &str) -> Result<User, AppError
 
 pub async fn list(app: &App, actor: &Actor, limit: Option<u32>, after: Option<String>) -> Result<Page<User>, AppError> {
     actor.require(OBSERVER)?;
-    let q = Query { after, limit: super::page_limit(limit)?, ..Default::default() };
+    let q = Query {
+        after,
+        limit: super::page_limit(limit)?,
+        ..Default::default()
+    };
     let (items, next) = app.store.list_as::<User>(&q).await?;
     Ok(Page { items, next })
 }
@@ -176,14 +238,28 @@ pub async fn add_key(app: &App, actor: &Actor, name: &str, line: &str) -> Result
     let mut u = named::<User>(&*app.store, name).await?;
     for other in app.store.list_all::<User>(&Query::default()).await? {
         if let Some(k) = other.ssh_keys.iter().find(|k| k.key.fingerprint == key.fingerprint) {
-            let whose = if other.id == u.id { "this user".to_string() } else { format!("user {}", other.spec.name) };
-            return Err(AppError::Conflict(format!("key {} is already registered to {whose}", k.key.fingerprint)));
+            let whose = if other.id == u.id {
+                "this user".to_string()
+            } else {
+                format!("user {}", other.spec.name)
+            };
+            return Err(AppError::Conflict(format!(
+                "key {} is already registered to {whose}",
+                k.key.fingerprint
+            )));
         }
     }
     let fp = key.fingerprint.clone();
-    u.ssh_keys.push(UserKey { key, added_at: Utc::now() });
+    u.ssh_keys.push(UserKey {
+        key,
+        added_at: Utc::now(),
+    });
     let target = format!("user/{name}");
-    app.commit(vec![Change::update(&mut u, Utc::now()), audit(actor, "user.key.add", target, serde_json::json!({"fingerprint": fp}))]).await?;
+    app.commit(vec![
+        Change::update(&mut u, Utc::now()),
+        audit(actor, "user.key.add", target, serde_json::json!({"fingerprint": fp})),
+    ])
+    .await?;
     Ok(u)
 }
 
@@ -198,8 +274,16 @@ pub async fn remove_key(app: &App, actor: &Actor, name: &str, fingerprint: &str)
         return Err(AppError::not_found("ssh key", fingerprint));
     }
     let target = format!("user/{name}");
-    app.commit(vec![Change::update(&mut u, Utc::now()), audit(actor, "user.key.remove", target, serde_json::json!({"fingerprint": fingerprint}))])
-        .await?;
+    app.commit(vec![
+        Change::update(&mut u, Utc::now()),
+        audit(
+            actor,
+            "user.key.remove",
+            target,
+            serde_json::json!({"fingerprint": fingerprint}),
+        ),
+    ])
+    .await?;
     Ok(u)
 }
 
@@ -216,7 +300,16 @@ pub async fn create_token(app: &App, actor: &Actor, req: &CreateTokenRequest) ->
     let user = named::<User>(&*app.store, req.user.as_str()).await?;
     let (token, rec) = new_token(&user, &req.description, req.ttl_hours)?;
     let target = format!("user/{}", req.user);
-    app.commit(vec![Change::insert(&rec), audit(actor, "token.create", target, serde_json::json!({"token_id": rec.info.id}))]).await?;
+    app.commit(vec![
+        Change::insert(&rec),
+        audit(
+            actor,
+            "token.create",
+            target,
+            serde_json::json!({"token_id": rec.info.id}),
+        ),
+    ])
+    .await?;
     Ok(TokenCreated { token, info: rec.info })
 }
 
@@ -225,7 +318,13 @@ pub async fn list_tokens(app: &App, actor: &Actor, user: &str) -> Result<Vec<Api
         actor.require(ADMIN)?;
     }
     let u = named::<User>(&*app.store, user).await?;
-    let all = app.store.list_all::<TokenRecord>(&Query { scope: Some("token".into()), ..Default::default() }).await?;
+    let all = app
+        .store
+        .list_all::<TokenRecord>(&Query {
+            scope: Some("token".into()),
+            ..Default::default()
+        })
+        .await?;
     Ok(all.into_iter().filter(|t| t.user_id == u.id).map(|t| t.info).collect())
 }
 
@@ -233,10 +332,18 @@ pub async fn revoke_token(app: &App, actor: &Actor, id: &str) -> Result<(), AppE
     if id.parse::<uuid::Uuid>().is_err() {
         return Err(AppError::invalid("id", "is not a token id"));
     }
-    let rec = app.store.get_as::<TokenRecord>(id).await?.ok_or_else(|| AppError::not_found("token", id))?;
+    let rec = app
+        .store
+        .get_as::<TokenRecord>(id)
+        .await?
+        .ok_or_else(|| AppError::not_found("token", id))?;
     if actor.name != rec.info.user.as_str() {
         actor.require(ADMIN)?;
     }
     let target = format!("user/{}", rec.info.user);
-    app.commit(vec![Change::delete(&rec), audit(actor, "token.revoke", target, serde_json::json!({"token_id": id}))]).await
+    app.commit(vec![
+        Change::delete(&rec),
+        audit(actor, "token.revoke", target, serde_json::json!({"token_id": id})),
+    ])
+    .await
 }

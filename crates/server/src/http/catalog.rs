@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use stratus_api::file::DeploymentFile;
 use stratus_api::params::{ListParams, ResolveSizeParams};
 use stratus_api::views::{Page, ResolvedSize};
+use stratus_store::TemplateVersion;
 use stratus_store::{Query, TypedStore};
 use stratus_types::cloud::{Cloud, CloudSpec};
 use stratus_types::deployment::{Deployment, DeploymentSpec};
@@ -16,7 +17,6 @@ use stratus_types::image::{Image, ImageSpec};
 use stratus_types::script::{Script, ScriptSpec};
 use stratus_types::size::{SizeConstraints, SizeRequest};
 use stratus_types::template::{ServerTemplate, TemplateSpec};
-use stratus_store::TemplateVersion;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -26,7 +26,13 @@ use crate::app::apply::{Mode, apply, delete};
 use crate::app::resolve::{page, show};
 use crate::app::{App, AppError};
 
-async fn upsert<T: stratus_store::Resource>(app: &App, caller: &Caller, file: DeploymentFile, name: &str, mode: Mode) -> Result<T, ApiError> {
+async fn upsert<T: stratus_store::Resource>(
+    app: &App,
+    caller: &Caller,
+    file: DeploymentFile,
+    name: &str,
+    mode: Mode,
+) -> Result<T, ApiError> {
     apply(app, &caller.0, &file, mode, false).await?;
     Ok(show::<T>(app, &caller.0, name).await?)
 }
@@ -81,19 +87,89 @@ macro_rules! catalog {
     };
 }
 
-catalog!(clouds, "clouds", "/clouds", "/clouds/{name}", "cloud", CloudSpec, Cloud, |s| DeploymentFile { clouds: vec![s], ..Default::default() });
-catalog!(images, "images", "/images", "/images/{name}", "image", ImageSpec, Image, |s| DeploymentFile { images: vec![s], ..Default::default() });
-catalog!(scripts, "scripts", "/scripts", "/scripts/{name}", "script", ScriptSpec, Script, |s| DeploymentFile { scripts: vec![s], ..Default::default() });
-catalog!(templates, "templates", "/templates", "/templates/{name}", "template", TemplateSpec, ServerTemplate, |s| DeploymentFile { templates: vec![s], ..Default::default() });
-catalog!(deployments, "deployments", "/deployments", "/deployments/{name}", "deployment", DeploymentSpec, Deployment, |s| DeploymentFile { deployment: Some(s), ..Default::default() });
+catalog!(
+    clouds,
+    "clouds",
+    "/clouds",
+    "/clouds/{name}",
+    "cloud",
+    CloudSpec,
+    Cloud,
+    |s| DeploymentFile {
+        clouds: vec![s],
+        ..Default::default()
+    }
+);
+catalog!(
+    images,
+    "images",
+    "/images",
+    "/images/{name}",
+    "image",
+    ImageSpec,
+    Image,
+    |s| DeploymentFile {
+        images: vec![s],
+        ..Default::default()
+    }
+);
+catalog!(
+    scripts,
+    "scripts",
+    "/scripts",
+    "/scripts/{name}",
+    "script",
+    ScriptSpec,
+    Script,
+    |s| DeploymentFile {
+        scripts: vec![s],
+        ..Default::default()
+    }
+);
+catalog!(
+    templates,
+    "templates",
+    "/templates",
+    "/templates/{name}",
+    "template",
+    TemplateSpec,
+    ServerTemplate,
+    |s| DeploymentFile {
+        templates: vec![s],
+        ..Default::default()
+    }
+);
+catalog!(
+    deployments,
+    "deployments",
+    "/deployments",
+    "/deployments/{name}",
+    "deployment",
+    DeploymentSpec,
+    Deployment,
+    |s| DeploymentFile {
+        deployment: Some(s),
+        ..Default::default()
+    }
+);
 
 /// Resolve a size request on a cloud: a name, or `cpus=N,memory=SIZE` constraints.
 #[utoipa::path(get, path = "/clouds/{name}/sizes/resolve", tag = "clouds", params(("name" = String, Path), ResolveSizeParams), responses((status = 200, body = ResolvedSize)))]
-async fn resolve_size(State(app): State<Arc<App>>, c: Caller, Path(name): Path<String>, Q(p): Q<ResolveSizeParams>) -> Result<Json<ResolvedSize>, ApiError> {
+async fn resolve_size(
+    State(app): State<Arc<App>>,
+    c: Caller,
+    Path(name): Path<String>,
+    Q(p): Q<ResolveSizeParams>,
+) -> Result<Json<ResolvedSize>, ApiError> {
     let cloud = show::<Cloud>(&app, &c.0, &name).await?;
     let req = parse_size(&p.size)?;
-    let size = req.resolve(&cloud.spec.sizes).map_err(|e| AppError::invalid("size", e.to_string()))?;
-    Ok(Json(ResolvedSize { cloud: name, size: size.clone() }))
+    let size = req
+        .resolve(&cloud.spec.sizes)
+        .map_err(|e| AppError::invalid("size", e.to_string()))?;
+    Ok(Json(ResolvedSize {
+        cloud: name,
+        size: size.clone(),
+    }))
 }
 
 /// `m1.small`, or `cpus=2,memory=4GiB` (either key may be left out; cpus defaults to 1).
@@ -103,13 +179,30 @@ pub fn parse_size(s: &str) -> Result<SizeRequest, AppError> {
         req.validate().map_err(AppError::from)?;
         return Ok(req);
     }
-    let mut c = SizeConstraints { cpus: 1, memory: stratus_types::size::Memory::from_mib(0)? };
+    let mut c = SizeConstraints {
+        cpus: 1,
+        memory: stratus_types::size::Memory::from_mib(0)?,
+    };
     for part in s.split(',') {
-        let (k, v) = part.split_once('=').ok_or_else(|| AppError::invalid("size", format!("{part:?} is not key=value")))?;
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| AppError::invalid("size", format!("{part:?} is not key=value")))?;
         match k.trim() {
-            "cpus" => c.cpus = v.trim().parse().map_err(|_| AppError::invalid("size", format!("cpus {v:?} is not a number")))?,
-            "memory" => c.memory = stratus_types::size::Memory::parse(v).map_err(|e| AppError::invalid("size", e.problem))?,
-            other => return Err(AppError::invalid("size", format!("unknown constraint {other:?}; use cpus and memory"))),
+            "cpus" => {
+                c.cpus = v
+                    .trim()
+                    .parse()
+                    .map_err(|_| AppError::invalid("size", format!("cpus {v:?} is not a number")))?
+            }
+            "memory" => {
+                c.memory = stratus_types::size::Memory::parse(v).map_err(|e| AppError::invalid("size", e.problem))?
+            }
+            other => {
+                return Err(AppError::invalid(
+                    "size",
+                    format!("unknown constraint {other:?}; use cpus and memory"),
+                ));
+            }
         }
     }
     let req = SizeRequest::Constraints(c);
@@ -119,11 +212,24 @@ pub fn parse_size(s: &str) -> Result<SizeRequest, AppError> {
 
 /// Every version of a template, oldest first.
 #[utoipa::path(get, path = "/templates/{name}/versions", tag = "templates", params(("name" = String, Path)), responses((status = 200, body = Vec<ServerTemplate>)))]
-async fn template_versions(State(app): State<Arc<App>>, c: Caller, Path(name): Path<String>) -> Result<Json<Vec<ServerTemplate>>, ApiError> {
+async fn template_versions(
+    State(app): State<Arc<App>>,
+    c: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<ServerTemplate>>, ApiError> {
     let t = show::<ServerTemplate>(&app, &c.0, &name).await?;
-    let q = Query { scope: Some(name), ..Default::default() };
-    let mut versions: Vec<ServerTemplate> =
-        app.store.list_all::<TemplateVersion>(&q).await.map_err(AppError::from)?.into_iter().map(|v| v.0).filter(|v| v.id == t.id).collect();
+    let q = Query {
+        scope: Some(t.id.to_string()),
+        ..Default::default()
+    };
+    let mut versions: Vec<ServerTemplate> = app
+        .store
+        .list_all::<TemplateVersion>(&q)
+        .await
+        .map_err(AppError::from)?
+        .into_iter()
+        .map(|v| v.0)
+        .collect();
     versions.sort_by_key(|v| v.version);
     Ok(Json(versions))
 }

@@ -18,7 +18,13 @@ impl From<AppError> for ApiError {
 }
 
 pub fn body(status: StatusCode, code: ErrorCode, message: String, fields: Vec<stratus_types::FieldError>) -> Response {
-    (status, Json(ErrorBody { error: ErrorDetail { code, message, fields } })).into_response()
+    (
+        status,
+        Json(ErrorBody {
+            error: ErrorDetail { code, message, fields },
+        }),
+    )
+        .into_response()
 }
 
 impl IntoResponse for ApiError {
@@ -53,5 +59,10 @@ impl IntoResponse for ApiError {
 }
 
 pub async fn not_found(uri: axum::http::Uri) -> Response {
-    body(StatusCode::NOT_FOUND, ErrorCode::NotFound, format!("no route {}", stratus_types::name::truncate(uri.path())), vec![])
+    body(
+        StatusCode::NOT_FOUND,
+        ErrorCode::NotFound,
+        format!("no route {}", stratus_types::name::truncate(uri.path())),
+        vec![],
+    )
 }

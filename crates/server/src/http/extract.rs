@@ -22,8 +22,13 @@ impl FromRequestParts<Arc<App>> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Self::Rejection> {
-        let header = parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|h| h.to_str().ok());
-        let token = header.and_then(|h| h.strip_prefix("Bearer ")).ok_or(AppError::Unauthenticated)?;
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok());
+        let token = header
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .ok_or(AppError::Unauthenticated)?;
         let user = users::authenticate(&*app.store, token.trim()).await?;
         Ok(Caller(Actor::user(&user)))
     }
@@ -40,7 +45,12 @@ impl IntoResponse for BodyRejection {
     fn into_response(self) -> Response {
         let r = self.0;
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            return body(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge, format!("the request body is over {} bytes", super::BODY_MAX), vec![]);
+            return body(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::PayloadTooLarge,
+                format!("the request body is over {} bytes", super::BODY_MAX),
+                vec![],
+            );
         }
         let detail = match &r {
             JsonRejection::JsonDataError(e) => std::error::Error::source(e).map_or(e.body_text(), |s| s.to_string()),
@@ -60,7 +70,10 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
     type Rejection = BodyRejection;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        axum::Json::<T>::from_request(req, state).await.map(|j| Body(j.0)).map_err(BodyRejection)
+        axum::Json::<T>::from_request(req, state)
+            .await
+            .map(|j| Body(j.0))
+            .map_err(BodyRejection)
     }
 }
 
@@ -72,7 +85,12 @@ pub struct QueryError(QueryRejection);
 
 impl IntoResponse for QueryError {
     fn into_response(self) -> Response {
-        body(StatusCode::BAD_REQUEST, ErrorCode::InvalidInput, format!("invalid query: {}", self.0.body_text()), vec![])
+        body(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidInput,
+            format!("invalid query: {}", self.0.body_text()),
+            vec![],
+        )
     }
 }
 
@@ -80,6 +98,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Q<T> {
     type Rejection = QueryError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        axum::extract::Query::<T>::from_request_parts(parts, state).await.map(|q| Q(q.0)).map_err(QueryError)
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Q(q.0))
+            .map_err(QueryError)
     }
 }

@@ -21,7 +21,11 @@ use crate::app::{App, AppError, addresses, audit, credentials, users};
 
 /// Apply a deployment file (or only plan it with `dry_run`).
 #[utoipa::path(post, path = "/apply", tag = "apply", request_body = ApplyRequest, responses((status = 200, body = Plan), (status = 400, body = stratus_api::error::ErrorBody)))]
-async fn apply_file(State(app): State<Arc<App>>, c: Caller, Body(r): Body<ApplyRequest>) -> Result<Json<Plan>, ApiError> {
+async fn apply_file(
+    State(app): State<Arc<App>>,
+    c: Caller,
+    Body(r): Body<ApplyRequest>,
+) -> Result<Json<Plan>, ApiError> {
     Ok(Json(apply(&app, &c.0, &r.document, Mode::Upsert, r.dry_run).await?))
 }
 
@@ -32,24 +36,44 @@ async fn whoami(State(app): State<Arc<App>>, c: Caller) -> Result<Json<Whoami>, 
 }
 
 #[utoipa::path(get, path = "/credentials", tag = "credentials", params(ListParams), responses((status = 200, body = Page<Credential>)))]
-async fn list_credentials(State(app): State<Arc<App>>, c: Caller, Q(p): Q<ListParams>) -> Result<Json<Page<Credential>>, ApiError> {
+async fn list_credentials(
+    State(app): State<Arc<App>>,
+    c: Caller,
+    Q(p): Q<ListParams>,
+) -> Result<Json<Page<Credential>>, ApiError> {
     Ok(Json(credentials::list(&app, &c.0, p.limit, p.after).await?))
 }
 
 /// Create a credential (admins). The value is encrypted at rest and never returned.
 #[utoipa::path(post, path = "/credentials", tag = "credentials", request_body = CredentialSpec, responses((status = 201, body = Credential)))]
-async fn create_credential(State(app): State<Arc<App>>, c: Caller, Body(spec): Body<CredentialSpec>) -> Result<(StatusCode, Json<Credential>), ApiError> {
-    Ok((StatusCode::CREATED, Json(credentials::put(&app, &c.0, &spec, true).await?)))
+async fn create_credential(
+    State(app): State<Arc<App>>,
+    c: Caller,
+    Body(spec): Body<CredentialSpec>,
+) -> Result<(StatusCode, Json<Credential>), ApiError> {
+    Ok((
+        StatusCode::CREATED,
+        Json(credentials::put(&app, &c.0, &spec, true).await?),
+    ))
 }
 
 #[utoipa::path(get, path = "/credentials/{name}", tag = "credentials", params(("name" = String, Path)), responses((status = 200, body = Credential)))]
-async fn show_credential(State(app): State<Arc<App>>, c: Caller, Path(name): Path<String>) -> Result<Json<Credential>, ApiError> {
+async fn show_credential(
+    State(app): State<Arc<App>>,
+    c: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Credential>, ApiError> {
     Ok(Json(credentials::show(&app, &c.0, &name).await?))
 }
 
 /// Create or replace a credential's value.
 #[utoipa::path(put, path = "/credentials/{name}", tag = "credentials", params(("name" = String, Path)), request_body = CredentialSpec, responses((status = 200, body = Credential)))]
-async fn put_credential(State(app): State<Arc<App>>, c: Caller, Path(name): Path<String>, Body(spec): Body<CredentialSpec>) -> Result<Json<Credential>, ApiError> {
+async fn put_credential(
+    State(app): State<Arc<App>>,
+    c: Caller,
+    Path(name): Path<String>,
+    Body(spec): Body<CredentialSpec>,
+) -> Result<Json<Credential>, ApiError> {
     if spec.name.as_str() != name {
         return Err(AppError::invalid("name", "the body and the path name different credentials").into());
     }
@@ -57,7 +81,11 @@ async fn put_credential(State(app): State<Arc<App>>, c: Caller, Path(name): Path
 }
 
 #[utoipa::path(delete, path = "/credentials/{name}", tag = "credentials", params(("name" = String, Path)), responses((status = 204)))]
-async fn delete_credential(State(app): State<Arc<App>>, c: Caller, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+async fn delete_credential(
+    State(app): State<Arc<App>>,
+    c: Caller,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
     credentials::delete(&app, &c.0, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -68,7 +96,11 @@ async fn list_users(State(app): State<Arc<App>>, c: Caller, Q(p): Q<ListParams>)
 }
 
 #[utoipa::path(post, path = "/users", tag = "users", request_body = UserSpec, responses((status = 201, body = User)))]
-async fn create_user(State(app): State<Arc<App>>, c: Caller, Body(spec): Body<UserSpec>) -> Result<(StatusCode, Json<User>), ApiError> {
+async fn create_user(
+    State(app): State<Arc<App>>,
+    c: Caller,
+    Body(spec): Body<UserSpec>,
+) -> Result<(StatusCode, Json<User>), ApiError> {
     Ok((StatusCode::CREATED, Json(users::create(&app, &c.0, &spec).await?)))
 }
 
@@ -79,7 +111,12 @@ async fn show_user(State(app): State<Arc<App>>, c: Caller, Path(name): Path<Stri
 
 /// Change a user's email and roles.
 #[utoipa::path(put, path = "/users/{name}", tag = "users", params(("name" = String, Path)), request_body = UserSpec, responses((status = 200, body = User)))]
-async fn update_user(State(app): State<Arc<App>>, c: Caller, Path(name): Path<String>, Body(spec): Body<UserSpec>) -> Result<Json<User>, ApiError> {
+async fn update_user(
+    State(app): State<Arc<App>>,
+    c: Caller,
+    Path(name): Path<String>,
+    Body(spec): Body<UserSpec>,
+) -> Result<Json<User>, ApiError> {
     Ok(Json(users::update(&app, &c.0, &name, &spec).await?))
 }
 
@@ -91,24 +128,44 @@ async fn delete_user(State(app): State<Arc<App>>, c: Caller, Path(name): Path<St
 
 /// Register an SSH public key.
 #[utoipa::path(post, path = "/users/{name}/keys", tag = "users", params(("name" = String, Path)), request_body = AddKeyRequest, responses((status = 201, body = User)))]
-async fn add_key(State(app): State<Arc<App>>, c: Caller, Path(name): Path<String>, Body(r): Body<AddKeyRequest>) -> Result<(StatusCode, Json<User>), ApiError> {
-    Ok((StatusCode::CREATED, Json(users::add_key(&app, &c.0, &name, &r.public_key).await?)))
+async fn add_key(
+    State(app): State<Arc<App>>,
+    c: Caller,
+    Path(name): Path<String>,
+    Body(r): Body<AddKeyRequest>,
+) -> Result<(StatusCode, Json<User>), ApiError> {
+    Ok((
+        StatusCode::CREATED,
+        Json(users::add_key(&app, &c.0, &name, &r.public_key).await?),
+    ))
 }
 
 /// Remove a key by fingerprint (`SHA256:…`, URL-encoded).
 #[utoipa::path(delete, path = "/users/{name}/keys/{fingerprint}", tag = "users", params(("name" = String, Path), ("fingerprint" = String, Path)), responses((status = 200, body = User)))]
-async fn remove_key(State(app): State<Arc<App>>, c: Caller, Path((name, fp)): Path<(String, String)>) -> Result<Json<User>, ApiError> {
+async fn remove_key(
+    State(app): State<Arc<App>>,
+    c: Caller,
+    Path((name, fp)): Path<(String, String)>,
+) -> Result<Json<User>, ApiError> {
     Ok(Json(users::remove_key(&app, &c.0, &name, &fp).await?))
 }
 
 #[utoipa::path(get, path = "/users/{name}/tokens", tag = "users", params(("name" = String, Path)), responses((status = 200, body = Vec<ApiToken>)))]
-async fn list_tokens(State(app): State<Arc<App>>, c: Caller, Path(name): Path<String>) -> Result<Json<Vec<ApiToken>>, ApiError> {
+async fn list_tokens(
+    State(app): State<Arc<App>>,
+    c: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<ApiToken>>, ApiError> {
     Ok(Json(users::list_tokens(&app, &c.0, &name).await?))
 }
 
 /// Create an API token; the token is in this response only.
 #[utoipa::path(post, path = "/tokens", tag = "users", request_body = CreateTokenRequest, responses((status = 201, body = TokenCreated)))]
-async fn create_token(State(app): State<Arc<App>>, c: Caller, Body(r): Body<CreateTokenRequest>) -> Result<(StatusCode, Json<TokenCreated>), ApiError> {
+async fn create_token(
+    State(app): State<Arc<App>>,
+    c: Caller,
+    Body(r): Body<CreateTokenRequest>,
+) -> Result<(StatusCode, Json<TokenCreated>), ApiError> {
     Ok((StatusCode::CREATED, Json(users::create_token(&app, &c.0, &r).await?)))
 }
 
@@ -119,18 +176,30 @@ async fn revoke_token(State(app): State<Arc<App>>, c: Caller, Path(id): Path<Str
 }
 
 #[utoipa::path(get, path = "/addresses", tag = "addresses", params(ListParams), responses((status = 200, body = Page<Address>)))]
-async fn list_addresses(State(app): State<Arc<App>>, c: Caller, Q(p): Q<ListParams>) -> Result<Json<Page<Address>>, ApiError> {
+async fn list_addresses(
+    State(app): State<Arc<App>>,
+    c: Caller,
+    Q(p): Q<ListParams>,
+) -> Result<Json<Page<Address>>, ApiError> {
     Ok(Json(addresses::list(&app, &c.0, p.limit, p.after).await?))
 }
 
 /// Allocate an elastic IP from a cloud's pool.
 #[utoipa::path(post, path = "/addresses", tag = "addresses", request_body = AddressSpec, responses((status = 201, body = Address)))]
-async fn allocate(State(app): State<Arc<App>>, c: Caller, Body(spec): Body<AddressSpec>) -> Result<(StatusCode, Json<Address>), ApiError> {
+async fn allocate(
+    State(app): State<Arc<App>>,
+    c: Caller,
+    Body(spec): Body<AddressSpec>,
+) -> Result<(StatusCode, Json<Address>), ApiError> {
     Ok((StatusCode::CREATED, Json(addresses::allocate(&app, &c.0, &spec).await?)))
 }
 
 #[utoipa::path(get, path = "/addresses/{name}", tag = "addresses", params(("name" = String, Path)), responses((status = 200, body = Address)))]
-async fn show_address(State(app): State<Arc<App>>, c: Caller, Path(name): Path<String>) -> Result<Json<Address>, ApiError> {
+async fn show_address(
+    State(app): State<Arc<App>>,
+    c: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Address>, ApiError> {
     Ok(Json(addresses::show(&app, &c.0, &name).await?))
 }
 
@@ -142,18 +211,31 @@ async fn release(State(app): State<Arc<App>>, c: Caller, Path(name): Path<String
 
 /// Point the address at a server (moving it from another one at once).
 #[utoipa::path(post, path = "/addresses/{name}/associate", tag = "addresses", params(("name" = String, Path)), request_body = AssociateRequest, responses((status = 200, body = Address)))]
-async fn associate(State(app): State<Arc<App>>, c: Caller, Path(name): Path<String>, Body(r): Body<AssociateRequest>) -> Result<Json<Address>, ApiError> {
+async fn associate(
+    State(app): State<Arc<App>>,
+    c: Caller,
+    Path(name): Path<String>,
+    Body(r): Body<AssociateRequest>,
+) -> Result<Json<Address>, ApiError> {
     Ok(Json(addresses::associate(&app, &c.0, &name, &r.server).await?))
 }
 
 #[utoipa::path(post, path = "/addresses/{name}/disassociate", tag = "addresses", params(("name" = String, Path)), responses((status = 200, body = Address)))]
-async fn disassociate(State(app): State<Arc<App>>, c: Caller, Path(name): Path<String>) -> Result<Json<Address>, ApiError> {
+async fn disassociate(
+    State(app): State<Arc<App>>,
+    c: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Address>, ApiError> {
     Ok(Json(addresses::disassociate(&app, &c.0, &name).await?))
 }
 
 /// The audit log, newest first.
 #[utoipa::path(get, path = "/audit", tag = "audit", params(AuditParams), responses((status = 200, body = Vec<AuditEntry>)))]
-async fn audit_log(State(app): State<Arc<App>>, c: Caller, Q(p): Q<AuditParams>) -> Result<Json<Vec<AuditEntry>>, ApiError> {
+async fn audit_log(
+    State(app): State<Arc<App>>,
+    c: Caller,
+    Q(p): Q<AuditParams>,
+) -> Result<Json<Vec<AuditEntry>>, ApiError> {
     Ok(Json(audit::list(&app, &c.0, &p).await?))
 }
 

@@ -19,13 +19,21 @@ use crate::app::{App, arrays, runs, servers};
 
 /// List servers, filtered by deployment, state and tag selector.
 #[utoipa::path(get, path = "/servers", tag = "servers", params(ServerListParams), responses((status = 200, body = Page<Server>)))]
-async fn list(State(app): State<Arc<App>>, c: Caller, Q(p): Q<ServerListParams>) -> Result<Json<Page<Server>>, ApiError> {
+async fn list(
+    State(app): State<Arc<App>>,
+    c: Caller,
+    Q(p): Q<ServerListParams>,
+) -> Result<Json<Page<Server>>, ApiError> {
     Ok(Json(servers::list(&app, &c.0, &p).await?))
 }
 
 /// Launch a server; it starts `pending` and the orchestrator takes it from there.
 #[utoipa::path(post, path = "/servers", tag = "servers", request_body = ServerSpec, responses((status = 201, body = Server), (status = 400, body = stratus_api::error::ErrorBody)))]
-async fn launch(State(app): State<Arc<App>>, c: Caller, Body(spec): Body<ServerSpec>) -> Result<(StatusCode, Json<Server>), ApiError> {
+async fn launch(
+    State(app): State<Arc<App>>,
+    c: Caller,
+    Body(spec): Body<ServerSpec>,
+) -> Result<(StatusCode, Json<Server>), ApiError> {
     Ok((StatusCode::CREATED, Json(servers::launch(&app, &c.0, &spec).await?)))
 }
 
@@ -36,13 +44,22 @@ async fn show(State(app): State<Arc<App>>, c: Caller, Path(key): Path<String>) -
 
 /// Terminate: decommission scripts run, then the instance is destroyed.
 #[utoipa::path(delete, path = "/servers/{key}", tag = "servers", params(("key" = String, Path)), responses((status = 202, body = Server), (status = 409, body = stratus_api::error::ErrorBody)))]
-async fn terminate(State(app): State<Arc<App>>, c: Caller, Path(key): Path<String>) -> Result<(StatusCode, Json<Server>), ApiError> {
+async fn terminate(
+    State(app): State<Arc<App>>,
+    c: Caller,
+    Path(key): Path<String>,
+) -> Result<(StatusCode, Json<Server>), ApiError> {
     Ok((StatusCode::ACCEPTED, Json(servers::terminate(&app, &c.0, &key).await?)))
 }
 
 /// Add and remove tags.
 #[utoipa::path(post, path = "/servers/{key}/tags", tag = "servers", params(("key" = String, Path)), request_body = TagChange, responses((status = 200, body = Server)))]
-async fn tags(State(app): State<Arc<App>>, c: Caller, Path(key): Path<String>, Body(change): Body<TagChange>) -> Result<Json<Server>, ApiError> {
+async fn tags(
+    State(app): State<Arc<App>>,
+    c: Caller,
+    Path(key): Path<String>,
+    Body(change): Body<TagChange>,
+) -> Result<Json<Server>, ApiError> {
     Ok(Json(servers::change_tags(&app, &c.0, &key, &change).await?))
 }
 
@@ -56,34 +73,59 @@ struct ArrayListParams {
 }
 
 #[utoipa::path(get, path = "/arrays", tag = "arrays", params(ArrayListParams), responses((status = 200, body = Page<ServerArray>)))]
-async fn list_arrays(State(app): State<Arc<App>>, c: Caller, Q(p): Q<ArrayListParams>) -> Result<Json<Page<ServerArray>>, ApiError> {
+async fn list_arrays(
+    State(app): State<Arc<App>>,
+    c: Caller,
+    Q(p): Q<ArrayListParams>,
+) -> Result<Json<Page<ServerArray>>, ApiError> {
     Ok(Json(arrays::list(&app, &c.0, p.deployment, p.limit, p.after).await?))
 }
 
 #[utoipa::path(post, path = "/arrays", tag = "arrays", request_body = ArraySpec, responses((status = 201, body = ServerArray)))]
-async fn create_array(State(app): State<Arc<App>>, c: Caller, Body(spec): Body<ArraySpec>) -> Result<(StatusCode, Json<ServerArray>), ApiError> {
+async fn create_array(
+    State(app): State<Arc<App>>,
+    c: Caller,
+    Body(spec): Body<ArraySpec>,
+) -> Result<(StatusCode, Json<ServerArray>), ApiError> {
     Ok((StatusCode::CREATED, Json(arrays::create(&app, &c.0, &spec).await?)))
 }
 
 #[utoipa::path(get, path = "/arrays/{deployment}/{name}", tag = "arrays", params(("deployment" = String, Path), ("name" = String, Path)), responses((status = 200, body = ServerArray)))]
-async fn show_array(State(app): State<Arc<App>>, c: Caller, Path((d, n)): Path<(String, String)>) -> Result<Json<ServerArray>, ApiError> {
+async fn show_array(
+    State(app): State<Arc<App>>,
+    c: Caller,
+    Path((d, n)): Path<(String, String)>,
+) -> Result<Json<ServerArray>, ApiError> {
     Ok(Json(arrays::show(&app, &c.0, &d, &n).await?))
 }
 
 #[utoipa::path(delete, path = "/arrays/{deployment}/{name}", tag = "arrays", params(("deployment" = String, Path), ("name" = String, Path)), responses((status = 204)))]
-async fn delete_array(State(app): State<Arc<App>>, c: Caller, Path((d, n)): Path<(String, String)>) -> Result<StatusCode, ApiError> {
+async fn delete_array(
+    State(app): State<Arc<App>>,
+    c: Caller,
+    Path((d, n)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
     arrays::delete(&app, &c.0, &d, &n).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// Set the desired number of servers.
 #[utoipa::path(post, path = "/arrays/{deployment}/{name}/scale", tag = "arrays", params(("deployment" = String, Path), ("name" = String, Path)), request_body = ScaleRequest, responses((status = 200, body = ServerArray)))]
-async fn scale(State(app): State<Arc<App>>, c: Caller, Path((d, n)): Path<(String, String)>, Body(r): Body<ScaleRequest>) -> Result<Json<ServerArray>, ApiError> {
+async fn scale(
+    State(app): State<Arc<App>>,
+    c: Caller,
+    Path((d, n)): Path<(String, String)>,
+    Body(r): Body<ScaleRequest>,
+) -> Result<Json<ServerArray>, ApiError> {
     Ok(Json(arrays::scale(&app, &c.0, &d, &n, r.desired).await?))
 }
 
 #[utoipa::path(get, path = "/runs", tag = "runs", params(RunListParams), responses((status = 200, body = Page<Run>)))]
-async fn list_runs(State(app): State<Arc<App>>, c: Caller, Q(p): Q<RunListParams>) -> Result<Json<Page<Run>>, ApiError> {
+async fn list_runs(
+    State(app): State<Arc<App>>,
+    c: Caller,
+    Q(p): Q<RunListParams>,
+) -> Result<Json<Page<Run>>, ApiError> {
     Ok(Json(runs::list(&app, &c.0, &p).await?))
 }
 

@@ -26,8 +26,17 @@ impl TestServer {
     pub async fn start() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let running = stratus_server::start(config(dir.path())).await.expect("start");
-        let token = std::fs::read_to_string(&running.admin_token_file).expect("admin token").trim().to_string();
-        Self { url: running.url.clone(), running: Some(running), token, dir, http: reqwest::Client::new() }
+        let token = std::fs::read_to_string(&running.admin_token_file)
+            .expect("admin token")
+            .trim()
+            .to_string();
+        Self {
+            url: running.url.clone(),
+            running: Some(running),
+            token,
+            dir,
+            http: reqwest::Client::new(),
+        }
     }
 
     /// Stop and start again on the same data directory.
@@ -40,7 +49,13 @@ impl TestServer {
         self.running = Some(running);
     }
 
-    pub async fn call_as(&self, token: Option<&str>, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    pub async fn call_as(
+        &self,
+        token: Option<&str>,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut req = self.http.request(method, format!("{}/api/v1{path}", self.url));
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -51,8 +66,34 @@ impl TestServer {
         let resp = req.send().await.expect("request");
         let status = resp.status();
         let text = resp.text().await.expect("body");
-        let value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
         (status, value)
+    }
+
+    /// Send a body as given (malformed JSON, a wrong content type, a huge upload).
+    pub async fn send_raw(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (StatusCode, Value) {
+        let resp = self
+            .http
+            .request(method, format!("{}/api/v1{path}", self.url))
+            .bearer_auth(&self.token)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status();
+        let text = resp.text().await.expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
     pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
@@ -99,7 +140,11 @@ impl TestServer {
 
     /// The `name` of every item of a list.
     pub async fn names(&self, path: &str) -> Vec<String> {
-        self.list_all(path).await.iter().map(|v| v["name"].as_str().expect("item has a name").to_string()).collect()
+        self.list_all(path)
+            .await
+            .iter()
+            .map(|v| v["name"].as_str().expect("item has a name").to_string())
+            .collect()
     }
 
     /// The audit log (newest first), optionally filtered by a query string such as `action=server.`.
@@ -110,9 +155,13 @@ impl TestServer {
 
     /// Create a user with these roles and return a fresh API token of theirs.
     pub async fn user_token(&self, name: &str, roles: &[&str]) -> String {
-        let (s, v) = self.post("/users", serde_json::json!({ "name": name, "roles": roles })).await;
+        let (s, v) = self
+            .post("/users", serde_json::json!({ "name": name, "roles": roles }))
+            .await;
         assert_eq!(s, StatusCode::CREATED, "create user {name}: {v}");
-        let (s, v) = self.post("/tokens", serde_json::json!({ "user": name, "description": "test" })).await;
+        let (s, v) = self
+            .post("/tokens", serde_json::json!({ "user": name, "description": "test" }))
+            .await;
         assert_eq!(s, StatusCode::CREATED, "create token for {name}: {v}");
         v["token"].as_str().expect("token").to_string()
     }
@@ -120,16 +169,30 @@ impl TestServer {
     /// Everything a user can list, plus the audit log: equal snapshots mean nothing changed.
     pub async fn snapshot(&self) -> Value {
         let mut out = serde_json::Map::new();
-        for path in ["/clouds", "/images", "/scripts", "/templates", "/deployments", "/servers?all=true", "/arrays", "/credentials", "/users", "/addresses"] {
+        for path in [
+            "/clouds",
+            "/images",
+            "/scripts",
+            "/templates",
+            "/deployments",
+            "/servers?all=true",
+            "/arrays",
+            "/credentials",
+            "/users",
+            "/addresses",
+        ] {
             out.insert(path.into(), Value::Array(self.list_all(path).await));
         }
         out.insert("/audit".into(), Value::Array(self.audit("").await));
         Value::Object(out)
     }
 
-    /// Apply [`EXAMPLE`] (with its credential) and wait until its servers are operational.
+    /// Apply [`EXAMPLE`] (with its credential, unless it exists) and wait until its servers are
+    /// operational.
     pub async fn example(&self) {
-        example_credential(self, "example-stats-password").await;
+        if self.call(Method::GET, "/credentials/lb-stats", None).await.0 == StatusCode::NOT_FOUND {
+            example_credential(self, "example-stats-password").await;
+        }
         let (s, plan) = self.apply_toml(EXAMPLE, false).await;
         assert_eq!(s, StatusCode::OK, "{plan}");
         for name in ["lb-1", "app-1", "app-2"] {
@@ -150,8 +213,10 @@ impl TestServer {
 
     /// Apply a deployment file given as TOML text.
     pub async fn apply_toml(&self, toml_text: &str, dry_run: bool) -> (StatusCode, Value) {
-        let doc = stratus_api::file::parse(toml_text, stratus_api::file::Format::Toml, "test.toml", None).expect("test file parses");
-        self.post("/apply", serde_json::json!({ "document": doc, "dry_run": dry_run })).await
+        let doc = stratus_api::file::parse(toml_text, stratus_api::file::Format::Toml, "test.toml", None)
+            .expect("test file parses");
+        self.post("/apply", serde_json::json!({ "document": doc, "dry_run": dry_run }))
+            .await
     }
 
     /// Poll until the server reaches `state` (bounded).
@@ -176,7 +241,13 @@ pub fn server_path(key: &str) -> String {
 /// Percent-encode a path segment or query value.
 pub fn enc(s: &str) -> String {
     s.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }
 
@@ -184,21 +255,33 @@ pub fn enc(s: &str) -> String {
 pub fn assert_error(status: StatusCode, body: &Value, want_status: StatusCode, want_code: &str) {
     assert_eq!(status, want_status, "{body}");
     assert_eq!(body["error"]["code"], want_code, "{body}");
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "an error has a message: {body}");
+    assert!(
+        body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "an error has a message: {body}"
+    );
 }
 
 /// The error's message and every field error, as one lowercase text to search.
 pub fn error_text(body: &Value) -> String {
     let mut text = body["error"]["message"].as_str().unwrap_or_default().to_string();
     for f in body["error"]["fields"].as_array().into_iter().flatten() {
-        text.push_str(&format!(" | {}: {}", f["field"].as_str().unwrap_or_default(), f["problem"].as_str().unwrap_or_default()));
+        text.push_str(&format!(
+            " | {}: {}",
+            f["field"].as_str().unwrap_or_default(),
+            f["problem"].as_str().unwrap_or_default()
+        ));
     }
     text.to_lowercase()
 }
 
 /// The field names of an `invalid_input` error.
 pub fn error_fields(body: &Value) -> Vec<String> {
-    body["error"]["fields"].as_array().into_iter().flatten().map(|f| f["field"].as_str().unwrap_or_default().to_string()).collect()
+    body["error"]["fields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|f| f["field"].as_str().unwrap_or_default().to_string())
+        .collect()
 }
 
 /// An `authorized_keys` line for a well-formed ed25519 public key made from `seed`.
@@ -209,7 +292,10 @@ pub fn ed25519_key(seed: u8, comment: &str) -> String {
     blob.extend_from_slice(b"ssh-ed25519");
     blob.extend_from_slice(&32u32.to_be_bytes());
     blob.extend((0..32u8).map(|i| i.wrapping_mul(31).wrapping_add(seed)));
-    format!("ssh-ed25519 {} {comment}", base64::engine::general_purpose::STANDARD.encode(blob))
+    format!(
+        "ssh-ed25519 {} {comment}",
+        base64::engine::general_purpose::STANDARD.encode(blob)
+    )
 }
 
 /// The example deployment shape used across tests: a fake cloud, one image, scripts, an LB
@@ -277,6 +363,8 @@ template = "app"
 
 /// Create the credential the example needs.
 pub async fn example_credential(t: &TestServer, value: &str) {
-    let (s, v) = t.post("/credentials", serde_json::json!({"name": "lb-stats", "value": value})).await;
+    let (s, v) = t
+        .post("/credentials", serde_json::json!({"name": "lb-stats", "value": value}))
+        .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
 }

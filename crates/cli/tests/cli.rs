@@ -1,0 +1,299 @@
+//! The `stratus` binary against a real `stratus serve` child process.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command as Std, Stdio};
+use std::time::Duration;
+
+use assert_cmd::Command;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// `stratus serve` on a free loopback port, killed on drop; its output is kept for inspection.
+struct Served {
+    child: Child,
+    url: String,
+    dir: tempfile::TempDir,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Served {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut child = Std::new(assert_cmd::cargo::cargo_bin("stratus"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .env("STRATUS_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn serve");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut stderr = child.stderr.take().expect("stderr");
+        let l2 = log.clone();
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            l2.lock().expect("log").push_str(&s);
+        });
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let url = loop {
+            let line = lines.next().expect("serve printed its address").expect("line");
+            log.lock().expect("log").push_str(&line);
+            if let Some(rest) = line.strip_prefix("Stratus control plane listening on ") {
+                break rest.split_whitespace().next().expect("url").to_string();
+            }
+        };
+        let l3 = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                l3.lock().expect("log").push_str(&line);
+            }
+        });
+        Self { child, url, dir, log }
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::cargo_bin("stratus").expect("binary");
+        c.env("STRATUS_URL", &self.url)
+            .env("STRATUS_DATA_DIR", self.dir.path())
+            .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
+            .env_remove("STRATUS_TOKEN")
+            .current_dir(workspace());
+        c
+    }
+
+    fn stdout(&self, args: &[&str]) -> String {
+        let out = self.cmd().args(args).output().expect("run");
+        assert!(
+            out.status.success(),
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf8")
+    }
+
+    fn wait_operational(&self, key: &str) {
+        for _ in 0..200 {
+            let v: serde_json::Value =
+                serde_json::from_str(&self.stdout(&["server", "show", key, "--json"])).expect("json");
+            if v["state"] == "operational" {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{key} never became operational");
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn apply_is_idempotent_and_dry_run_changes_nothing() {
+    let s = Served::start();
+    let out = s.stdout(&["credential", "list"]);
+    assert!(out.contains("(none)"), "{out}");
+    let dry = s.stdout(&["apply", "-f", "examples/quickstart.toml", "--dry-run"]);
+    assert!(dry.contains("dry run") && dry.contains("11 to create"), "{dry}");
+    let servers: serde_json::Value = serde_json::from_str(&s.stdout(&["server", "list", "--json"])).expect("json");
+    assert_eq!(servers.as_array().map(Vec::len), Some(0), "dry run created servers");
+    let first = s.stdout(&["apply", "-f", "examples/quickstart.toml"]);
+    assert!(
+        first.contains("applied: 11 to create, 0 to update, 0 unchanged"),
+        "{first}"
+    );
+    let second = s.stdout(&["apply", "-f", "examples/quickstart.toml"]);
+    assert!(
+        second.contains("applied: 0 to create, 0 to update, 11 unchanged"),
+        "{second}"
+    );
+    for name in ["lb-1", "app-1", "app-2"] {
+        s.wait_operational(&format!("example/{name}"));
+    }
+    let table = s.stdout(&["server", "list", "--deployment", "example"]);
+    assert!(
+        table.contains("app-2") && table.contains("operational") && table.contains("lb:pool=www"),
+        "{table}"
+    );
+    let runs = s.stdout(&["runs", "list", "--server", "example/app-1"]);
+    assert!(runs.contains("nginx-install") && runs.contains("succeeded"), "{runs}");
+}
+
+#[test]
+fn launch_terminate_and_exit_codes() {
+    let s = Served::start();
+    s.stdout(&["apply", "-f", "examples/quickstart.toml"]);
+    let launched = s.stdout(&[
+        "server",
+        "launch",
+        "app-3",
+        "-d",
+        "example",
+        "-t",
+        "nginx-app",
+        "--size",
+        "cpus=2,memory=1GiB",
+        "--wait",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&launched).expect("json");
+    assert_eq!(
+        (v["state"].as_str(), v["size"].as_str()),
+        (Some("operational"), Some("medium")),
+        "{v}"
+    );
+    s.stdout(&["server", "terminate", "example/app-3", "--wait"]);
+    let v: serde_json::Value = serde_json::from_str(&s.stdout(&["server", "show", "example/app-3", "--json"]))
+        .ok()
+        .unwrap_or_default();
+    assert!(v.is_null() || v["state"] == "terminated", "{v}");
+
+    let bad = s
+        .cmd()
+        .args([
+            "server",
+            "launch",
+            "x",
+            "-d",
+            "example",
+            "-t",
+            "nginx-app",
+            "--tag",
+            "no-colon",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("invalid tag \"no-colon\""),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    let missing = s.cmd().args(["server", "show", "example/nope"]).output().expect("run");
+    assert_eq!(missing.status.code(), Some(3));
+    let unauth = s
+        .cmd()
+        .env("STRATUS_TOKEN", "stratus_bogus")
+        .args(["server", "list"])
+        .output()
+        .expect("run");
+    assert_eq!(unauth.status.code(), Some(5));
+    assert!(String::from_utf8_lossy(&unauth.stderr).contains("stratus login"));
+    let dupe = s
+        .cmd()
+        .args(["deployment", "create", "-f", "/dev/null"])
+        .output()
+        .expect("run");
+    assert!(!dupe.status.success());
+}
+
+#[test]
+fn credential_values_never_come_back() {
+    let s = Served::start();
+    let secret = "zq-UNIQUE-credential-value-8812";
+    s.cmd()
+        .args(["credential", "create", "db-password"])
+        .write_stdin(secret)
+        .assert()
+        .success();
+    let mut seen = String::new();
+    for args in [
+        &["credential", "list", "--json"][..],
+        &["credential", "show", "db-password", "--json"],
+        &["audit", "--json"],
+    ] {
+        seen.push_str(&s.stdout(args));
+    }
+    let again = s
+        .cmd()
+        .args(["credential", "create", "db-password"])
+        .write_stdin(secret)
+        .output()
+        .expect("run");
+    assert_eq!(again.status.code(), Some(4), "duplicate name is a conflict");
+    seen.push_str(&String::from_utf8_lossy(&again.stderr));
+    std::thread::sleep(Duration::from_millis(200));
+    seen.push_str(&s.log.lock().expect("log"));
+    assert!(seen.contains("db-password"));
+    assert!(!seen.contains(secret), "the credential value leaked");
+}
+
+#[test]
+fn malformed_files_name_the_problem() {
+    let s = Served::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[[template]]\nname = \"web\"\nimage = \"x\"\nboot_script = []\n").expect("write");
+    let out = s.cmd().args(["apply", "-f"]).arg(&bad).output().expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("template[0]") && err.contains("boot_script"),
+        "{err}"
+    );
+    std::fs::write(
+        &bad,
+        "[[template]]\nname = \"web\"\nimage = \"nope\"\nboot_scripts = [\"missing\"]\n",
+    )
+    .expect("write");
+    let out = s.cmd().args(["apply", "-f"]).arg(&bad).output().expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("template[0].image: no image named nope")
+            && err.contains("boot_scripts[0]: no script named missing"),
+        "{err}"
+    );
+    assert!(
+        s.stdout(&["template", "list"]).contains("(none)"),
+        "a failed apply created something"
+    );
+}
+
+#[test]
+fn quickstart_up_again_and_down() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let run = |extra: &[&str]| {
+        let mut c = Command::cargo_bin("stratus").expect("binary");
+        c.current_dir(workspace())
+            .env("XDG_CONFIG_HOME", dir.path().join("config"))
+            .arg("--data-dir")
+            .arg(dir.path());
+        c.args(["quickstart", "--exit", "--listen", &listen])
+            .args(extra)
+            .output()
+            .expect("run")
+    };
+    let up = run(&[]);
+    let text = String::from_utf8_lossy(&up.stdout);
+    assert!(
+        up.status.success() && text.contains("3 servers operational"),
+        "{text}{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    assert!(dir.path().join("admin.token").exists());
+    let again = run(&[]);
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("11 unchanged"),
+        "second run reuses what exists"
+    );
+    let down = run(&["--down"]);
+    assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
+    let up2 = run(&[]);
+    assert!(
+        String::from_utf8_lossy(&up2.stdout).contains("11 to create"),
+        "down removed everything it created"
+    );
+}
