@@ -142,7 +142,11 @@ impl Client {
                     query.retain(|(k, _)| *k != "after");
                     query.push(("after", next.to_string()));
                 }
-                _ => return Ok(items),
+                Some(_) => {
+                    eprintln!("(showing the first {}; more exist: add --all-pages)", items.len());
+                    return Ok(items);
+                }
+                None => return Ok(items),
             }
         }
     }

@@ -56,6 +56,7 @@ pub fn save(saved: &Saved) -> anyhow::Result<PathBuf> {
         .mode(0o600)
         .open(&path)
         .with_context(|| format!("cannot write {}", path.display()))?;
+    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     f.write_all(text.as_bytes())?;
     Ok(path)
 }

@@ -12,6 +12,9 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use crate::app::AppError;
 
+/// The drivers this build can make; clouds using others are refused when they are declared.
+pub const AVAILABLE: &[DriverKind] = &[DriverKind::Fake];
+
 #[derive(Debug, Default)]
 pub struct Drivers {
     made: Mutex<HashMap<Name, Arc<dyn CloudDriver>>>,

@@ -93,6 +93,8 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
         .truncate(true)
         .mode(0o600)
         .open(path)?;
+    // `mode` applies only when the file is created; tighten a file that was already there.
+    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     f.write_all(contents.as_bytes())?;
     f.write_all(b"\n")
 }
@@ -108,17 +110,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .with_context(|| format!("cannot open the database {}", db.display()))?;
     let store: Arc<dyn stratus_store::Datastore> = Arc::new(store);
     let token_file = config.data_dir.join(ADMIN_TOKEN_FILE);
-    let created_admin = match app::users::bootstrap_admin(&*store)
+    let created_admin = app::users::bootstrap_admin(&*store, |token| write_private(&token_file, token))
         .await
-        .context("cannot create the first admin")?
-    {
-        Some(token) => {
-            write_private(&token_file, &token).with_context(|| format!("cannot write {}", token_file.display()))?;
-            info!(path = %token_file.display(), "first start: created user admin; its API token is in this file");
-            true
-        }
-        None => false,
-    };
+        .with_context(|| format!("cannot create the first admin (token file {})", token_file.display()))?;
+    if created_admin {
+        info!(path = %token_file.display(), "first start: created user admin; its API token is in this file");
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

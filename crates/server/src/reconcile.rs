@@ -72,7 +72,7 @@ async fn step(app: &App, s: Server) -> Result<(), AppError> {
     match s.state {
         ServerState::Pending => launch(app, s, driver?).await,
         ServerState::Booting => boot(app, s, driver?).await,
-        ServerState::Decommissioning => decommission(app, s, driver.ok()).await,
+        ServerState::Decommissioning => decommission(app, s, driver).await,
         _ => Ok(()),
     }
 }
@@ -227,13 +227,33 @@ async fn boot(app: &App, mut s: Server, driver: Arc<dyn CloudDriver>) -> Result<
     Ok(())
 }
 
-async fn decommission(app: &App, mut s: Server, driver: Option<Arc<dyn CloudDriver>>) -> Result<(), AppError> {
+async fn decommission(
+    app: &App,
+    mut s: Server,
+    driver: Result<Arc<dyn CloudDriver>, AppError>,
+) -> Result<(), AppError> {
     let now = Utc::now();
     let mut changes = vec![];
-    if let (Some(driver), Some(id)) = (&driver, &s.instance_id) {
-        if driver.kind() == DriverKind::Fake {
-            changes.extend(simulated_runs(app, &s, Phase::Decommission).await?);
-        }
+    let driver = driver?;
+    if s.instance_id.is_some() && driver.kind() == DriverKind::Fake {
+        changes.extend(simulated_runs(app, &s, Phase::Decommission).await?);
+    }
+    // The recorded instance, plus any launched for this server but not recorded (a launch
+    // that raced a termination): nothing may be left running and billing.
+    let mut ids: Vec<String> = s.instance_id.iter().cloned().collect();
+    let listed = driver.list().await.map_err(|source| AppError::Cloud {
+        context: "listing instances".into(),
+        source,
+    })?;
+    ids.extend(
+        listed
+            .into_iter()
+            .filter(|i| i.server == s.id && i.state != InstanceState::Terminated)
+            .map(|i| i.id),
+    );
+    ids.sort();
+    ids.dedup();
+    for id in &ids {
         driver.terminate(id).await.map_err(|source| AppError::Cloud {
             context: format!("terminating {id}"),
             source,
@@ -323,11 +343,7 @@ async fn scale_arrays(app: &App) -> Result<(), AppError> {
             let extra = members.len() - want;
             let mut changes = vec![];
             for mut m in members.into_iter().take(extra) {
-                let to = if m.instance_id.is_none() {
-                    ServerState::Terminated
-                } else {
-                    ServerState::Decommissioning
-                };
+                let to = ServerState::Decommissioning;
                 if m.move_to(to, now).is_ok() {
                     changes.push(audit(
                         &system,

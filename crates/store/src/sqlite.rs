@@ -225,15 +225,16 @@ impl Datastore for SqliteStore {
             b.push(" AND actor = ").push_bind(a.clone());
         }
         if let Some(a) = &q.action_prefix {
-            b.push(" AND substr(action, 1, ")
-                .push_bind(a.len() as i64)
-                .push(") = ")
+            // length() counts characters, as substr() does (a byte length would not).
+            b.push(" AND substr(action, 1, length(")
+                .push_bind(a.clone())
+                .push(")) = ")
                 .push_bind(a.clone());
         }
         if let Some(t) = &q.target_prefix {
-            b.push(" AND substr(target, 1, ")
-                .push_bind(t.len() as i64)
-                .push(") = ")
+            b.push(" AND substr(target, 1, length(")
+                .push_bind(t.clone())
+                .push(")) = ")
                 .push_bind(t.clone());
         }
         if let Some(before) = &q.before {
@@ -348,21 +349,31 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 
 async fn put(tx: &mut sqlx::Transaction<'static, Sqlite>, r: Record, expect: Option<u32>) -> Result<(), StoreError> {
     let body = r.body.to_string();
-    let result = match expect {
-        None => sqlx::query("INSERT INTO resources (kind, id, scope, name, live, state, revision, created_at, updated_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
-            .bind(r.kind.as_str())
-            .bind(&r.id)
-            .bind(&r.scope)
-            .bind(&r.name)
-            .bind(i64::from(r.live))
-            .bind(&r.state)
-            .bind(i64::from(r.revision))
-            .bind(ts(&r.created_at))
-            .bind(ts(&r.updated_at))
-            .bind(&body)
-            .execute(&mut **tx)
-            .await,
-        Some(rev) => sqlx::query("UPDATE resources SET scope = ?, name = ?, live = ?, state = ?, revision = ?, updated_at = ?, body = ? WHERE kind = ? AND id = ? AND revision = ?")
+    // `ON CONFLICT DO NOTHING` instead of catching the unique violation: the transaction stays
+    // usable (PostgreSQL aborts a transaction on a violation), and zero rows means "taken".
+    let done = match expect {
+        None => sqlx::query(
+            "INSERT INTO resources (kind, id, scope, name, live, state, revision, created_at, updated_at, body) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(r.kind.as_str())
+        .bind(&r.id)
+        .bind(&r.scope)
+        .bind(&r.name)
+        .bind(i64::from(r.live))
+        .bind(&r.state)
+        .bind(i64::from(r.revision))
+        .bind(ts(&r.created_at))
+        .bind(ts(&r.updated_at))
+        .bind(&body)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?,
+        Some(rev) => {
+            let result = sqlx::query(
+                "UPDATE resources SET scope = ?, name = ?, live = ?, state = ?, revision = ?, updated_at = ?, body = ? \
+                 WHERE kind = ? AND id = ? AND revision = ?",
+            )
             .bind(&r.scope)
             .bind(&r.name)
             .bind(i64::from(r.live))
@@ -374,30 +385,31 @@ async fn put(tx: &mut sqlx::Transaction<'static, Sqlite>, r: Record, expect: Opt
             .bind(&r.id)
             .bind(i64::from(rev))
             .execute(&mut **tx)
-            .await,
-    };
-    let done = match result {
-        Ok(d) => d,
-        Err(e) if is_unique_violation(&e) && expect.is_none() && is_id_taken(tx, &r).await? => {
-            return Err(StoreError::Stale {
-                kind: r.kind,
-                id: r.id,
-                expected: None,
-            });
+            .await;
+            match result {
+                Ok(d) => d,
+                // An update can only violate the live-name index (a rename or revival).
+                Err(e) if is_unique_violation(&e) => {
+                    return Err(StoreError::Conflict {
+                        kind: r.kind,
+                        name: r.name,
+                    });
+                }
+                Err(e) => return Err(db(e)),
+            }
         }
-        Err(e) if is_unique_violation(&e) => {
-            return Err(StoreError::Conflict {
-                kind: r.kind,
-                name: r.name,
-            });
-        }
-        Err(e) => return Err(db(e)),
     };
     if done.rows_affected() == 0 {
-        return Err(StoreError::Stale {
-            kind: r.kind,
-            id: r.id,
-            expected: expect,
+        return Err(match expect {
+            None if !is_id_taken(tx, &r).await? => StoreError::Conflict {
+                kind: r.kind,
+                name: r.name,
+            },
+            _ => StoreError::Stale {
+                kind: r.kind,
+                id: r.id,
+                expected: expect,
+            },
         });
     }
     if r.kind == Kind::Server {
@@ -407,14 +419,16 @@ async fn put(tx: &mut sqlx::Transaction<'static, Sqlite>, r: Record, expect: Opt
             .await
             .map_err(db)?;
         for t in &r.tags {
-            sqlx::query("INSERT OR IGNORE INTO tags (resource_id, namespace, predicate, value) VALUES (?, ?, ?, ?)")
-                .bind(&r.id)
-                .bind(t.namespace())
-                .bind(t.predicate())
-                .bind(t.value())
-                .execute(&mut **tx)
-                .await
-                .map_err(db)?;
+            sqlx::query(
+                "INSERT INTO tags (resource_id, namespace, predicate, value) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            )
+            .bind(&r.id)
+            .bind(t.namespace())
+            .bind(t.predicate())
+            .bind(t.value())
+            .execute(&mut **tx)
+            .await
+            .map_err(db)?;
         }
     }
     Ok(())

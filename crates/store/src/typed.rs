@@ -218,7 +218,8 @@ pub struct TemplateVersion(pub ServerTemplate);
 impl Resource for TemplateVersion {
     const KIND: Kind = Kind::TemplateVersion;
     fn id_string(&self) -> String {
-        format!("{}@{}", self.0.id, self.0.version)
+        // Zero-padded so id order is version order.
+        format!("{}@{:010}", self.0.id, self.0.version)
     }
     fn name_string(&self) -> String {
         self.0.version.to_string()

@@ -34,6 +34,17 @@ pub enum InputKind {
     Artifact,
 }
 
+impl fmt::Display for InputKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Text => "text",
+            Self::Cred => "cred",
+            Self::Env => "env",
+            Self::Artifact => "artifact",
+        })
+    }
+}
+
 /// One input value.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -204,7 +215,7 @@ impl InputDecl {
         {
             errs.push(FieldError::new(
                 "default",
-                format!("a {:?} value cannot fill a {:?} input", d.kind(), self.kind),
+                format!("a {} value cannot fill a {} input", d.kind(), self.kind),
             ));
         }
         if self.description.len() > 1024 {
@@ -252,7 +263,7 @@ pub fn check_inputs(decls: &[InputDecl], given: &Inputs) -> Result<(), Invalid> 
             )),
             Some(d) if !value.fits(d.kind) => errs.push(FieldError::new(
                 format!("inputs.{name}"),
-                format!("a {:?} value cannot fill this {:?} input", value.kind(), d.kind),
+                format!("a {} value cannot fill this {} input", value.kind(), d.kind),
             )),
             Some(_) => {}
         }

@@ -261,7 +261,15 @@ pub async fn credential(ctx: &Ctx, cmd: &CredentialCmd) -> anyhow::Result<()> {
             description,
             value_file,
         } => {
-            let body = json!({ "name": name, "description": description.clone().unwrap_or_default(), "value": read_value(value_file)? });
+            // Keep the current description unless a new one is given.
+            let description = match description {
+                Some(d) => d.clone(),
+                None => match c.get(&format!("/credentials/{}", seg(name)), &[]).await {
+                    Ok(v) => v["description"].as_str().unwrap_or_default().to_string(),
+                    Err(_) => String::new(),
+                },
+            };
+            let body = json!({ "name": name, "description": description, "value": read_value(value_file)? });
             c.put(&format!("/credentials/{}", seg(name)), &body).await?;
             say!("saved credential {name}");
         }

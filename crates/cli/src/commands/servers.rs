@@ -155,6 +155,9 @@ pub async fn server(ctx: &Ctx, cmd: &ServerCmd) -> anyhow::Result<()> {
                 if let Some(note) = stranded_note(&v) {
                     anyhow::bail!("{key} {note}");
                 }
+                if v["state"] != "operational" {
+                    anyhow::bail!("{key} was terminated before it became operational");
+                }
                 show(ctx.json, &v);
             } else if ctx.json {
                 show(true, &v);
@@ -169,8 +172,10 @@ pub async fn server(ctx: &Ctx, cmd: &ServerCmd) -> anyhow::Result<()> {
             c.delete(&format!("/servers/{}", seg(server))).await?;
             if *wait {
                 wait_for(c, server, &["terminated"], Duration::from_secs(900), ctx.json).await?;
+                say!("terminated {server}");
+            } else {
+                say!("terminating {server}; follow it with `stratus server show {server}`");
             }
-            say!("terminating {server}");
         }
         ServerCmd::Tag { server, add, remove } => {
             let v = c

@@ -67,6 +67,15 @@ impl Planner {
     }
 
     fn cloud(&mut self, spec: &CloudSpec) {
+        if !crate::drivers::AVAILABLE.contains(&spec.driver) {
+            self.errs.push(FieldError::new(
+                format!("cloud {}.driver", spec.name),
+                format!(
+                    "the {:?} driver is not part of this build of Stratus yet; use \"fake\"",
+                    spec.driver
+                ),
+            ));
+        }
         let existing = self.catalog.clouds.get(&spec.name).cloned();
         if !self.exists_check("cloud", &spec.name, existing.is_some()) {
             return;
@@ -280,6 +289,25 @@ impl Planner {
                 .push(FieldError::new("deployment.cloud", format!("no cloud named {c}")));
         }
         self.check_creds(&spec.inputs, "deployment.inputs");
+        for (k, v) in &spec.inputs {
+            let clash = self
+                .catalog
+                .scripts
+                .values()
+                .flat_map(|s| s.spec.inputs.iter().map(move |d| (s, d)))
+                .find(|(_, d)| &d.name == k && !v.fits(d.kind));
+            if let Some((s, d)) = clash {
+                self.errs.push(FieldError::new(
+                    format!("deployment.inputs.{k}"),
+                    format!(
+                        "script {} declares {k} as a {} input; a {} value cannot fill it",
+                        s.spec.name,
+                        d.kind,
+                        v.kind()
+                    ),
+                ));
+            }
+        }
         let exists = existing.is_some();
         self.exists_check("deployment", &spec.name, exists);
         match existing {
@@ -343,8 +371,11 @@ impl Planner {
                         notes.push(format!("{what} differs; replace the server to change it"));
                     }
                 }
-                if s.tags != built.tags || s.inputs != built.inputs {
-                    s.tags = built.tags;
+                // Tags are merged, never removed: servers and users add tags at run time
+                // (pool membership, votes) that a re-apply must not wipe.
+                let missing: Vec<_> = built.tags.iter().filter(|t| !s.tags.contains(t)).cloned().collect();
+                if !missing.is_empty() || s.inputs != built.inputs {
+                    s.tags.extend(missing);
                     s.inputs = built.inputs;
                     self.changes.push(Change::update(&mut s, self.now));
                     notes.insert(0, "tags/inputs updated".into());

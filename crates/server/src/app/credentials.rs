@@ -7,6 +7,7 @@ use stratus_types::CredentialId;
 use stratus_types::credential::{Credential, CredentialSpec, Secret};
 use stratus_types::deployment::Deployment;
 use stratus_types::input::InputValue;
+use stratus_types::server::{Server, ServerArray};
 use stratus_types::template::ServerTemplate;
 
 use super::resolve::named;
@@ -104,6 +105,26 @@ pub async fn delete(app: &App, actor: &Actor, name: &str) -> Result<(), AppError
             .into_iter()
             .filter(|d| uses_it(&d.spec.inputs))
             .map(|d| format!("deployment {}", d.spec.name)),
+    );
+    // Arrays launch new members from their inputs, and live servers may still need the value.
+    let arrays = app.store.list_all::<ServerArray>(&Query::default()).await?;
+    users.extend(
+        arrays
+            .into_iter()
+            .filter(|a| uses_it(&a.spec.inputs))
+            .map(|a| format!("array {}", a.spec.name)),
+    );
+    let live = app
+        .store
+        .list_all::<Server>(&Query {
+            live_only: true,
+            ..Default::default()
+        })
+        .await?;
+    users.extend(
+        live.into_iter()
+            .filter(|s| uses_it(&s.inputs))
+            .map(|s| format!("server {}/{}", s.deployment, s.name)),
     );
     if !users.is_empty() {
         return Err(AppError::Conflict(format!(

@@ -118,6 +118,16 @@ pub fn build_server(
     let mut inputs: Inputs = template.spec.inputs.clone();
     inputs.extend(dep.spec.inputs.clone());
     inputs.extend(spec.inputs.clone());
+    // Whatever level a value came from, it must fit every declaration of its name in this
+    // template's scripts: a plain-text deployment input cannot fill a `cred` input.
+    for (k, v) in &inputs {
+        if let Some(d) = decls.iter().find(|d| &d.name == k && !v.fits(d.kind)) {
+            errs.push(FieldError::new(
+                format!("inputs.{k}"),
+                format!("a {} value cannot fill this {} input", v.kind(), d.kind),
+            ));
+        }
+    }
     for name in &template.spec.boot_scripts {
         let Some(script) = cat.scripts.get(name) else { continue };
         for d in script.spec.inputs.iter().filter(|d| d.required && d.default.is_none()) {
@@ -194,20 +204,31 @@ pub async fn launch(app: &App, actor: &Actor, spec: &ServerSpec) -> Result<Serve
 /// Ask for termination: the orchestrator decommissions and destroys the instance.
 pub async fn terminate(app: &App, actor: &Actor, key: &str) -> Result<Server, AppError> {
     actor.require(OPERATOR)?;
+    // The orchestrator updates servers concurrently (a launch finishing); a user's intent is
+    // re-applied to the fresh record rather than bounced back as `stale`.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match try_terminate(app, actor, key).await {
+            Err(AppError::Stale(_)) if attempts < 5 => continue,
+            other => return other,
+        }
+    }
+}
+
+async fn try_terminate(app: &App, actor: &Actor, key: &str) -> Result<Server, AppError> {
     let mut s = server(&*app.store, key).await?;
     let now = Utc::now();
-    let to = match s.state {
-        ServerState::Terminated | ServerState::Decommissioning => {
-            return Err(AppError::BadState(format!(
-                "server {}/{} is already {}",
-                s.deployment, s.name, s.state
-            )));
-        }
-        // Nothing launched yet: nothing to decommission.
-        ServerState::Pending if s.instance_id.is_none() => ServerState::Terminated,
-        _ => ServerState::Decommissioning,
-    };
-    s.move_to(to, now).map_err(|e| AppError::BadState(e.to_string()))?;
+    if matches!(s.state, ServerState::Terminated | ServerState::Decommissioning) {
+        return Err(AppError::BadState(format!(
+            "server {}/{} is already {}",
+            s.deployment, s.name, s.state
+        )));
+    }
+    // Even a pending server may have an instance on its way (a launch in flight), so the
+    // orchestrator always decommissions; it finds such an instance by server id.
+    s.move_to(ServerState::Decommissioning, now)
+        .map_err(|e| AppError::BadState(e.to_string()))?;
     let target = format!("server/{}/{}", s.deployment, s.name);
     app.commit(vec![
         Change::update(&mut s, now),
@@ -261,6 +282,17 @@ pub async fn list(app: &App, actor: &Actor, p: &ServerListParams) -> Result<Page
 /// Add and remove tags in one change.
 pub async fn change_tags(app: &App, actor: &Actor, key: &str, change: &TagChange) -> Result<Server, AppError> {
     actor.require(OPERATOR)?;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match try_change_tags(app, actor, key, change).await {
+            Err(AppError::Stale(_)) if attempts < 5 => continue,
+            other => return other,
+        }
+    }
+}
+
+async fn try_change_tags(app: &App, actor: &Actor, key: &str, change: &TagChange) -> Result<Server, AppError> {
     let mut s = server(&*app.store, key).await?;
     if s.state == ServerState::Terminated {
         return Err(AppError::BadState(format!(

@@ -99,7 +99,12 @@ pub async fn authenticate(store: &dyn Datastore, token: &str) -> Result<User, Ap
 }
 
 /// At first start (no users at all), create `admin` with a token and return the token.
-pub async fn bootstrap_admin(store: &dyn Datastore) -> Result<Option<String>, AppError> {
+/// `persist` stores the token (the data directory's `admin.token`) *before* the admin is
+/// committed, so a failure cannot leave an admin whose token nobody has.
+pub async fn bootstrap_admin(
+    store: &dyn Datastore,
+    persist: impl FnOnce(&str) -> std::io::Result<()>,
+) -> Result<bool, AppError> {
     let (users, _) = store
         .list_as::<User>(&Query {
             limit: 1,
@@ -107,7 +112,7 @@ pub async fn bootstrap_admin(store: &dyn Datastore) -> Result<Option<String>, Ap
         })
         .await?;
     if !users.is_empty() {
-        return Ok(None);
+        return Ok(false);
     }
     let now = Utc::now();
     let admin = User {
@@ -123,6 +128,7 @@ pub async fn bootstrap_admin(store: &dyn Datastore) -> Result<Option<String>, Ap
         ssh_keys: vec![],
     };
     let (token, rec) = new_token(&admin, "created at first start", None)?;
+    persist(&token).map_err(|e| AppError::BadState(format!("cannot store the first admin's token: {e}")))?;
     let system = Actor::system();
     store
         .commit(vec![
@@ -131,7 +137,7 @@ pub async fn bootstrap_admin(store: &dyn Datastore) -> Result<Option<String>, Ap
             audit(&system, "user.create", "user/admin".into(), "first start"),
         ])
         .await?;
-    Ok(Some(token))
+    Ok(true)
 }
 
 pub async fn create(app: &App, actor: &Actor, spec: &UserSpec) -> Result<User, AppError> {
