@@ -114,3 +114,24 @@ async fn clouds_with_drivers_not_in_this_build_are_refused() {
     assert!(error_text(&v).contains("not part of this build"), "{v}");
     assert!(t.names("/clouds").await.is_empty());
 }
+
+#[tokio::test]
+async fn body_errors_name_the_field_in_fields() {
+    let t = TestServer::start().await;
+    let (s, v) = t
+        .post(
+            "/servers",
+            json!({"name": "a", "deployment": "d", "template": "t", "tags": ["ok:x=1", "bad"]}),
+        )
+        .await;
+    assert_error(s, &v, StatusCode::BAD_REQUEST, "invalid_input");
+    assert_eq!(error_fields(&v), ["tags[1]"], "{v}");
+    let (s, v) = t
+        .post(
+            "/scripts",
+            json!({"name": "x", "body": "true", "frequncy": "every-boot"}),
+        )
+        .await;
+    assert_error(s, &v, StatusCode::BAD_REQUEST, "invalid_input");
+    assert!(error_text(&v).contains("unknown field `frequncy`"), "{v}");
+}

@@ -121,3 +121,25 @@ pub async fn show<T: Resource>(app: &super::App, actor: &super::Actor, name: &st
     actor.require(super::OBSERVER)?;
     named::<T>(&*app.store, name).await
 }
+
+/// Every version of a template, oldest first.
+pub async fn template_versions(
+    app: &super::App,
+    actor: &super::Actor,
+    name: &str,
+) -> Result<Vec<ServerTemplate>, AppError> {
+    let t = show::<ServerTemplate>(app, actor, name).await?;
+    let q = Query {
+        scope: Some(t.id.to_string()),
+        ..Default::default()
+    };
+    let mut versions: Vec<ServerTemplate> = app
+        .store
+        .list_all::<stratus_store::TemplateVersion>(&q)
+        .await?
+        .into_iter()
+        .map(|v| v.0)
+        .collect();
+    versions.sort_by_key(|v| v.version);
+    Ok(versions)
+}

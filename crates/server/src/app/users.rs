@@ -218,6 +218,11 @@ pub async fn delete(app: &App, actor: &Actor, name: &str) -> Result<(), AppError
     app.commit(changes).await
 }
 
+/// The caller's own user record.
+pub async fn whoami(app: &App, actor: &Actor) -> Result<User, AppError> {
+    named::<User>(&*app.store, &actor.name).await
+}
+
 pub async fn show(app: &App, actor: &Actor, name: &str) -> Result<User, AppError> {
     actor.require(OBSERVER)?;
     named::<User>(&*app.store, name).await

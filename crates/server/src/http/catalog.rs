@@ -9,8 +9,6 @@ use axum::http::StatusCode;
 use stratus_api::file::DeploymentFile;
 use stratus_api::params::{ListParams, ResolveSizeParams};
 use stratus_api::views::{Page, ResolvedSize};
-use stratus_store::TemplateVersion;
-use stratus_store::{Query, TypedStore};
 use stratus_types::cloud::{Cloud, CloudSpec};
 use stratus_types::deployment::{Deployment, DeploymentSpec};
 use stratus_types::image::{Image, ImageSpec};
@@ -217,21 +215,7 @@ async fn template_versions(
     c: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<Vec<ServerTemplate>>, ApiError> {
-    let t = show::<ServerTemplate>(&app, &c.0, &name).await?;
-    let q = Query {
-        scope: Some(t.id.to_string()),
-        ..Default::default()
-    };
-    let mut versions: Vec<ServerTemplate> = app
-        .store
-        .list_all::<TemplateVersion>(&q)
-        .await
-        .map_err(AppError::from)?
-        .into_iter()
-        .map(|v| v.0)
-        .collect();
-    versions.sort_by_key(|v| v.version);
-    Ok(Json(versions))
+    Ok(Json(crate::app::resolve::template_versions(&app, &c.0, &name).await?))
 }
 
 pub fn routes() -> OpenApiRouter<Arc<App>> {

@@ -61,8 +61,15 @@ impl IntoResponse for BodyRejection {
             Some(i) if detail[i..].contains(" column ") => detail[..i].to_string(),
             _ => detail,
         };
+        // axum reports data errors as `path.to[0].field: problem`; split that into `fields`.
+        let fields = match detail.split_once(": ") {
+            Some((path, problem)) if !path.is_empty() && !path.contains(' ') => {
+                vec![stratus_types::FieldError::new(path, problem)]
+            }
+            _ => vec![],
+        };
         let message = format!("invalid request body: {detail}");
-        body(StatusCode::BAD_REQUEST, ErrorCode::InvalidInput, message, vec![])
+        body(StatusCode::BAD_REQUEST, ErrorCode::InvalidInput, message, fields)
     }
 }
 

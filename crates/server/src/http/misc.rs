@@ -31,8 +31,9 @@ async fn apply_file(
 
 #[utoipa::path(get, path = "/whoami", tag = "users", responses((status = 200, body = Whoami)))]
 async fn whoami(State(app): State<Arc<App>>, c: Caller) -> Result<Json<Whoami>, ApiError> {
-    let user = crate::app::resolve::named::<User>(&*app.store, &c.0.name).await?;
-    Ok(Json(Whoami { user }))
+    Ok(Json(Whoami {
+        user: users::whoami(&app, &c.0).await?,
+    }))
 }
 
 #[utoipa::path(get, path = "/credentials", tag = "credentials", params(ListParams), responses((status = 200, body = Page<Credential>)))]
