@@ -99,10 +99,30 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     f.write_all(b"\n")
 }
 
+/// Create the data directory owner-only (it holds the key, the token and the state). An
+/// existing directory is never re-moded (it might be shared); a loose one gets a warning.
+fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+    }
+    let mode = std::fs::metadata(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        tracing::warn!(dir = %dir.display(), mode = format!("{:o}", mode & 0o777), "the data directory is readable by others; chmod 700 it");
+    }
+    Ok(())
+}
+
 /// Open state, create the first admin if needed, bind, and start serving and reconciling.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+    prepare_data_dir(&config.data_dir)?;
     let keys = KeyRing::load_or_create(&config.data_dir.join("master.key"))?;
     let db = config.data_dir.join("stratus.db");
     let store = SqliteStore::open(&db)
