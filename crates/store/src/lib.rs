@@ -45,6 +45,8 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("stored row {id} has kind {kind:?}, which this version does not know (written by a newer Stratus?)")]
+    UnknownKind { kind: String, id: String },
     #[error("database error")]
     Db(#[source] sqlx::Error),
     #[error("database migration failed")]

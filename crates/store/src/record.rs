@@ -25,6 +25,27 @@ pub enum Kind {
 }
 
 impl Kind {
+    pub const ALL: [Kind; 13] = [
+        Kind::Cloud,
+        Kind::Image,
+        Kind::Script,
+        Kind::Template,
+        Kind::TemplateVersion,
+        Kind::Deployment,
+        Kind::Server,
+        Kind::Array,
+        Kind::Run,
+        Kind::Credential,
+        Kind::User,
+        Kind::Token,
+        Kind::Address,
+    ];
+
+    /// The kind stored under this name.
+    pub fn parse(s: &str) -> Option<Kind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Cloud => "cloud",

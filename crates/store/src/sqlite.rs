@@ -63,27 +63,6 @@ impl SqliteStore {
     }
 }
 
-fn kind_of(s: &str) -> Option<Kind> {
-    use Kind::*;
-    [
-        Cloud,
-        Image,
-        Script,
-        Template,
-        TemplateVersion,
-        Deployment,
-        Server,
-        Array,
-        Run,
-        Credential,
-        User,
-        Token,
-        Address,
-    ]
-    .into_iter()
-    .find(|k| k.as_str() == s)
-}
-
 fn time(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
@@ -98,7 +77,10 @@ fn ts(t: &DateTime<Utc>) -> String {
 fn record(row: &SqliteRow) -> Result<Record, StoreError> {
     let kind_s: String = row.get("kind");
     let id: String = row.get("id");
-    let kind = kind_of(&kind_s).unwrap_or(Kind::Cloud);
+    let kind = Kind::parse(&kind_s).ok_or_else(|| StoreError::UnknownKind {
+        kind: kind_s.clone(),
+        id: id.clone(),
+    })?;
     let body: String = row.get("body");
     let body = serde_json::from_str(&body).map_err(|source| StoreError::Corrupt {
         kind,
