@@ -60,11 +60,6 @@ impl FakeCloud {
         self.lock().requests.get(instance_id).cloned()
     }
 
-    /// Make an instance vanish as if terminated outside Stratus.
-    pub fn vanish(&self, instance_id: &str) {
-        self.lock().instances.remove(instance_id);
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding the lock leaves plain data; keep serving it.
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)

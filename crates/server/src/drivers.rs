@@ -39,11 +39,6 @@ impl Drivers {
         Ok(self.made.lock().await.entry(cloud.clone()).or_insert(driver).clone())
     }
 
-    /// Install a driver for a cloud (tests hand in a configured fake).
-    pub async fn install(&self, cloud: Name, driver: Arc<dyn CloudDriver>) {
-        self.made.lock().await.insert(cloud, driver);
-    }
-
     /// Held while allocating an elastic IP.
     pub async fn address_lock(&self) -> MutexGuard<'_, ()> {
         self.addresses.lock().await

@@ -240,11 +240,6 @@ pub const RESERVED_INPUTS: &[&str] = &[
 /// Inputs given by name (deployment inputs, template defaults, run overrides).
 pub type Inputs = BTreeMap<String, InputValue>;
 
-/// An input as shown to people: credentials by name only, never their value.
-pub fn masked(v: &InputValue) -> String {
-    v.to_string()
-}
-
 /// Check `given` against `decls`: unknown names and kind mismatches are errors.
 pub fn check_inputs(decls: &[InputDecl], given: &Inputs) -> Result<(), Invalid> {
     let mut errs = Invalid::default();
