@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Run every test of the workspace. This is the README's test command and what CI runs.
-# It installs what the tests need on a fresh Debian 12 machine with Rust (nothing beyond the
-# toolchain yet: SQLite is bundled, the fake cloud is in memory).
+# It installs what the tests need on a fresh Debian 12 machine with Rust: the local cloud's
+# host packages (the end-to-end tests start real instances, so they run as root) and an EC2
+# metadata client that is not ours.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/host-packages.sh python3-botocore
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/stratus-target}"
 if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install --locked cargo-nextest

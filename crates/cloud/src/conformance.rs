@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use stratus_types::ServerId;
+use stratus_types::template::FirewallRule;
 
 use crate::{CloudDriver, CloudError, InstanceState, LaunchRequest, USER_DATA_MAX};
 
@@ -144,8 +145,78 @@ pub async fn addresses_move(driver: &dyn CloudDriver, base: &LaunchRequest, ip: 
     driver.terminate(&b.id).await.expect("terminate");
 }
 
+/// Tags and firewall rules given at launch are reported back and can be replaced.
+pub async fn tags_and_firewall(driver: &dyn CloudDriver, base: &LaunchRequest, timeout: Duration) {
+    let mut req = fresh(base);
+    req.tags = vec![
+        "lb:pool=www".parse().expect("tag"),
+        "role:tier=app".parse().expect("tag"),
+    ];
+    req.firewall = vec![rule("tcp", 8080, "0.0.0.0/0")];
+    let inst = driver.launch(req.clone()).await.expect("launch");
+    wait_for(driver, &inst.id, InstanceState::Running, timeout).await;
+    let seen = driver.describe(&inst.id).await.expect("describe").expect("exists");
+    assert_eq!(seen.tags, req.tags);
+    assert_eq!(seen.firewall, req.firewall);
+    let tags = vec!["lb:pool=api".parse().expect("tag")];
+    driver.set_tags(&inst.id, tags.clone()).await.expect("set tags");
+    let rules = vec![rule("tcp", 22, "10.0.0.0/8"), rule("udp", 53, "0.0.0.0/0")];
+    driver
+        .set_firewall(&inst.id, rules.clone())
+        .await
+        .expect("set firewall");
+    let seen = driver.describe(&inst.id).await.expect("describe").expect("exists");
+    assert_eq!(seen.tags, tags);
+    assert_eq!(seen.firewall, rules);
+    driver.set_firewall(&inst.id, vec![]).await.expect("open firewall");
+    driver.terminate(&inst.id).await.expect("terminate");
+    assert!(matches!(
+        driver.set_tags("no-such-instance", vec![]).await,
+        Err(CloudError::NoSuchInstance(_))
+    ));
+}
+
+fn rule(proto: &str, port: u16, source: &str) -> FirewallRule {
+    serde_json::from_value(serde_json::json!({ "protocol": proto, "ports": port.to_string(), "source": source }))
+        .expect("rule")
+}
+
+/// The launch image exists; a made-up one does not.
+pub async fn images(driver: &dyn CloudDriver, base: &LaunchRequest) {
+    assert!(driver.image_exists(&base.native_image).await.expect("image_exists"));
+    assert!(
+        !driver
+            .image_exists("missing-image-for-conformance")
+            .await
+            .expect("image_exists")
+    );
+}
+
+/// A reboot keeps the instance, its address, and brings it back to running.
+pub async fn reboot(driver: &dyn CloudDriver, base: &LaunchRequest, timeout: Duration) {
+    let inst = driver.launch(fresh(base)).await.expect("launch");
+    wait_for(driver, &inst.id, InstanceState::Running, timeout).await;
+    driver.reboot(&inst.id).await.expect("reboot");
+    assert_eq!(
+        wait_for(driver, &inst.id, InstanceState::Running, timeout).await,
+        InstanceState::Running
+    );
+    assert_eq!(
+        driver
+            .describe(&inst.id)
+            .await
+            .expect("describe")
+            .and_then(|i| i.private_ip),
+        inst.private_ip
+    );
+    driver.terminate(&inst.id).await.expect("terminate");
+}
+
 pub async fn run_all(driver: &dyn CloudDriver, base: &LaunchRequest, public_ip: IpAddr, timeout: Duration) {
+    images(driver, base).await;
     lifecycle(driver, base, timeout).await;
+    tags_and_firewall(driver, base, timeout).await;
+    reboot(driver, base, timeout).await;
     launch_is_idempotent_per_server(driver, base).await;
     stop_start(driver, base, timeout).await;
     bad_requests_are_refused(driver, base).await;

@@ -13,6 +13,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::Utc;
 use stratus_types::cloud::DriverKind;
+use stratus_types::tag::Tag;
+use stratus_types::template::FirewallRule;
 
 use crate::{CloudDriver, CloudError, Instance, InstanceState, LaunchRequest, USER_DATA_MAX};
 
@@ -87,6 +89,11 @@ impl FakeCloud {
     }
 }
 
+/// The fake cloud has every image but those whose id starts with `missing`.
+fn fake_image_exists(id: &str) -> bool {
+    !id.is_empty() && !id.starts_with("missing")
+}
+
 #[async_trait]
 impl CloudDriver for FakeCloud {
     fn kind(&self) -> DriverKind {
@@ -97,7 +104,7 @@ impl CloudDriver for FakeCloud {
         if req.user_data.len() > USER_DATA_MAX {
             return Err(CloudError::UserDataTooLarge(req.user_data.len()));
         }
-        if req.native_image.is_empty() || req.native_image.starts_with("missing") {
+        if !fake_image_exists(&req.native_image) {
             return Err(CloudError::NoSuchImage(req.native_image));
         }
         let mut st = self.lock();
@@ -127,8 +134,11 @@ impl CloudDriver for FakeCloud {
             id: id.clone(),
             server: req.server,
             state: InstanceState::Pending,
+            state_reason: None,
             private_ip: Some(IpAddr::V4(ip)),
             public_ip: None,
+            tags: req.tags.clone(),
+            firewall: req.firewall.clone(),
             launched_at: Utc::now(),
         };
         st.instances.insert(id.clone(), inst.clone());
@@ -238,5 +248,27 @@ impl CloudDriver for FakeCloud {
             }
         }
         Ok(())
+    }
+
+    async fn set_tags(&self, instance_id: &str, tags: Vec<Tag>) -> Result<(), CloudError> {
+        self.with_instance(instance_id, |i| {
+            i.tags = tags;
+            Ok(())
+        })
+    }
+
+    async fn set_firewall(&self, instance_id: &str, rules: Vec<FirewallRule>) -> Result<(), CloudError> {
+        self.with_instance(instance_id, |i| {
+            i.firewall = rules;
+            Ok(())
+        })
+    }
+
+    async fn image_exists(&self, native_id: &str) -> Result<bool, CloudError> {
+        Ok(fake_image_exists(native_id))
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }

@@ -6,8 +6,9 @@
 //! keep no state the control plane needs: after a restart the orchestrator reconciles its
 //! servers against [`CloudDriver::list`].
 //!
-//! Drivers: [`fake`] (in memory, for tests and trying the API). The `local` (namespaces) and
-//! `ec2` drivers implement the same trait.
+//! Drivers: [`fake`] (in memory, for tests and trying the API) here; the `local` driver
+//! (namespaces on this machine) in the `stratus-local` crate; `ec2` later. All pass
+//! [`conformance::run_all`].
 
 pub mod conformance;
 pub mod fake;
@@ -37,6 +38,11 @@ pub struct LaunchRequest {
     pub user_data: Vec<u8>,
     pub tags: Vec<Tag>,
     pub firewall: Vec<FirewallRule>,
+    /// Public keys offered to the instance (EC2's key pair; the metadata service's
+    /// `public-keys/`): (name, OpenSSH line).
+    pub ssh_keys: Vec<(String, String)>,
+    /// Only IMDSv2 (token) requests are answered.
+    pub metadata_tokens_required: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -55,8 +61,13 @@ pub struct Instance {
     pub id: String,
     pub server: ServerId,
     pub state: InstanceState,
+    /// Why the instance is in its state when the cloud put it there (EC2's `StateReason`):
+    /// e.g. its processes exited while it should have been running.
+    pub state_reason: Option<String>,
     pub private_ip: Option<IpAddr>,
     pub public_ip: Option<IpAddr>,
+    pub tags: Vec<Tag>,
+    pub firewall: Vec<FirewallRule>,
     pub launched_at: DateTime<Utc>,
 }
 
@@ -79,6 +90,10 @@ pub enum CloudError {
     NoSuchImage(String),
     #[error("the cloud has no capacity left: {0}")]
     Capacity(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the instance failed to start: {0}")]
+    StartFailed(String),
     #[error("cloud API call failed")]
     Api(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -102,4 +117,12 @@ pub trait CloudDriver: Send + Sync + std::fmt::Debug {
     /// associated address to another instance is one call.
     async fn associate_address(&self, instance_id: &str, ip: IpAddr) -> Result<(), CloudError>;
     async fn disassociate_address(&self, ip: IpAddr) -> Result<(), CloudError>;
+    /// Replace the instance's tags (what the metadata service and cloud consoles show).
+    async fn set_tags(&self, instance_id: &str, tags: Vec<Tag>) -> Result<(), CloudError>;
+    /// Replace the instance's inbound firewall rules; an empty list allows everything.
+    async fn set_firewall(&self, instance_id: &str, rules: Vec<FirewallRule>) -> Result<(), CloudError>;
+    /// Whether `native_id` names an image this cloud can launch.
+    async fn image_exists(&self, native_id: &str) -> Result<bool, CloudError>;
+    /// The driver as `Any`, for driver-specific operations (building local images).
+    fn as_any(&self) -> &dyn std::any::Any;
 }

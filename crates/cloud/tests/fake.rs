@@ -21,6 +21,8 @@ fn request() -> LaunchRequest {
         user_data: b"#stratus\nurl: http://10.0.0.1:7400\n".to_vec(),
         tags: vec![],
         firewall: vec![],
+        ssh_keys: vec![],
+        metadata_tokens_required: false,
     }
 }
 

@@ -27,6 +27,7 @@ use stratus_types::deployment::Deployment;
 use stratus_types::run::{Phase, Run, RunStatus};
 use stratus_types::script::Script;
 use stratus_types::server::{Server, ServerArray, ServerState, StrandedReason};
+use stratus_types::template::MetadataTokens;
 use stratus_types::template::ServerTemplate;
 use tracing::{info, warn};
 
@@ -101,6 +102,9 @@ async fn launch(app: &App, mut s: Server, driver: Arc<dyn CloudDriver>) -> Resul
                 user_data: user_data(app, &s),
                 tags: s.tags.clone(),
                 firewall: template.spec.firewall.clone(),
+                // Managed SSH (the agent) puts users' keys in place; the launch offers none.
+                ssh_keys: vec![],
+                metadata_tokens_required: template.spec.metadata_tokens == MetadataTokens::Required,
             })
             .await
             .map_err(|e| e.to_string()),

@@ -125,6 +125,22 @@ fn anywhere() -> ipnet::IpNet {
     ipnet::IpNet::V4(ipnet::Ipv4Net::default())
 }
 
+/// EC2's `HttpTokens`: `optional` answers IMDSv1 and v2; `required` answers only requests that
+/// carry an IMDSv2 session token.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MetadataTokens {
+    #[default]
+    Optional,
+    Required,
+}
+
+impl MetadataTokens {
+    pub fn is_optional(&self) -> bool {
+        *self == Self::Optional
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TemplateSpec {
@@ -150,6 +166,9 @@ pub struct TemplateSpec {
     pub default_tags: Vec<Tag>,
     #[serde(default)]
     pub firewall: Vec<FirewallRule>,
+    /// Whether the metadata service answers plain IMDSv1 requests (EC2's `HttpTokens`).
+    #[serde(default, skip_serializing_if = "MetadataTokens::is_optional")]
+    pub metadata_tokens: MetadataTokens,
     /// Input values for the scripts; deployment and server inputs override them.
     #[serde(default)]
     pub inputs: Inputs,

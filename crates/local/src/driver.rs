@@ -1,0 +1,544 @@
+//! [`LocalCloud`]: the `CloudDriver` for instances on this machine.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use chrono::Utc;
+use stratus_cloud::{CloudDriver, CloudError, Instance, InstanceState, LaunchRequest, USER_DATA_MAX};
+use stratus_types::cloud::DriverKind;
+use stratus_types::tag::Tag;
+use stratus_types::template::FirewallRule;
+use tokio::sync::Mutex;
+
+use crate::cgroup::{self, Group};
+use crate::image::ImageStore;
+use crate::instance::{self as inst, Paths};
+use crate::net::{Link, Network, mac_for};
+use crate::record::{self, Desired, Record};
+use crate::{LocalConfig, LocalError};
+
+pub(crate) struct Shared {
+    pub config: LocalConfig,
+    pub net: Network,
+    pub images: ImageStore,
+    pub layout: cgroup::Layout,
+    pub records: RwLock<BTreeMap<String, Record>>,
+    /// Held while choosing an instance id and address (the lease must be unique).
+    alloc: Mutex<()>,
+    /// Held while rewriting the NAT table.
+    nat: Mutex<()>,
+    /// One lock per instance: lifecycle calls on one instance run one at a time.
+    locks: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    metadata_addr: std::sync::OnceLock<SocketAddrV4>,
+    /// Instances whose init is being started right now (reported `pending`).
+    booting: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// The local cloud driver. Dropping it stops its metadata service; instances keep running.
+pub struct LocalCloud {
+    shared: Arc<Shared>,
+    imds: Option<tokio::task::JoinHandle<()>>,
+    verifier: Option<stratus_imds::IdentityVerifier>,
+}
+
+impl std::fmt::Debug for LocalCloud {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalCloud")
+            .field("network", &self.shared.config.network)
+            .field("subnet", &self.shared.config.subnet)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for LocalCloud {
+    fn drop(&mut self) {
+        if let Some(h) = self.imds.take() {
+            h.abort();
+        }
+    }
+}
+
+impl LocalCloud {
+    /// Set the cloud up on this host (bridge, NAT table, metadata service) and pick up the
+    /// instances a previous run left.
+    pub async fn open(config: LocalConfig) -> Result<Self, LocalError> {
+        config.validate().map_err(LocalError::Config)?;
+        if !rustix::process::geteuid().is_root() {
+            return Err(LocalError::NotRoot);
+        }
+        let layout = cgroup::detect().map_err(|e| LocalError::setup("cgroups", e))?;
+        inst::make_dir(&config.state_dir.join("instances")).map_err(|e| LocalError::setup("state directory", e))?;
+        let images = ImageStore::open(&config.images_dir).map_err(|e| LocalError::setup("image store", e))?;
+        let net = Network {
+            name: config.network.clone(),
+            subnet: config.subnet,
+            pools: config.address_pools.clone(),
+            outbound_nat: config.outbound_nat,
+        };
+        net.ensure_bridge().await.map_err(|e| LocalError::setup("bridge", e))?;
+        let records = record::load_all(&config.state_dir.join("instances"))
+            .into_iter()
+            .map(|(_, r)| (r.id.clone(), r))
+            .collect();
+        let shared = Arc::new(Shared {
+            config,
+            net,
+            images,
+            layout,
+            records: RwLock::new(records),
+            alloc: Mutex::new(()),
+            nat: Mutex::new(()),
+            locks: std::sync::Mutex::new(HashMap::new()),
+            metadata_addr: std::sync::OnceLock::new(),
+            booting: std::sync::Mutex::new(std::collections::HashSet::new()),
+        });
+        let (imds, verifier) = if shared.config.metadata {
+            let (h, v) = start_metadata(&shared).await?;
+            (Some(h), Some(v))
+        } else {
+            (None, None)
+        };
+        shared.apply_nat().await.map_err(|e| LocalError::setup("nftables", e))?;
+        let n = shared.read().len();
+        tracing::info!(network = %shared.config.network, instances = n, "local cloud ready");
+        Ok(Self { shared, imds, verifier })
+    }
+
+    /// Verifies instance-identity documents signed by this cloud's metadata service.
+    pub fn identity_verifier(&self) -> Option<&stratus_imds::IdentityVerifier> {
+        self.verifier.as_ref()
+    }
+
+    pub fn images(&self) -> &ImageStore {
+        &self.shared.images
+    }
+
+    pub fn network(&self) -> &Network {
+        &self.shared.net
+    }
+
+    /// The instance's network namespace name (for `ip netns exec`, as tests and tools do).
+    pub fn netns(&self, id: &str) -> Option<String> {
+        self.shared.read().get(id).map(|r| r.link.netns.clone())
+    }
+
+    /// The instance's directory (console log, upper layer).
+    pub fn instance_dir(&self, id: &str) -> PathBuf {
+        self.shared.dir(id)
+    }
+
+    /// Memory the instance's processes use now, in bytes (the cgroup's own count).
+    pub fn memory_usage(&self, id: &str) -> Option<u64> {
+        self.shared.group(id).memory_bytes()
+    }
+
+    /// Terminate every instance and remove the cloud's network (for `quickstart --down` and tests).
+    pub async fn destroy_everything(&self) -> Result<(), CloudError> {
+        let ids: Vec<String> = self.shared.read().keys().cloned().collect();
+        for id in ids {
+            self.terminate(&id).await?;
+        }
+        self.shared.net.remove().await.map_err(api)?;
+        Ok(())
+    }
+}
+
+fn api(e: impl std::error::Error + Send + Sync + 'static) -> CloudError {
+    CloudError::Api(Box::new(e))
+}
+
+async fn start_metadata(
+    shared: &Arc<Shared>,
+) -> Result<(tokio::task::JoinHandle<()>, stratus_imds::IdentityVerifier), LocalError> {
+    let key = stratus_imds::IdentityKey::load_or_create(&shared.config.state_dir.join("identity.key"))
+        .map_err(|e| LocalError::setup("identity key", e))?;
+    let verifier = key.verifier();
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from((shared.net.gateway(), 0)))
+        .await
+        .map_err(|e| LocalError::setup("metadata service listener", e))?;
+    let addr = match listener.local_addr() {
+        Ok(SocketAddr::V4(a)) => a,
+        other => {
+            return Err(LocalError::setup(
+                "metadata service listener",
+                format!("unexpected address {other:?}"),
+            ));
+        }
+    };
+    let _ = shared.metadata_addr.set(addr);
+    let source: Arc<dyn stratus_imds::MetadataSource> = shared.clone();
+    let imds = Arc::new(stratus_imds::Imds::new(source, key));
+    let handle = tokio::spawn(async move {
+        if let Err(e) = stratus_imds::serve(listener, imds, std::future::pending()).await {
+            tracing::error!(error = %e, "metadata service stopped");
+        }
+    });
+    Ok((handle, verifier))
+}
+
+impl Shared {
+    pub(crate) fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Record>> {
+        self.records.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Record>> {
+        self.records.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn dir(&self, id: &str) -> PathBuf {
+        self.config.state_dir.join("instances").join(id)
+    }
+
+    fn paths(&self, id: &str) -> Paths {
+        Paths { dir: self.dir(id) }
+    }
+
+    fn group(&self, id: &str) -> Group {
+        Group::new(&self.layout, &self.config.network, id)
+    }
+
+    fn lock_for(&self, id: &str) -> Arc<Mutex<()>> {
+        let mut m = self.locks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        m.entry(id.to_string()).or_default().clone()
+    }
+
+    fn record(&self, id: &str) -> Result<Record, CloudError> {
+        self.read()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| CloudError::NoSuchInstance(id.to_string()))
+    }
+
+    /// Change a record in memory and on disk.
+    fn update(&self, id: &str, f: impl FnOnce(&mut Record)) -> Result<Record, CloudError> {
+        let mut all = self.write();
+        let rec = all
+            .get_mut(id)
+            .ok_or_else(|| CloudError::NoSuchInstance(id.to_string()))?;
+        f(rec);
+        rec.save(&self.dir(id)).map_err(api)?;
+        Ok(rec.clone())
+    }
+
+    async fn apply_nat(&self) -> Result<(), crate::cmd::CommandError> {
+        let _g = self.nat.lock().await;
+        let eips: Vec<(Ipv4Addr, Ipv4Addr)> = self
+            .read()
+            .values()
+            .filter_map(|r| r.public_ip.map(|p| (p, r.link.ip)))
+            .collect();
+        self.net.apply_nat(self.metadata_addr.get().copied(), &eips).await
+    }
+
+    /// The instance as the cloud reports it: desired state checked against its processes.
+    fn observe(&self, rec: &Record) -> Instance {
+        let group = self.group(&rec.id);
+        let running = inst::init_pid(&group).is_some();
+        let any = running || !group.pids().is_empty();
+        let booting = self
+            .booting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(&rec.id);
+        let (state, reason) = match (rec.desired, running, any) {
+            (Desired::Running, true, _) => (InstanceState::Running, None),
+            (Desired::Running, false, _) if booting => (InstanceState::Pending, None),
+            (Desired::Running, false, _) => (
+                InstanceState::Stopped,
+                Some(format!(
+                    "the instance's processes are gone (init exited, was killed, or the host restarted); console: {}",
+                    inst::console_tail(&self.paths(&rec.id), 300)
+                )),
+            ),
+            (Desired::Stopped, _, true) => (InstanceState::Stopping, None),
+            (Desired::Stopped, _, false) => (InstanceState::Stopped, None),
+        };
+        Instance {
+            id: rec.id.clone(),
+            server: rec.server,
+            state,
+            state_reason: reason,
+            private_ip: Some(IpAddr::V4(rec.link.ip)),
+            public_ip: rec.public_ip.map(IpAddr::V4),
+            tags: rec.tags.clone(),
+            firewall: rec.firewall.clone(),
+            launched_at: rec.launched_at,
+        }
+    }
+
+    /// Bring every piece of the instance up (idempotent) and run its init.
+    async fn boot(&self, rec: &Record) -> Result<(), String> {
+        let p = self.paths(&rec.id);
+        let lower = self.images.rootfs(&rec.image).map_err(|e| e.to_string())?;
+        inst::mount_root(&p, &lower).map_err(|e| e.to_string())?;
+        inst::write_identity(&p, rec).map_err(|e| format!("cannot write the instance's /etc files: {e}"))?;
+        inst::prepare_network(&self.net, rec).await?;
+        let group = self.group(&rec.id);
+        group
+            .create(inst::limits(rec))
+            .map_err(|e| format!("cannot create the instance's cgroups: {e}"))?;
+        if inst::init_pid(&group).is_some() {
+            return Ok(());
+        }
+        let dirs = cgroup_dirs(&group);
+        self.set_booting(&rec.id, true);
+        let r = inst::spawn_init(&p, rec, &group, dirs, &self.config.init, self.config.stop_grace).await;
+        self.set_booting(&rec.id, false);
+        r
+    }
+
+    fn set_booting(&self, id: &str, on: bool) {
+        let mut b = self.booting.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if on {
+            b.insert(id.to_string());
+        } else {
+            b.remove(id);
+        }
+    }
+
+    /// Remove every trace of the instance: processes, cgroups, mount, namespace, veth, files.
+    async fn destroy(&self, rec: &Record) -> Result<(), CloudError> {
+        let p = self.paths(&rec.id);
+        inst::stop_processes(&self.group(&rec.id), std::time::Duration::ZERO).await;
+        self.group(&rec.id).destroy().await.map_err(api)?;
+        inst::unmount_root(&p).map_err(api)?;
+        Network::detach(&rec.link).await.map_err(api)?;
+        match std::fs::remove_dir_all(&p.dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(api(e)),
+        }
+        Ok(())
+    }
+}
+
+fn cgroup_dirs(group: &Group) -> Vec<PathBuf> {
+    group.dirs().to_vec()
+}
+
+fn validate(req: &LaunchRequest) -> Result<(), CloudError> {
+    if req.user_data.len() > USER_DATA_MAX {
+        return Err(CloudError::UserDataTooLarge(req.user_data.len()));
+    }
+    let h = &req.hostname;
+    let label_ok = !h.is_empty()
+        && h.len() <= 63
+        && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !h.starts_with('-')
+        && !h.ends_with('-');
+    if !label_ok {
+        return Err(CloudError::Invalid(format!(
+            "hostname {:?} is not a DNS label (1-63 of a-z, 0-9 and '-', not starting or ending with '-')",
+            stratus_types::name::truncate(h)
+        )));
+    }
+    if req.size.cpus == 0 || req.size.memory.mib() < 16 {
+        return Err(CloudError::Invalid(format!(
+            "size {} needs at least 1 cpu and 16 MiB of memory",
+            req.size.name
+        )));
+    }
+    Ok(())
+}
+
+fn new_instance_id() -> String {
+    let mut b = [0u8; 9];
+    getrandom::fill(&mut b).expect("the OS random number generator works");
+    let h = hex::encode(b);
+    format!("i-{}", &h[..17])
+}
+
+#[async_trait]
+impl CloudDriver for LocalCloud {
+    fn kind(&self) -> DriverKind {
+        DriverKind::Local
+    }
+
+    async fn launch(&self, req: LaunchRequest) -> Result<Instance, CloudError> {
+        validate(&req)?;
+        let s = &self.shared;
+        if s.images.get(&req.native_image).is_none() {
+            return Err(CloudError::NoSuchImage(req.native_image));
+        }
+        let rec = {
+            let _g = s.alloc.lock().await;
+            if let Some(r) = s.read().values().find(|r| r.server == req.server) {
+                return Ok(s.observe(r));
+            }
+            let taken: std::collections::HashSet<Ipv4Addr> = s.read().values().map(|r| r.link.ip).collect();
+            let ip = s
+                .net
+                .instance_addresses()
+                .find(|a| !taken.contains(a))
+                .ok_or_else(|| CloudError::Capacity(format!("subnet {} has no free address", s.config.subnet)))?;
+            let id = new_instance_id();
+            let zone = format!("{}-a", req.region);
+            let rec = Record {
+                link: Link {
+                    netns: format!("stratus-{}-{id}", s.config.network),
+                    veth: format!("sv{}", &id[2..15]),
+                    mac: mac_for(&id),
+                    ip,
+                },
+                id,
+                server: req.server,
+                hostname: req.hostname.to_ascii_lowercase(),
+                region: req.region.clone(),
+                zone,
+                size: req.size.clone(),
+                image: req.native_image.clone(),
+                tags: req.tags.clone(),
+                firewall: req.firewall.clone(),
+                ssh_keys: req.ssh_keys.clone(),
+                public_ip: None,
+                desired: Desired::Running,
+                metadata_tokens_required: req.metadata_tokens_required,
+                launched_at: Utc::now(),
+            };
+            let dir = s.dir(&rec.id);
+            let saved = inst::make_dir(&dir)
+                .and_then(|()| inst::write_user_data(&dir, &req.user_data))
+                .and_then(|()| rec.save(&dir));
+            if let Err(e) = saved {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(api(e));
+            }
+            s.write().insert(rec.id.clone(), rec.clone());
+            rec
+        };
+        let lock = s.lock_for(&rec.id);
+        let _g = lock.lock().await;
+        if let Err(message) = s.boot(&rec).await {
+            // Nothing half-made stays behind: the launch either fully happened or not at all.
+            let _ = s.destroy(&rec).await;
+            s.write().remove(&rec.id);
+            return Err(CloudError::StartFailed(message));
+        }
+        tracing::info!(instance = %rec.id, ip = %rec.link.ip, hostname = %rec.hostname, "instance started");
+        Ok(s.observe(&rec))
+    }
+
+    async fn describe(&self, instance_id: &str) -> Result<Option<Instance>, CloudError> {
+        let rec = self.shared.read().get(instance_id).cloned();
+        Ok(rec.map(|r| self.shared.observe(&r)))
+    }
+
+    async fn list(&self) -> Result<Vec<Instance>, CloudError> {
+        let recs: Vec<Record> = self.shared.read().values().cloned().collect();
+        Ok(recs.iter().map(|r| self.shared.observe(r)).collect())
+    }
+
+    async fn stop(&self, instance_id: &str) -> Result<(), CloudError> {
+        let s = &self.shared;
+        let lock = s.lock_for(instance_id);
+        let _g = lock.lock().await;
+        let rec = s.update(instance_id, |r| r.desired = Desired::Stopped)?;
+        inst::stop_processes(&s.group(&rec.id), s.config.stop_grace).await;
+        inst::unmount_root(&s.paths(&rec.id)).map_err(api)?;
+        Ok(())
+    }
+
+    async fn start(&self, instance_id: &str) -> Result<(), CloudError> {
+        let s = &self.shared;
+        let lock = s.lock_for(instance_id);
+        let _g = lock.lock().await;
+        let rec = s.update(instance_id, |r| r.desired = Desired::Running)?;
+        s.boot(&rec).await.map_err(CloudError::StartFailed)
+    }
+
+    async fn reboot(&self, instance_id: &str) -> Result<(), CloudError> {
+        let state = self.shared.observe(&self.shared.record(instance_id)?).state;
+        if state != InstanceState::Running {
+            return Err(CloudError::WrongState {
+                id: instance_id.into(),
+                state,
+                action: "reboot",
+                needs: "running",
+            });
+        }
+        self.stop(instance_id).await?;
+        self.start(instance_id).await
+    }
+
+    async fn terminate(&self, instance_id: &str) -> Result<(), CloudError> {
+        let s = &self.shared;
+        let lock = s.lock_for(instance_id);
+        let _g = lock.lock().await;
+        let Ok(rec) = s.record(instance_id) else {
+            return Ok(()); // already gone
+        };
+        inst::stop_processes(&s.group(&rec.id), s.config.stop_grace).await;
+        s.destroy(&rec).await?;
+        s.write().remove(instance_id);
+        s.locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(instance_id);
+        if rec.public_ip.is_some() {
+            s.apply_nat().await.map_err(api)?;
+        }
+        tracing::info!(instance = %instance_id, "instance terminated");
+        Ok(())
+    }
+
+    async fn associate_address(&self, instance_id: &str, ip: IpAddr) -> Result<(), CloudError> {
+        let s = &self.shared;
+        let v4 = crate::net::is_v4(ip)
+            .filter(|v| s.net.in_pool(*v))
+            .ok_or_else(|| CloudError::Invalid(format!("{ip} is not in one of this cloud's address pools")))?;
+        s.record(instance_id)?;
+        let holders: Vec<String> = s
+            .read()
+            .values()
+            .filter(|r| r.public_ip == Some(v4) && r.id != instance_id)
+            .map(|r| r.id.clone())
+            .collect();
+        for h in holders {
+            s.update(&h, |r| r.public_ip = None)?;
+        }
+        s.update(instance_id, |r| r.public_ip = Some(v4))?;
+        s.apply_nat().await.map_err(api)
+    }
+
+    async fn disassociate_address(&self, ip: IpAddr) -> Result<(), CloudError> {
+        let s = &self.shared;
+        let holders: Vec<String> = s
+            .read()
+            .values()
+            .filter(|r| r.public_ip.map(IpAddr::V4) == Some(ip))
+            .map(|r| r.id.clone())
+            .collect();
+        for h in &holders {
+            s.update(h, |r| r.public_ip = None)?;
+        }
+        if holders.is_empty() {
+            Ok(())
+        } else {
+            s.apply_nat().await.map_err(api)
+        }
+    }
+
+    async fn set_tags(&self, instance_id: &str, tags: Vec<Tag>) -> Result<(), CloudError> {
+        self.shared.update(instance_id, |r| r.tags = tags).map(drop)
+    }
+
+    async fn set_firewall(&self, instance_id: &str, rules: Vec<FirewallRule>) -> Result<(), CloudError> {
+        let s = &self.shared;
+        let lock = s.lock_for(instance_id);
+        let _g = lock.lock().await;
+        let rec = s.record(instance_id)?;
+        crate::net::apply_firewall(&rec.link.netns, &rules).await.map_err(api)?;
+        s.update(instance_id, |r| r.firewall = rules).map(drop)
+    }
+
+    async fn image_exists(&self, native_id: &str) -> Result<bool, CloudError> {
+        Ok(self.shared.images.get(native_id).is_some())
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
