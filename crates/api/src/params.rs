@@ -119,3 +119,34 @@ pub struct AssociateRequest {
 pub struct UpdateInputs {
     pub inputs: Inputs,
 }
+
+/// Build a Debian base image with debootstrap on a local cloud and register it as the
+/// cloud's native image of the named multi-cloud image.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BuildImageRequest {
+    /// The local cloud (by name).
+    pub cloud: Name,
+    /// Debian suite; default `bookworm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suite: Option<String>,
+    /// Debian mirror; default `http://deb.debian.org/debian`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<String>,
+    /// The package list, replacing the default one (nginx, haproxy, openssh-server, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packages: Option<Vec<String>>,
+    /// Packages added to the list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_packages: Vec<String>,
+}
+
+/// Import a root file system tarball (tar, tar.gz or tar.zst) that is on the control plane's
+/// machine into a local cloud, and register it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportImageRequest {
+    pub cloud: Name,
+    /// Absolute path on the control plane's machine.
+    pub path: String,
+}

@@ -47,7 +47,7 @@ pub enum Command {
     #[command(subcommand)]
     Cloud(CatalogCmd),
     #[command(subcommand)]
-    Image(CatalogCmd),
+    Image(ImageCmd),
     #[command(subcommand)]
     Script(CatalogCmd),
     #[command(subcommand)]
@@ -150,6 +150,51 @@ pub enum CatalogCmd {
         name: String,
         size: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCmd {
+    #[command(flatten)]
+    Catalog(CatalogCmd),
+    /// Build a Debian base image with debootstrap on a local cloud and register it (cached:
+    /// the same inputs reuse the image built before).
+    Build(ImageBuildArgs),
+    /// Import a root file system tarball (tar, tar.gz, tar.zst) into a local cloud.
+    Import(ImageImportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImageBuildArgs {
+    /// The multi-cloud image to register it under.
+    #[arg(long, default_value = "debian-12")]
+    pub name: String,
+    /// The local cloud.
+    #[arg(long, default_value = "local")]
+    pub cloud: String,
+    /// Debian suite (default bookworm).
+    #[arg(long)]
+    pub suite: Option<String>,
+    /// Debian mirror (default http://deb.debian.org/debian).
+    #[arg(long)]
+    pub mirror: Option<String>,
+    /// Replace the default package list (repeat, or separate with commas).
+    #[arg(long = "package", value_delimiter = ',')]
+    pub packages: Vec<String>,
+    /// Add to the default package list (repeat, or separate with commas).
+    #[arg(long = "add-package", value_delimiter = ',')]
+    pub extra_packages: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ImageImportArgs {
+    /// The tarball (on the control plane's machine).
+    pub file: PathBuf,
+    /// The multi-cloud image to register it under.
+    #[arg(long)]
+    pub name: String,
+    /// The local cloud.
+    #[arg(long, default_value = "local")]
+    pub cloud: String,
 }
 
 #[derive(Debug, Subcommand)]

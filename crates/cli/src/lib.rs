@@ -36,6 +36,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     commands::dispatch(cli).await
 }
 
+/// The hidden subcommand that runs the local cloud's instance init.
+pub const INSTANCE_INIT: &str = "instance-init";
+
 /// Exit codes: 1 general, 2 usage/invalid input, 3 not found, 4 conflict, 5 auth.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     match e.downcast_ref::<client::ApiFailure>() {

@@ -5,6 +5,12 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // The local cloud's instance init runs as `stratus instance-init ...` (see stratus_local::init):
+    // dispatched before anything else starts, so PID 1 of an instance carries no runtime.
+    let args: Vec<_> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == stratus_cli::INSTANCE_INIT) {
+        return stratus_local::init::main(&args[2..]);
+    }
     let cli = stratus_cli::args::Cli::parse();
     stratus_cli::init_logging(&cli);
     let runtime = match tokio::runtime::Runtime::new() {

@@ -1,10 +1,20 @@
 //! The driver factory: one [`CloudDriver`] per configured cloud, made on first use.
+//!
+//! A `local` cloud's host-side names (bridge `st-NET`, nftables table `stratus-NET`, cgroups,
+//! namespaces) carry a tag derived from the data directory and the cloud's name, so a
+//! restarted control plane finds its instances again and two data directories on one machine
+//! never collide.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
+use sha2::Digest;
 use stratus_cloud::CloudDriver;
 use stratus_cloud::fake::FakeCloud;
+use stratus_local::{LocalCloud, LocalConfig};
 use stratus_store::Datastore;
 use stratus_types::Name;
 use stratus_types::cloud::{Cloud, DriverKind};
@@ -13,34 +23,106 @@ use tokio::sync::{Mutex, MutexGuard};
 use crate::app::AppError;
 
 /// The drivers this build can make; clouds using others are refused when they are declared.
-pub const AVAILABLE: &[DriverKind] = &[DriverKind::Fake];
+pub const AVAILABLE: &[DriverKind] = &[DriverKind::Fake, DriverKind::Local];
 
-#[derive(Debug, Default)]
+/// What the local driver needs from the control plane's configuration.
+#[derive(Debug, Clone)]
+pub struct LocalBase {
+    pub data_dir: PathBuf,
+    /// The instance init: program and leading arguments (`stratus instance-init`).
+    pub init: Vec<OsString>,
+}
+
+#[derive(Debug)]
 pub struct Drivers {
     made: Mutex<HashMap<Name, Arc<dyn CloudDriver>>>,
     addresses: Mutex<()>,
+    local: Option<LocalBase>,
 }
 
 impl Drivers {
+    /// `local: None` builds no local clouds (tests and benchmarks that use the fake only).
+    pub fn new(local: Option<LocalBase>) -> Self {
+        Self {
+            made: Mutex::default(),
+            addresses: Mutex::default(),
+            local,
+        }
+    }
+
     /// The driver for a cloud, by the cloud's name.
     pub async fn for_cloud(&self, store: &dyn Datastore, cloud: &Name) -> Result<Arc<dyn CloudDriver>, AppError> {
-        if let Some(d) = self.made.lock().await.get(cloud) {
+        // Held across the (one-time) construction so two callers never open one cloud twice.
+        let mut made = self.made.lock().await;
+        if let Some(d) = made.get(cloud) {
             return Ok(d.clone());
         }
         let c = crate::app::resolve::named::<Cloud>(store, cloud.as_str()).await?;
         let driver: Arc<dyn CloudDriver> = match c.spec.driver {
             DriverKind::Fake => Arc::new(FakeCloud::new()),
+            DriverKind::Local => Arc::new(self.open_local(&c).await?),
             other => {
                 return Err(AppError::BadState(format!(
                     "cloud {cloud} uses the {other:?} driver, which this build of Stratus does not include yet"
                 )));
             }
         };
-        Ok(self.made.lock().await.entry(cloud.clone()).or_insert(driver).clone())
+        made.insert(cloud.clone(), driver.clone());
+        Ok(driver)
+    }
+
+    async fn open_local(&self, c: &Cloud) -> Result<LocalCloud, AppError> {
+        let base = self.local.as_ref().ok_or_else(|| {
+            AppError::BadState(format!(
+                "cloud {}: this control plane runs without local clouds",
+                c.spec.name
+            ))
+        })?;
+        let config = local_config(base, c);
+        LocalCloud::open(config)
+            .await
+            .map_err(|e| AppError::BadState(format!("cloud {}: {e}", c.spec.name)))
     }
 
     /// Held while allocating an elastic IP.
     pub async fn address_lock(&self) -> MutexGuard<'_, ()> {
         self.addresses.lock().await
+    }
+}
+
+/// The tag in a local cloud's host-side names: stable for a data directory and cloud name.
+pub fn network_tag(data_dir: &std::path::Path, cloud: &str) -> String {
+    let mut h = sha2::Sha256::new();
+    h.update(data_dir.to_string_lossy().as_bytes());
+    h.update([0]);
+    h.update(cloud.as_bytes());
+    format!("s{}", &hex::encode(h.finalize())[..7])
+}
+
+/// The local driver's settings for a declared cloud.
+pub fn local_config(base: &LocalBase, c: &Cloud) -> LocalConfig {
+    let settings = c.spec.local.clone().unwrap_or_default();
+    let tag = network_tag(&base.data_dir, c.spec.name.as_str());
+    let local = base.data_dir.join("local");
+    LocalConfig {
+        state_dir: local.join("clouds").join(c.spec.name.as_str()),
+        images_dir: local.join("images"),
+        network: tag,
+        subnet: settings
+            .subnet
+            .unwrap_or_else(|| stratus_local::config::DEFAULT_SUBNET.parse().expect("default subnet")),
+        address_pools: c
+            .spec
+            .address_pools
+            .iter()
+            .filter_map(|p| match p.cidr {
+                ipnet::IpNet::V4(v4) => Some(v4),
+                ipnet::IpNet::V6(_) => None,
+            })
+            .collect(),
+        outbound_nat: settings.outbound_nat,
+        init: base.init.clone(),
+        stop_grace: Duration::from_secs(10),
+        metadata: true,
     }
 }

@@ -25,7 +25,7 @@ use tracing::info;
 
 use crate::app::{App, AppSettings};
 use crate::crypto::KeyRing;
-use crate::drivers::Drivers;
+use crate::drivers::{Drivers, LocalBase};
 
 /// How to run the control plane.
 #[derive(Debug, Clone)]
@@ -38,6 +38,9 @@ pub struct Config {
     pub reconcile_interval: Duration,
     /// Run the orchestrator (off only for benchmarks that measure the API alone).
     pub reconcile: bool,
+    /// How to run the local cloud's instance init (`stratus instance-init`): program and
+    /// leading arguments. `None`: this control plane opens no local clouds.
+    pub instance_init: Option<Vec<std::ffi::OsString>>,
 }
 
 impl Config {
@@ -49,6 +52,7 @@ impl Config {
             boot_deadline: Duration::from_secs(120),
             reconcile_interval: Duration::from_secs(1),
             reconcile: true,
+            instance_init: None,
         }
     }
 }
@@ -149,7 +153,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let app = Arc::new(App {
         store,
         keys,
-        drivers: Drivers::default(),
+        drivers: Drivers::new(config.instance_init.clone().map(|init| LocalBase {
+            data_dir: config.data_dir.clone(),
+            init,
+        })),
         poke: Default::default(),
         settings,
     });

@@ -10,7 +10,11 @@
 //! 2. `booting`: on the fake cloud, a simulated agent records every boot script as a run and the
 //!    server becomes `operational`. Elsewhere the agent reports boot progress; a server with no
 //!    finished boot within the boot deadline is `stranded` ("enrolment").
-//! 3. `decommissioning`: decommission runs, then the instance is terminated → `terminated`;
+//! 3. `operational`: the instance is checked against the cloud; one that disappeared, or
+//!    stopped without being asked to (its processes died, the host restarted), makes the server
+//!    `stranded` with the cloud's reason. (Not on the fake cloud, which forgets its instances
+//!    when the control plane restarts.)
+//! 4. `decommissioning`: decommission runs, then the instance is terminated → `terminated`;
 //!    elastic IPs it held are released from it.
 //!
 //! Writes use the revision the pass read, so a concurrent user action wins and the pass retries.
@@ -51,7 +55,12 @@ pub async fn run(app: Arc<App>) {
 /// One pass over arrays and servers. Public so tests can step the orchestrator.
 pub async fn pass(app: &App) -> Result<(), AppError> {
     scale_arrays(app).await?;
-    for state in [ServerState::Pending, ServerState::Booting, ServerState::Decommissioning] {
+    for state in [
+        ServerState::Pending,
+        ServerState::Booting,
+        ServerState::Operational,
+        ServerState::Decommissioning,
+    ] {
         let q = Query {
             state: Some(state.as_str().into()),
             live_only: true,
@@ -73,6 +82,7 @@ async fn step(app: &App, s: Server) -> Result<(), AppError> {
     match s.state {
         ServerState::Pending => launch(app, s, driver?).await,
         ServerState::Booting => boot(app, s, driver?).await,
+        ServerState::Operational => watch(app, s, driver?).await,
         ServerState::Decommissioning => decommission(app, s, driver).await,
         _ => Ok(()),
     }
@@ -192,11 +202,24 @@ async fn boot(app: &App, mut s: Server, driver: Arc<dyn CloudDriver>) -> Result<
         source,
     })?;
     let mut changes = vec![];
+    let inst_reason = inst.as_ref().and_then(|i| i.state_reason.clone());
     match inst.map(|i| i.state) {
         None | Some(InstanceState::Terminated) => {
             let reason = StrandedReason {
                 step: "boot".into(),
                 message: format!("instance {instance_id} disappeared while booting"),
+                exit_code: None,
+                output_tail: String::new(),
+            };
+            s.strand(reason, now).map_err(|e| AppError::BadState(e.to_string()))?;
+        }
+        Some(InstanceState::Stopped) if inst_reason.is_some() => {
+            let reason = StrandedReason {
+                step: "boot".into(),
+                message: format!(
+                    "instance {instance_id} stopped while booting: {}",
+                    inst_reason.unwrap_or_default()
+                ),
                 exit_code: None,
                 output_tail: String::new(),
             };
@@ -228,6 +251,39 @@ async fn boot(app: &App, mut s: Server, driver: Arc<dyn CloudDriver>) -> Result<
     }
     changes.push(Change::update(&mut s, now));
     app.store.commit(changes).await?;
+    Ok(())
+}
+
+/// An operational server whose instance is gone or died is stranded, with the cloud's reason.
+async fn watch(app: &App, mut s: Server, driver: Arc<dyn CloudDriver>) -> Result<(), AppError> {
+    let Some(instance_id) = s.instance_id.clone() else {
+        return Ok(());
+    };
+    if driver.kind() == DriverKind::Fake {
+        return Ok(());
+    }
+    let inst = driver.describe(&instance_id).await.map_err(|source| AppError::Cloud {
+        context: "describe".into(),
+        source,
+    })?;
+    let message = match inst {
+        None => format!("instance {instance_id} no longer exists"),
+        Some(i) if i.state == InstanceState::Terminated => format!("instance {instance_id} was terminated"),
+        Some(i) if i.state == InstanceState::Stopped && i.state_reason.is_some() => {
+            format!("instance {instance_id} stopped: {}", i.state_reason.unwrap_or_default())
+        }
+        Some(_) => return Ok(()),
+    };
+    let now = Utc::now();
+    let reason = StrandedReason {
+        step: "instance".into(),
+        message,
+        exit_code: None,
+        output_tail: String::new(),
+    };
+    warn!(server = %s.name, reason = %reason.message, "stranded");
+    s.strand(reason, now).map_err(|e| AppError::BadState(e.to_string()))?;
+    app.store.commit(vec![Change::update(&mut s, now)]).await?;
     Ok(())
 }
 

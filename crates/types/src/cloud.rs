@@ -50,6 +50,37 @@ pub struct CloudSpec {
     pub sizes: Vec<InstanceSize>,
     #[serde(default)]
     pub address_pools: Vec<AddressPool>,
+    /// Settings of a `local` cloud (instances on the control plane's machine).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<LocalSettings>,
+}
+
+/// How a `local` cloud's network is set up on the host.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LocalSettings {
+    /// The instances' private network; the first address is the host (gateway, control
+    /// plane, metadata service). Default `10.77.0.0/22`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "10.77.0.0/22")]
+    pub subnet: Option<ipnet::Ipv4Net>,
+    /// Let instances reach the world through the host (NAT), as boot scripts that install
+    /// packages need. Default on.
+    #[serde(default = "yes")]
+    pub outbound_nat: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for LocalSettings {
+    fn default() -> Self {
+        Self {
+            subnet: None,
+            outbound_nat: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -142,6 +173,42 @@ impl CloudSpec {
                 "endpoint",
                 format!("{:?} is not an http(s) URL", truncate(e)),
             ));
+        }
+        if self.local.is_some() && self.driver != DriverKind::Local {
+            errs.push(FieldError::new(
+                "local",
+                "only a cloud with driver \"local\" takes local settings",
+            ));
+        }
+        if let Some(net) = self.local.as_ref().and_then(|l| l.subnet) {
+            if !(16..=29).contains(&net.prefix_len()) {
+                errs.push(FieldError::new(
+                    "local.subnet",
+                    format!("{net} must be between a /16 and a /29"),
+                ));
+            }
+            for (i, p) in self.address_pools.iter().enumerate() {
+                let overlaps = match p.cidr {
+                    ipnet::IpNet::V4(v4) => v4.contains(&net.network()) || net.contains(&v4.network()),
+                    ipnet::IpNet::V6(_) => false,
+                };
+                if overlaps {
+                    errs.push(FieldError::new(
+                        format!("address_pools[{i}].cidr"),
+                        format!("overlaps the private subnet {net}"),
+                    ));
+                }
+            }
+        }
+        if self.driver == DriverKind::Local {
+            for (i, p) in self.address_pools.iter().enumerate() {
+                if matches!(p.cidr, ipnet::IpNet::V6(_)) {
+                    errs.push(FieldError::new(
+                        format!("address_pools[{i}].cidr"),
+                        "a local cloud's pools are IPv4",
+                    ));
+                }
+            }
         }
         if self.description.len() > 4096 {
             errs.push(FieldError::new("description", "is longer than 4096 bytes"));

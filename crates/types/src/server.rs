@@ -11,6 +11,7 @@
 //!      └──────────────────── terminate ──────────────────────┘
 //! ```
 //!
+//! An operational server whose instance dies or disappears becomes `stranded` too.
 //! `stranded` always carries a [`StrandedReason`]: the step that failed, its exit code and the
 //! tail of its output, so a user sees why without logging in. Any state may go straight to
 //! `terminated` when the instance disappears under us (terminated outside Stratus).
@@ -53,7 +54,7 @@ impl ServerState {
             (self, to),
             (Pending, Booting | Stranded | Decommissioning)
                 | (Booting, Operational | Stranded | Decommissioning)
-                | (Operational, Booting | Decommissioning)
+                | (Operational, Booting | Stranded | Decommissioning)
                 | (Stranded, Decommissioning)
                 | (Pending | Booting | Operational | Stranded | Decommissioning, Terminated)
         )

@@ -57,7 +57,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Cloud(c) => resources::catalog(&connect(&cli)?, &resources::CLOUD, c).await,
-        Command::Image(c) => resources::catalog(&connect(&cli)?, &resources::IMAGE, c).await,
+        Command::Image(c) => resources::image(&connect(&cli)?, c).await,
         Command::Script(c) => resources::catalog(&connect(&cli)?, &resources::SCRIPT, c).await,
         Command::Deployment(c) => resources::catalog(&connect(&cli)?, &resources::DEPLOYMENT, c).await,
         Command::Template(c) => resources::template(&connect(&cli)?, c).await,

@@ -7,7 +7,7 @@ use anyhow::Context;
 use serde_json::{Value, json};
 
 use super::Ctx;
-use crate::args::{AddressCmd, AuditArgs, CatalogCmd, CredentialCmd, TemplateCmd, TokenCmd, UserCmd};
+use crate::args::{AddressCmd, AuditArgs, CatalogCmd, CredentialCmd, ImageCmd, TemplateCmd, TokenCmd, UserCmd};
 use crate::client::seg;
 use crate::output::{Column, list, show};
 
@@ -128,6 +128,53 @@ pub fn read_spec(kind: &KindInfo, path: &Path) -> anyhow::Result<Value> {
     } else {
         back[kind.file_key][0].clone()
     })
+}
+
+pub async fn image(ctx: &Ctx, cmd: &ImageCmd) -> anyhow::Result<()> {
+    let c = &ctx.client;
+    let (name, v) = match cmd {
+        ImageCmd::Catalog(cmd) => return catalog(ctx, &IMAGE, cmd).await,
+        ImageCmd::Build(a) => {
+            eprintln!(
+                "building image {} on cloud {} with debootstrap (a minute or two the first time; cached after)...",
+                a.name, a.cloud
+            );
+            let mut body = serde_json::json!({ "cloud": a.cloud, "extra_packages": a.extra_packages });
+            for (key, value) in [("suite", &a.suite), ("mirror", &a.mirror)] {
+                if let Some(v) = value {
+                    body[key] = v.clone().into();
+                }
+            }
+            if !a.packages.is_empty() {
+                body["packages"] = a.packages.clone().into();
+            }
+            (
+                &a.name,
+                c.post(&format!("/images/{}/build", seg(&a.name)), &body).await?,
+            )
+        }
+        ImageCmd::Import(a) => {
+            let path = std::path::absolute(&a.file).with_context(|| format!("cannot resolve {}", a.file.display()))?;
+            let body = serde_json::json!({ "cloud": a.cloud, "path": path });
+            (
+                &a.name,
+                c.post(&format!("/images/{}/import", seg(&a.name)), &body).await?,
+            )
+        }
+    };
+    if ctx.json {
+        show(true, &v);
+    } else {
+        let cloud = match cmd {
+            ImageCmd::Build(a) => &a.cloud,
+            ImageCmd::Import(a) => &a.cloud,
+            ImageCmd::Catalog(_) => unreachable!("returned above"),
+        };
+        let native = v["clouds"][cloud.as_str()]["native_id"].as_str().unwrap_or("?");
+        let version = v["versions"].as_array().map_or(0, Vec::len);
+        say!("image {name} (version {version}) on cloud {cloud}: {native}");
+    }
+    Ok(())
 }
 
 pub async fn catalog(ctx: &Ctx, kind: &KindInfo, cmd: &CatalogCmd) -> anyhow::Result<()> {

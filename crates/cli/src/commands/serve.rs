@@ -10,8 +10,16 @@ use super::apply::{print_plan, read_file};
 use crate::args::{QuickstartArgs, ServeArgs};
 use crate::client::{ApiFailure, Client, seg};
 
+/// The control plane's configuration, with this very binary as the local cloud's instance init.
+fn server_config(data_dir: &std::path::Path, listen: std::net::SocketAddr) -> anyhow::Result<stratus_server::Config> {
+    let mut config = stratus_server::Config::new(data_dir, listen);
+    let me = std::env::current_exe().context("cannot find the stratus binary's own path")?;
+    config.instance_init = Some(vec![me.into(), crate::INSTANCE_INIT.into()]);
+    Ok(config)
+}
+
 pub async fn serve(data_dir: PathBuf, a: &ServeArgs) -> anyhow::Result<()> {
-    let mut config = stratus_server::Config::new(&data_dir, a.listen);
+    let mut config = server_config(&data_dir, a.listen)?;
     config.public_url = a.public_url.clone();
     config.boot_deadline = Duration::from_secs(a.boot_deadline);
     let running = stratus_server::start(config).await?;
@@ -59,7 +67,7 @@ pub async fn quickstart(data_dir: PathBuf, a: &QuickstartArgs, json_out: bool) -
         a.file.display(),
         doc.servers.len()
     );
-    let running = stratus_server::start(stratus_server::Config::new(&data_dir, a.listen))
+    let running = stratus_server::start(server_config(&data_dir, a.listen)?)
         .await
         .context("step 2/4 (start the control plane) failed; is another `stratus serve` using the port? Stop it or pass --listen")?;
     let client = client_for(&running).await?;

@@ -14,6 +14,7 @@ pub mod apply;
 pub mod arrays;
 pub mod audit;
 pub mod credentials;
+pub mod images;
 pub mod resolve;
 pub mod runs;
 pub mod servers;

@@ -5,11 +5,15 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use stratus_api::params::{AddKeyRequest, ApplyRequest, AssociateRequest, AuditParams, CreateTokenRequest, ListParams};
+use stratus_api::params::{
+    AddKeyRequest, ApplyRequest, AssociateRequest, AuditParams, BuildImageRequest, CreateTokenRequest,
+    ImportImageRequest, ListParams,
+};
 use stratus_api::views::{Page, Plan, TokenCreated, Whoami};
 use stratus_types::address::{Address, AddressSpec};
 use stratus_types::audit::AuditEntry;
 use stratus_types::credential::{Credential, CredentialSpec};
+use stratus_types::image::Image;
 use stratus_types::user::{ApiToken, User, UserSpec};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -230,6 +234,30 @@ async fn disassociate(
     Ok(Json(addresses::disassociate(&app, &c.0, &name).await?))
 }
 
+/// Build a Debian image with debootstrap on a local cloud and register it under this image
+/// name (a cached build with the same inputs is reused). Admin only; takes a minute or two.
+#[utoipa::path(post, path = "/images/{name}/build", tag = "images", params(("name" = String, Path)), request_body = BuildImageRequest, responses((status = 200, body = Image)))]
+async fn build_image(
+    State(app): State<Arc<App>>,
+    c: Caller,
+    Path(name): Path<String>,
+    Body(r): Body<BuildImageRequest>,
+) -> Result<Json<Image>, ApiError> {
+    Ok(Json(crate::app::images::build(&app, &c.0, &name, &r).await?))
+}
+
+/// Import a root file system tarball from the control plane's machine into a local cloud and
+/// register it under this image name. Admin only.
+#[utoipa::path(post, path = "/images/{name}/import", tag = "images", params(("name" = String, Path)), request_body = ImportImageRequest, responses((status = 200, body = Image)))]
+async fn import_image(
+    State(app): State<Arc<App>>,
+    c: Caller,
+    Path(name): Path<String>,
+    Body(r): Body<ImportImageRequest>,
+) -> Result<Json<Image>, ApiError> {
+    Ok(Json(crate::app::images::import(&app, &c.0, &name, &r).await?))
+}
+
 /// The audit log, newest first.
 #[utoipa::path(get, path = "/audit", tag = "audit", params(AuditParams), responses((status = 200, body = Vec<AuditEntry>)))]
 async fn audit_log(
@@ -258,4 +286,6 @@ pub fn routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(associate))
         .routes(routes!(disassociate))
         .routes(routes!(audit_log))
+        .routes(routes!(build_image))
+        .routes(routes!(import_image))
 }

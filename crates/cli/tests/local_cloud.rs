@@ -1,0 +1,324 @@
+//! End to end on the local cloud: `stratus serve` (a child process, killed and restarted),
+//! a `local` cloud, an imported busybox image, a server that is a real instance; the instance
+//! outlives the control plane, its death is noticed, elastic IPs reach it, terminate removes
+//! it. Needs root, iproute2, nftables and busybox-static (installed by scripts/test.sh).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+struct Plane {
+    child: Option<Child>,
+    url: String,
+    data: PathBuf,
+}
+
+impl Plane {
+    fn start(data: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_stratus"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--boot-deadline",
+                "600",
+                "--data-dir",
+            ])
+            .arg(data)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn serve");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let url = loop {
+            let line = lines.next().expect("serve printed its address").expect("line");
+            if let Some(rest) = line.strip_prefix("Stratus control plane listening on ") {
+                break rest.split_whitespace().next().expect("url").to_string();
+            }
+        };
+        std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+        Self {
+            child: Some(child),
+            url,
+            data: data.to_path_buf(),
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn stratus(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_stratus"))
+            .args(args)
+            .env("STRATUS_URL", &self.url)
+            .env("STRATUS_DATA_DIR", &self.data)
+            .env("XDG_CONFIG_HOME", self.data.join("config"))
+            .env_remove("STRATUS_TOKEN")
+            .output()
+            .expect("run stratus");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let (ok, out) = self.stratus(args);
+        assert!(ok, "stratus {args:?} failed: {out}");
+        out
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&all)).expect("json")
+    }
+
+    fn wait_server(&self, key: &str, want: impl Fn(&Value) -> bool) -> Value {
+        for _ in 0..300 {
+            let v = self.json(&["server", "show", key]);
+            if want(&v) {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("server {key} never got there: {}", self.json(&["server", "show", key]));
+    }
+}
+
+impl Drop for Plane {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Removes the cloud's host-side pieces even when the test fails.
+struct Cleanup {
+    tag: String,
+    state: PathBuf,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        stratus_local::purge::purge(&self.tag, Some(&self.state));
+    }
+}
+
+fn busybox_tarball(dir: &Path) -> PathBuf {
+    let root = dir.join("rootfs");
+    for d in ["bin", "etc/stratus/boot.d", "www"] {
+        std::fs::create_dir_all(root.join(d)).expect("mkdir");
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static");
+    for applet in ["sh", "httpd", "hostname", "sleep"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).expect("link");
+    }
+    let boot = root.join("etc/stratus/boot.d/50-httpd");
+    std::fs::write(&boot, "#!/bin/sh\nhostname > /www/index.html\nhttpd -p 8080 -h /www\n").expect("boot");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&boot, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let tar = dir.join("busybox.tar.gz");
+    let ok = Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-czf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .expect("tar");
+    assert!(ok.success());
+    tar
+}
+
+/// GET `http://host:port/` with a plain socket; the body of a 200.
+fn http(url: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let addr = url.strip_prefix("http://")?.trim_end_matches('/');
+    let sock: std::net::SocketAddr = addr.parse().ok()?;
+    let mut s = std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    head.contains(" 200 ").then(|| body.trim().to_string())
+}
+
+fn eventually_http(url: &str) -> Option<String> {
+    for _ in 0..100 {
+        if let Some(b) = http(url) {
+            return Some(b);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+fn random_octet() -> u8 {
+    let mut b = [0u8; 1];
+    getrandom::fill(&mut b).expect("random");
+    b[0]
+}
+
+#[test]
+fn a_server_on_the_local_cloud_is_a_real_instance_that_outlives_the_control_plane() {
+    let tmp = tempfile::Builder::new()
+        .prefix("stratus-e2e-")
+        .tempdir_in("/var/tmp")
+        .expect("tmp");
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    let _cleanup = Cleanup {
+        tag: stratus_server::drivers::network_tag(&data, "home"),
+        state: data.join("local/clouds/home"),
+    };
+    let (a, b) = (100 + random_octet() % 50, random_octet());
+    let mut plane = Plane::start(&data);
+    let file = tmp.path().join("deploy.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[[cloud]]
+name = "home"
+driver = "local"
+regions = [{{ name = "here" }}]
+sizes = [{{ name = "tiny", cpus = 1, memory = "128MiB" }}]
+address_pools = [{{ name = "public", cidr = "10.{pool}.{b}.0/28" }}]
+[cloud.local]
+subnet = "10.{a}.{b}.0/24"
+outbound_nat = false
+"#,
+            pool = a + 50
+        ),
+    )
+    .expect("write");
+    plane.ok(&["apply", "-f", file.to_str().expect("path")]);
+
+    // Import an image and register it; the same tarball again is the same native image.
+    let tar = busybox_tarball(tmp.path());
+    let first = plane.ok(&[
+        "image",
+        "import",
+        tar.to_str().expect("path"),
+        "--name",
+        "tiny",
+        "--cloud",
+        "home",
+    ]);
+    let again = plane.ok(&[
+        "image",
+        "import",
+        tar.to_str().expect("path"),
+        "--name",
+        "tiny",
+        "--cloud",
+        "home",
+    ]);
+    let native = |s: &str| s.split(": ").last().map(str::trim).map(str::to_string);
+    assert_eq!(native(&first), native(&again), "{first} / {again}");
+    let (ok, out) = plane.stratus(&[
+        "image",
+        "import",
+        "/nonexistent.tar",
+        "--name",
+        "tiny",
+        "--cloud",
+        "home",
+    ]);
+    assert!(
+        !ok && out.contains("nonexistent"),
+        "a missing file is a clear error: {out}"
+    );
+
+    std::fs::write(
+        &file,
+        r#"
+[[template]]
+name = "web"
+image = "tiny"
+size = "tiny"
+[deployment]
+name = "demo"
+cloud = "home"
+[[server]]
+name = "web-1"
+template = "web"
+"#,
+    )
+    .expect("write");
+    plane.ok(&["apply", "-f", file.to_str().expect("path")]);
+    let s = plane.wait_server("demo/web-1", |v| v["state"] == "booting" && v["private_ip"].is_string());
+    let ip = s["private_ip"].as_str().expect("ip").to_string();
+    let instance = s["instance_id"].as_str().expect("instance").to_string();
+    assert_eq!(eventually_http(&format!("http://{ip}:8080/")).as_deref(), Some("web-1"));
+
+    // The control plane dies; the instance does not. A new control plane finds it.
+    plane.kill();
+    assert_eq!(
+        http(&format!("http://{ip}:8080/")).as_deref(),
+        Some("web-1"),
+        "serving without a control plane"
+    );
+    let plane = Plane::start(&data);
+    let s = plane.json(&["server", "show", "demo/web-1"]);
+    assert_eq!(
+        (s["state"].as_str(), s["instance_id"].as_str()),
+        (Some("booting"), Some(instance.as_str()))
+    );
+
+    // An elastic IP reaches it.
+    plane.ok(&["address", "allocate", "vip", "--cloud", "home"]);
+    plane.ok(&["address", "associate", "vip", "demo/web-1"]);
+    let vip = plane.json(&["address", "show", "vip"])["ip"]
+        .as_str()
+        .expect("ip")
+        .to_string();
+    assert_eq!(
+        eventually_http(&format!("http://{vip}:8080/")).as_deref(),
+        Some("web-1")
+    );
+
+    // Its processes die behind our back: the server is stranded with the cloud's reason.
+    let procs = std::fs::read_dir("/sys/fs/cgroup")
+        .ok()
+        .and_then(|_| {
+            let tag = stratus_server::drivers::network_tag(&data, "home");
+            ["/sys/fs/cgroup/memory", "/sys/fs/cgroup"]
+                .iter()
+                .map(|r| {
+                    Path::new(r)
+                        .join("stratus")
+                        .join(&tag)
+                        .join(&instance)
+                        .join("cgroup.procs")
+                })
+                .find(|p| p.exists())
+        })
+        .expect("the instance's cgroup");
+    for pid in std::fs::read_to_string(&procs).expect("procs").lines() {
+        let _ = Command::new("kill").args(["-9", pid]).status();
+    }
+    let s = plane.wait_server("demo/web-1", |v| v["state"] == "stranded");
+    let why = s["stranded"]["message"].as_str().unwrap_or_default();
+    assert!(why.contains("processes are gone"), "{s}");
+
+    // Terminate removes the instance from the host.
+    plane.ok(&["server", "terminate", "demo/web-1"]);
+    plane.wait_server("demo/web-1", |v| v["state"] == "terminated");
+    let netns = Command::new("ip").args(["netns", "list"]).output().expect("ip");
+    assert!(
+        !String::from_utf8_lossy(&netns.stdout).contains(&instance),
+        "namespace removed"
+    );
+    assert!(http(&format!("http://{ip}:8080/")).is_none());
+}
