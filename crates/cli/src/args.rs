@@ -264,6 +264,8 @@ pub enum ServerCmd {
         #[arg(long)]
         wait: bool,
     },
+    /// Reboot the server's instance (same disk and addresses).
+    Reboot { server: String },
     /// Add or remove tags.
     Tag {
         server: String,

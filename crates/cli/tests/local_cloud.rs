@@ -276,6 +276,18 @@ template = "web"
         (Some("booting"), Some(instance.as_str()))
     );
 
+    // A reboot keeps the instance and its address; init runs the boot hooks again.
+    plane.ok(&["server", "reboot", "demo/web-1"]);
+    assert_eq!(
+        eventually_http(&format!("http://{ip}:8080/")).as_deref(),
+        Some("web-1"),
+        "back after a reboot"
+    );
+    assert_eq!(
+        plane.json(&["server", "show", "demo/web-1"])["instance_id"],
+        instance.as_str()
+    );
+
     // An elastic IP reaches it.
     plane.ok(&["address", "allocate", "vip", "--cloud", "home"]);
     plane.ok(&["address", "associate", "vip", "demo/web-1"]);
@@ -321,4 +333,20 @@ template = "web"
         "namespace removed"
     );
     assert!(http(&format!("http://{ip}:8080/")).is_none());
+
+    // Deleting the cloud removes its network from the host.
+    plane.ok(&["address", "release", "vip"]);
+    for (kind, name) in [
+        ("deployment", "demo"),
+        ("template", "web"),
+        ("image", "tiny"),
+        ("cloud", "home"),
+    ] {
+        plane.ok(&[kind, "delete", name]);
+    }
+    let tag = stratus_server::drivers::network_tag(&data, "home");
+    assert!(
+        !Path::new("/sys/class/net").join(format!("st-{tag}")).exists(),
+        "bridge removed"
+    );
 }

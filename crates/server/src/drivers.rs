@@ -84,6 +84,20 @@ impl Drivers {
             .map_err(|e| AppError::BadState(format!("cloud {}: {e}", c.spec.name)))
     }
 
+    /// Remove a local cloud from the host (its instances, bridge and NAT table) and forget its
+    /// driver; the cloud's record is the caller's to delete.
+    pub async fn remove_local(&self, store: &dyn Datastore, cloud: &Name) -> Result<(), AppError> {
+        let driver = self.for_cloud(store, cloud).await?;
+        if let Some(local) = driver.as_any().downcast_ref::<LocalCloud>() {
+            local.destroy_everything().await.map_err(|source| AppError::Cloud {
+                context: format!("removing local cloud {cloud}"),
+                source,
+            })?;
+        }
+        self.made.lock().await.remove(cloud);
+        Ok(())
+    }
+
     /// Held while allocating an elastic IP.
     pub async fn address_lock(&self) -> MutexGuard<'_, ()> {
         self.addresses.lock().await

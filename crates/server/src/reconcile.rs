@@ -105,7 +105,7 @@ async fn launch(app: &App, mut s: Server, driver: Arc<dyn CloudDriver>) -> Resul
         Some(size) => driver
             .launch(LaunchRequest {
                 server: s.id,
-                hostname: s.name.to_string(),
+                hostname: s.hostname(),
                 region: s.region.clone(),
                 size,
                 native_image: s.native_image.clone(),
@@ -272,7 +272,19 @@ async fn watch(app: &App, mut s: Server, driver: Arc<dyn CloudDriver>) -> Result
         Some(i) if i.state == InstanceState::Stopped && i.state_reason.is_some() => {
             format!("instance {instance_id} stopped: {}", i.state_reason.unwrap_or_default())
         }
-        Some(_) => return Ok(()),
+        Some(i) => {
+            // Tags changed through the API reach the instance (the metadata service shows them).
+            if i.tags != s.tags {
+                driver
+                    .set_tags(&instance_id, s.tags.clone())
+                    .await
+                    .map_err(|source| AppError::Cloud {
+                        context: "setting tags".into(),
+                        source,
+                    })?;
+            }
+            return Ok(());
+        }
     };
     let now = Utc::now();
     let reason = StrandedReason {

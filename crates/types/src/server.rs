@@ -198,6 +198,12 @@ pub struct BadTransition {
 }
 
 impl Server {
+    /// The instance's hostname: the server's name as a DNS label (`_` and `.` become `-`;
+    /// names are at most 63 characters, start with a letter and end with a letter or digit).
+    pub fn hostname(&self) -> String {
+        self.name.as_str().replace(['_', '.'], "-")
+    }
+
     /// Move along the lifecycle, stamping the times the model keeps.
     pub fn move_to(&mut self, to: ServerState, now: DateTime<Utc>) -> Result<(), BadTransition> {
         if !self.state.can_move_to(to) {
@@ -316,6 +322,10 @@ mod tests {
     fn lifecycle_edges() {
         assert!(Pending.can_move_to(Booting));
         assert!(Booting.can_move_to(Operational));
+        assert!(
+            Operational.can_move_to(Stranded),
+            "an operational server whose instance died"
+        );
         assert!(Booting.can_move_to(Stranded));
         assert!(Operational.can_move_to(Decommissioning));
         assert!(Decommissioning.can_move_to(Terminated));

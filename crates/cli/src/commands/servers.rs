@@ -168,6 +168,11 @@ pub async fn server(ctx: &Ctx, cmd: &ServerCmd) -> anyhow::Result<()> {
                 );
             }
         }
+        ServerCmd::Reboot { server } => {
+            c.post(&format!("/servers/{}/reboot", seg(server)), &serde_json::json!({}))
+                .await?;
+            say!("rebooted {server}");
+        }
         ServerCmd::Terminate { server, wait } => {
             c.delete(&format!("/servers/{}", seg(server))).await?;
             if *wait {

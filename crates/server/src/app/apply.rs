@@ -595,6 +595,10 @@ pub async fn delete(app: &App, actor: &Actor, kind: &'static str, name: &str) ->
                     .collect(),
                 "images",
             )?;
+            // A local cloud leaves a bridge and a NAT table on the host: remove them with it.
+            if c.spec.driver == stratus_types::cloud::DriverKind::Local {
+                app.drivers.remove_local(&*app.store, &c.spec.name).await?;
+            }
             Change::delete(&c)
         }
         "image" => {

@@ -238,6 +238,35 @@ async fn try_terminate(app: &App, actor: &Actor, key: &str) -> Result<Server, Ap
     Ok(s)
 }
 
+/// Reboot the instance of a booting or operational server.
+pub async fn reboot(app: &App, actor: &Actor, key: &str) -> Result<Server, AppError> {
+    actor.require(OPERATOR)?;
+    let s = server(&*app.store, key).await?;
+    let (Some(instance), true) = (
+        s.instance_id.clone(),
+        matches!(s.state, ServerState::Booting | ServerState::Operational),
+    ) else {
+        return Err(AppError::BadState(format!(
+            "server {}/{} is {}; only a booting or operational server can reboot",
+            s.deployment, s.name, s.state
+        )));
+    };
+    let driver = app.drivers.for_cloud(&*app.store, &s.cloud).await?;
+    driver.reboot(&instance).await.map_err(|source| AppError::Cloud {
+        context: format!("rebooting {instance}"),
+        source,
+    })?;
+    let target = format!("server/{}/{}", s.deployment, s.name);
+    app.commit(vec![audit(
+        actor,
+        "server.reboot",
+        target,
+        serde_json::json!({ "instance": instance }),
+    )])
+    .await?;
+    Ok(s)
+}
+
 pub async fn show(app: &App, actor: &Actor, key: &str) -> Result<Server, AppError> {
     actor.require(OBSERVER)?;
     server(&*app.store, key).await

@@ -52,6 +52,13 @@ async fn terminate(
     Ok((StatusCode::ACCEPTED, Json(servers::terminate(&app, &c.0, &key).await?)))
 }
 
+/// Reboot the server's instance: same instance, disk and addresses; init and every-boot
+/// scripts run again.
+#[utoipa::path(post, path = "/servers/{key}/reboot", tag = "servers", params(("key" = String, Path)), responses((status = 200, body = Server), (status = 409, body = stratus_api::error::ErrorBody)))]
+async fn reboot(State(app): State<Arc<App>>, c: Caller, Path(key): Path<String>) -> Result<Json<Server>, ApiError> {
+    Ok(Json(servers::reboot(&app, &c.0, &key).await?))
+}
+
 /// Add and remove tags.
 #[utoipa::path(post, path = "/servers/{key}/tags", tag = "servers", params(("key" = String, Path)), request_body = TagChange, responses((status = 200, body = Server)))]
 async fn tags(
@@ -139,6 +146,7 @@ pub fn routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(list, launch))
         .routes(routes!(show, terminate))
         .routes(routes!(tags))
+        .routes(routes!(reboot))
         .routes(routes!(list_arrays, create_array))
         .routes(routes!(show_array, delete_array))
         .routes(routes!(scale))
