@@ -96,6 +96,22 @@ impl Drop for Served {
 }
 
 #[test]
+fn the_local_cloud_examples_are_valid() {
+    let s = Served::start();
+    let dry = s.stdout(&["apply", "-f", "examples/local-cloud.toml", "--dry-run"]);
+    assert!(dry.contains("1 to create"), "{dry}");
+    // The second file needs the image `stratus image build` registers; without it the plan
+    // says exactly that.
+    let out = s
+        .cmd()
+        .args(["apply", "-f", "examples/local-web.toml", "--dry-run"])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("debian-12"), "{err}");
+}
+
+#[test]
 fn apply_is_idempotent_and_dry_run_changes_nothing() {
     let s = Served::start();
     let out = s.stdout(&["credential", "list"]);

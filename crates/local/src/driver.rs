@@ -142,6 +142,7 @@ impl LocalCloud {
             self.terminate(&id).await?;
         }
         self.shared.net.remove().await.map_err(api)?;
+        crate::purge::remove_cgroup_parents(&self.shared.config.network);
         Ok(())
     }
 }

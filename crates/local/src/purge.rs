@@ -48,6 +48,13 @@ pub fn purge(network: &str, state_dir: Option<&Path>) {
     }
 }
 
+/// Remove the (empty) per-cloud cgroup directories.
+pub fn remove_cgroup_parents(network: &str) {
+    for root in CGROUP_ROOTS {
+        let _ = std::fs::remove_dir(Path::new(root).join(network));
+    }
+}
+
 /// Network tags with something left on the host (a bridge, cgroups or namespaces).
 pub fn networks_on_host() -> Vec<String> {
     let mut found = std::collections::BTreeSet::new();
