@@ -153,6 +153,29 @@ fn http(url: &str) -> Option<String> {
     head.contains(" 200 ").then(|| body.trim().to_string())
 }
 
+/// GET from inside a network namespace (host busybox `nc`, in the instance's network).
+fn in_netns(netns: &str, addr: &str, path: &str) -> Option<String> {
+    use std::io::Write;
+    let (host, port) = addr.rsplit_once(':')?;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", netns, "busybox", "nc", "-w", "2", host, port])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .ok()?;
+    // Keep our end open until the answer is in: the API server (hyper) drops a client that
+    // half-closes before it has answered.
+    let mut stdin = child.stdin.take()?;
+    stdin
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .ok()?;
+    let out = child.wait_with_output().ok()?;
+    drop(stdin);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.contains(" 200 ").then(|| body.to_string())
+}
+
 fn eventually_http(url: &str) -> Option<String> {
     for _ in 0..100 {
         if let Some(b) = http(url) {
@@ -261,6 +284,23 @@ template = "web"
     let ip = s["private_ip"].as_str().expect("ip").to_string();
     let instance = s["instance_id"].as_str().expect("instance").to_string();
     assert_eq!(eventually_http(&format!("http://{ip}:8080/")).as_deref(), Some("web-1"));
+
+    // From inside, the instance reads its user-data from the metadata service, and the
+    // control-plane URL there (the bridge's gateway) answers.
+    let netns = format!(
+        "stratus-{}-{instance}",
+        stratus_server::drivers::network_tag(&data, "home")
+    );
+    let user_data = in_netns(&netns, "169.254.169.254:80", "/latest/user-data").expect("user-data");
+    let url: Value = serde_json::from_str(&user_data).expect("user-data is JSON");
+    let cp = url["stratus_url"]
+        .as_str()
+        .expect("url")
+        .trim_start_matches("http://")
+        .to_string();
+    assert!(cp.starts_with(&format!("10.{a}.{b}.1:")), "the gateway address: {cp}");
+    let health = in_netns(&netns, &cp, "/api/v1/health").expect("the control plane answers instances");
+    assert!(health.contains("ok"), "{health}");
 
     // The control plane dies; the instance does not. A new control plane finds it.
     plane.kill();

@@ -49,6 +49,20 @@ async fn an_instance_has_its_own_namespaces_root_hostname_and_limits() {
         .or_else(|_| std::fs::read_to_string(cg.join("memory.max")))
         .expect("memory limit");
     assert_eq!(limit.trim(), (256u64 * 1024 * 1024).to_string());
+    // One cpu: 100 ms of CPU time per 100 ms period.
+    let cpu = cg
+        .parent()
+        .and_then(|p| p.parent())
+        .and_then(|p| p.parent())
+        .and_then(|p| p.parent());
+    let quota = std::fs::read_to_string(cg.join("cpu.max")).ok().or_else(|| {
+        let v1 = cpu?.join("cpu").join(cg.strip_prefix(cpu?.join("memory")).ok()?);
+        std::fs::read_to_string(v1.join("cpu.cfs_quota_us")).ok()
+    });
+    assert_eq!(
+        quota.as_deref().map(|q| q.split_whitespace().next().unwrap_or("")),
+        Some("100000")
+    );
     assert!(t.cloud.memory_usage(&inst.id).is_some_and(|m| m > 0));
     // Init reaps orphans: a backgrounded child whose parent exits leaves no zombie.
     t.exec(&inst.id, "(sleep 0.2 &) ; true");
@@ -243,6 +257,40 @@ async fn bad_launches_are_refused_and_leave_nothing() {
         .expect("dir")
         .count();
     assert_eq!(dirs, 5, "no directory for refused launches");
+}
+
+#[tokio::test]
+async fn an_instance_whose_init_cannot_start_is_refused_and_leaves_nothing() {
+    let t = TestCloud::new().await;
+    let mut broken = t.config.clone();
+    broken.init = vec!["/bin/false".into()];
+    let cloud = stratus_local::LocalCloud::open(broken).await.expect("open");
+    let err = cloud.launch(t.request("doomed")).await.expect_err("init fails");
+    assert!(matches!(err, CloudError::StartFailed(_)), "{err}");
+    assert!(err.to_string().contains("init exited"), "{err}");
+    assert!(cloud.list().await.expect("list").is_empty());
+    let dirs = std::fs::read_dir(t.config.state_dir.join("instances"))
+        .expect("dir")
+        .count();
+    assert_eq!(dirs, 0, "no instance directory left");
+    let ns = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip");
+    let prefix = format!("stratus-{}-", t.config.network);
+    assert!(
+        !String::from_utf8_lossy(&ns.stdout).contains(&prefix),
+        "no namespace left"
+    );
+    let groups = std::fs::read_dir(t.cgroup_dir("x").parent().expect("parent"))
+        .map(|rd| rd.filter_map(Result::ok).filter(|e| e.path().is_dir()).count())
+        .unwrap_or(0);
+    assert_eq!(groups, 0, "no cgroup left");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(
+        !mounts.contains(&t.config.state_dir.display().to_string()),
+        "no mount left"
+    );
 }
 
 #[tokio::test]

@@ -33,11 +33,23 @@ pub struct LocalBase {
     pub init: Vec<OsString>,
 }
 
-#[derive(Debug)]
 pub struct Drivers {
     made: Mutex<HashMap<Name, Arc<dyn CloudDriver>>>,
     addresses: Mutex<()>,
     local: Option<LocalBase>,
+    /// The API, served again on each local cloud's gateway address so its instances reach
+    /// the control plane (set once the router exists), and the port to prefer.
+    gateway_api: std::sync::OnceLock<(axum::Router, u16)>,
+    /// Per local cloud: the control plane's URL as its instances reach it, and the listener.
+    gateways: std::sync::Mutex<HashMap<Name, (String, tokio::task::JoinHandle<()>)>>,
+}
+
+impl std::fmt::Debug for Drivers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Drivers")
+            .field("local", &self.local)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Drivers {
@@ -47,7 +59,52 @@ impl Drivers {
             made: Mutex::default(),
             addresses: Mutex::default(),
             local,
+            gateway_api: std::sync::OnceLock::new(),
+            gateways: std::sync::Mutex::default(),
         }
+    }
+
+    /// Serve `router` on every local cloud's gateway too (preferring `port`), from now on.
+    pub fn serve_on_gateways(&self, router: axum::Router, port: u16) {
+        let _ = self.gateway_api.set((router, port));
+    }
+
+    /// The control plane's URL as the instances of `cloud` reach it, when that differs from
+    /// the public one (a local cloud's gateway address).
+    pub fn instance_url(&self, cloud: &Name) -> Option<String> {
+        let g = self.gateways.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        g.get(cloud).map(|(url, _)| url.clone())
+    }
+
+    async fn listen_on_gateway(&self, cloud: &Name, gateway: std::net::Ipv4Addr) -> Result<(), AppError> {
+        let Some((router, port)) = self.gateway_api.get() else {
+            return Ok(());
+        };
+        let listener = match tokio::net::TcpListener::bind((gateway, *port)).await {
+            Ok(l) => l,
+            // The port is taken on that address (another control plane): any port will do,
+            // the URL goes into each instance's user-data.
+            Err(_) => tokio::net::TcpListener::bind((gateway, 0)).await.map_err(|e| {
+                AppError::BadState(format!("cloud {cloud}: cannot listen on the gateway {gateway}: {e}"))
+            })?,
+        };
+        let addr = listener.local_addr().map_err(|e| AppError::BadState(e.to_string()))?;
+        let router = router.clone();
+        let task = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::error!(error = %e, "gateway API listener stopped");
+            }
+        });
+        tracing::info!(%cloud, %addr, "control plane reachable from the cloud's instances");
+        let old = self
+            .gateways
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(cloud.clone(), (format!("http://{addr}"), task));
+        if let Some((_, t)) = old {
+            t.abort();
+        }
+        Ok(())
     }
 
     /// The driver for a cloud, by the cloud's name.
@@ -60,7 +117,11 @@ impl Drivers {
         let c = crate::app::resolve::named::<Cloud>(store, cloud.as_str()).await?;
         let driver: Arc<dyn CloudDriver> = match c.spec.driver {
             DriverKind::Fake => Arc::new(FakeCloud::new()),
-            DriverKind::Local => Arc::new(self.open_local(&c).await?),
+            DriverKind::Local => {
+                let local = self.open_local(&c).await?;
+                self.listen_on_gateway(cloud, local.network().gateway()).await?;
+                Arc::new(local)
+            }
             other => {
                 return Err(AppError::BadState(format!(
                     "cloud {cloud} uses the {other:?} driver, which this build of Stratus does not include yet"
@@ -95,6 +156,14 @@ impl Drivers {
             })?;
         }
         self.made.lock().await.remove(cloud);
+        let gone = self
+            .gateways
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(cloud);
+        if let Some((_, task)) = gone {
+            task.abort();
+        }
         Ok(())
     }
 

@@ -147,6 +147,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let url = format!("http://{addr}");
     let settings = AppSettings {
         public_url: config.public_url.clone().unwrap_or_else(|| url.clone()),
+        public_url_given: config.public_url.is_some(),
         boot_deadline: config.boot_deadline,
         reconcile_interval: config.reconcile_interval,
     };
@@ -161,10 +162,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         settings,
     });
     let mut tasks = vec![];
+    let router = http::router(app.clone());
+    app.drivers.serve_on_gateways(router.clone(), addr.port());
     if config.reconcile {
         tasks.push(tokio::spawn(reconcile::run(app.clone())));
     }
-    let router = http::router(app.clone());
     let server = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).await {
             tracing::error!(error = %e, "API server stopped");

@@ -90,9 +90,13 @@ async fn step(app: &App, s: Server) -> Result<(), AppError> {
 
 fn user_data(app: &App, s: &Server) -> Vec<u8> {
     // Minimal on purpose: where the control plane is and who this is. Everything else is
-    // fetched by the agent after it connects.
-    serde_json::to_vec(&serde_json::json!({ "stratus_url": app.settings.public_url, "server_id": s.id }))
-        .unwrap_or_default()
+    // fetched by the agent after it connects. Instances of a local cloud reach the control
+    // plane on their gateway unless a public URL was configured.
+    let url = match app.drivers.instance_url(&s.cloud) {
+        Some(gateway) if !app.settings.public_url_given => gateway,
+        _ => app.settings.public_url.clone(),
+    };
+    serde_json::to_vec(&serde_json::json!({ "stratus_url": url, "server_id": s.id })).unwrap_or_default()
 }
 
 async fn launch(app: &App, mut s: Server, driver: Arc<dyn CloudDriver>) -> Result<(), AppError> {

@@ -51,6 +51,9 @@ pub struct App {
 pub struct AppSettings {
     /// The URL instances reach the control plane at (written into user-data).
     pub public_url: String,
+    /// `public_url` was configured (not derived from the listen address): it then wins over a
+    /// local cloud's gateway URL.
+    pub public_url_given: bool,
     /// A booting server whose agent has not finished within this is stranded.
     pub boot_deadline: Duration,
     /// How often reconcilers run when nothing pokes them.
