@@ -266,6 +266,8 @@ pub enum ServerCmd {
     },
     /// Reboot the server's instance (same disk and addresses).
     Reboot { server: String },
+    /// The end of the instance's console output (init and boot hooks).
+    Console { server: String },
     /// Add or remove tags.
     Tag {
         server: String,

@@ -56,6 +56,26 @@ impl Client {
         query: &[(&str, String)],
         body: Option<&B>,
     ) -> anyhow::Result<Value> {
+        let text = self.send_text(method, path, query, body).await?;
+        Ok(if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text)?
+        })
+    }
+
+    /// A plain-text answer (console output).
+    pub async fn get_text(&self, path: &str) -> anyhow::Result<String> {
+        self.send_text::<()>(Method::GET, path, &[], None).await
+    }
+
+    async fn send_text<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&B>,
+    ) -> anyhow::Result<String> {
         let url = format!("{}{}{path}", self.base, stratus_api::API_PREFIX);
         let mut req = self.http.request(method, &url).query(query);
         if let Some(t) = &self.token {
@@ -73,11 +93,7 @@ impl Client {
         let status = resp.status();
         let text = resp.text().await?;
         if status.is_success() {
-            return Ok(if text.is_empty() {
-                Value::Null
-            } else {
-                serde_json::from_str(&text)?
-            });
+            return Ok(text);
         }
         let failure = match serde_json::from_str::<ErrorBody>(&text) {
             Ok(b) => {

@@ -363,6 +363,12 @@ template = "web"
     let s = plane.wait_server("demo/web-1", |v| v["state"] == "stranded");
     let why = s["stranded"]["message"].as_str().unwrap_or_default();
     assert!(why.contains("processes are gone"), "{s}");
+    // The console shows what init printed, for finding out why.
+    let console = plane.ok(&["server", "console", "demo/web-1"]);
+    assert!(
+        console.contains("stratus-init:") && console.contains("50-httpd"),
+        "{console}"
+    );
 
     // Terminate removes the instance from the host.
     plane.ok(&["server", "terminate", "demo/web-1"]);

@@ -42,6 +42,7 @@ pub async fn lifecycle(driver: &dyn CloudDriver, base: &LaunchRequest, timeout: 
     let seen = driver.describe(&inst.id).await.expect("describe").expect("exists");
     assert!(seen.private_ip.is_some(), "a running instance has a private address");
     assert!(driver.list().await.expect("list").iter().any(|i| i.id == inst.id));
+    driver.console_output(&inst.id, 4096).await.expect("console output");
     driver.terminate(&inst.id).await.expect("terminate");
     driver.terminate(&inst.id).await.expect("terminate is idempotent");
     let after = driver.describe(&inst.id).await.expect("describe");

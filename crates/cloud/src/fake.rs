@@ -264,6 +264,11 @@ impl CloudDriver for FakeCloud {
         })
     }
 
+    async fn console_output(&self, instance_id: &str, _max: usize) -> Result<String, CloudError> {
+        // The fake runs nothing, so it prints nothing.
+        self.with_instance(instance_id, |_| Ok(String::new()))
+    }
+
     async fn image_exists(&self, native_id: &str) -> Result<bool, CloudError> {
         Ok(fake_image_exists(native_id))
     }

@@ -121,6 +121,9 @@ pub trait CloudDriver: Send + Sync + std::fmt::Debug {
     async fn set_tags(&self, instance_id: &str, tags: Vec<Tag>) -> Result<(), CloudError>;
     /// Replace the instance's inbound firewall rules; an empty list allows everything.
     async fn set_firewall(&self, instance_id: &str, rules: Vec<FirewallRule>) -> Result<(), CloudError>;
+    /// The end of the instance's console output (EC2's `GetConsoleOutput`): what its init and
+    /// boot hooks printed, at most `max` bytes, newest last.
+    async fn console_output(&self, instance_id: &str, max: usize) -> Result<String, CloudError>;
     /// Whether `native_id` names an image this cloud can launch.
     async fn image_exists(&self, native_id: &str) -> Result<bool, CloudError>;
     /// The driver as `Any`, for driver-specific operations (building local images).

@@ -535,6 +535,11 @@ impl CloudDriver for LocalCloud {
         s.update(instance_id, |r| r.firewall = rules).map(drop)
     }
 
+    async fn console_output(&self, instance_id: &str, max: usize) -> Result<String, CloudError> {
+        self.shared.record(instance_id)?;
+        Ok(inst::console_tail(&self.shared.paths(instance_id), max))
+    }
+
     async fn image_exists(&self, native_id: &str) -> Result<bool, CloudError> {
         Ok(self.shared.images.get(native_id).is_some())
     }

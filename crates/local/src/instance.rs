@@ -153,6 +153,7 @@ pub async fn spawn_init(
         command: init.to_vec(),
         stop_grace_secs: grace.as_secs(),
     };
+    trim_console(p);
     let json = serde_json::to_vec_pretty(&spec).map_err(|e| e.to_string())?;
     std::fs::write(p.dir.join(SPEC_FILE), json).map_err(|e| format!("cannot write the init spec: {e}"))?;
     let console = std::fs::OpenOptions::new()
@@ -229,10 +230,26 @@ pub async fn stop_processes(group: &Group, grace: Duration) {
 
 /// The end of the console log, for error messages.
 pub fn console_tail(p: &Paths, max: usize) -> String {
-    let text = std::fs::read(p.console()).unwrap_or_default();
-    let start = text.len().saturating_sub(max);
-    let tail = String::from_utf8_lossy(&text[start..]).trim().to_string();
+    use std::io::{Read, Seek, SeekFrom};
+    let mut text = Vec::new();
+    if let Ok(mut f) = std::fs::File::open(p.console()) {
+        let len = f.metadata().map_or(0, |m| m.len());
+        let _ = f.seek(SeekFrom::Start(len.saturating_sub(max as u64)));
+        let _ = f.take(max as u64).read_to_end(&mut text);
+    }
+    let tail = String::from_utf8_lossy(&text).trim().to_string();
     if tail.is_empty() { "(no output)".into() } else { tail }
+}
+
+/// Keep the console log bounded across boots: before init starts again, a log over
+/// `CONSOLE_MAX` keeps only its last `CONSOLE_KEEP` bytes.
+fn trim_console(p: &Paths) {
+    const CONSOLE_MAX: u64 = 4 << 20;
+    const CONSOLE_KEEP: usize = 256 << 10;
+    if std::fs::metadata(p.console()).is_ok_and(|m| m.len() > CONSOLE_MAX) {
+        let tail = console_tail(p, CONSOLE_KEEP);
+        let _ = std::fs::write(p.console(), format!("[earlier console output trimmed]\n{tail}\n"));
+    }
 }
 
 pub async fn prepare_network(net: &Network, rec: &Record) -> Result<(), String> {

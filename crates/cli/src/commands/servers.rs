@@ -168,6 +168,10 @@ pub async fn server(ctx: &Ctx, cmd: &ServerCmd) -> anyhow::Result<()> {
                 );
             }
         }
+        ServerCmd::Console { server } => {
+            let text = c.get_text(&format!("/servers/{}/console", seg(server))).await?;
+            say!("{}", text.trim_end());
+        }
         ServerCmd::Reboot { server } => {
             c.post(&format!("/servers/{}/reboot", seg(server)), &serde_json::json!({}))
                 .await?;

@@ -238,6 +238,31 @@ async fn try_terminate(app: &App, actor: &Actor, key: &str) -> Result<Server, Ap
     Ok(s)
 }
 
+/// The end of the server's console output (what the instance's init and boot hooks printed),
+/// for finding out why a server is stuck. Observers may read it: it holds no secrets Stratus
+/// put there (user-data is never printed).
+pub async fn console(app: &App, actor: &Actor, key: &str) -> Result<String, AppError> {
+    actor.require(OBSERVER)?;
+    let s = server(&*app.store, key).await?;
+    let Some(instance) = s.instance_id.clone().filter(|_| s.state != ServerState::Terminated) else {
+        return Err(AppError::BadState(format!(
+            "server {}/{} has no instance (it is {})",
+            s.deployment, s.name, s.state
+        )));
+    };
+    let driver = app.drivers.for_cloud(&*app.store, &s.cloud).await?;
+    driver
+        .console_output(&instance, CONSOLE_BYTES)
+        .await
+        .map_err(|source| AppError::Cloud {
+            context: format!("console of {instance}"),
+            source,
+        })
+}
+
+/// As much console output as EC2's `GetConsoleOutput` returns.
+const CONSOLE_BYTES: usize = 64 * 1024;
+
 /// Reboot the instance of a booting or operational server.
 pub async fn reboot(app: &App, actor: &Actor, key: &str) -> Result<Server, AppError> {
     actor.require(OPERATOR)?;

@@ -59,6 +59,12 @@ async fn reboot(State(app): State<Arc<App>>, c: Caller, Path(key): Path<String>)
     Ok(Json(servers::reboot(&app, &c.0, &key).await?))
 }
 
+/// The last 64 KiB of the instance's console output, as plain text.
+#[utoipa::path(get, path = "/servers/{key}/console", tag = "servers", params(("key" = String, Path)), responses((status = 200, body = String, content_type = "text/plain"), (status = 409, body = stratus_api::error::ErrorBody)))]
+async fn console(State(app): State<Arc<App>>, c: Caller, Path(key): Path<String>) -> Result<String, ApiError> {
+    Ok(servers::console(&app, &c.0, &key).await?)
+}
+
 /// Add and remove tags.
 #[utoipa::path(post, path = "/servers/{key}/tags", tag = "servers", params(("key" = String, Path)), request_body = TagChange, responses((status = 200, body = Server)))]
 async fn tags(
@@ -147,6 +153,7 @@ pub fn routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(show, terminate))
         .routes(routes!(tags))
         .routes(routes!(reboot))
+        .routes(routes!(console))
         .routes(routes!(list_arrays, create_array))
         .routes(routes!(show_array, delete_array))
         .routes(routes!(scale))
