@@ -139,8 +139,15 @@ impl Group {
             .and_then(|s| s.trim().parse().ok())
     }
 
-    /// SIGKILL every process until the groups are empty (bounded), then remove them.
+    /// SIGKILL every process until the groups are empty (bounded), then remove them. On
+    /// cgroup v2 the kernel does it (`cgroup.kill`), so no PID is ever read and then reused.
     pub async fn destroy(&self) -> io::Result<()> {
+        if self.layout == Layout::V2
+            && let Some(d) = self.dirs.first()
+            && d.join("cgroup.kill").exists()
+        {
+            let _ = write(d, "cgroup.kill", "1");
+        }
         for _ in 0..100 {
             let pids = self.pids();
             if pids.is_empty() {

@@ -54,6 +54,13 @@ impl LocalConfig {
             }
         }
         for d in [&self.state_dir, &self.images_dir] {
+            // Mount points are compared with /proc/self/mountinfo, which is absolute.
+            if !d.is_absolute() {
+                return Err(format!(
+                    "{}: the local cloud's directories must be absolute paths",
+                    d.display()
+                ));
+            }
             // Overlay mount options are comma- and colon-separated.
             let s = d.to_string_lossy();
             if s.contains([',', ':']) || s.chars().any(char::is_whitespace) {

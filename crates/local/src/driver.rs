@@ -23,7 +23,7 @@ use crate::{LocalConfig, LocalError};
 pub(crate) struct Shared {
     pub config: LocalConfig,
     pub net: Network,
-    pub images: ImageStore,
+    pub images: Arc<ImageStore>,
     pub layout: cgroup::Layout,
     pub records: RwLock<BTreeMap<String, Record>>,
     /// Held while choosing an instance id and address (the lease must be unique).
@@ -71,7 +71,7 @@ impl LocalCloud {
         }
         let layout = cgroup::detect().map_err(|e| LocalError::setup("cgroups", e))?;
         inst::make_dir(&config.state_dir.join("instances")).map_err(|e| LocalError::setup("state directory", e))?;
-        let images = ImageStore::open(&config.images_dir).map_err(|e| LocalError::setup("image store", e))?;
+        let images = ImageStore::shared(&config.images_dir).map_err(|e| LocalError::setup("image store", e))?;
         let net = Network {
             name: config.network.clone(),
             subnet: config.subnet,
@@ -101,7 +101,12 @@ impl LocalCloud {
         } else {
             (None, None)
         };
-        shared.apply_nat().await.map_err(|e| LocalError::setup("nftables", e))?;
+        if let Err(e) = shared.apply_nat().await {
+            if let Some(h) = &imds {
+                h.abort();
+            }
+            return Err(LocalError::setup("nftables", e));
+        }
         let n = shared.read().len();
         tracing::info!(network = %shared.config.network, instances = n, "local cloud ready");
         Ok(Self { shared, imds, verifier })
@@ -144,6 +149,21 @@ impl LocalCloud {
         self.shared.net.remove().await.map_err(api)?;
         crate::purge::remove_cgroup_parents(&self.shared.config.network);
         Ok(())
+    }
+}
+
+impl LocalCloud {
+    /// A retried launch: the instance exists. If it should run but its init is not up (the
+    /// control plane died mid-launch), finish starting it.
+    async fn resume(&self, rec: Record) -> Result<Instance, CloudError> {
+        let s = &self.shared;
+        let lock = s.lock_for(&rec.id);
+        let _g = lock.lock().await;
+        let rec = s.record(&rec.id)?;
+        if rec.desired == Desired::Running && inst::init_pid(&s.group(&rec.id)).is_none() {
+            s.boot(&rec).await.map_err(CloudError::StartFailed)?;
+        }
+        Ok(s.observe(&rec))
     }
 }
 
@@ -226,12 +246,46 @@ impl Shared {
 
     async fn apply_nat(&self) -> Result<(), crate::cmd::CommandError> {
         let _g = self.nat.lock().await;
-        let eips: Vec<(Ipv4Addr, Ipv4Addr)> = self
+        self.apply_nat_locked().await
+    }
+
+    /// With `nat` held. One entry per public address even if records disagree (nft refuses a
+    /// map with a key twice, which would lock the cloud out of its own NAT table).
+    async fn apply_nat_locked(&self) -> Result<(), crate::cmd::CommandError> {
+        let eips: BTreeMap<Ipv4Addr, Ipv4Addr> = self
             .read()
             .values()
             .filter_map(|r| r.public_ip.map(|p| (p, r.link.ip)))
             .collect();
-        self.net.apply_nat(self.metadata_addr.get().copied(), &eips).await
+        let eips: Vec<(Ipv4Addr, Ipv4Addr)> = eips.into_iter().collect();
+        let links: Vec<Link> = self.read().values().map(|r| r.link.clone()).collect();
+        self.net
+            .apply_nat(self.metadata_addr.get().copied(), &eips, &links)
+            .await
+    }
+
+    /// Point `ip` at `to` (or nowhere), taking it from whoever holds it, as one step: the
+    /// records and the NAT table change under the NAT lock, so concurrent moves serialise.
+    async fn move_address(&self, ip: Ipv4Addr, to: Option<&str>) -> Result<(), CloudError> {
+        let _g = self.nat.lock().await;
+        if let Some(id) = to {
+            self.record(id)?;
+        }
+        let holders: Vec<String> = self
+            .read()
+            .values()
+            .filter(|r| r.public_ip == Some(ip) && Some(r.id.as_str()) != to)
+            .map(|r| r.id.clone())
+            .collect();
+        for h in &holders {
+            self.update(h, |r| r.public_ip = None)?;
+        }
+        if let Some(id) = to {
+            self.update(id, |r| r.public_ip = Some(ip))?;
+        } else if holders.is_empty() {
+            return Ok(());
+        }
+        self.apply_nat_locked().await.map_err(api)
     }
 
     /// The instance as the cloud reports it: desired state checked against its processes.
@@ -249,10 +303,10 @@ impl Shared {
             (Desired::Running, false, _) if booting => (InstanceState::Pending, None),
             (Desired::Running, false, _) => (
                 InstanceState::Stopped,
-                Some(format!(
-                    "the instance's processes are gone (init exited, was killed, or the host restarted); console: {}",
-                    inst::console_tail(&self.paths(&rec.id), 300)
-                )),
+                Some(
+                    "the instance's processes are gone (init exited, was killed, or the host restarted); its console output tells more"
+                        .to_string(),
+                ),
             ),
             (Desired::Stopped, _, true) => (InstanceState::Stopping, None),
             (Desired::Stopped, _, false) => (InstanceState::Stopped, None),
@@ -272,10 +326,11 @@ impl Shared {
 
     /// Bring every piece of the instance up (idempotent) and run its init.
     async fn boot(&self, rec: &Record) -> Result<(), String> {
+        // `pending` from the first step: until init runs, a missing init is expected.
+        let _booting = BootingGuard::new(self, &rec.id);
         let p = self.paths(&rec.id);
         let lower = self.images.rootfs(&rec.image).map_err(|e| e.to_string())?;
         inst::mount_root(&p, &lower).map_err(|e| e.to_string())?;
-        inst::write_identity(&p, rec).map_err(|e| format!("cannot write the instance's /etc files: {e}"))?;
         inst::prepare_network(&self.net, rec).await?;
         let group = self.group(&rec.id);
         group
@@ -285,10 +340,7 @@ impl Shared {
             return Ok(());
         }
         let dirs = cgroup_dirs(&group);
-        self.set_booting(&rec.id, true);
-        let r = inst::spawn_init(&p, rec, &group, dirs, &self.config.init, self.config.stop_grace).await;
-        self.set_booting(&rec.id, false);
-        r
+        inst::spawn_init(&p, rec, &group, dirs, &self.config.init, self.config.stop_grace).await
     }
 
     fn set_booting(&self, id: &str, on: bool) {
@@ -313,6 +365,28 @@ impl Shared {
             Err(e) => return Err(api(e)),
         }
         Ok(())
+    }
+}
+
+/// Marks an instance `pending` while it is being brought up, whatever way the start ends.
+struct BootingGuard<'a> {
+    shared: &'a Shared,
+    id: String,
+}
+
+impl<'a> BootingGuard<'a> {
+    fn new(shared: &'a Shared, id: &str) -> Self {
+        shared.set_booting(id, true);
+        Self {
+            shared,
+            id: id.to_string(),
+        }
+    }
+}
+
+impl Drop for BootingGuard<'_> {
+    fn drop(&mut self) {
+        self.shared.set_booting(&self.id, false);
     }
 }
 
@@ -366,8 +440,10 @@ impl CloudDriver for LocalCloud {
         }
         let rec = {
             let _g = s.alloc.lock().await;
-            if let Some(r) = s.read().values().find(|r| r.server == req.server) {
-                return Ok(s.observe(r));
+            let existing = s.read().values().find(|r| r.server == req.server).cloned();
+            if let Some(r) = existing {
+                drop(_g);
+                return self.resume(r).await;
             }
             let taken: std::collections::HashSet<Ipv4Addr> = s.read().values().map(|r| r.link.ip).collect();
             let ip = s
@@ -412,10 +488,26 @@ impl CloudDriver for LocalCloud {
         };
         let lock = s.lock_for(&rec.id);
         let _g = lock.lock().await;
-        if let Err(message) = s.boot(&rec).await {
+        let booted = match s.apply_nat().await {
+            Ok(()) => s.boot(&rec).await,
+            Err(e) => Err(format!("cannot pin the instance's addresses: {e}")),
+        };
+        if let Err(message) = booted {
             // Nothing half-made stays behind: the launch either fully happened or not at all.
-            let _ = s.destroy(&rec).await;
+            if let Err(e) = s.destroy(&rec).await {
+                // Something could not be removed: keep the record (and so the address lease)
+                // as a stopped instance, so nothing is handed out twice; terminate retries.
+                let _ = s.update(&rec.id, |r| r.desired = Desired::Stopped);
+                return Err(CloudError::StartFailed(format!(
+                    "{message}; cleaning up also failed ({e}); terminate instance {} to retry",
+                    rec.id
+                )));
+            }
             s.write().remove(&rec.id);
+            s.locks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&rec.id);
             return Err(CloudError::StartFailed(message));
         }
         tracing::info!(instance = %rec.id, ip = %rec.link.ip, hostname = %rec.hostname, "instance started");
@@ -446,6 +538,8 @@ impl CloudDriver for LocalCloud {
         let s = &self.shared;
         let lock = s.lock_for(instance_id);
         let _g = lock.lock().await;
+        // Pending (not "stopped, processes gone") from the moment it is meant to run.
+        let _booting = BootingGuard::new(s, instance_id);
         let rec = s.update(instance_id, |r| r.desired = Desired::Running)?;
         s.boot(&rec).await.map_err(CloudError::StartFailed)
     }
@@ -478,9 +572,7 @@ impl CloudDriver for LocalCloud {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(instance_id);
-        if rec.public_ip.is_some() {
-            s.apply_nat().await.map_err(api)?;
-        }
+        s.apply_nat().await.map_err(api)?;
         tracing::info!(instance = %instance_id, "instance terminated");
         Ok(())
     }
@@ -490,35 +582,13 @@ impl CloudDriver for LocalCloud {
         let v4 = crate::net::is_v4(ip)
             .filter(|v| s.net.in_pool(*v))
             .ok_or_else(|| CloudError::Invalid(format!("{ip} is not in one of this cloud's address pools")))?;
-        s.record(instance_id)?;
-        let holders: Vec<String> = s
-            .read()
-            .values()
-            .filter(|r| r.public_ip == Some(v4) && r.id != instance_id)
-            .map(|r| r.id.clone())
-            .collect();
-        for h in holders {
-            s.update(&h, |r| r.public_ip = None)?;
-        }
-        s.update(instance_id, |r| r.public_ip = Some(v4))?;
-        s.apply_nat().await.map_err(api)
+        s.move_address(v4, Some(instance_id)).await
     }
 
     async fn disassociate_address(&self, ip: IpAddr) -> Result<(), CloudError> {
-        let s = &self.shared;
-        let holders: Vec<String> = s
-            .read()
-            .values()
-            .filter(|r| r.public_ip.map(IpAddr::V4) == Some(ip))
-            .map(|r| r.id.clone())
-            .collect();
-        for h in &holders {
-            s.update(h, |r| r.public_ip = None)?;
-        }
-        if holders.is_empty() {
-            Ok(())
-        } else {
-            s.apply_nat().await.map_err(api)
+        match crate::net::is_v4(ip) {
+            Some(v4) => self.shared.move_address(v4, None).await,
+            None => Ok(()),
         }
     }
 

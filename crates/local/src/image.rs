@@ -155,6 +155,26 @@ impl ImageStore {
         Ok(ImageStore { dir })
     }
 
+    /// The process's one store for `dir`: local clouds of a data directory share it, and the
+    /// clean-up of interrupted operations runs once, when it is first opened — never under a
+    /// build another cloud has running.
+    pub fn shared(dir: &Path) -> Result<std::sync::Arc<Self>, ImageError> {
+        use std::collections::HashMap;
+        use std::sync::{Arc, Mutex, OnceLock, Weak};
+        static OPEN: OnceLock<Mutex<HashMap<PathBuf, Weak<ImageStore>>>> = OnceLock::new();
+        let key = std::path::absolute(dir).map_err(io_err(format!("cannot resolve {}", dir.display())))?;
+        let mut open = OPEN
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(store) = open.get(&key).and_then(Weak::upgrade) {
+            return Ok(store);
+        }
+        let store = Arc::new(Self::open(&key)?);
+        open.insert(key, Arc::downgrade(&store));
+        Ok(store)
+    }
+
     /// Builds an image with debootstrap, or returns the stored one with the same cache key.
     /// `progress` receives step lines (`debootstrap: I: ...`, `cleaning: ...`).
     pub async fn build(

@@ -45,6 +45,10 @@ pub struct InitSpec {
     /// How to run this init again: program and leading arguments.
     pub command: Vec<OsString>,
     pub stop_grace_secs: u64,
+    /// Files written inside the instance after the pivot (so a link planted in the instance
+    /// can never point them at the host): `/etc/hostname`, `/etc/hosts`, `/etc/resolv.conf`.
+    #[serde(default)]
+    pub etc_files: Vec<(String, String)>,
 }
 
 pub const SPEC_FILE: &str = "init.json";
@@ -81,6 +85,9 @@ fn read_spec(dir: &Path) -> Result<InitSpec, String> {
 }
 
 fn stage1(dir: &Path) -> Result<(), String> {
+    // A session of its own: no controlling terminal (an instance must not reach the
+    // operator's), no terminal signals from the shell that ran `stratus serve`.
+    rustix::process::setsid().map_err(|e| format!("setsid: {e}"))?;
     let spec = read_spec(dir)?;
     let me = std::process::id().to_string();
     for g in &spec.cgroups {
@@ -119,9 +126,9 @@ fn stage2(dir: &Path) -> Result<(), String> {
     boot.reverse();
     let mut current: Option<(i32, String)> = None;
     loop {
-        if current.is_none()
-            && let Some(script) = boot.pop()
-        {
+        // Start the next hook; one that cannot even start is reported and skipped.
+        while current.is_none() {
+            let Some(script) = boot.pop() else { break };
             current = run_script(&script);
         }
         let mut stop = false;
@@ -199,6 +206,16 @@ fn enter_root(spec: &InitSpec) -> std::io::Result<()> {
     std::env::set_current_dir("/")?;
     mount("proc", "/proc", "proc", nosuid | MountFlags::NODEV, "")?;
     rustix::system::sethostname(spec.hostname.as_bytes())?;
+    if Path::new("/etc").is_dir() {
+        for (name, content) in &spec.etc_files {
+            let path = Path::new("/etc").join(name);
+            // Replace, never follow: the instance may have made it a link.
+            if path.symlink_metadata().is_ok_and(|m| !m.is_file()) {
+                let _ = std::fs::remove_file(&path);
+            }
+            std::fs::write(&path, content)?;
+        }
+    }
     let machine_id = Path::new("/etc/machine-id");
     if std::fs::read_to_string(machine_id).map_or(true, |s| s.trim().is_empty()) && Path::new("/etc").is_dir() {
         let id: String = spec

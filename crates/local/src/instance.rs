@@ -71,30 +71,20 @@ pub fn unmount_root(p: &Paths) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The files a cloud instance finds set up for it: hostname, hosts, resolver.
-pub fn write_identity(p: &Paths, rec: &Record) -> std::io::Result<()> {
-    let etc = p.merged().join("etc");
-    if !etc.is_dir() {
-        return Ok(()); // a minimal image without /etc; init still sets the kernel hostname
-    }
-    replace_file(&etc.join("hostname"), &format!("{}\n", rec.hostname))?;
-    replace_file(
-        &etc.join("hosts"),
-        &format!(
-            "127.0.0.1\tlocalhost\n{}\t{}\n::1\tlocalhost ip6-localhost ip6-loopback\n",
-            rec.link.ip, rec.hostname
+/// The files a cloud instance finds set up for it: hostname, hosts, resolver (written by init
+/// inside the instance, after the pivot).
+pub fn etc_files(rec: &Record) -> Vec<(String, String)> {
+    vec![
+        ("hostname".into(), format!("{}\n", rec.hostname)),
+        (
+            "hosts".into(),
+            format!(
+                "127.0.0.1\tlocalhost\n{}\t{}\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+                rec.link.ip, rec.hostname
+            ),
         ),
-    )?;
-    replace_file(&etc.join("resolv.conf"), &resolv_conf())
-}
-
-/// Write through a symlink-free path: an image's `/etc/resolv.conf` may be a link pointing
-/// anywhere, so it is replaced, never followed.
-fn replace_file(path: &Path, content: &str) -> std::io::Result<()> {
-    if path.symlink_metadata().is_ok_and(|m| !m.is_file()) {
-        std::fs::remove_file(path)?;
-    }
-    std::fs::write(path, content)
+        ("resolv.conf".into(), resolv_conf()),
+    ]
 }
 
 /// The host's resolvers, minus loopback ones (those are the host's own, unreachable from an
@@ -152,6 +142,7 @@ pub async fn spawn_init(
         cgroups: cgroup_dirs,
         command: init.to_vec(),
         stop_grace_secs: grace.as_secs(),
+        etc_files: etc_files(rec),
     };
     trim_console(p);
     let json = serde_json::to_vec_pretty(&spec).map_err(|e| e.to_string())?;
@@ -173,8 +164,8 @@ pub async fn spawn_init(
         .stdin(Stdio::null())
         .stdout(console)
         .stderr(err_console)
-        // Its own process group: a Ctrl-C meant for `stratus serve` must not stop instances.
-        .process_group(0)
+        // Init's stage 1 starts its own session (setsid): a Ctrl-C meant for `stratus serve`
+        // never reaches an instance, nor can an instance reach the operator's terminal.
         .spawn()
         .map_err(|e| format!("cannot start init ({}): {e}", Path::new(program).display()))?;
     let deadline = Instant::now() + START_TIMEOUT;

@@ -16,6 +16,12 @@
 //! - masquerade for instances reaching an elastic IP of their own network (hairpin) and,
 //!   when enabled, for outbound traffic to the world.
 //!
+//! A bridge-family table (`bridge stratus-NET`) pins each instance's port to its own MAC and
+//! IPv4 address: an instance cannot send as another one.
+//!
+//! A bridge-family table (`bridge stratus-NET`) pins each instance's port to its own MAC and
+//! IPv4 address: an instance cannot send as another one.
+//!
 //! Firewall rules live in a table inside each instance's network namespace (`inet
 //! stratus-fw`): inbound is dropped unless a rule, loopback or an established flow allows it.
 
@@ -103,6 +109,8 @@ impl Network {
     /// Remove the bridge, its routes and the cloud's nftables table.
     pub async fn remove(&self) -> Result<(), CommandError> {
         let _ = run("nft", &["delete", "table", "ip", &self.table()], None).await;
+        let _ = run("nft", &["delete", "table", "bridge", &self.table()], None).await;
+        let _ = run("nft", &["delete", "table", "bridge", &self.table()], None).await;
         match run("ip", &["link", "del", "dev", &self.bridge()], None).await {
             Ok(_) => Ok(()),
             Err(e) if e.stderr.contains("Cannot find device") => Ok(()),
@@ -110,15 +118,32 @@ impl Network {
         }
     }
 
-    /// Replace the cloud's NAT table: metadata redirect and elastic IPs (public → private).
+    /// Replace the cloud's host rules in one transaction: the NAT table (metadata redirect,
+    /// elastic IPs public → private) and the anti-spoofing table (each instance's port may
+    /// only send from its own MAC and IPv4 address, so no instance can pass for another to
+    /// the metadata service or anyone else).
     pub async fn apply_nat(
         &self,
         metadata: Option<SocketAddrV4>,
         eips: &[(Ipv4Addr, Ipv4Addr)],
+        links: &[Link],
     ) -> Result<(), CommandError> {
-        run("nft", &["-f", "-"], Some(&self.nat_ruleset(metadata, eips)))
-            .await
-            .map(drop)
+        let rules = format!("{}{}", self.nat_ruleset(metadata, eips), self.spoof_ruleset(links));
+        run("nft", &["-f", "-"], Some(&rules)).await.map(drop)
+    }
+
+    fn spoof_ruleset(&self, links: &[Link]) -> String {
+        let t = self.table();
+        let mut s = format!("table bridge {t} {{}}\ndelete table bridge {t}\ntable bridge {t} {{\n");
+        s.push_str("  chain prerouting { type filter hook prerouting priority -200; policy accept;\n");
+        for l in links {
+            let (v, mac, ip) = (&l.veth, &l.mac, l.ip);
+            writeln!(s, "    iifname \"{v}\" ether saddr != {mac} drop").ok();
+            writeln!(s, "    iifname \"{v}\" ether type ip ip saddr != {ip} drop").ok();
+            writeln!(s, "    iifname \"{v}\" ether type arp arp saddr ip != {ip} drop").ok();
+        }
+        s.push_str("  }\n}\n");
+        s
     }
 
     fn nat_ruleset(&self, metadata: Option<SocketAddrV4>, eips: &[(Ipv4Addr, Ipv4Addr)]) -> String {
@@ -299,6 +324,15 @@ mod tests {
             Some("10.77.0.1:4567".parse().unwrap()),
             &[("10.78.0.2".parse().unwrap(), "10.77.0.5".parse().unwrap())],
         );
+        let link = Link {
+            netns: "ns".into(),
+            veth: "sv1".into(),
+            mac: "02:00:00:00:00:01".into(),
+            ip: "10.77.0.5".parse().unwrap(),
+        };
+        let spoof = n.spoof_ruleset(&[link]);
+        assert!(spoof.contains("iifname \"sv1\" ether saddr != 02:00:00:00:00:01 drop"));
+        assert!(spoof.contains("iifname \"sv1\" ether type ip ip saddr != 10.77.0.5 drop"));
         assert!(s.contains("elements = { 10.78.0.2 : 10.77.0.5 }"));
         assert!(s.contains("ip daddr 169.254.169.254 tcp dport 80 dnat to 10.77.0.1:4567"));
         assert!(!s.contains("oifname"), "no outbound NAT unless asked");

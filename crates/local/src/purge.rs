@@ -40,9 +40,11 @@ pub fn purge(network: &str, state_dir: Option<&Path>) {
     let _ = Command::new("ip")
         .args(["link", "del", "dev", &format!("st-{network}")])
         .output();
-    let _ = Command::new("nft")
-        .args(["delete", "table", "ip", &format!("stratus-{network}")])
-        .output();
+    for family in ["ip", "bridge"] {
+        let _ = Command::new("nft")
+            .args(["delete", "table", family, &format!("stratus-{network}")])
+            .output();
+    }
     if let Some(dir) = state_dir {
         let _ = std::fs::remove_dir_all(dir);
     }

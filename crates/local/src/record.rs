@@ -55,8 +55,13 @@ pub const RECORD_FILE: &str = "record.json";
 
 impl Record {
     pub fn save(&self, dir: &Path) -> std::io::Result<()> {
+        use std::io::Write;
         let tmp = dir.join(".record.json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
+        // On disk before it replaces the old one: a crash leaves the old or the new record,
+        // never an empty one (the record is the address lease).
+        f.sync_all()?;
         std::fs::rename(tmp, dir.join(RECORD_FILE))
     }
 }

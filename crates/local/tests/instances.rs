@@ -106,7 +106,11 @@ async fn instances_reach_each_other_the_host_and_obey_the_firewall() {
             .expect("rule"),
     ];
     t.cloud.set_firewall(&a.id, rules).await.expect("firewall");
-    assert_eq!(fetch(), None, "the firewall drops b");
+    let dropped = t.raw_from(&b.id, a_ip, 8080, "/");
+    assert!(
+        dropped.contains("timed out") && !dropped.contains("HTTP"),
+        "the firewall drops b's packets (no answer, not even a refusal): {dropped}"
+    );
     assert_eq!(
         get(&url).await.as_deref().map(str::trim),
         Some("app-a"),
@@ -262,8 +266,13 @@ async fn bad_launches_are_refused_and_leave_nothing() {
 #[tokio::test]
 async fn an_instance_whose_init_cannot_start_is_refused_and_leaves_nothing() {
     let t = TestCloud::new().await;
-    let mut broken = t.config.clone();
+    // A cloud of its own (same image store), so `t`'s network is left alone.
+    let mut broken = support::config(t.config.state_dir.parent().expect("tmp"), 24);
+    broken.state_dir = t.config.state_dir.clone();
+    broken.images_dir = t.config.images_dir.clone();
     broken.init = vec!["/bin/false".into()];
+    let _cleanup = support::Purge(broken.network.clone());
+    let broken_net = broken.network.clone();
     let cloud = stratus_local::LocalCloud::open(broken).await.expect("open");
     let err = cloud.launch(t.request("doomed")).await.expect_err("init fails");
     assert!(matches!(err, CloudError::StartFailed(_)), "{err}");
@@ -277,14 +286,17 @@ async fn an_instance_whose_init_cannot_start_is_refused_and_leaves_nothing() {
         .args(["netns", "list"])
         .output()
         .expect("ip");
-    let prefix = format!("stratus-{}-", t.config.network);
+    let prefix = format!("stratus-{broken_net}-");
     assert!(
         !String::from_utf8_lossy(&ns.stdout).contains(&prefix),
         "no namespace left"
     );
-    let groups = std::fs::read_dir(t.cgroup_dir("x").parent().expect("parent"))
+    let groups = ["/sys/fs/cgroup", "/sys/fs/cgroup/memory"]
+        .iter()
+        .map(|r| std::path::Path::new(r).join("stratus").join(&broken_net))
+        .filter_map(|d| std::fs::read_dir(d).ok())
         .map(|rd| rd.filter_map(Result::ok).filter(|e| e.path().is_dir()).count())
-        .unwrap_or(0);
+        .sum::<usize>();
     assert_eq!(groups, 0, "no cgroup left");
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     assert!(

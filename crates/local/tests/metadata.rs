@@ -80,7 +80,8 @@ async fn each_instance_sees_only_itself_and_changes_show_at_once() {
         get(&a.id, "/latest/user-data").as_deref(),
         Some("#!/bin/sh\necho hello\n")
     );
-    assert_eq!(get(&a.id, "/latest/meta-data/public-ipv4"), None, "no elastic IP yet");
+    let none = t.raw_from(&a.id, md, 80, "/latest/meta-data/public-ipv4");
+    assert!(none.starts_with("HTTP/1.0 404"), "no elastic IP yet: {none}");
     let eip = t.pool_address(4);
     t.cloud.associate_address(&a.id, eip.into()).await.expect("eip");
     assert_eq!(get(&a.id, "/latest/meta-data/public-ipv4"), Some(eip.to_string()));
@@ -129,5 +130,25 @@ async fn tokens_are_required_when_configured_and_bound_to_their_instance() {
     assert!(
         stolen.starts_with("HTTP/1.0 401"),
         "a token works only for its instance: {stolen}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_cannot_pass_for_another() {
+    let t = TestCloud::new().await;
+    let a = t.cloud.launch(t.request("victim")).await.expect("launch a");
+    let b = t.cloud.launch(t.request("thief")).await.expect("launch b");
+    let a_ip = a.private_ip.expect("ip");
+    let get = "printf 'GET /latest/user-data HTTP/1.0\\r\\n\\r\\n'";
+    // b takes a's address as a second one and asks from it: the host drops the packets.
+    let (_, out) = t.exec(
+        &b.id,
+        &format!("ip addr add {a_ip}/32 dev eth0 && {get} | nc -w 2 -s {a_ip} 169.254.169.254 80"),
+    );
+    assert!(!out.contains("HTTP/1.0 200"), "b got a's user-data: {out}");
+    // and b as itself still works
+    assert!(
+        t.raw_from(&b.id, "169.254.169.254", 80, "/latest/meta-data/instance-id")
+            .ends_with(&b.id)
     );
 }

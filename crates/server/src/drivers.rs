@@ -25,6 +25,9 @@ use crate::app::AppError;
 /// The drivers this build can make; clouds using others are refused when they are declared.
 pub const AVAILABLE: &[DriverKind] = &[DriverKind::Fake, DriverKind::Local];
 
+/// A cloud's driver, made once on first use.
+type DriverCell = tokio::sync::OnceCell<Arc<dyn CloudDriver>>;
+
 /// What the local driver needs from the control plane's configuration.
 #[derive(Debug, Clone)]
 pub struct LocalBase {
@@ -34,12 +37,16 @@ pub struct LocalBase {
 }
 
 pub struct Drivers {
-    made: Mutex<HashMap<Name, Arc<dyn CloudDriver>>>,
+    /// One cell per cloud: the global map is locked only to find the cell, so opening one
+    /// cloud (a local cloud sets up its network) never holds up the others.
+    made: Mutex<HashMap<Name, Arc<DriverCell>>>,
+    /// The subnets of the local clouds opened so far (two may not overlap on one host).
+    subnets: std::sync::Mutex<HashMap<Name, ipnet::Ipv4Net>>,
     addresses: Mutex<()>,
     local: Option<LocalBase>,
     /// The API, served again on each local cloud's gateway address so its instances reach
     /// the control plane (set once the router exists), and the port to prefer.
-    gateway_api: std::sync::OnceLock<(axum::Router, u16)>,
+    gateway_api: std::sync::OnceLock<(axum::Router, u16, bool)>,
     /// Per local cloud: the control plane's URL as its instances reach it, and the listener.
     gateways: std::sync::Mutex<HashMap<Name, (String, tokio::task::JoinHandle<()>)>>,
 }
@@ -57,6 +64,7 @@ impl Drivers {
     pub fn new(local: Option<LocalBase>) -> Self {
         Self {
             made: Mutex::default(),
+            subnets: std::sync::Mutex::default(),
             addresses: Mutex::default(),
             local,
             gateway_api: std::sync::OnceLock::new(),
@@ -64,9 +72,13 @@ impl Drivers {
         }
     }
 
-    /// Serve `router` on every local cloud's gateway too (preferring `port`), from now on.
-    pub fn serve_on_gateways(&self, router: axum::Router, port: u16) {
-        let _ = self.gateway_api.set((router, port));
+    /// Make the API reachable from every local cloud's instances, from now on: `listen` is
+    /// the main listener. On a wildcard address it already covers each gateway (same port);
+    /// otherwise `router` is served again on each gateway, on the same port when free.
+    pub fn serve_on_gateways(&self, router: axum::Router, listen: std::net::SocketAddr) {
+        let _ = self
+            .gateway_api
+            .set((router, listen.port(), listen.ip().is_unspecified()));
     }
 
     /// The control plane's URL as the instances of `cloud` reach it, when that differs from
@@ -77,9 +89,19 @@ impl Drivers {
     }
 
     async fn listen_on_gateway(&self, cloud: &Name, gateway: std::net::Ipv4Addr) -> Result<(), AppError> {
-        let Some((router, port)) = self.gateway_api.get() else {
+        let Some((router, port, wildcard)) = self.gateway_api.get() else {
             return Ok(());
         };
+        if *wildcard {
+            self.gateways
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(
+                    cloud.clone(),
+                    (format!("http://{gateway}:{port}"), tokio::spawn(async {})),
+                );
+            return Ok(());
+        }
         let listener = match tokio::net::TcpListener::bind((gateway, *port)).await {
             Ok(l) => l,
             // The port is taken on that address (another control plane): any port will do,
@@ -109,27 +131,24 @@ impl Drivers {
 
     /// The driver for a cloud, by the cloud's name.
     pub async fn for_cloud(&self, store: &dyn Datastore, cloud: &Name) -> Result<Arc<dyn CloudDriver>, AppError> {
-        // Held across the (one-time) construction so two callers never open one cloud twice.
-        let mut made = self.made.lock().await;
-        if let Some(d) = made.get(cloud) {
-            return Ok(d.clone());
-        }
+        let cell = self.made.lock().await.entry(cloud.clone()).or_default().clone();
+        // Two callers never open one cloud twice; a failed open is retried by the next caller.
+        cell.get_or_try_init(|| self.make(store, cloud)).await.cloned()
+    }
+
+    async fn make(&self, store: &dyn Datastore, cloud: &Name) -> Result<Arc<dyn CloudDriver>, AppError> {
         let c = crate::app::resolve::named::<Cloud>(store, cloud.as_str()).await?;
-        let driver: Arc<dyn CloudDriver> = match c.spec.driver {
-            DriverKind::Fake => Arc::new(FakeCloud::new()),
+        match c.spec.driver {
+            DriverKind::Fake => Ok(Arc::new(FakeCloud::new())),
             DriverKind::Local => {
                 let local = self.open_local(&c).await?;
                 self.listen_on_gateway(cloud, local.network().gateway()).await?;
-                Arc::new(local)
+                Ok(Arc::new(local))
             }
-            other => {
-                return Err(AppError::BadState(format!(
-                    "cloud {cloud} uses the {other:?} driver, which this build of Stratus does not include yet"
-                )));
-            }
-        };
-        made.insert(cloud.clone(), driver.clone());
-        Ok(driver)
+            other => Err(AppError::BadState(format!(
+                "cloud {cloud} uses the {other:?} driver, which this build of Stratus does not include yet"
+            ))),
+        }
     }
 
     async fn open_local(&self, c: &Cloud) -> Result<LocalCloud, AppError> {
@@ -140,6 +159,20 @@ impl Drivers {
             ))
         })?;
         let config = local_config(base, c);
+        {
+            let mut subnets = self.subnets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let clash = subnets.iter().find(|(name, net)| {
+                **name != c.spec.name
+                    && (net.contains(&config.subnet.network()) || config.subnet.contains(&net.network()))
+            });
+            if let Some((other, net)) = clash {
+                return Err(AppError::BadState(format!(
+                    "cloud {}: its subnet {} overlaps cloud {other}'s {net}; give one of them another [cloud.local] subnet",
+                    c.spec.name, config.subnet
+                )));
+            }
+            subnets.insert(c.spec.name.clone(), config.subnet);
+        }
         LocalCloud::open(config)
             .await
             .map_err(|e| AppError::BadState(format!("cloud {}: {e}", c.spec.name)))
@@ -148,14 +181,29 @@ impl Drivers {
     /// Remove a local cloud from the host (its instances, bridge and NAT table) and forget its
     /// driver; the cloud's record is the caller's to delete.
     pub async fn remove_local(&self, store: &dyn Datastore, cloud: &Name) -> Result<(), AppError> {
-        let driver = self.for_cloud(store, cloud).await?;
-        if let Some(local) = driver.as_any().downcast_ref::<LocalCloud>() {
-            local.destroy_everything().await.map_err(|source| AppError::Cloud {
-                context: format!("removing local cloud {cloud}"),
-                source,
-            })?;
+        match self.for_cloud(store, cloud).await {
+            Ok(driver) => {
+                if let Some(local) = driver.as_any().downcast_ref::<LocalCloud>() {
+                    local.destroy_everything().await.map_err(|source| AppError::Cloud {
+                        context: format!("removing local cloud {cloud}"),
+                        source,
+                    })?;
+                }
+            }
+            // It cannot even be opened (not root, broken settings): remove what it left anyway.
+            Err(e) => {
+                tracing::warn!(%cloud, error = %e, "removing a local cloud that cannot be opened");
+                if let Some(base) = &self.local {
+                    let tag = network_tag(&base.data_dir, cloud.as_str());
+                    stratus_local::purge::purge(&tag, None);
+                }
+            }
         }
         self.made.lock().await.remove(cloud);
+        self.subnets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(cloud);
         let gone = self
             .gateways
             .lock()

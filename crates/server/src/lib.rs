@@ -125,8 +125,14 @@ fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// Open state, create the first admin if needed, bind, and start serving and reconciling.
-pub async fn start(config: Config) -> anyhow::Result<Running> {
+pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     prepare_data_dir(&config.data_dir)?;
+    // One spelling of the data directory: local clouds derive their host names from it and
+    // compare mount points with absolute paths.
+    config.data_dir = config
+        .data_dir
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", config.data_dir.display()))?;
     let keys = KeyRing::load_or_create(&config.data_dir.join("master.key"))?;
     let db = config.data_dir.join("stratus.db");
     let store = SqliteStore::open(&db)
@@ -163,7 +169,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     });
     let mut tasks = vec![];
     let router = http::router(app.clone());
-    app.drivers.serve_on_gateways(router.clone(), addr.port());
+    app.drivers.serve_on_gateways(router.clone(), addr);
     if config.reconcile {
         tasks.push(tokio::spawn(reconcile::run(app.clone())));
     }

@@ -29,14 +29,41 @@ impl Drop for TestCloud {
     }
 }
 
-/// Remove clouds of earlier test processes that no longer exist.
+/// Test clouds are tagged `t` + 7 hex digits: the test process id (22 bits) and a counter
+/// within the process (6 bits), so tests sharing a process (plain `cargo test`) never share a
+/// cloud, and a tag names the process that made it.
+fn next_tag() -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed) & 0x3f;
+    format!("t{:07x}", ((std::process::id() & 0x3f_ffff) << 6) | n)
+}
+
+fn pid_of_tag(tag: &str) -> Option<u32> {
+    let v = u32::from_str_radix(tag.strip_prefix('t')?, 16).ok()?;
+    (tag.len() == 8).then_some(v >> 6)
+}
+
+/// Remove clouds (and their temporary directories and mounts) of earlier test processes that
+/// no longer exist.
 fn sweep_stale() {
+    let alive = |pid: u32| Path::new(&format!("/proc/{pid}")).exists();
     for net in stratus_local::purge::networks_on_host() {
-        let Some(pid) = net.strip_prefix('t').and_then(|h| u32::from_str_radix(h, 16).ok()) else {
-            continue;
-        };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
+        if pid_of_tag(&net).is_some_and(|p| !alive(p)) {
             stratus_local::purge::purge(&net, None);
+        }
+    }
+    let Ok(rd) = std::fs::read_dir("/var/tmp") else {
+        return;
+    };
+    for e in rd.filter_map(Result::ok) {
+        let name = e.file_name().to_string_lossy().to_string();
+        let pid = name
+            .strip_prefix("stratus-local-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|h| u32::from_str_radix(h, 16).ok());
+        if pid.is_some_and(|p| !alive(p)) {
+            stratus_local::purge::unmount_under(&e.path());
+            let _ = std::fs::remove_dir_all(e.path());
         }
     }
 }
@@ -52,7 +79,7 @@ pub fn config(tmp: &Path, subnet_prefix: u8) -> LocalConfig {
     LocalConfig {
         state_dir: tmp.join("state"),
         images_dir: tmp.join("images"),
-        network: format!("t{:x}", std::process::id()),
+        network: next_tag(),
         subnet: format!("10.{a}.{b}.0/{subnet_prefix}").parse().expect("subnet"),
         address_pools: vec![format!("10.{}.{b}.0/28", a + 50).parse().expect("pool")],
         outbound_nat: false,
@@ -70,11 +97,10 @@ impl TestCloud {
     pub async fn with_subnet(prefix: u8) -> Self {
         sweep_stale();
         let tmp = tempfile::Builder::new()
-            .prefix("stratus-local-")
+            .prefix(&format!("stratus-local-{:x}-", std::process::id()))
             .tempdir_in("/var/tmp")
             .expect("tmp");
         let config = config(tmp.path(), prefix);
-        stratus_local::purge::purge(&config.network, None);
         let cloud = LocalCloud::open(config.clone()).await.expect("open the local cloud");
         let tarball = busybox_tarball(tmp.path());
         let image = cloud.images().import("busybox", &tarball).await.expect("import").id;
@@ -135,6 +161,16 @@ impl TestCloud {
             String::from_utf8_lossy(&out.stderr)
         );
         (out.status.success(), text)
+    }
+
+    /// The raw answer to `GET http://ip:port/path` from inside the instance ("" when nothing
+    /// answered).
+    pub fn raw_from(&self, id: &str, ip: impl std::fmt::Display, port: u16, path: &str) -> String {
+        self.exec(
+            id,
+            &format!("printf 'GET {path} HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n' | nc -w 2 {ip} {port}"),
+        )
+        .1
     }
 
     /// GET `http://ip:port/path` from inside the instance (busybox `nc`: the static busybox's
@@ -236,5 +272,14 @@ pub async fn get(url: &str) -> Option<String> {
         r.text().await.ok()
     } else {
         None
+    }
+}
+
+/// Purges a cloud's network tag on drop (for a second cloud a test opens).
+pub struct Purge(pub String);
+
+impl Drop for Purge {
+    fn drop(&mut self) {
+        stratus_local::purge::purge(&self.0, None);
     }
 }
