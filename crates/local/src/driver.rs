@@ -488,7 +488,7 @@ impl CloudDriver for LocalCloud {
         };
         let lock = s.lock_for(&rec.id);
         let _g = lock.lock().await;
-        let booted = match s.apply_nat().await {
+        let booted = match s.net.pin(&rec.link, true).await {
             Ok(()) => s.boot(&rec).await,
             Err(e) => Err(format!("cannot pin the instance's addresses: {e}")),
         };
@@ -572,7 +572,12 @@ impl CloudDriver for LocalCloud {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(instance_id);
-        s.apply_nat().await.map_err(api)?;
+        if rec.public_ip.is_some() {
+            s.apply_nat().await.map_err(api)?;
+        } else {
+            // Gone already if a rewrite raced us; nothing else to undo.
+            let _ = s.net.pin(&rec.link, false).await;
+        }
         tracing::info!(instance = %instance_id, "instance terminated");
         Ok(())
     }

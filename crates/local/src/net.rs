@@ -132,18 +132,55 @@ impl Network {
         run("nft", &["-f", "-"], Some(&rules)).await.map(drop)
     }
 
+    /// The anti-spoofing table: sets of (port, MAC[, IPv4]) that may send; a port in `ports`
+    /// sending anything else is dropped. Sets, so one instance is pinned or unpinned with one
+    /// element change instead of a rewrite that grows with the number of instances.
     fn spoof_ruleset(&self, links: &[Link]) -> String {
         let t = self.table();
+        let elements = |f: &dyn Fn(&Link) -> String| {
+            if links.is_empty() {
+                String::new()
+            } else {
+                let items: Vec<String> = links.iter().map(f).collect();
+                format!(" elements = {{ {} }};", items.join(", "))
+            }
+        };
         let mut s = format!("table bridge {t} {{}}\ndelete table bridge {t}\ntable bridge {t} {{\n");
+        writeln!(
+            s,
+            "  set ports {{ type ifname;{} }}",
+            elements(&|l| format!("\"{}\"", l.veth))
+        )
+        .ok();
+        writeln!(
+            s,
+            "  set mac_ok {{ type ifname . ether_addr;{} }}",
+            elements(&|l| format!("\"{}\" . {}", l.veth, l.mac))
+        )
+        .ok();
+        writeln!(
+            s,
+            "  set ip_ok {{ type ifname . ether_addr . ipv4_addr;{} }}",
+            elements(&|l| format!("\"{}\" . {} . {}", l.veth, l.mac, l.ip))
+        )
+        .ok();
         s.push_str("  chain prerouting { type filter hook prerouting priority -200; policy accept;\n");
-        for l in links {
-            let (v, mac, ip) = (&l.veth, &l.mac, l.ip);
-            writeln!(s, "    iifname \"{v}\" ether saddr != {mac} drop").ok();
-            writeln!(s, "    iifname \"{v}\" ether type ip ip saddr != {ip} drop").ok();
-            writeln!(s, "    iifname \"{v}\" ether type arp arp saddr ip != {ip} drop").ok();
-        }
+        s.push_str("    iifname != @ports accept\n");
+        s.push_str("    iifname . ether saddr != @mac_ok drop\n");
+        s.push_str("    ether type ip iifname . ether saddr . ip saddr != @ip_ok drop\n");
+        s.push_str("    ether type arp iifname . ether saddr . arp saddr ip != @ip_ok drop\n");
         s.push_str("  }\n}\n");
         s
+    }
+
+    /// Add (`pin`) or remove one instance's port in the anti-spoofing sets.
+    pub async fn pin(&self, link: &Link, on: bool) -> Result<(), CommandError> {
+        let (t, v, mac, ip) = (self.table(), &link.veth, &link.mac, link.ip);
+        let verb = if on { "add" } else { "delete" };
+        let script = format!(
+            "{verb} element bridge {t} ports {{ \"{v}\" }}\n{verb} element bridge {t} mac_ok {{ \"{v}\" . {mac} }}\n{verb} element bridge {t} ip_ok {{ \"{v}\" . {mac} . {ip} }}\n"
+        );
+        run("nft", &["-f", "-"], Some(&script)).await.map(drop)
     }
 
     fn nat_ruleset(&self, metadata: Option<SocketAddrV4>, eips: &[(Ipv4Addr, Ipv4Addr)]) -> String {
@@ -331,8 +368,9 @@ mod tests {
             ip: "10.77.0.5".parse().unwrap(),
         };
         let spoof = n.spoof_ruleset(&[link]);
-        assert!(spoof.contains("iifname \"sv1\" ether saddr != 02:00:00:00:00:01 drop"));
-        assert!(spoof.contains("iifname \"sv1\" ether type ip ip saddr != 10.77.0.5 drop"));
+        assert!(spoof.contains("set ports { type ifname; elements = { \"sv1\" }; }"));
+        assert!(spoof.contains("elements = { \"sv1\" . 02:00:00:00:00:01 . 10.77.0.5 }"));
+        assert!(n.spoof_ruleset(&[]).contains("set ports { type ifname; }"));
         assert!(s.contains("elements = { 10.78.0.2 : 10.77.0.5 }"));
         assert!(s.contains("ip daddr 169.254.169.254 tcp dport 80 dnat to 10.77.0.1:4567"));
         assert!(!s.contains("oifname"), "no outbound NAT unless asked");
