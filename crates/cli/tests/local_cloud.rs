@@ -176,6 +176,29 @@ fn in_netns(netns: &str, addr: &str, path: &str) -> Option<String> {
     head.contains(" 200 ").then(|| body.to_string())
 }
 
+/// POST a JSON body from inside a network namespace; (status line, body).
+fn post_in_netns(netns: &str, addr: &str, path: &str, json: &str) -> Option<(String, String)> {
+    use std::io::Write;
+    let (host, port) = addr.rsplit_once(':')?;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", netns, "busybox", "nc", "-w", "2", host, port])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .ok()?;
+    let mut stdin = child.stdin.take()?;
+    let request = format!(
+        "POST {path} HTTP/1.0\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
+        json.len()
+    );
+    stdin.write_all(request.as_bytes()).ok()?;
+    let out = child.wait_with_output().ok()?;
+    drop(stdin);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    Some((head.lines().next()?.to_string(), body.to_string()))
+}
+
 fn eventually_http(url: &str) -> Option<String> {
     for _ in 0..100 {
         if let Some(b) = http(url) {
@@ -301,6 +324,43 @@ template = "web"
     assert!(cp.starts_with(&format!("10.{a}.{b}.1:")), "the gateway address: {cp}");
     let health = in_netns(&netns, &cp, "/api/v1/health").expect("the control plane answers instances");
     assert!(health.contains("ok"), "{health}");
+
+    // Enrolment from inside, as the agent does it: the signed identity document is required
+    // on this cloud, a forged one is refused, the real one works once.
+    let doc = in_netns(
+        &netns,
+        "169.254.169.254:80",
+        "/latest/dynamic/instance-identity/document",
+    )
+    .expect("doc");
+    let sig = in_netns(
+        &netns,
+        "169.254.169.254:80",
+        "/latest/dynamic/instance-identity/signature",
+    )
+    .expect("sig");
+    let enrol = |body: Value| post_in_netns(&netns, &cp, "/api/v1/agent/enroll", &body.to_string());
+    let base = serde_json::json!({ "server_id": url["server_id"], "enrolment_token": url["enrolment_token"] });
+    let (status, _) = enrol(base.clone()).expect("answer");
+    assert!(
+        status.contains(" 400 "),
+        "the identity document is required here: {status}"
+    );
+    let mut forged = base.clone();
+    forged["identity_document"] = doc.replace(&instance, "i-00000000000000000").into();
+    forged["identity_signature"] = sig.clone().into();
+    let (status, _) = enrol(forged).expect("answer");
+    assert!(status.contains(" 401 "), "a forged document is refused: {status}");
+    let mut real = base;
+    real["identity_document"] = doc.into();
+    real["identity_signature"] = sig.into();
+    let (status, body) = enrol(real.clone()).expect("answer");
+    assert!(
+        status.contains(" 200 ") && body.contains("stratus_agent_"),
+        "{status} {body}"
+    );
+    let (status, _) = enrol(real).expect("answer");
+    assert!(status.contains(" 409 "), "a token works once: {status}");
 
     // The control plane dies; the instance does not. A new control plane finds it.
     plane.kill();

@@ -38,6 +38,8 @@ pub enum CryptoError {
 pub struct KeyRing {
     cipher: XChaCha20Poly1305,
     key_id: String,
+    /// Derived from the master key, only for enrolment tokens (never used to encrypt).
+    enrolment: [u8; 32],
 }
 
 impl std::fmt::Debug for KeyRing {
@@ -85,10 +87,29 @@ impl KeyRing {
 
     pub fn from_key(key: &[u8; 32]) -> Self {
         let key_id = hex::encode(&Sha256::digest(key)[..8]);
+        let mut h = Sha256::new();
+        h.update(b"stratus enrolment key v1\0");
+        h.update(key);
         Self {
             cipher: XChaCha20Poly1305::new(key.into()),
             key_id,
+            enrolment: h.finalize().into(),
         }
+    }
+
+    /// The one-time enrolment token of a server's agent: an HMAC of the server id, so the
+    /// control plane can recompute it (a retried launch writes the same user-data) and stores
+    /// nothing secret. It is accepted once, while the server is booting.
+    pub fn enrolment_token(&self, server_id: &str) -> String {
+        use base64::Engine;
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<Sha256>::new_from_slice(&self.enrolment).expect("any key length");
+        mac.update(b"enrol\0");
+        mac.update(server_id.as_bytes());
+        format!(
+            "stratus_enrol_{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+        )
     }
 
     pub fn seal(&self, id: &str, secret: &Secret) -> Result<Sealed, CryptoError> {

@@ -41,6 +41,9 @@ pub struct Config {
     /// How to run the local cloud's instance init (`stratus instance-init`): program and
     /// leading arguments. `None`: this control plane opens no local clouds.
     pub instance_init: Option<Vec<std::ffi::OsString>>,
+    /// On the fake cloud, play the agent (record boot scripts as runs, move servers on). Off,
+    /// fake servers wait in `booting` for a real or test agent to enrol, like on other clouds.
+    pub simulate_agents: bool,
 }
 
 impl Config {
@@ -53,6 +56,7 @@ impl Config {
             reconcile_interval: Duration::from_secs(1),
             reconcile: true,
             instance_init: None,
+            simulate_agents: true,
         }
     }
 }
@@ -154,6 +158,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     let settings = AppSettings {
         public_url: config.public_url.clone().unwrap_or_else(|| url.clone()),
         public_url_given: config.public_url.is_some(),
+        simulate_agents: config.simulate_agents,
         boot_deadline: config.boot_deadline,
         reconcile_interval: config.reconcile_interval,
     };

@@ -89,14 +89,14 @@ async fn step(app: &App, s: Server) -> Result<(), AppError> {
 }
 
 fn user_data(app: &App, s: &Server) -> Vec<u8> {
-    // Minimal on purpose: where the control plane is and who this is. Everything else is
-    // fetched by the agent after it connects. Instances of a local cloud reach the control
+    // Minimal on purpose: where the control plane is, who this is, and a one-time enrolment
+    // token (see app/agents.rs). Everything else comes over the agent's connection. Instances of a local cloud reach the control
     // plane on their gateway unless a public URL was configured.
     let url = match app.drivers.instance_url(&s.cloud) {
         Some(gateway) if !app.settings.public_url_given => gateway,
         _ => app.settings.public_url.clone(),
     };
-    serde_json::to_vec(&serde_json::json!({ "stratus_url": url, "server_id": s.id })).unwrap_or_default()
+    crate::app::agents::user_data(app, s, &url)
 }
 
 async fn launch(app: &App, mut s: Server, driver: Arc<dyn CloudDriver>) -> Result<(), AppError> {
@@ -229,7 +229,7 @@ async fn boot(app: &App, mut s: Server, driver: Arc<dyn CloudDriver>) -> Result<
             };
             s.strand(reason, now).map_err(|e| AppError::BadState(e.to_string()))?;
         }
-        Some(InstanceState::Running) if driver.kind() == DriverKind::Fake => {
+        Some(InstanceState::Running) if driver.kind() == DriverKind::Fake && app.settings.simulate_agents => {
             changes = simulated_runs(app, &s, Phase::Boot).await?;
             s.move_to(ServerState::Operational, now)
                 .map_err(|e| AppError::BadState(e.to_string()))?;
@@ -311,7 +311,7 @@ async fn decommission(
     let now = Utc::now();
     let mut changes = vec![];
     let driver = driver?;
-    if s.instance_id.is_some() && driver.kind() == DriverKind::Fake {
+    if s.instance_id.is_some() && driver.kind() == DriverKind::Fake && app.settings.simulate_agents {
         changes.extend(simulated_runs(app, &s, Phase::Decommission).await?);
     }
     // The recorded instance, plus any launched for this server but not recorded (a launch

@@ -22,10 +22,12 @@ pub enum Kind {
     User,
     Token,
     Address,
+    /// An enrolled instance agent (its credential's hash).
+    Agent,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 13] = [
+    pub const ALL: [Kind; 14] = [
         Kind::Cloud,
         Kind::Image,
         Kind::Script,
@@ -39,6 +41,7 @@ impl Kind {
         Kind::User,
         Kind::Token,
         Kind::Address,
+        Kind::Agent,
     ];
 
     /// The kind stored under this name.
@@ -61,6 +64,7 @@ impl Kind {
             Kind::User => "user",
             Kind::Token => "token",
             Kind::Address => "address",
+            Kind::Agent => "agent",
         }
     }
 }

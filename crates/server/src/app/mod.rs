@@ -10,6 +10,7 @@
 //! written in a file are checked by the same code.
 
 pub mod addresses;
+pub mod agents;
 pub mod apply;
 pub mod arrays;
 pub mod audit;
@@ -54,6 +55,8 @@ pub struct AppSettings {
     /// `public_url` was configured (not derived from the listen address): it then wins over a
     /// local cloud's gateway URL.
     pub public_url_given: bool,
+    /// The fake cloud's simulated agent is on (see `Config::simulate_agents`).
+    pub simulate_agents: bool,
     /// A booting server whose agent has not finished within this is stranded.
     pub boot_deadline: Duration,
     /// How often reconcilers run when nothing pokes them.

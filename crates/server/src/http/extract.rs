@@ -34,6 +34,28 @@ impl FromRequestParts<Arc<App>> for Caller {
     }
 }
 
+/// An enrolled agent, by its credential (never a user's token).
+#[derive(Debug, Clone)]
+pub struct AgentCaller {
+    pub agent: crate::app::agents::AgentRecord,
+    pub server: stratus_types::server::Server,
+}
+
+impl FromRequestParts<Arc<App>> for AgentCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Self::Rejection> {
+        let token = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .ok_or(AppError::Unauthenticated)?;
+        let (agent, server) = crate::app::agents::authenticate(app, token.trim()).await?;
+        Ok(AgentCaller { agent, server })
+    }
+}
+
 /// A JSON body; malformed JSON and unknown fields are `invalid_input` with serde's message
 /// (which names the field), and too large a body is `payload_too_large`.
 #[derive(Debug)]

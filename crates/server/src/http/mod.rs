@@ -4,6 +4,7 @@
 //! and the OpenAPI document. Routes and the OpenAPI document come from the same handler
 //! annotations (`utoipa-axum`), so the document cannot drift from the code.
 
+mod agent;
 mod catalog;
 mod error;
 mod extract;
@@ -65,6 +66,7 @@ pub fn api() -> (axum::Router<Arc<App>>, utoipa::openapi::OpenApi) {
         .merge(catalog::routes())
         .merge(servers::routes())
         .merge(misc::routes())
+        .merge(agent::routes())
         .split_for_parts()
 }
 

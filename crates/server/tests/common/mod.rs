@@ -24,8 +24,15 @@ pub fn config(dir: &std::path::Path) -> Config {
 
 impl TestServer {
     pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Start with a changed configuration.
+    pub async fn start_with(change: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let running = stratus_server::start(config(dir.path())).await.expect("start");
+        let mut c = config(dir.path());
+        change(&mut c);
+        let running = stratus_server::start(c).await.expect("start");
         let token = std::fs::read_to_string(&running.admin_token_file)
             .expect("admin token")
             .trim()

@@ -1,0 +1,220 @@
+//! Agent enrolment: how an instance's agent proves which server it is and gets a credential.
+//!
+//! 1. At launch the orchestrator writes minimal user-data: the control plane's URL, the
+//!    server id and a one-time **enrolment token** (`KeyRing::enrolment_token`, an HMAC of the
+//!    server id: recomputable, so a retried launch writes the same user-data, and nothing
+//!    secret is stored).
+//! 2. The agent reads its user-data and, where the cloud signs one (the local cloud does), its
+//!    instance-identity document and signature from the metadata service, and calls
+//!    `POST /api/v1/agent/enroll`.
+//! 3. The control plane checks, in this order: the server exists and is `booting`; the token
+//!    is the server's (constant-time compare); no agent has enrolled for it yet (a token works
+//!    once); and on a cloud that signs identities, the document's signature is the cloud's and
+//!    it names the server's own instance and private address. Any failure changes nothing.
+//! 4. It answers with a per-instance **agent credential** (`stratus_agent_…`, 32 random bytes;
+//!    only its SHA-256 is kept) that the agent keeps on the instance (0600) and presents as a
+//!    bearer token from then on. An agent credential only ever acts as its own server; user
+//!    tokens are not accepted on agent routes and agent credentials not on user routes.
+
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use stratus_local::LocalCloud;
+use stratus_store::{Change, Kind, Resource, TypedStore};
+use stratus_types::ServerId;
+use stratus_types::server::{Server, ServerState};
+
+use super::{Actor, App, AppError, audit};
+use crate::crypto::random_bytes;
+
+/// What the control plane keeps of an enrolled agent (id = the server id).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentRecord {
+    pub server: ServerId,
+    /// The instance the agent enrolled from.
+    pub instance_id: String,
+    /// SHA-256 (hex) of the agent credential.
+    pub credential_hash: String,
+    pub enrolled_at: DateTime<Utc>,
+    pub revision: u32,
+}
+
+impl Resource for AgentRecord {
+    const KIND: Kind = Kind::Agent;
+    fn id_string(&self) -> String {
+        self.server.to_string()
+    }
+    /// Looked up by credential hash, like API tokens.
+    fn name_string(&self) -> String {
+        self.credential_hash.clone()
+    }
+    fn scope(&self) -> String {
+        "agent".into()
+    }
+    fn revision(&self) -> u32 {
+        self.revision
+    }
+    fn set_revision(&mut self, r: u32) {
+        self.revision = r;
+    }
+    fn created_at(&self) -> DateTime<Utc> {
+        self.enrolled_at
+    }
+    fn updated_at(&self) -> DateTime<Utc> {
+        self.enrolled_at
+    }
+    fn set_updated_at(&mut self, _: DateTime<Utc>) {}
+}
+
+/// What an agent sends to enrol.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnrolRequest {
+    pub server_id: ServerId,
+    pub enrolment_token: String,
+    /// The instance-identity document exactly as the metadata service returned it.
+    #[serde(default)]
+    pub identity_document: Option<String>,
+    /// Its signature (base64), from `/latest/dynamic/instance-identity/signature`.
+    #[serde(default)]
+    pub identity_signature: Option<String>,
+}
+
+/// What an enrolled agent gets: its credential, shown once.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Enrolled {
+    pub server_id: ServerId,
+    pub agent_token: String,
+}
+
+const AGENT_TOKEN_PREFIX: &str = "stratus_agent_";
+
+fn hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Compare without leaking where the first difference is.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The user-data the orchestrator writes for a server's instance.
+pub fn user_data(app: &App, server: &Server, url: &str) -> Vec<u8> {
+    let token = app.keys.enrolment_token(&server.id.to_string());
+    serde_json::to_vec(&serde_json::json!({
+        "stratus_url": url,
+        "server_id": server.id,
+        "enrolment_token": token,
+    }))
+    .unwrap_or_default()
+}
+
+pub async fn enrol(app: &App, req: &EnrolRequest) -> Result<Enrolled, AppError> {
+    // One answer for every way a token can be wrong: a caller learns nothing about servers.
+    let refused = || AppError::Unauthenticated;
+    if req.enrolment_token.len() > 128 {
+        return Err(refused());
+    }
+    let id = req.server_id.to_string();
+    let server: Server = app.store.get_as(&id).await?.ok_or_else(refused)?;
+    if !same(&app.keys.enrolment_token(&id), &req.enrolment_token) {
+        return Err(refused());
+    }
+    if server.state != ServerState::Booting {
+        return Err(AppError::BadState(format!(
+            "server {}/{} is {}; an agent enrols while its server is booting",
+            server.deployment, server.name, server.state
+        )));
+    }
+    if app.store.get_as::<AgentRecord>(&id).await?.is_some() {
+        return Err(AppError::Conflict(format!(
+            "an agent has already enrolled for server {}/{}; enrolment tokens work once",
+            server.deployment, server.name
+        )));
+    }
+    let instance_id = server.instance_id.clone().ok_or_else(refused)?;
+    check_identity(app, &server, &instance_id, req).await?;
+    let raw: [u8; 32] = random_bytes()?;
+    let token = format!(
+        "{AGENT_TOKEN_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    );
+    let record = AgentRecord {
+        server: server.id,
+        instance_id: instance_id.clone(),
+        credential_hash: hash(&token),
+        enrolled_at: Utc::now(),
+        revision: 1,
+    };
+    let actor = Actor {
+        name: format!("agent:{}/{}", server.deployment, server.name),
+        level: 0,
+    };
+    let target = format!("server/{}/{}", server.deployment, server.name);
+    app.commit(vec![
+        Change::insert(&record),
+        audit(
+            &actor,
+            "agent.enrol",
+            target,
+            serde_json::json!({ "instance": instance_id }),
+        ),
+    ])
+    .await?;
+    Ok(Enrolled {
+        server_id: server.id,
+        agent_token: token,
+    })
+}
+
+/// On a cloud that signs instance identities, the document must be signed by it and name the
+/// server's own instance and address.
+async fn check_identity(app: &App, server: &Server, instance_id: &str, req: &EnrolRequest) -> Result<(), AppError> {
+    let driver = app.drivers.for_cloud(&*app.store, &server.cloud).await?;
+    let Some(verifier) = driver
+        .as_any()
+        .downcast_ref::<LocalCloud>()
+        .and_then(LocalCloud::identity_verifier)
+    else {
+        return Ok(());
+    };
+    let (Some(doc), Some(sig)) = (&req.identity_document, &req.identity_signature) else {
+        return Err(AppError::invalid(
+            "identity_document",
+            "this cloud signs instance identities: send the document and signature from the metadata service",
+        ));
+    };
+    let parsed = verifier
+        .verify(doc.as_bytes(), sig.trim())
+        .map_err(|_| AppError::Unauthenticated)?;
+    let ip_matches = server
+        .private_ip
+        .is_some_and(|ip| ip == std::net::IpAddr::V4(parsed.private_ip));
+    if parsed.instance_id != instance_id || !ip_matches {
+        return Err(AppError::Unauthenticated);
+    }
+    Ok(())
+}
+
+/// Which server holds this agent credential? Unknown and malformed credentials get the same
+/// answer; so does the credential of an agent whose server has been terminated.
+pub async fn authenticate(app: &App, token: &str) -> Result<(AgentRecord, Server), AppError> {
+    if !token.starts_with(AGENT_TOKEN_PREFIX) || token.len() > 128 {
+        return Err(AppError::Unauthenticated);
+    }
+    let record: AgentRecord = app
+        .store
+        .find_as("agent", &hash(token))
+        .await?
+        .ok_or(AppError::Unauthenticated)?;
+    let server: Server = app
+        .store
+        .get_as(&record.server.to_string())
+        .await?
+        .ok_or(AppError::Unauthenticated)?;
+    if server.state == ServerState::Terminated || server.instance_id.as_deref() != Some(record.instance_id.as_str()) {
+        return Err(AppError::Unauthenticated);
+    }
+    Ok((record, server))
+}
