@@ -15,6 +15,7 @@ pub mod apply;
 pub mod arrays;
 pub mod audit;
 pub mod credentials;
+pub mod gateway;
 pub mod images;
 pub mod resolve;
 pub mod runs;

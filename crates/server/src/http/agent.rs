@@ -1,17 +1,26 @@
-//! The agent's side of the API: enrolment, and what an enrolled agent may ask about itself.
+//! The agent's side of the API: enrolment, what an enrolled agent may ask about itself, and
+//! its WebSocket connection (handshake, desired state, reports; logic in `app/gateway.rs`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use stratus_agent_proto::limits::MAX_AGENT_FRAME;
+use stratus_agent_proto::{
+    AgentMessage, ControlMessage, DEAD_AFTER_HEARTBEATS, DEFAULT_HEARTBEAT_SECS, DesiredState, Generation, Refused,
+    RefusedReason, SUPPORTED_VERSIONS, Welcome, decode_agent, encode_control, negotiate,
+};
 use stratus_types::server::Server;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ApiError;
 use super::extract::{AgentCaller, Body};
-use crate::app::App;
 use crate::app::agents::{self, EnrolRequest, Enrolled};
+use crate::app::{App, AppError, gateway};
 
 /// Enrol an instance's agent with its one-time token (and, where the cloud signs them, its
 /// instance-identity document); the answer holds the agent's credential, shown once.
@@ -38,6 +47,137 @@ async fn whoami(a: AgentCaller) -> Json<AgentSelf> {
     })
 }
 
+/// The agent's one connection (WebSocket): the protocol of the `stratus-agent-proto` crate.
+#[utoipa::path(get, path = "/agent/connect", tag = "agent", responses((status = 101, description = "switching to the agent protocol"), (status = 401, body = stratus_api::error::ErrorBody)))]
+async fn connect(State(app): State<Arc<App>>, a: AgentCaller, ws: WebSocketUpgrade) -> Response {
+    ws.max_message_size(MAX_AGENT_FRAME)
+        .on_upgrade(move |socket| session(app, a, socket))
+}
+
+/// Send one control message; false when the connection is gone.
+async fn send(socket: &mut WebSocket, msg: &ControlMessage) -> bool {
+    match encode_control(msg) {
+        Ok(text) => socket.send(Message::Text(text.into())).await.is_ok(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode a control message");
+            false
+        }
+    }
+}
+
+async fn refuse(socket: &mut WebSocket, reason: RefusedReason, message: String) {
+    tracing::warn!(?reason, %message, "agent refused");
+    let _ = send(socket, &ControlMessage::Refused(Refused { reason, message })).await;
+    let _ = socket.send(Message::Close(None)).await;
+}
+
+/// The next agent message: None when the connection ended, Err for a bad frame.
+async fn next(socket: &mut WebSocket) -> Option<Result<AgentMessage, String>> {
+    loop {
+        match socket.recv().await? {
+            Ok(Message::Text(t)) => return Some(decode_agent(t.as_str()).map_err(|e| e.to_string())),
+            Ok(Message::Binary(_)) => return Some(Err("binary frames are not part of the protocol".into())),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+async fn session(app: Arc<App>, a: AgentCaller, mut socket: WebSocket) {
+    let server = a.server.clone();
+    let hello = match tokio::time::timeout(Duration::from_secs(10), next(&mut socket)).await {
+        Ok(Some(Ok(AgentMessage::Hello(h)))) => h,
+        Ok(Some(Err(e))) => return refuse(&mut socket, RefusedReason::ProtocolError, e).await,
+        Ok(None) => return,
+        _ => {
+            let m = "the first message must be hello, within 10 s".to_string();
+            return refuse(&mut socket, RefusedReason::ProtocolError, m).await;
+        }
+    };
+    if hello.server != server.id {
+        let m = format!("this credential belongs to server {}, not {}", server.id, hello.server);
+        return refuse(&mut socket, RefusedReason::WrongServer, m).await;
+    }
+    let Some(version) = negotiate(&hello.versions, SUPPORTED_VERSIONS) else {
+        let m = format!("this control plane speaks protocol versions {SUPPORTED_VERSIONS:?}");
+        return refuse(&mut socket, RefusedReason::UnsupportedVersion, m).await;
+    };
+    let welcome = Welcome {
+        version,
+        heartbeat_secs: DEFAULT_HEARTBEAT_SECS,
+        resume: vec![],
+    };
+    if !send(&mut socket, &ControlMessage::Welcome(welcome)).await {
+        return;
+    }
+    let mut gw = gateway::Session::new(server.id);
+    let boot = match gateway::boot_runs(&app, &mut gw, &server).await {
+        Ok(b) => b,
+        Err(e) => return refuse(&mut socket, RefusedReason::Unavailable, e.to_string()).await,
+    };
+    let desired = DesiredState {
+        generation: Generation::FIRST,
+        boot,
+        tags: server.tags.clone(),
+    };
+    if !send(&mut socket, &ControlMessage::DesiredState(desired)).await {
+        return;
+    }
+    tracing::info!(server = %server.name, agent = %hello.agent_version, "agent connected");
+    let dead_after = Duration::from_secs(u64::from(DEFAULT_HEARTBEAT_SECS * DEAD_AFTER_HEARTBEATS));
+    loop {
+        let msg = match tokio::time::timeout(dead_after, next(&mut socket)).await {
+            Ok(Some(Ok(m))) => m,
+            Ok(Some(Err(e))) => return refuse(&mut socket, RefusedReason::ProtocolError, e).await,
+            Ok(None) => break,
+            Err(_) => {
+                tracing::warn!(server = %server.name, "agent silent for too long; closing");
+                break;
+            }
+        };
+        let reply = match handle(&app, &mut gw, msg).await {
+            Ok(reply) => reply,
+            Err(AppError::Forbidden(m)) => return refuse(&mut socket, RefusedReason::ProtocolError, m).await,
+            Err(e) => return refuse(&mut socket, RefusedReason::Unavailable, e.to_string()).await,
+        };
+        if let Some(r) = reply
+            && !send(&mut socket, &r).await
+        {
+            break;
+        }
+    }
+    tracing::info!(server = %server.name, "agent disconnected");
+}
+
+async fn handle(app: &App, gw: &mut gateway::Session, msg: AgentMessage) -> Result<Option<ControlMessage>, AppError> {
+    Ok(match msg {
+        AgentMessage::Heartbeat { .. } => Some(ControlMessage::Heartbeat { at: chrono::Utc::now() }),
+        AgentMessage::Applied { .. } => None,
+        AgentMessage::RunStarted { run, started_at } => {
+            gateway::run_started(app, gw, run, started_at).await?;
+            None
+        }
+        AgentMessage::Output(o) => {
+            gateway::output(app, gw, o.run, o.seq, &o.data).await?;
+            Some(ControlMessage::AckOutput { run: o.run, seq: o.seq })
+        }
+        AgentMessage::RunFinished(done) => {
+            gateway::run_finished(app, gw, &done).await?;
+            Some(ControlMessage::AckFinished { run: done.run })
+        }
+        AgentMessage::TagChange { request_id, .. } | AgentMessage::TagQuery { request_id, .. } => {
+            Some(ControlMessage::RequestFailed {
+                request_id,
+                message: "tag commands are not available yet".into(),
+            })
+        }
+        AgentMessage::Hello(_) => return Err(AppError::Forbidden("hello twice".into())),
+    })
+}
+
 pub fn routes() -> OpenApiRouter<Arc<App>> {
-    OpenApiRouter::new().routes(routes!(enroll)).routes(routes!(whoami))
+    OpenApiRouter::new()
+        .routes(routes!(enroll))
+        .routes(routes!(whoami))
+        .routes(routes!(connect))
 }

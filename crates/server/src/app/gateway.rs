@@ -1,0 +1,269 @@
+//! The agent gateway's logic: what a connected agent is told and what its reports change.
+//! The WebSocket plumbing is in `http/agent.rs`; this is transport-free.
+//!
+//! 1. After `hello`, a booting server's agent gets its desired state: generation 1 with the
+//!    boot scripts as runs. The runs are created once (`queued`) on the first connection and
+//!    re-sent with the same ids on a reconnect, so nothing is created twice.
+//! 2. Each `run_started`, `output` and `run_finished` updates that run, after checking it
+//!    belongs to the agent's own server (anything else is a protocol error: the connection is
+//!    closed, no other server is touched). Output is masked with the run's secrets before it
+//!    is stored; a chunk whose `seq` was already stored is a duplicate and only acknowledged.
+//! 3. When every boot run has succeeded the server is `operational`; the first that fails
+//!    strands it with the script's name, exit code and the tail of its output.
+
+use std::collections::HashMap;
+
+use chrono::Utc;
+use stratus_agent_proto::{EnvVar, Masker, ScriptRun};
+use stratus_store::{Change, Query, TypedStore};
+use stratus_types::input::InputValue;
+use stratus_types::run::{Phase, Run, RunStatus};
+use stratus_types::script::Script;
+use stratus_types::server::{Server, ServerState, StrandedReason};
+use stratus_types::template::ServerTemplate;
+use stratus_types::{RunId, ServerId};
+
+use super::{App, AppError};
+
+/// A connected agent's runs: the maskers that keep their secrets out of stored output, and
+/// the next output `seq` expected per run.
+#[derive(Debug, Default)]
+pub struct Session {
+    pub server: ServerId,
+    maskers: HashMap<RunId, Masker>,
+    next_seq: HashMap<RunId, u64>,
+}
+
+impl Session {
+    pub fn new(server: ServerId) -> Self {
+        Self {
+            server,
+            ..Self::default()
+        }
+    }
+}
+
+/// The boot scripts of a booting server as runs to send (created on first call).
+pub async fn boot_runs(app: &App, session: &mut Session, server: &Server) -> Result<Vec<ScriptRun>, AppError> {
+    if server.state != ServerState::Booting {
+        return Ok(vec![]);
+    }
+    let Some(template) = app
+        .store
+        .find_as::<ServerTemplate>("", server.template.as_str())
+        .await?
+    else {
+        return Ok(vec![]);
+    };
+    let q = Query {
+        scope: Some(server.id.to_string()),
+        ..Default::default()
+    };
+    let existing: Vec<Run> = app
+        .store
+        .list_all::<Run>(&q)
+        .await?
+        .into_iter()
+        .filter(|r| r.phase == Phase::Boot)
+        .collect();
+    let mut out = vec![];
+    let mut created = vec![];
+    for name in &template.spec.boot_scripts {
+        let Some(script) = app.store.find_as::<Script>("", name.as_str()).await? else {
+            continue;
+        };
+        let run = match existing.iter().find(|r| &r.script == name) {
+            Some(r) => r.clone(),
+            None => {
+                let r = new_run(server, &script);
+                created.push(Change::insert(&r));
+                r
+            }
+        };
+        let env = env_for(app, server, &script).await?;
+        let sr = ScriptRun {
+            run: run.id,
+            name: script.spec.name.clone(),
+            body: script.spec.body.clone(),
+            env,
+            timeout_secs: None,
+            phase: Phase::Boot,
+            frequency: script.spec.frequency,
+        };
+        session.maskers.insert(run.id, Masker::for_run(&sr));
+        session.next_seq.entry(run.id).or_insert(0);
+        out.push(sr);
+    }
+    if !created.is_empty() {
+        app.store.commit(created).await?;
+    }
+    Ok(out)
+}
+
+fn new_run(s: &Server, script: &Script) -> Run {
+    Run {
+        id: RunId::new(),
+        server: s.id,
+        server_name: s.name.clone(),
+        deployment: s.deployment.clone(),
+        script: script.spec.name.clone(),
+        script_revision: script.revision,
+        revision: 1,
+        phase: Phase::Boot,
+        inputs: s
+            .inputs
+            .iter()
+            .filter(|(k, _)| script.spec.inputs.iter().any(|d| &d.name == *k))
+            .map(|(k, v)| (k.clone(), v.to_string()))
+            .collect(),
+        status: RunStatus::Queued,
+        exit_code: None,
+        output: String::new(),
+        output_truncated: false,
+        requested_by: "system".into(),
+        created_at: Utc::now(),
+        started_at: None,
+        finished_at: None,
+    }
+}
+
+/// The script's inputs as environment variables: text as is, `cred:` decrypted into the frame
+/// (marked secret, so the agent masks it), `env:` read by the agent from its own environment.
+async fn env_for(app: &App, s: &Server, script: &Script) -> Result<Vec<EnvVar>, AppError> {
+    let mut env = vec![];
+    for decl in &script.spec.inputs {
+        let Some(value) = s.inputs.get(&decl.name) else {
+            continue;
+        };
+        env.push(match value {
+            InputValue::Text(t) => EnvVar::text(&decl.name, t),
+            InputValue::Cred(name) => {
+                let secret = super::credentials::reveal(app, name.as_str()).await?;
+                EnvVar::secret(&decl.name, secret.expose())
+            }
+            InputValue::Env(var) => EnvVar::instance(&decl.name, var),
+            InputValue::Artifact { .. } => {
+                return Err(AppError::BadState(format!(
+                    "input {} is an artifact; artifact inputs are not delivered yet",
+                    decl.name
+                )));
+            }
+        });
+    }
+    Ok(env)
+}
+
+/// The run, if it is this session's server's; otherwise a protocol error.
+async fn own_run(app: &App, session: &Session, run: RunId) -> Result<Run, AppError> {
+    let r: Option<Run> = app.store.get_as(&run.to_string()).await?;
+    match r {
+        Some(r) if r.server == session.server => Ok(r),
+        _ => Err(AppError::Forbidden(format!("run {run} is not this agent's"))),
+    }
+}
+
+pub async fn run_started(app: &App, session: &Session, run: RunId, at: chrono::DateTime<Utc>) -> Result<(), AppError> {
+    let mut r = own_run(app, session, run).await?;
+    if r.status == RunStatus::Queued {
+        r.status = RunStatus::Running;
+        r.started_at = Some(at);
+        app.store.commit(vec![Change::update(&mut r, Utc::now())]).await?;
+    }
+    Ok(())
+}
+
+/// Store one output chunk (masked). Returns false for a duplicate (already stored).
+pub async fn output(app: &App, session: &mut Session, run: RunId, seq: u64, data: &str) -> Result<bool, AppError> {
+    let mut r = own_run(app, session, run).await?;
+    let next = session.next_seq.entry(run).or_insert(0);
+    if seq < *next {
+        return Ok(false);
+    }
+    if seq > *next {
+        return Err(AppError::BadState(format!(
+            "run {run}: output {seq} arrived before {next}"
+        )));
+    }
+    let masked = match session.maskers.get_mut(&run) {
+        Some(m) => m.push(data),
+        None => data.to_string(),
+    };
+    r.append_output(&masked);
+    app.store.commit(vec![Change::update(&mut r, Utc::now())]).await?;
+    *next += 1;
+    Ok(true)
+}
+
+/// Record the end of a run and move the server on when its boot is decided.
+pub async fn run_finished(
+    app: &App,
+    session: &mut Session,
+    done: &stratus_agent_proto::RunFinished,
+) -> Result<(), AppError> {
+    let mut r = own_run(app, session, done.run).await?;
+    if !r.status.is_finished() {
+        if let Some(m) = session.maskers.get_mut(&done.run) {
+            let rest = m.finish();
+            r.append_output(&rest);
+        }
+        r.status = done.status();
+        r.exit_code = done.exit_code;
+        r.finished_at = Some(done.finished_at);
+        if let Some(e) = &done.error {
+            r.append_output(&format!("\n[stratus-agent] {e}\n"));
+        }
+        app.store.commit(vec![Change::update(&mut r, Utc::now())]).await?;
+    }
+    if r.phase == Phase::Boot {
+        settle_boot(app, session.server).await?;
+    }
+    Ok(())
+}
+
+async fn settle_boot(app: &App, server: ServerId) -> Result<(), AppError> {
+    let Some(mut s) = app.store.get_as::<Server>(&server.to_string()).await? else {
+        return Ok(());
+    };
+    if s.state != ServerState::Booting {
+        return Ok(());
+    }
+    let q = Query {
+        scope: Some(server.to_string()),
+        ..Default::default()
+    };
+    let runs: Vec<Run> = app
+        .store
+        .list_all::<Run>(&q)
+        .await?
+        .into_iter()
+        .filter(|r| r.phase == Phase::Boot)
+        .collect();
+    let now = Utc::now();
+    if let Some(failed) = runs
+        .iter()
+        .find(|r| r.status.is_finished() && r.status != RunStatus::Succeeded)
+    {
+        let tail: String = failed
+            .output
+            .chars()
+            .rev()
+            .take(2000)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        let reason = StrandedReason {
+            step: failed.script.to_string(),
+            message: format!("boot script {} {:?}", failed.script, failed.status).to_lowercase(),
+            exit_code: failed.exit_code,
+            output_tail: tail,
+        };
+        s.strand(reason, now).map_err(|e| AppError::BadState(e.to_string()))?;
+    } else if runs.iter().all(|r| r.status == RunStatus::Succeeded) {
+        s.move_to(ServerState::Operational, now)
+            .map_err(|e| AppError::BadState(e.to_string()))?;
+    } else {
+        return Ok(());
+    }
+    app.commit(vec![Change::update(&mut s, now)]).await
+}
