@@ -1,0 +1,32 @@
+//! Where the agent gets its identity and keeps its state.
+
+use std::path::PathBuf;
+
+/// How the agent is set up; every endpoint is injectable (tests point them at local servers).
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Credential, finished-run markers: 0700.
+    pub state_dir: PathBuf,
+    /// The metadata service (`http://169.254.169.254`), or `None` on a host without one.
+    pub metadata_url: Option<String>,
+    /// User-data from a file instead of the metadata service (any Linux host).
+    pub user_data_file: Option<PathBuf>,
+}
+
+impl AgentConfig {
+    pub fn credential_file(&self) -> PathBuf {
+        self.state_dir.join("credential")
+    }
+
+    pub fn runs_dir(&self) -> PathBuf {
+        self.state_dir.join("runs")
+    }
+}
+
+/// What the user-data says.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct UserData {
+    pub stratus_url: String,
+    pub server_id: stratus_types::ServerId,
+    pub enrolment_token: String,
+}

@@ -1,0 +1,108 @@
+//! Running one script: a private file, its inputs as the environment, output read as it is
+//! produced, masked, and handed on in chunks.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Stdio;
+
+use stratus_agent_proto::{EnvValue, LossyUtf8, Masker, OutputStream, ScriptRun};
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+use tokio::sync::mpsc;
+
+/// A piece of output, already masked.
+#[derive(Debug)]
+pub struct Chunk {
+    pub stream: OutputStream,
+    pub data: String,
+}
+
+/// How the run ended.
+#[derive(Debug)]
+pub struct Ended {
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub error: Option<String>,
+}
+
+/// Run `run` in `work` (a private directory), sending output chunks to `out` as they come.
+pub async fn run(run: &ScriptRun, work: &Path, out: mpsc::Sender<Chunk>) -> Ended {
+    let file = work.join(format!("{}.script", run.run));
+    let failed = |e: String| Ended {
+        exit_code: None,
+        signal: None,
+        error: Some(e),
+    };
+    if let Err(e) = std::fs::write(&file, &run.body)
+        .and_then(|()| std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o700)))
+    {
+        return failed(format!("cannot write the script: {e}"));
+    }
+    let mut cmd = Command::new(&file);
+    cmd.env_clear()
+        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("HOME", "/root")
+        .env("LANG", "C.UTF-8")
+        .env("STRATUS_RUN_ID", run.run.to_string())
+        .current_dir(work)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for v in &run.env {
+        match &v.value {
+            EnvValue::Text(t) => cmd.env(&v.name, t),
+            EnvValue::Secret(s) => cmd.env(&v.name, s.expose()),
+            EnvValue::Instance(var) => cmd.env(&v.name, std::env::var(var).unwrap_or_default()),
+        };
+    }
+    // No shebang, no run: scripts say what interprets them (like cloud-init's user scripts).
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return failed(format!("cannot start the script (does it start with #!?): {e}")),
+    };
+    let masker = Masker::for_run(run);
+    let (o, e) = (child.stdout.take(), child.stderr.take());
+    let a = tokio::spawn(pump(o, OutputStream::Stdout, Masker::clone(&masker), out.clone()));
+    let b = tokio::spawn(pump(e, OutputStream::Stderr, masker, out));
+    let status = child.wait().await;
+    let _ = a.await;
+    let _ = b.await;
+    let _ = std::fs::remove_file(&file);
+    match status {
+        Ok(s) => {
+            use std::os::unix::process::ExitStatusExt;
+            Ended {
+                exit_code: s.code(),
+                signal: s.signal(),
+                error: None,
+            }
+        }
+        Err(e) => failed(format!("cannot wait for the script: {e}")),
+    }
+}
+
+async fn pump(
+    pipe: Option<impl tokio::io::AsyncRead + Unpin>,
+    stream: OutputStream,
+    mut masker: Masker,
+    out: mpsc::Sender<Chunk>,
+) {
+    let Some(mut pipe) = pipe else { return };
+    let mut text = LossyUtf8::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let data = masker.push(&text.push(&buf[..n]));
+        if !data.is_empty() && out.send(Chunk { stream, data }).await.is_err() {
+            return;
+        }
+    }
+    let rest = masker.finish();
+    if !rest.is_empty() {
+        let _ = out.send(Chunk { stream, data: rest }).await;
+    }
+}
