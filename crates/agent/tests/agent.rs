@@ -52,9 +52,9 @@ default_size = "small"
 [[script]]
 name = "hello"
 frequency = "per-instance"
-inputs = [{ name = "GREETING" }, { name = "PASSWORD", kind = "cred" }]
+inputs = [{ name = "GREETING" }, { name = "PASSWORD", kind = "cred" }, { name = "PLACE", default = "the host" }]
 body = """#!/bin/sh
-echo "$GREETING from the agent"
+echo "$GREETING from the agent on $PLACE"
 echo "the password is $PASSWORD" >&2
 """
 
@@ -187,7 +187,10 @@ async fn the_agent_boots_its_server_and_masks_secrets() {
     let run = &runs["items"][0];
     assert_eq!(run["status"], "succeeded", "{run}");
     let out = run["output"].as_str().expect("output");
-    assert!(out.contains("hi from the agent"), "{out}");
+    assert!(
+        out.contains("hi from the agent on the host"),
+        "a default fills an input nobody set: {out}"
+    );
     assert!(out.contains("the password is ***"), "{out}");
     assert!(
         !out.contains("s3cr3t-value"),

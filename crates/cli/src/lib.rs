@@ -38,6 +38,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// The hidden subcommand that runs the local cloud's instance init.
 pub const INSTANCE_INIT: &str = "instance-init";
+/// The subcommand that runs the instance agent (`stratus agent --help`-less: see
+/// `stratus_agent::main`).
+pub const AGENT: &str = "agent";
 
 /// Exit codes: 1 general, 2 usage/invalid input, 3 not found, 4 conflict, 5 auth.
 pub fn exit_code(e: &anyhow::Error) -> u8 {

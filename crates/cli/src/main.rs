@@ -11,6 +11,10 @@ fn main() -> ExitCode {
     if args.get(1).is_some_and(|a| a == stratus_cli::INSTANCE_INIT) {
         return stratus_local::init::main(&args[2..]);
     }
+    // The instance agent, installed into local instances as this very binary.
+    if args.get(1).is_some_and(|a| a == stratus_cli::AGENT) {
+        return stratus_agent::main(&args[2..]);
+    }
     let cli = stratus_cli::args::Cli::parse();
     stratus_cli::init_logging(&cli);
     let runtime = match tokio::runtime::Runtime::new() {

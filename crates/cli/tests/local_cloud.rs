@@ -456,3 +456,122 @@ template = "web"
         "bridge removed"
     );
 }
+
+/// The whole path on a real Debian image: the agent inside the instance reads its user-data
+/// and identity from the metadata service, enrols, runs the boot script, and the server turns
+/// operational; a failing script strands its server with the exit code.
+#[test]
+fn the_agent_inside_a_debian_instance_boots_its_server() {
+    let tmp = tempfile::Builder::new()
+        .prefix("stratus-e2e-")
+        .tempdir_in("/var/tmp")
+        .expect("tmp");
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    let _cleanup = Cleanup {
+        tag: stratus_server::drivers::network_tag(&data, "deb"),
+        state: data.join("local/clouds/deb"),
+    };
+    let (a, b) = (100 + random_octet() % 50, random_octet());
+    let plane = Plane::start(&data);
+    let file = tmp.path().join("deploy.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[[cloud]]
+name = "deb"
+driver = "local"
+regions = [{{ name = "here" }}]
+sizes = [{{ name = "small", cpus = 1, memory = "512MiB" }}]
+[cloud.local]
+subnet = "10.{a}.{b}.0/24"
+outbound_nat = false
+"#
+        ),
+    )
+    .expect("write");
+    plane.ok(&["apply", "-f", file.to_str().expect("path")]);
+    // The real image path: debootstrap minbase (about 40 s).
+    plane.ok(&[
+        "image",
+        "build",
+        "--cloud",
+        "deb",
+        "--name",
+        "debian",
+        "--package",
+        "procps",
+    ]);
+    std::fs::write(
+        &file,
+        r##"
+[[script]]
+name = "hello"
+frequency = "per-instance"
+inputs = [{ name = "WHO", default = "world" }]
+body = """#!/bin/sh
+set -e
+echo "hello $WHO from $(hostname)"
+test -x /usr/local/sbin/stratus-agent
+"""
+
+[[script]]
+name = "broken"
+frequency = "per-instance"
+body = """#!/bin/sh
+echo "going down"
+exit 7
+"""
+
+[[template]]
+name = "good"
+image = "debian"
+size = "small"
+boot_scripts = ["hello"]
+
+[[template]]
+name = "bad"
+image = "debian"
+size = "small"
+boot_scripts = ["broken"]
+
+[deployment]
+name = "demo"
+cloud = "deb"
+
+[[server]]
+name = "ok-1"
+template = "good"
+
+[[server]]
+name = "ko-1"
+template = "bad"
+"##,
+    )
+    .expect("write");
+    plane.ok(&["apply", "-f", file.to_str().expect("path")]);
+    let ok = plane.wait_server("demo/ok-1", |v| {
+        matches!(v["state"].as_str(), Some("operational" | "stranded"))
+    });
+    assert_eq!(
+        ok["state"],
+        "operational",
+        "{ok}\nconsole:\n{}",
+        plane.stratus(&["server", "console", "demo/ok-1"]).1
+    );
+    let runs = plane.json(&["runs", "list", "--server", "demo/ok-1"]);
+    let out = runs[0]["output"].as_str().unwrap_or_default().to_string();
+    assert!(out.contains("hello world from ok-1"), "{runs}");
+    let ko = plane.wait_server("demo/ko-1", |v| {
+        matches!(v["state"].as_str(), Some("operational" | "stranded"))
+    });
+    assert_eq!(ko["state"], "stranded", "{ko}");
+    assert_eq!(ko["stranded"]["exit_code"], 7, "{ko}");
+    assert!(
+        ko["stranded"]["output_tail"]
+            .as_str()
+            .is_some_and(|o| o.contains("going down")),
+        "{ko}"
+    );
+}

@@ -47,6 +47,7 @@ fn config(tmp: &Path) -> LocalConfig {
         ),
         stop_grace: Duration::from_secs(1),
         metadata: true,
+        agent: None,
     }
 }
 

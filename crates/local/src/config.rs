@@ -31,6 +31,8 @@ pub struct LocalConfig {
     pub stop_grace: Duration,
     /// Serve the metadata service at 169.254.169.254 for the cloud's instances.
     pub metadata: bool,
+    /// The agent every instance runs (bound in from the host, kept running by init).
+    pub agent: Option<crate::init::AgentSpec>,
 }
 
 impl LocalConfig {

@@ -340,7 +340,7 @@ impl Shared {
             return Ok(());
         }
         let dirs = cgroup_dirs(&group);
-        inst::spawn_init(&p, rec, &group, dirs, &self.config.init, self.config.stop_grace).await
+        inst::spawn_init(&p, rec, &group, dirs, &self.config).await
     }
 
     fn set_booting(&self, id: &str, on: bool) {

@@ -11,8 +11,9 @@
 //!    (read-only), `/run` on the instance's overlay root, pivots into it, detaches the host's
 //!    tree, mounts `/proc`, sets the hostname and a per-instance machine-id.
 //! 3. It then runs the executables in `/etc/stratus/boot.d/` in name order, one at a time, with
-//!    a clean environment, and from then on only reaps: every orphan in the instance becomes its
-//!    child and is waited for, so no zombies pile up.
+//!    a clean environment, then starts the agent (the host's binary, bound read-only into the
+//!    instance) and restarts it whenever it exits. Meanwhile it reaps: every orphan in the
+//!    instance becomes its child and is waited for, so no zombies pile up.
 //! 4. On SIGTERM (stop) or SIGINT it sends SIGTERM to every other process, waits up to the
 //!    grace period, SIGKILLs what is left and exits; the PID namespace dies with it.
 //!
@@ -49,6 +50,18 @@ pub struct InitSpec {
     /// can never point them at the host): `/etc/hostname`, `/etc/hosts`, `/etc/resolv.conf`.
     #[serde(default)]
     pub etc_files: Vec<(String, String)>,
+    /// The agent to install and keep running, if any.
+    #[serde(default)]
+    pub agent: Option<AgentSpec>,
+}
+
+/// The agent inside an instance: the host's binary, bound read-only to [`AGENT_PATH`].
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct AgentSpec {
+    /// The binary on the host.
+    pub binary: PathBuf,
+    /// Its arguments (`agent` when the binary is `stratus`).
+    pub args: Vec<String>,
 }
 
 pub const SPEC_FILE: &str = "init.json";
@@ -125,23 +138,41 @@ fn stage2(dir: &Path) -> Result<(), String> {
     let mut boot = boot_scripts();
     boot.reverse();
     let mut current: Option<(i32, String)> = None;
+    let mut agent = spec.agent.as_ref().map(|a| Supervised::new(a.args.clone()));
     loop {
         // Start the next hook; one that cannot even start is reported and skipped.
         while current.is_none() {
             let Some(script) = boot.pop() else { break };
             current = run_script(&script);
         }
+        // The agent starts once the hooks are done (SSH host keys exist by then) and is
+        // restarted, with a growing pause, whenever it exits.
+        if current.is_none()
+            && let Some(a) = agent.as_mut()
+        {
+            a.start_if_due();
+        }
+        let waiting_for_restart = agent.as_ref().is_some_and(|a| a.pid.is_none());
         let mut stop = false;
-        for sig in signals.wait() {
-            match sig {
-                SIGTERM | SIGINT => stop = true,
-                _ => {}
+        let mut on = |sig| {
+            if matches!(sig, SIGTERM | SIGINT) {
+                stop = true;
             }
+        };
+        if waiting_for_restart {
+            // A restart is pending: wake up on time even if no signal comes.
+            std::thread::sleep(Duration::from_millis(100));
+            signals.pending().for_each(&mut on);
+        } else {
+            signals.wait().for_each(&mut on);
         }
         for (pid, status) in reap() {
             if current.as_ref().is_some_and(|(p, _)| *p == pid) {
                 let (_, name) = current.take().unwrap_or_default();
                 say(&format!("stratus-init: {name} exited with {status}"));
+            }
+            if let Some(a) = agent.as_mut() {
+                a.reaped(pid, &status);
             }
         }
         if stop {
@@ -150,6 +181,75 @@ fn stage2(dir: &Path) -> Result<(), String> {
         }
     }
 }
+
+/// The agent, kept running: restarted after it exits, 1 s after the first exit, doubling to
+/// at most 30 s; a run of 60 s resets the pause.
+struct Supervised {
+    args: Vec<String>,
+    pid: Option<i32>,
+    started: Instant,
+    pause: Duration,
+    due: Instant,
+}
+
+impl Supervised {
+    fn new(args: Vec<String>) -> Self {
+        Self {
+            args,
+            pid: None,
+            started: Instant::now(),
+            pause: Duration::from_secs(1),
+            due: Instant::now(),
+        }
+    }
+
+    fn start_if_due(&mut self) {
+        if self.pid.is_some() || Instant::now() < self.due {
+            return;
+        }
+        let mut cmd = Command::new(AGENT_PATH);
+        cmd.args(&self.args)
+            .env_clear()
+            .env("PATH", PATH)
+            .env("HOME", "/root")
+            .env("LANG", "C.UTF-8")
+            .current_dir("/")
+            .stdin(Stdio::null());
+        match cmd.spawn() {
+            Ok(child) => {
+                self.pid = Some(child.id() as i32);
+                self.started = Instant::now();
+                say("stratus-init: agent started");
+            }
+            Err(e) => {
+                say(&format!("stratus-init: cannot start the agent: {e}"));
+                self.schedule();
+            }
+        }
+    }
+
+    fn reaped(&mut self, pid: i32, status: &str) {
+        if self.pid == Some(pid) {
+            self.pid = None;
+            if self.started.elapsed() > Duration::from_secs(60) {
+                self.pause = Duration::from_secs(1);
+            }
+            say(&format!(
+                "stratus-init: agent exited with {status}; restarting in {}s",
+                self.pause.as_secs()
+            ));
+            self.schedule();
+        }
+    }
+
+    fn schedule(&mut self) {
+        self.due = Instant::now() + self.pause;
+        self.pause = (self.pause * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Where the agent is bound into an instance.
+pub const AGENT_PATH: &str = "/usr/local/sbin/stratus-agent";
 
 fn enter_root(spec: &InitSpec) -> std::io::Result<()> {
     use rustix::mount::mount_bind;
@@ -184,6 +284,17 @@ fn enter_root(spec: &InitSpec) -> std::io::Result<()> {
     }
     for d in ["sys", "run", "proc"] {
         std::fs::create_dir_all(root.join(d))?;
+    }
+    if let Some(agent) = &spec.agent {
+        let target = root.join(AGENT_PATH.trim_start_matches('/'));
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        if !target.exists() {
+            std::fs::File::create(&target)?;
+        }
+        mount_bind(&agent.binary, &target)?;
+        rustix::mount::mount_remount(&target, MountFlags::BIND | MountFlags::RDONLY, "")?;
     }
     mount(
         "sysfs",

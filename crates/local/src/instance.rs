@@ -131,9 +131,9 @@ pub async fn spawn_init(
     rec: &Record,
     group: &Group,
     cgroup_dirs: Vec<PathBuf>,
-    init: &[std::ffi::OsString],
-    grace: Duration,
+    config: &crate::LocalConfig,
 ) -> Result<(), String> {
+    let (init, grace) = (&config.init, config.stop_grace);
     let spec = InitSpec {
         instance_id: rec.id.clone(),
         hostname: rec.hostname.clone(),
@@ -143,6 +143,7 @@ pub async fn spawn_init(
         command: init.to_vec(),
         stop_grace_secs: grace.as_secs(),
         etc_files: etc_files(rec),
+        agent: config.agent.clone(),
     };
     trim_console(p);
     let json = serde_json::to_vec_pretty(&spec).map_err(|e| e.to_string())?;

@@ -34,6 +34,8 @@ pub struct LocalBase {
     pub data_dir: PathBuf,
     /// The instance init: program and leading arguments (`stratus instance-init`).
     pub init: Vec<OsString>,
+    /// The agent installed into every instance (`stratus` with argument `agent`).
+    pub agent: Option<stratus_local::init::AgentSpec>,
 }
 
 pub struct Drivers {
@@ -255,5 +257,6 @@ pub fn local_config(base: &LocalBase, c: &Cloud) -> LocalConfig {
         init: base.init.clone(),
         stop_grace: Duration::from_secs(10),
         metadata: true,
+        agent: base.agent.clone(),
     }
 }

@@ -41,6 +41,8 @@ pub struct Config {
     /// How to run the local cloud's instance init (`stratus instance-init`): program and
     /// leading arguments. `None`: this control plane opens no local clouds.
     pub instance_init: Option<Vec<std::ffi::OsString>>,
+    /// The agent local instances run: a binary on this host and its arguments.
+    pub instance_agent: Option<stratus_local::init::AgentSpec>,
     /// On the fake cloud, play the agent (record boot scripts as runs, move servers on). Off,
     /// fake servers wait in `booting` for a real or test agent to enrol, like on other clouds.
     pub simulate_agents: bool,
@@ -56,6 +58,7 @@ impl Config {
             reconcile_interval: Duration::from_secs(1),
             reconcile: true,
             instance_init: None,
+            instance_agent: None,
             simulate_agents: true,
         }
     }
@@ -168,6 +171,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         drivers: Drivers::new(config.instance_init.clone().map(|init| LocalBase {
             data_dir: config.data_dir.clone(),
             init,
+            agent: config.instance_agent.clone(),
         })),
         poke: Default::default(),
         settings,

@@ -14,7 +14,11 @@ use crate::client::{ApiFailure, Client, seg};
 fn server_config(data_dir: &std::path::Path, listen: std::net::SocketAddr) -> anyhow::Result<stratus_server::Config> {
     let mut config = stratus_server::Config::new(data_dir, listen);
     let me = std::env::current_exe().context("cannot find the stratus binary's own path")?;
-    config.instance_init = Some(vec![me.into(), crate::INSTANCE_INIT.into()]);
+    config.instance_init = Some(vec![me.clone().into(), crate::INSTANCE_INIT.into()]);
+    config.instance_agent = Some(stratus_local::init::AgentSpec {
+        binary: me,
+        args: vec![crate::AGENT.into()],
+    });
     Ok(config)
 }
 

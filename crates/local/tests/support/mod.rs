@@ -86,6 +86,7 @@ pub fn config(tmp: &Path, subnet_prefix: u8) -> LocalConfig {
         init: vec![env!("CARGO_BIN_EXE_stratus-instance-init").into()],
         stop_grace: Duration::from_secs(2),
         metadata: true,
+        agent: None,
     }
 }
 

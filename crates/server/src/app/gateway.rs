@@ -132,7 +132,9 @@ fn new_run(s: &Server, script: &Script) -> Run {
 async fn env_for(app: &App, s: &Server, script: &Script) -> Result<Vec<EnvVar>, AppError> {
     let mut env = vec![];
     for decl in &script.spec.inputs {
-        let Some(value) = s.inputs.get(&decl.name) else {
+        // The server's value (template < deployment < server, merged at launch), else the
+        // script's own default.
+        let Some(value) = s.inputs.get(&decl.name).or(decl.default.as_ref()) else {
             continue;
         };
         env.push(match value {
