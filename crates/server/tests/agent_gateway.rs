@@ -244,3 +244,53 @@ async fn an_agent_cannot_speak_for_another_server_or_send_garbage() {
     assert!(tokio_tungstenite::connect_async(url.as_str()).await.is_err());
     assert_eq!(t.get(&format!("/servers/{id_b}")).await["state"], "booting");
 }
+
+#[tokio::test]
+async fn a_server_without_boot_scripts_is_operational_once_its_agent_connects() {
+    let t = TestServer::start_with(|c| c.simulate_agents = false).await;
+    common::example_credential(&t, "stats-password-xyz").await;
+    let (s, plan) = t.apply_toml(common::EXAMPLE, false).await;
+    assert_eq!(s, StatusCode::OK, "{plan}");
+    let (s, v) = t
+        .post(
+            "/templates",
+            json!({ "name": "bare", "image": "debian-12", "size": "small" }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = t
+        .post(
+            "/servers",
+            json!({ "name": "bare-1", "deployment": "example", "template": "bare" }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let id = v["id"].as_str().expect("id").to_string();
+    let server = t.wait_state(&id, "booting").await;
+    let app = &t.running.as_ref().expect("running").app;
+    let driver = app
+        .drivers
+        .for_cloud(&*app.store, &"sandbox".parse().expect("name"))
+        .await
+        .expect("driver");
+    let fake = driver.as_any().downcast_ref::<FakeCloud>().expect("fake");
+    let ud: Value = serde_json::from_slice(
+        &fake
+            .request(server["instance_id"].as_str().expect("i"))
+            .expect("req")
+            .user_data,
+    )
+    .expect("json");
+    let (s, v) = t
+        .call_as(
+            None,
+            Method::POST,
+            "/agent/enroll",
+            Some(json!({ "server_id": id, "enrolment_token": ud["enrolment_token"] })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let mut ws = connect(&t, v["agent_token"].as_str().expect("token")).await;
+    assert!(handshake(&mut ws, &id).await.is_empty());
+    t.wait_state(&id, "operational").await;
+}

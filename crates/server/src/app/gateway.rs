@@ -222,7 +222,9 @@ pub async fn run_finished(
     Ok(())
 }
 
-async fn settle_boot(app: &App, server: ServerId) -> Result<(), AppError> {
+/// Move a booting server on if its boot is decided (all runs succeeded — also when it has
+/// none — or one failed).
+pub async fn settle_boot(app: &App, server: ServerId) -> Result<(), AppError> {
     let Some(mut s) = app.store.get_as::<Server>(&server.to_string()).await? else {
         return Ok(());
     };

@@ -115,6 +115,7 @@ async fn session(app: Arc<App>, a: AgentCaller, mut socket: WebSocket) {
         Ok(b) => b,
         Err(e) => return refuse(&mut socket, RefusedReason::Unavailable, e.to_string()).await,
     };
+    let nothing_to_boot = boot.is_empty();
     let desired = DesiredState {
         generation: Generation::FIRST,
         boot,
@@ -122,6 +123,10 @@ async fn session(app: Arc<App>, a: AgentCaller, mut socket: WebSocket) {
     };
     if !send(&mut socket, &ControlMessage::DesiredState(desired)).await {
         return;
+    }
+    // A template without boot scripts is booted once its agent is connected.
+    if nothing_to_boot && let Err(e) = gateway::settle_boot(&app, server.id).await {
+        tracing::warn!(server = %server.name, error = %e, "cannot settle the boot");
     }
     tracing::info!(server = %server.name, agent = %hello.agent_version, "agent connected");
     let dead_after = Duration::from_secs(u64::from(DEFAULT_HEARTBEAT_SECS * DEAD_AFTER_HEARTBEATS));
