@@ -58,6 +58,8 @@ pub enum Command {
     Server(ServerCmd),
     #[command(subcommand)]
     Array(ArrayCmd),
+    /// Run an operational script on a server (through its agent).
+    Run(RunArgs),
     /// Script runs (boot, operational, decommission).
     #[command(subcommand)]
     Runs(RunsCmd),
@@ -297,6 +299,21 @@ pub enum ArrayCmd {
     Delete {
         array: String,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The operational script (one the server's template offers).
+    pub script: String,
+    /// The server: id or deployment/name.
+    #[arg(long = "on")]
+    pub server: String,
+    /// Kill the script after this many seconds (default: no limit).
+    #[arg(long)]
+    pub timeout: Option<u64>,
+    /// Print the output as it arrives and exit with the run's result.
+    #[arg(long, short)]
+    pub follow: bool,
 }
 
 #[derive(Debug, Subcommand)]

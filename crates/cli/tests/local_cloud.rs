@@ -524,11 +524,19 @@ echo "going down"
 exit 7
 """
 
+[[script]]
+name = "report"
+frequency = "on-demand"
+body = """#!/bin/sh
+echo "report from $(hostname): $(cat /etc/os-release | head -1)"
+"""
+
 [[template]]
 name = "good"
 image = "debian"
 size = "small"
 boot_scripts = ["hello"]
+operational_scripts = ["report"]
 
 [[template]]
 name = "bad"
@@ -563,6 +571,13 @@ template = "bad"
     let runs = plane.json(&["runs", "list", "--server", "demo/ok-1"]);
     let out = runs[0]["output"].as_str().unwrap_or_default().to_string();
     assert!(out.contains("hello world from ok-1"), "{runs}");
+    // An operational script through the agent, followed live.
+    let followed = plane.ok(&["run", "report", "--on", "demo/ok-1", "--follow"]);
+    assert!(
+        followed.contains("report from ok-1: PRETTY_NAME=\"Debian GNU/Linux 12"),
+        "{followed}"
+    );
+    assert!(followed.contains("succeeded"), "{followed}");
     let ko = plane.wait_server("demo/ko-1", |v| {
         matches!(v["state"].as_str(), Some("operational" | "stranded"))
     });

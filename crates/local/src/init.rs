@@ -134,6 +134,7 @@ fn stage2(dir: &Path) -> Result<(), String> {
     // Register before any child exists, so no SIGCHLD is missed.
     let mut signals = Signals::new([SIGCHLD, SIGTERM, SIGINT, SIGHUP]).map_err(|e| format!("signals: {e}"))?;
     enter_root(&spec).map_err(|e| format!("cannot set up the root file system: {e}"))?;
+    // The driver waits for this line (`instance::READY_MARK`) before it reports the instance running.
     say(&format!("stratus-init: {} up as {}", spec.instance_id, spec.hostname));
     let mut boot = boot_scripts();
     boot.reverse();

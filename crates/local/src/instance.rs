@@ -154,6 +154,7 @@ pub async fn spawn_init(
         .mode(0o600)
         .open(p.console())
         .map_err(|e| format!("cannot open the console log: {e}"))?;
+    let console_start = console.metadata().map_or(0, |m| m.len());
     let err_console = console.try_clone().map_err(|e| e.to_string())?;
     let (program, lead) = init.split_first().ok_or("no init program")?;
     let mut child = tokio::process::Command::new(program)
@@ -171,7 +172,9 @@ pub async fn spawn_init(
         .map_err(|e| format!("cannot start init ({}): {e}", Path::new(program).display()))?;
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
-        if init_pid(group).is_some() {
+        // Running means init is PID 1 *and* has finished setting the instance up (root,
+        // mounts, hostname): it says so on the console, after what earlier boots wrote.
+        if init_pid(group).is_some() && console_since(p, console_start).contains(READY_MARK) {
             // The launcher (`unshare`) lives as long as the instance. Dropping the handle
             // leaves it running; tokio reaps it when it exits, so no zombie lingers.
             drop(child);
@@ -190,6 +193,20 @@ pub async fn spawn_init(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// What init prints once the instance is set up (see `init::stage2`).
+pub const READY_MARK: &str = " up as ";
+
+/// The console text written since `offset`.
+fn console_since(p: &Paths, offset: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut text = String::new();
+    if let Ok(mut f) = std::fs::File::open(p.console()) {
+        let _ = f.seek(SeekFrom::Start(offset));
+        let _ = f.take(64 * 1024).read_to_string(&mut text);
+    }
+    text
 }
 
 /// The host PID of the instance's init: the process in its cgroup that is PID 1 in its own

@@ -173,6 +173,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
             init,
             agent: config.instance_agent.clone(),
         })),
+        agents: Default::default(),
         poke: Default::default(),
         settings,
     });

@@ -294,3 +294,95 @@ async fn a_server_without_boot_scripts_is_operational_once_its_agent_connects() 
     assert!(handshake(&mut ws, &id).await.is_empty());
     t.wait_state(&id, "operational").await;
 }
+
+#[tokio::test]
+async fn an_operational_script_reaches_the_connected_agent_and_its_output_is_stored() {
+    let t = start().await;
+    let (s, v) = t
+        .post(
+            "/scripts",
+            json!({ "name": "status", "frequency": "on-demand", "body": "#!/bin/sh\necho ok\n" }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = t
+        .post(
+            "/templates",
+            json!({ "name": "ops", "image": "debian-12", "size": "small", "operational_scripts": ["status"] }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = t
+        .post(
+            "/servers",
+            json!({ "name": "app-30", "deployment": "example", "template": "ops" }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let id = v["id"].as_str().expect("id").to_string();
+    let server = t.wait_state(&id, "booting").await;
+    let app = &t.running.as_ref().expect("running").app;
+    let driver = app
+        .drivers
+        .for_cloud(&*app.store, &"sandbox".parse().expect("name"))
+        .await
+        .expect("driver");
+    let fake = driver.as_any().downcast_ref::<FakeCloud>().expect("fake");
+    let ud: Value = serde_json::from_slice(
+        &fake
+            .request(server["instance_id"].as_str().expect("i"))
+            .expect("req")
+            .user_data,
+    )
+    .expect("json");
+    let (s, v) = t
+        .call_as(
+            None,
+            Method::POST,
+            "/agent/enroll",
+            Some(json!({ "server_id": id, "enrolment_token": ud["enrolment_token"] })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let mut ws = connect(&t, v["agent_token"].as_str().expect("token")).await;
+    assert!(handshake(&mut ws, &id).await.is_empty());
+    t.wait_state(&id, "operational").await;
+    let script = "status";
+
+    // Not offered by the template: a clear error, nothing sent.
+    let (s, v) = t
+        .post("/runs", json!({ "script": "no-such-script", "server": id }))
+        .await;
+    common::assert_error(s, &v, StatusCode::BAD_REQUEST, "invalid_input");
+
+    let (s, v) = t.post("/runs", json!({ "script": script, "server": id })).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let run_id = v["id"].as_str().expect("run").to_string();
+    let pushed = match recv(&mut ws).await {
+        ControlMessage::RunScript(r) => r,
+        other => panic!("expected the script, got {other:?}"),
+    };
+    assert_eq!(pushed.run.to_string(), run_id);
+    assert_eq!(pushed.phase, stratus_types::run::Phase::Operational);
+    run(&mut ws, &pushed, "status: all good\n", 0).await;
+    let done = t.get(&format!("/runs/{run_id}")).await;
+    assert_eq!(
+        (done["status"].as_str(), done["output"].as_str()),
+        (Some("succeeded"), Some("status: all good\n")),
+        "{done}"
+    );
+    assert_eq!(done["requested_by"], "admin");
+    assert!(
+        t.audit("action=run.start")
+            .await
+            .iter()
+            .any(|e| e["target"] == "server/example/app-30")
+    );
+
+    // The agent goes away: a new run fails at once, saying why, and is recorded.
+    drop(ws);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (s, v) = t.post("/runs", json!({ "script": script, "server": id })).await;
+    common::assert_error(s, &v, StatusCode::CONFLICT, "bad_state");
+    assert!(common::error_text(&v).contains("not connected"), "{v}");
+}

@@ -64,6 +64,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Server(c) => servers::server(&connect(&cli)?, c).await,
         Command::Array(c) => servers::array(&connect(&cli)?, c).await,
         Command::Runs(c) => servers::runs(&connect(&cli)?, c).await,
+        Command::Run(a) => servers::start_run(&connect(&cli)?, a).await,
         Command::Credential(c) => resources::credential(&connect(&cli)?, c).await,
         Command::User(c) => resources::user(&connect(&cli)?, c).await,
         Command::Token(c) => resources::token(&connect(&cli)?, c).await,

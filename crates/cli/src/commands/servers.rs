@@ -249,6 +249,56 @@ pub async fn array(ctx: &Ctx, cmd: &ArrayCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `stratus run SCRIPT --on SERVER [--follow]`.
+pub async fn start_run(ctx: &Ctx, a: &crate::args::RunArgs) -> anyhow::Result<()> {
+    let c = &ctx.client;
+    let mut body = serde_json::json!({ "script": a.script, "server": a.server });
+    if let Some(t) = a.timeout {
+        body["timeout_secs"] = t.into();
+    }
+    let run = c.post("/runs", &body).await?;
+    let id = run["id"].as_str().unwrap_or_default().to_string();
+    if !a.follow {
+        if ctx.json {
+            show(true, &run);
+        } else {
+            say!("started run {id}; follow it with `stratus runs show {id}`");
+        }
+        return Ok(());
+    }
+    let mut printed = 0usize;
+    loop {
+        let r = c.get(&format!("/runs/{}", seg(&id)), &[]).await?;
+        let out = r["output"].as_str().unwrap_or_default();
+        // The stored output keeps its tail; print what is new since the last look.
+        if out.len() > printed {
+            let start = out
+                .char_indices()
+                .map(|(i, _)| i)
+                .find(|&i| i >= printed)
+                .unwrap_or(out.len());
+            use std::io::Write;
+            let mut stdout = std::io::stdout().lock();
+            // A closed pipe (`| head`) is not an error worth a panic.
+            let _ = stdout.write_all(&out.as_bytes()[start..]).and_then(|()| stdout.flush());
+            printed = out.len();
+        }
+        let status = r["status"].as_str().unwrap_or_default();
+        if !matches!(status, "queued" | "running") {
+            let code = r["exit_code"].as_i64();
+            eprintln!(
+                "run {id} {status}{}",
+                code.map(|c| format!(" (exit code {c})")).unwrap_or_default()
+            );
+            if status != "succeeded" {
+                anyhow::bail!("the script did not succeed");
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 pub async fn runs(ctx: &Ctx, cmd: &RunsCmd) -> anyhow::Result<()> {
     let c = &ctx.client;
     match cmd {

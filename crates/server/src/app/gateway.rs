@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 
 use chrono::Utc;
-use stratus_agent_proto::{EnvVar, Masker, ScriptRun};
+use stratus_agent_proto::{ControlMessage, EnvVar, Masker, ScriptRun};
 use stratus_store::{Change, Query, TypedStore};
 use stratus_types::input::InputValue;
 use stratus_types::run::{Phase, Run, RunStatus};
@@ -41,6 +41,149 @@ impl Session {
             ..Self::default()
         }
     }
+
+    /// Track a run sent to the agent (its secrets, its output sequence).
+    pub fn track(&mut self, run: &ScriptRun) {
+        self.maskers.insert(run.run, Masker::for_run(run));
+        self.next_seq.entry(run.run).or_insert(0);
+    }
+}
+
+/// The connected agents: a way to push a message to a server's agent.
+#[derive(Debug, Default)]
+pub struct Hub {
+    agents: std::sync::Mutex<HashMap<ServerId, (u64, tokio::sync::mpsc::Sender<ControlMessage>)>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Hub {
+    /// Register a connection; the returned key unregisters exactly this one (a newer
+    /// connection of the same agent replaces it).
+    pub fn register(&self, server: ServerId, tx: tokio::sync::mpsc::Sender<ControlMessage>) -> u64 {
+        let key = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.lock().insert(server, (key, tx));
+        key
+    }
+
+    pub fn unregister(&self, server: ServerId, key: u64) {
+        let mut a = self.lock();
+        if a.get(&server).is_some_and(|(k, _)| *k == key) {
+            a.remove(&server);
+        }
+    }
+
+    /// Push to the server's agent; false when it is not connected.
+    pub async fn push(&self, server: ServerId, msg: ControlMessage) -> bool {
+        let tx = self.lock().get(&server).map(|(_, tx)| tx.clone());
+        match tx {
+            Some(tx) => tx.send(msg).await.is_ok(),
+            None => false,
+        }
+    }
+
+    pub fn connected(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ServerId, (u64, tokio::sync::mpsc::Sender<ControlMessage>)>> {
+        self.agents.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Start an operational script on a server through its connected agent.
+pub async fn start_run(app: &App, actor: &super::Actor, req: &StartRun) -> Result<Run, AppError> {
+    actor.require(super::OPERATOR)?;
+    let server = super::resolve::server(&*app.store, &req.server).await?;
+    if server.state != ServerState::Operational {
+        return Err(AppError::BadState(format!(
+            "server {}/{} is {}; operational scripts run on operational servers",
+            server.deployment, server.name, server.state
+        )));
+    }
+    let template = app
+        .store
+        .find_as::<ServerTemplate>("", server.template.as_str())
+        .await?
+        .ok_or_else(|| AppError::not_found("template", server.template.as_str()))?;
+    if !template
+        .spec
+        .operational_scripts
+        .iter()
+        .any(|n| n.as_str() == req.script)
+    {
+        let offered: Vec<String> = template
+            .spec
+            .operational_scripts
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        return Err(AppError::invalid(
+            "script",
+            format!(
+                "template {} offers no operational script {:?}; it offers: {}",
+                template.spec.name,
+                stratus_types::name::truncate(&req.script),
+                if offered.is_empty() {
+                    "none".into()
+                } else {
+                    offered.join(", ")
+                }
+            ),
+        ));
+    }
+    let script = app
+        .store
+        .find_as::<Script>("", &req.script)
+        .await?
+        .ok_or_else(|| AppError::not_found("script", &req.script))?;
+    let mut run = new_run(&server, &script);
+    run.phase = Phase::Operational;
+    run.requested_by = actor.name.clone();
+    let sr = ScriptRun {
+        run: run.id,
+        name: script.spec.name.clone(),
+        body: script.spec.body.clone(),
+        env: env_for(app, &server, &script).await?,
+        timeout_secs: req.timeout_secs,
+        phase: Phase::Operational,
+        frequency: script.spec.frequency,
+    };
+    let target = format!("server/{}/{}", server.deployment, server.name);
+    app.commit(vec![
+        Change::insert(&run),
+        super::audit(
+            actor,
+            "run.start",
+            target,
+            serde_json::json!({ "script": req.script, "run": run.id }),
+        ),
+    ])
+    .await?;
+    if !app.agents.push(server.id, ControlMessage::RunScript(sr)).await {
+        let mut r = run.clone();
+        r.status = RunStatus::Failed;
+        r.finished_at = Some(Utc::now());
+        r.append_output("[stratus] the server's agent is not connected; nothing ran\n");
+        app.store.commit(vec![Change::update(&mut r, Utc::now())]).await?;
+        return Err(AppError::BadState(format!(
+            "the agent of server {}/{} is not connected; the run {} was recorded as failed",
+            server.deployment, server.name, run.id
+        )));
+    }
+    Ok(run)
+}
+
+/// What `POST /runs` takes.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartRun {
+    /// The operational script (one the server's template offers).
+    pub script: String,
+    /// Server id or `deployment/name`.
+    pub server: String,
+    /// Kill the script after this many seconds (default: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
 }
 
 /// The boot scripts of a booting server as runs to send (created on first call).
@@ -90,8 +233,7 @@ pub async fn boot_runs(app: &App, session: &mut Session, server: &Server) -> Res
             phase: Phase::Boot,
             frequency: script.spec.frequency,
         };
-        session.maskers.insert(run.id, Masker::for_run(&sr));
-        session.next_seq.entry(run.id).or_insert(0);
+        session.track(&sr);
         out.push(sr);
     }
     if !created.is_empty() {

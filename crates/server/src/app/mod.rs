@@ -43,6 +43,8 @@ pub struct App {
     pub store: Arc<dyn Datastore>,
     pub keys: KeyRing,
     pub drivers: Drivers,
+    /// The agents connected to this control plane.
+    pub agents: gateway::Hub,
     /// Wakes the reconcilers after a change.
     pub poke: Notify,
     pub settings: AppSettings,

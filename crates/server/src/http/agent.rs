@@ -129,11 +129,28 @@ async fn session(app: Arc<App>, a: AgentCaller, mut socket: WebSocket) {
         tracing::warn!(server = %server.name, error = %e, "cannot settle the boot");
     }
     tracing::info!(server = %server.name, agent = %hello.agent_version, "agent connected");
+    let (tx, mut pushed) = tokio::sync::mpsc::channel(64);
+    let key = app.agents.register(server.id, tx);
     let dead_after = Duration::from_secs(u64::from(DEFAULT_HEARTBEAT_SECS * DEAD_AFTER_HEARTBEATS));
     loop {
-        let msg = match tokio::time::timeout(dead_after, next(&mut socket)).await {
+        let msg = tokio::select! {
+            m = tokio::time::timeout(dead_after, next(&mut socket)) => m,
+            Some(out) = pushed.recv() => {
+                if let ControlMessage::RunScript(r) = &out {
+                    gw.track(r);
+                }
+                if !send(&mut socket, &out).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        let msg = match msg {
             Ok(Some(Ok(m))) => m,
-            Ok(Some(Err(e))) => return refuse(&mut socket, RefusedReason::ProtocolError, e).await,
+            Ok(Some(Err(e))) => {
+                refuse(&mut socket, RefusedReason::ProtocolError, e).await;
+                break;
+            }
             Ok(None) => break,
             Err(_) => {
                 tracing::warn!(server = %server.name, "agent silent for too long; closing");
@@ -142,8 +159,14 @@ async fn session(app: Arc<App>, a: AgentCaller, mut socket: WebSocket) {
         };
         let reply = match handle(&app, &mut gw, msg).await {
             Ok(reply) => reply,
-            Err(AppError::Forbidden(m)) => return refuse(&mut socket, RefusedReason::ProtocolError, m).await,
-            Err(e) => return refuse(&mut socket, RefusedReason::Unavailable, e.to_string()).await,
+            Err(AppError::Forbidden(m)) => {
+                refuse(&mut socket, RefusedReason::ProtocolError, m).await;
+                break;
+            }
+            Err(e) => {
+                refuse(&mut socket, RefusedReason::Unavailable, e.to_string()).await;
+                break;
+            }
         };
         if let Some(r) = reply
             && !send(&mut socket, &r).await
@@ -151,6 +174,7 @@ async fn session(app: Arc<App>, a: AgentCaller, mut socket: WebSocket) {
             break;
         }
     }
+    app.agents.unregister(server.id, key);
     tracing::info!(server = %server.name, "agent disconnected");
 }
 

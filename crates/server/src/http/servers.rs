@@ -142,6 +142,20 @@ async fn list_runs(
     Ok(Json(runs::list(&app, &c.0, &p).await?))
 }
 
+/// Start an operational script on a server (through its connected agent); follow it with
+/// `GET /runs/{id}`.
+#[utoipa::path(post, path = "/runs", tag = "runs", request_body = crate::app::gateway::StartRun, responses((status = 201, body = Run), (status = 400, body = stratus_api::error::ErrorBody), (status = 409, body = stratus_api::error::ErrorBody)))]
+async fn start_run(
+    State(app): State<Arc<App>>,
+    c: Caller,
+    Body(req): Body<crate::app::gateway::StartRun>,
+) -> Result<(StatusCode, Json<Run>), ApiError> {
+    Ok((
+        StatusCode::CREATED,
+        Json(crate::app::gateway::start_run(&app, &c.0, &req).await?),
+    ))
+}
+
 #[utoipa::path(get, path = "/runs/{id}", tag = "runs", params(("id" = String, Path)), responses((status = 200, body = Run)))]
 async fn show_run(State(app): State<Arc<App>>, c: Caller, Path(id): Path<String>) -> Result<Json<Run>, ApiError> {
     Ok(Json(runs::show(&app, &c.0, &id).await?))
@@ -157,6 +171,6 @@ pub fn routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(list_arrays, create_array))
         .routes(routes!(show_array, delete_array))
         .routes(routes!(scale))
-        .routes(routes!(list_runs))
+        .routes(routes!(list_runs, start_run))
         .routes(routes!(show_run))
 }
