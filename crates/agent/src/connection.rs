@@ -173,6 +173,7 @@ async fn execute(cfg: &AgentConfig, ws: &mut Ws, r: &ScriptRun) -> Result<(), Ag
         .await
         .map_err(|e| AgentError::Protocol(format!("script task: {e}")))?;
     let outcome = match (&ended.exit_code, &ended.signal, &ended.error) {
+        _ if ended.timed_out => Outcome::TimedOut,
         (_, _, Some(_)) => Outcome::FailedToStart,
         (Some(_), _, _) => Outcome::Exited,
         (None, Some(_), _) => Outcome::Signalled,
@@ -181,7 +182,8 @@ async fn execute(cfg: &AgentConfig, ws: &mut Ws, r: &ScriptRun) -> Result<(), Ag
     let finished = RunFinished {
         run: r.run,
         outcome,
-        exit_code: ended.exit_code,
+        // A script that ran out of time was killed: it has a signal, not an exit code.
+        exit_code: if ended.timed_out { None } else { ended.exit_code },
         signal: ended.signal,
         error: ended.error,
         finished_at: chrono::Utc::now(),

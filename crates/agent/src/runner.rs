@@ -23,6 +23,8 @@ pub struct Ended {
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
     pub error: Option<String>,
+    /// Killed because it ran past its timeout.
+    pub timed_out: bool,
 }
 
 /// Run `run` in `work` (a private directory), sending output chunks to `out` as they come.
@@ -32,6 +34,7 @@ pub async fn run(run: &ScriptRun, work: &Path, out: mpsc::Sender<Chunk>) -> Ende
         exit_code: None,
         signal: None,
         error: Some(e),
+        timed_out: false,
     };
     if let Err(e) = std::fs::write(&file, &run.body)
         .and_then(|()| std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o700)))
@@ -48,6 +51,8 @@ pub async fn run(run: &ScriptRun, work: &Path, out: mpsc::Sender<Chunk>) -> Ende
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // Its own process group, so a timeout kills everything it started.
+        .process_group(0)
         .kill_on_drop(true);
     for v in &run.env {
         match &v.value {
@@ -63,11 +68,43 @@ pub async fn run(run: &ScriptRun, work: &Path, out: mpsc::Sender<Chunk>) -> Ende
     };
     let masker = Masker::for_run(run);
     let (o, e) = (child.stdout.take(), child.stderr.take());
-    let a = tokio::spawn(pump(o, OutputStream::Stdout, Masker::clone(&masker), out.clone()));
-    let b = tokio::spawn(pump(e, OutputStream::Stderr, masker, out));
-    let status = child.wait().await;
-    let _ = a.await;
-    let _ = b.await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let a = tokio::spawn(pump(
+        o,
+        OutputStream::Stdout,
+        Masker::clone(&masker),
+        out.clone(),
+        stopped.clone(),
+    ));
+    let b = tokio::spawn(pump(e, OutputStream::Stderr, masker, out, stopped));
+    // No limit unless the run has one; past it the script is killed (SIGKILL).
+    let mut timed_out = false;
+    let status = match run.timeout_secs {
+        Some(secs) => match tokio::time::timeout(std::time::Duration::from_secs(secs), child.wait()).await {
+            Ok(s) => s,
+            Err(_) => {
+                timed_out = true;
+                if let Some(pid) = child.id().and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
+                    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+                }
+                let _ = child.start_kill();
+                child.wait().await
+            }
+        },
+        None => child.wait().await,
+    };
+    // The script is done. What it left running in the background (a daemon started without
+    // redirecting its output) may hold the pipes open: give the output a moment to drain,
+    // then stop forwarding; the pumps keep reading (and dropping) so such a process never
+    // dies of a broken pipe.
+    let drained = tokio::time::timeout(std::time::Duration::from_millis(500), async {
+        let _ = a.await;
+        let _ = b.await;
+    });
+    let _ = drained.await;
+    // Either both pumps are done, or something holds a pipe: stop forwarding (the pumps then
+    // end, which ends the output stream; their pipes are drained in the background).
+    let _ = stop.send(true);
     let _ = std::fs::remove_file(&file);
     match status {
         Ok(s) => {
@@ -75,7 +112,8 @@ pub async fn run(run: &ScriptRun, work: &Path, out: mpsc::Sender<Chunk>) -> Ende
             Ended {
                 exit_code: s.code(),
                 signal: s.signal(),
-                error: None,
+                error: timed_out.then(|| format!("killed after its timeout of {} s", run.timeout_secs.unwrap_or(0))),
+                timed_out,
             }
         }
         Err(e) => failed(format!("cannot wait for the script: {e}")),
@@ -83,16 +121,28 @@ pub async fn run(run: &ScriptRun, work: &Path, out: mpsc::Sender<Chunk>) -> Ende
 }
 
 async fn pump(
-    pipe: Option<impl tokio::io::AsyncRead + Unpin>,
+    pipe: Option<impl tokio::io::AsyncRead + Unpin + Send + 'static>,
     stream: OutputStream,
     mut masker: Masker,
     out: mpsc::Sender<Chunk>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let Some(mut pipe) = pipe else { return };
     let mut text = LossyUtf8::new();
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        let n = match pipe.read(&mut buf).await {
+        let read = tokio::select! {
+            r = pipe.read(&mut buf) => r,
+            _ = stop.wait_for(|s| *s) => {
+                // Forwarding is over; drain in the background until the writers go away.
+                tokio::spawn(async move {
+                    let mut sink = vec![0u8; 16 * 1024];
+                    while matches!(pipe.read(&mut sink).await, Ok(n) if n > 0) {}
+                });
+                break;
+            }
+        };
+        let n = match read {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };

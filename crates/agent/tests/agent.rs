@@ -56,6 +56,8 @@ inputs = [{ name = "GREETING" }, { name = "PASSWORD", kind = "cred" }, { name = 
 body = """#!/bin/sh
 echo "$GREETING from the agent on $PLACE"
 echo "the password is $PASSWORD" >&2
+# A daemon that keeps the script's output open must not hold the boot up.
+(sleep 5; echo late) &
 """
 
 [[script]]
@@ -66,10 +68,20 @@ echo about to fail
 exit 3
 """
 
+[[script]]
+name = "slow"
+frequency = "on-demand"
+body = """#!/bin/sh
+echo starting
+sleep 30
+echo never
+"""
+
 [[template]]
 name = "good"
 image = "img"
 boot_scripts = ["hello"]
+operational_scripts = ["slow"]
 [template.inputs]
 GREETING = "hi"
 PASSWORD = "cred:db-password"
@@ -217,4 +229,30 @@ async fn a_failing_boot_script_strands_the_server() {
             .is_some_and(|o| o.contains("about to fail")),
         "{s}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operational_script_past_its_timeout_is_killed() {
+    let (running, api, dir) = setup().await;
+    let (id, _agent) = launch_with_agent(&running, &api, dir.path(), "web-3", "good").await;
+    wait(&api, &id, |s| s["state"] == "operational").await;
+    let run = api
+        .call(
+            reqwest::Method::POST,
+            "/runs",
+            Some(serde_json::json!({ "script": "slow", "server": id, "timeout_secs": 1 })),
+        )
+        .await;
+    let run_id = run["id"].as_str().unwrap_or_else(|| panic!("{run}")).to_string();
+    let mut last = serde_json::Value::Null;
+    for _ in 0..200 {
+        last = api.call(reqwest::Method::GET, &format!("/runs/{run_id}"), None).await;
+        if last["status"] != "queued" && last["status"] != "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(last["status"], "timed_out", "{last}");
+    let out = last["output"].as_str().unwrap_or_default();
+    assert!(out.contains("starting") && !out.contains("never"), "{out}");
 }
