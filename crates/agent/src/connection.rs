@@ -141,7 +141,26 @@ async fn execute(cfg: &AgentConfig, ws: &mut Ws, r: &ScriptRun) -> Result<(), Ag
     if done_marker.exists() {
         return Ok(()); // finished before a reconnect: never run twice
     }
+    let started_marker = cfg.runs_dir().join(format!("{}.started", r.run));
+    if started_marker.exists() {
+        // It started before the connection dropped (or the agent restarted) and its end was
+        // never reported: at most once, so it is reported interrupted, not run again.
+        let finished = RunFinished {
+            run: r.run,
+            outcome: Outcome::Interrupted,
+            exit_code: None,
+            signal: None,
+            error: Some("the agent lost its connection or restarted while this ran; it was not run again".into()),
+            finished_at: chrono::Utc::now(),
+            output_chunks: 0,
+            output_bytes: 0,
+        };
+        send(ws, AgentMessage::RunFinished(finished)).await?;
+        std::fs::write(&done_marker, b"").map_err(state)?;
+        return Ok(());
+    }
     std::fs::create_dir_all(cfg.runs_dir()).map_err(state)?;
+    std::fs::write(&started_marker, b"").map_err(state)?;
     send(
         ws,
         AgentMessage::RunStarted {

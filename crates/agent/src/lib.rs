@@ -11,11 +11,12 @@
 //!    environment variables; output is read as it comes, masked (secret inputs become `***`)
 //!    and sent in numbered chunks; the end is reported with the exit status. A heartbeat goes
 //!    out every `heartbeat_secs`.
-//! 4. **Reconnect** on any failure with exponential backoff and full jitter (1 s … 60 s). A run
-//!    already finished is not run again (its id is remembered in `STATE/runs/`).
+//! 4. **Reconnect** on any failure with exponential backoff and full jitter (1 s … 60 s). Runs
+//!    happen at most once: `STATE/runs/` remembers which started and which finished; a run that
+//!    started but whose end was never reported is reported `interrupted`, not run again.
 //!
-//! Not yet: output produced while disconnected is not buffered on disk (a run interrupted by
-//! a disconnect is reported `interrupted`), tag commands, operational runs.
+//! Not yet: output produced while disconnected is not buffered on disk and resumed (which
+//! would make an interrupted run's report complete), tag commands.
 
 pub mod config;
 pub mod connection;

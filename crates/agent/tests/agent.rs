@@ -86,6 +86,15 @@ operational_scripts = ["slow"]
 GREETING = "hi"
 PASSWORD = "cred:db-password"
 
+[[script]]
+name = "counted"
+frequency = "per-instance"
+inputs = [{ name = "COUNT_FILE" }]
+body = """#!/bin/sh
+echo run >> "$COUNT_FILE"
+sleep 3
+"""
+
 [[template]]
 name = "bad"
 image = "img"
@@ -255,4 +264,47 @@ async fn an_operational_script_past_its_timeout_is_killed() {
     assert_eq!(last["status"], "timed_out", "{last}");
     let out = last["output"].as_str().unwrap_or_default();
     assert!(out.contains("starting") && !out.contains("never"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_restarted_mid_run_reports_it_interrupted_and_never_runs_it_twice() {
+    let (running, api, dir) = setup().await;
+    let count = dir.path().join("count");
+    let tpl = serde_json::json!({
+        "name": "once", "image": "img", "boot_scripts": ["counted"],
+        "inputs": { "COUNT_FILE": count.display().to_string() }
+    });
+    let v = api.call(reqwest::Method::POST, "/templates", Some(tpl)).await;
+    assert!(v.get("error").is_none(), "{v}");
+    let (id, agent) = launch_with_agent(&running, &api, dir.path(), "web-4", "once").await;
+    // Wait until the script runs, then kill the agent in the middle of it.
+    for _ in 0..200 {
+        if std::fs::read_to_string(&count).is_ok_and(|c| !c.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    drop(agent);
+    // A new agent with the same state: it does not run the script again.
+    let child = Command::new(env!("CARGO_BIN_EXE_stratus-agent"))
+        .arg("--user-data")
+        .arg(dir.path().join("web-4.user-data"))
+        .arg("--state-dir")
+        .arg(dir.path().join("web-4.state"))
+        .spawn()
+        .expect("spawn the agent again");
+    let _again = Agent(child);
+    let s = wait(&api, &id, |s| s["state"] == "stranded").await;
+    assert!(
+        s["stranded"]["output_tail"]
+            .as_str()
+            .is_some_and(|o| o.contains("not run again")),
+        "{s}"
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        std::fs::read_to_string(&count).expect("count").lines().count(),
+        1,
+        "ran exactly once"
+    );
 }
