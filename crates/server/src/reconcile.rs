@@ -24,7 +24,6 @@ use std::sync::Arc;
 use chrono::Utc;
 use stratus_cloud::{CloudDriver, InstanceState, LaunchRequest};
 use stratus_store::{Change, Query, StoreError, TypedStore};
-use stratus_types::RunId;
 use stratus_types::address::Address;
 use stratus_types::cloud::{Cloud, DriverKind};
 use stratus_types::deployment::Deployment;
@@ -147,30 +146,13 @@ async fn launch(app: &App, mut s: Server, driver: Arc<dyn CloudDriver>) -> Resul
 
 fn run_record(s: &Server, script: &Script, phase: Phase, output: &str) -> Run {
     let now = Utc::now();
-    Run {
-        id: RunId::new(),
-        server: s.id,
-        server_name: s.name.clone(),
-        deployment: s.deployment.clone(),
-        script: script.spec.name.clone(),
-        script_revision: script.revision,
-        revision: 1,
-        phase,
-        inputs: s
-            .inputs
-            .iter()
-            .filter(|(k, _)| script.spec.inputs.iter().any(|d| &d.name == *k))
-            .map(|(k, v)| (k.clone(), v.to_string()))
-            .collect(),
-        status: RunStatus::Succeeded,
-        exit_code: Some(0),
-        output: output.to_string(),
-        output_truncated: false,
-        requested_by: "system".into(),
-        created_at: now,
-        started_at: Some(now),
-        finished_at: Some(now),
-    }
+    let mut run = crate::app::runs::queued(s, script, phase, "system");
+    run.status = RunStatus::Succeeded;
+    run.exit_code = Some(0);
+    run.output = output.to_string();
+    run.started_at = Some(now);
+    run.finished_at = Some(now);
+    run
 }
 
 /// The fake cloud has no agent: record its scripts as runs that did not execute anything.

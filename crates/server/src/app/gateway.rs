@@ -136,9 +136,7 @@ pub async fn start_run(app: &App, actor: &super::Actor, req: &StartRun) -> Resul
         .find_as::<Script>("", &req.script)
         .await?
         .ok_or_else(|| AppError::not_found("script", &req.script))?;
-    let mut run = new_run(&server, &script);
-    run.phase = Phase::Operational;
-    run.requested_by = actor.name.clone();
+    let run = super::runs::queued(&server, &script, Phase::Operational, &actor.name);
     let sr = ScriptRun {
         run: run.id,
         name: script.spec.name.clone(),
@@ -218,7 +216,7 @@ pub async fn boot_runs(app: &App, session: &mut Session, server: &Server) -> Res
         let run = match existing.iter().find(|r| &r.script == name) {
             Some(r) => r.clone(),
             None => {
-                let r = new_run(server, &script);
+                let r = super::runs::queued(server, &script, Phase::Boot, "system");
                 created.push(Change::insert(&r));
                 r
             }
@@ -240,33 +238,6 @@ pub async fn boot_runs(app: &App, session: &mut Session, server: &Server) -> Res
         app.store.commit(created).await?;
     }
     Ok(out)
-}
-
-fn new_run(s: &Server, script: &Script) -> Run {
-    Run {
-        id: RunId::new(),
-        server: s.id,
-        server_name: s.name.clone(),
-        deployment: s.deployment.clone(),
-        script: script.spec.name.clone(),
-        script_revision: script.revision,
-        revision: 1,
-        phase: Phase::Boot,
-        inputs: s
-            .inputs
-            .iter()
-            .filter(|(k, _)| script.spec.inputs.iter().any(|d| &d.name == *k))
-            .map(|(k, v)| (k.clone(), v.to_string()))
-            .collect(),
-        status: RunStatus::Queued,
-        exit_code: None,
-        output: String::new(),
-        output_truncated: false,
-        requested_by: "system".into(),
-        created_at: Utc::now(),
-        started_at: None,
-        finished_at: None,
-    }
 }
 
 /// The script's inputs as environment variables: text as is, `cred:` decrypted into the frame

@@ -1,10 +1,14 @@
 //! Runs: reading them. Runs are created by the orchestrator (boot, decommission) and, with the
 //! agent, by `stratus run`.
 
+use chrono::Utc;
 use stratus_api::params::RunListParams;
 use stratus_api::views::Page;
 use stratus_store::{Query, TypedStore};
-use stratus_types::run::Run;
+use stratus_types::RunId;
+use stratus_types::run::{Phase, Run, RunStatus};
+use stratus_types::script::Script;
+use stratus_types::server::Server;
 
 use super::{Actor, App, AppError, OBSERVER};
 
@@ -34,4 +38,33 @@ pub async fn show(app: &App, actor: &Actor, id: &str) -> Result<Run, AppError> {
         .get_as::<Run>(id)
         .await?
         .ok_or_else(|| AppError::not_found("run", id))
+}
+
+/// A new, queued run of `script` on `s`. Its inputs are recorded as given (`cred:NAME`, never
+/// a value), limited to those the script declares.
+pub fn queued(s: &Server, script: &Script, phase: Phase, requested_by: &str) -> Run {
+    Run {
+        id: RunId::new(),
+        server: s.id,
+        server_name: s.name.clone(),
+        deployment: s.deployment.clone(),
+        script: script.spec.name.clone(),
+        script_revision: script.revision,
+        revision: 1,
+        phase,
+        inputs: s
+            .inputs
+            .iter()
+            .filter(|(k, _)| script.spec.inputs.iter().any(|d| &d.name == *k))
+            .map(|(k, v)| (k.clone(), v.to_string()))
+            .collect(),
+        status: RunStatus::Queued,
+        exit_code: None,
+        output: String::new(),
+        output_truncated: false,
+        requested_by: requested_by.into(),
+        created_at: Utc::now(),
+        started_at: None,
+        finished_at: None,
+    }
 }
