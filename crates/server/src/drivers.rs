@@ -177,7 +177,7 @@ impl Drivers {
         }
         LocalCloud::open(config)
             .await
-            .map_err(|e| AppError::BadState(format!("cloud {}: {e}", c.spec.name)))
+            .map_err(|e| AppError::BadState(format!("cloud {}: {}", c.spec.name, crate::app::error_chain(&e))))
     }
 
     /// Remove a local cloud from the host (its instances, bridge and NAT table) and forget its

@@ -120,7 +120,7 @@ async fn launch(app: &App, mut s: Server, driver: Arc<dyn CloudDriver>) -> Resul
                 metadata_tokens_required: template.spec.metadata_tokens == MetadataTokens::Required,
             })
             .await
-            .map_err(|e| e.to_string()),
+            .map_err(|e| crate::app::error_chain(&e)),
     };
     match result {
         Ok(inst) => {

@@ -167,6 +167,22 @@ pub enum AppError {
     Crypto(#[source] CryptoError),
 }
 
+/// An error and its causes, `a: b: c`, for messages a user acts on (a cloud's or a host tool's
+/// own words). Not for internal errors, whose causes go to the log only.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cause = c.source();
+    }
+    s
+}
+
 impl AppError {
     pub fn not_found(kind: &'static str, key: impl Into<String>) -> Self {
         Self::NotFound {
@@ -227,5 +243,17 @@ pub fn page_limit(limit: Option<u32>) -> Result<u32, AppError> {
             format!("{n} is over the maximum of {PAGE_MAX}"),
         )),
         Some(n) => Ok(n),
+    }
+}
+
+#[cfg(test)]
+mod error_chain_tests {
+    use super::error_chain;
+
+    #[test]
+    fn the_cause_of_a_cloud_error_is_in_the_message() {
+        let io = std::io::Error::other("RTNETLINK answers: File exists");
+        let e = stratus_cloud::CloudError::Api(Box::new(io));
+        assert_eq!(error_chain(&e), "cloud API call failed: RTNETLINK answers: File exists");
     }
 }

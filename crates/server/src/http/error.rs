@@ -52,6 +52,8 @@ impl IntoResponse for ApiError {
                 "internal error; the control plane's log has the details".to_string()
             }
             AppError::Invalid(inv) => format!("invalid input: {inv}"),
+            // The cloud's own words are what a user can act on.
+            AppError::Cloud { .. } => crate::app::error_chain(&e),
             other => other.to_string(),
         };
         body(status, code, message, fields)
