@@ -474,6 +474,7 @@ impl CloudDriver for LocalCloud {
                 desired: Desired::Running,
                 metadata_tokens_required: req.metadata_tokens_required,
                 launched_at: Utc::now(),
+                user_data: req.user_data.clone(),
             };
             let dir = s.dir(&rec.id);
             let saved = inst::make_dir(&dir)

@@ -2,8 +2,9 @@
 //!
 //! The instance is found by the request's source address: the service listens on the
 //! gateway, instances reach it through a DNAT from 169.254.169.254, which keeps their own
-//! address as the source. Only running instances are answered; records are read on every
-//! request, so tags, elastic IPs and keys changed a moment ago show at once.
+//! address as the source. Only running instances are answered. The records (user-data
+//! included) are in memory and read on every request, so tags, elastic IPs and keys changed a
+//! moment ago show at once, without touching the disk.
 
 use std::net::IpAddr;
 
@@ -20,7 +21,6 @@ impl MetadataSource for Shared {
             .values()
             .find(|r| r.link.ip == peer && r.desired == Desired::Running)
             .cloned()?;
-        let user_data = crate::instance::read_user_data(&self.config.state_dir.join("instances").join(&rec.id));
         Some(InstanceMetadata {
             instance_id: rec.id.clone(),
             image_id: rec.image.clone(),
@@ -34,7 +34,7 @@ impl MetadataSource for Shared {
             availability_zone: rec.zone.clone(),
             public_keys: rec.ssh_keys.clone(),
             tags: rec.tags.iter().map(tag_pair).collect(),
-            user_data,
+            user_data: (!rec.user_data.is_empty()).then(|| rec.user_data.clone()),
             launched_at: rec.launched_at,
             tokens_required: rec.metadata_tokens_required,
         })

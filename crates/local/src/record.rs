@@ -49,6 +49,10 @@ pub struct Record {
     pub desired: Desired,
     pub metadata_tokens_required: bool,
     pub launched_at: DateTime<Utc>,
+    /// The launch's user-data, kept in its own 0600 file (`user-data`) and in memory for the
+    /// metadata service; never in `record.json`.
+    #[serde(skip)]
+    pub user_data: Vec<u8>,
 }
 
 pub const RECORD_FILE: &str = "record.json";
@@ -76,7 +80,10 @@ pub fn load_all(instances: &Path) -> Vec<(PathBuf, Record)> {
     for e in rd.filter_map(Result::ok) {
         let path = e.path().join(RECORD_FILE);
         match std::fs::read(&path).map(|b| serde_json::from_slice::<Record>(&b)) {
-            Ok(Ok(r)) => out.push((e.path(), r)),
+            Ok(Ok(mut r)) => {
+                r.user_data = crate::instance::read_user_data(&e.path()).unwrap_or_default();
+                out.push((e.path(), r));
+            }
             Ok(Err(err)) => tracing::warn!(path = %path.display(), %err, "skipping an unreadable instance record"),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                 tracing::warn!(dir = %e.path().display(), "instance directory without a record (an interrupted launch?)");

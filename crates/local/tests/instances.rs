@@ -171,7 +171,9 @@ async fn an_elastic_ip_reaches_its_instance_and_moves_at_once() {
     assert!(matches!(outside, Err(CloudError::Invalid(_))), "{outside:?}");
 }
 
-#[tokio::test]
+// Multi-threaded: the test's blocking in-instance request is answered by the metadata
+// service running on this same runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_outlive_the_driver_and_dead_ones_are_reported() {
     let mut t = TestCloud::new().await;
     let a = t.cloud.launch(t.request("survivor")).await.expect("launch");
@@ -181,6 +183,12 @@ async fn instances_outlive_the_driver_and_dead_ones_are_reported() {
     let seen = t.cloud.describe(&a.id).await.expect("describe").expect("known");
     assert_eq!(seen.state, InstanceState::Running);
     assert_eq!(t.init_pid(&a.id), pid_before, "the same processes, not a restart");
+    let ud = t.http_from(&a.id, "169.254.169.254", 80, "/latest/user-data");
+    assert_eq!(
+        ud.as_deref(),
+        Some("#!/bin/sh\necho hello\n"),
+        "user-data is served after a restart"
+    );
     // Kill b's processes behind the driver's back.
     let pid = t.init_pid(&b.id).expect("running");
     std::process::Command::new("kill")
