@@ -39,6 +39,8 @@ pub struct RunListParams {
     /// Runs of one server (id or `deployment/name`).
     pub server: Option<String>,
     pub status: Option<String>,
+    /// Runs of one rollout (in the order it starts them).
+    pub rollout: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, utoipa::IntoParams)]

@@ -58,11 +58,14 @@ pub enum Command {
     Server(ServerCmd),
     #[command(subcommand)]
     Array(ArrayCmd),
-    /// Run an operational script on a server (through its agent).
+    /// Run an operational script on a server, or on every server a tag selector picks.
     Run(RunArgs),
     /// Script runs (boot, operational, decommission).
     #[command(subcommand)]
     Runs(RunsCmd),
+    /// One script on many servers (`stratus run SCRIPT --tag SELECTOR`).
+    #[command(subcommand)]
+    Rollouts(RolloutsCmd),
     #[command(subcommand)]
     Credential(CredentialCmd),
     #[command(subcommand)]
@@ -303,15 +306,28 @@ pub enum ArrayCmd {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The operational script (one the server's template offers).
+    /// The operational script (one the servers' templates offer).
     pub script: String,
-    /// The server: id or deployment/name.
-    #[arg(long = "on")]
-    pub server: String,
+    /// One server: id or deployment/name.
+    #[arg(long = "on", conflicts_with = "tag", required_unless_present = "tag")]
+    pub server: Option<String>,
+    /// Every operational server whose tags match this selector (a rollout).
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// With --tag: only servers of this deployment.
+    #[arg(long, requires = "tag")]
+    pub deployment: Option<String>,
+    /// With --tag: how many servers run the script at a time (default 10).
+    #[arg(long, requires = "tag")]
+    pub concurrency: Option<u32>,
+    /// With --tag: failures tolerated before the rollout stops starting new runs (default 0).
+    #[arg(long, requires = "tag", default_value_t = 0)]
+    pub max_errors: u32,
     /// Kill the script after this many seconds (default: no limit).
     #[arg(long)]
     pub timeout: Option<u64>,
-    /// Print the output as it arrives and exit with the run's result.
+    /// Print the output as it arrives (for a rollout: each server's result as it finishes)
+    /// and exit with the result.
     #[arg(long, short)]
     pub follow: bool,
 }
@@ -327,6 +343,22 @@ pub enum RunsCmd {
         page: PageArgs,
     },
     Show {
+        id: String,
+    },
+    /// Cancel a run: a queued one at once, a running one through its agent.
+    Cancel {
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutsCmd {
+    List(PageArgs),
+    Show {
+        id: String,
+    },
+    /// Stop starting runs, cancel the queued ones and stop the running ones.
+    Cancel {
         id: String,
     },
 }

@@ -35,6 +35,9 @@ pub struct Config {
     /// The URL instances use to reach the control plane; defaults to `http://<listen>`.
     pub public_url: Option<String>,
     pub boot_deadline: Duration,
+    /// How long a terminating server's decommission scripts may take, all together, before the
+    /// instance is destroyed anyway.
+    pub decommission_timeout: Duration,
     pub reconcile_interval: Duration,
     /// Run the orchestrator (off only for benchmarks that measure the API alone).
     pub reconcile: bool,
@@ -55,6 +58,7 @@ impl Config {
             listen,
             public_url: None,
             boot_deadline: Duration::from_secs(120),
+            decommission_timeout: Duration::from_secs(120),
             reconcile_interval: Duration::from_secs(1),
             reconcile: true,
             instance_init: None,
@@ -163,6 +167,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         public_url_given: config.public_url.is_some(),
         simulate_agents: config.simulate_agents,
         boot_deadline: config.boot_deadline,
+        decommission_timeout: config.decommission_timeout,
         reconcile_interval: config.reconcile_interval,
     };
     let app = Arc::new(App {
@@ -175,6 +180,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         })),
         agents: Default::default(),
         poke: Default::default(),
+        run_finished: tokio::sync::watch::Sender::new(0),
         settings,
     });
     let mut tasks = vec![];
@@ -182,6 +188,8 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     app.drivers.serve_on_gateways(router.clone(), addr);
     if config.reconcile {
         tasks.push(tokio::spawn(reconcile::run(app.clone())));
+        // Rollouts a previous process left running go on where they stand.
+        app::rollouts::resume_all(&app).await;
     }
     let server = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).await {

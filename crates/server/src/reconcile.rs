@@ -295,6 +295,8 @@ async fn decommission(
     let driver = driver?;
     if s.instance_id.is_some() && driver.kind() == DriverKind::Fake && app.settings.simulate_agents {
         changes.extend(simulated_runs(app, &s, Phase::Decommission).await?);
+    } else if s.instance_id.is_some() && !decommission_scripts_done(app, &s).await? {
+        return Ok(());
     }
     // The recorded instance, plus any launched for this server but not recorded (a launch
     // that raced a termination): nothing may be left running and billing.
@@ -327,6 +329,19 @@ async fn decommission(
         a.server = None;
         changes.push(Change::update(&mut a, now));
     }
+    // Runs the instance took with it.
+    let q = Query {
+        scope: Some(s.id.to_string()),
+        ..Default::default()
+    };
+    for mut r in app.store.list_all::<Run>(&q).await? {
+        if !r.status.is_finished() {
+            r.status = RunStatus::Failed;
+            r.finished_at = Some(now);
+            r.append_output("\n[stratus] the server was terminated before this run finished\n");
+            changes.push(Change::update(&mut r, now));
+        }
+    }
     s.public_ip = None;
     s.move_to(ServerState::Terminated, now)
         .map_err(|e| AppError::BadState(e.to_string()))?;
@@ -334,6 +349,119 @@ async fn decommission(
     app.store.commit(changes).await?;
     info!(server = %s.name, "terminated");
     Ok(())
+}
+
+/// How long decommission waits for an absent agent to come back before giving up on it.
+const AGENT_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The decommission scripts of a terminating server, one after another through its agent,
+/// all within `decommission_timeout`: true once they are over (or there are none, or the
+/// server never had an agent), and the instance may go. A failing script does not stop the
+/// next one or the termination. Past the timeout, what still runs is cancelled and the
+/// instance goes anyway: a stuck script cannot keep a server (and its bill) alive.
+async fn decommission_scripts_done(app: &App, s: &Server) -> Result<bool, AppError> {
+    let Some(template) = app.store.find_as::<ServerTemplate>("", s.template.as_str()).await? else {
+        return Ok(true);
+    };
+    if template.spec.decommission_scripts.is_empty()
+        || app
+            .store
+            .get_as::<crate::app::agents::AgentRecord>(&s.id.to_string())
+            .await?
+            .is_none()
+    {
+        return Ok(true);
+    }
+    let now = Utc::now();
+    let q = Query {
+        scope: Some(s.id.to_string()),
+        ..Default::default()
+    };
+    let mut runs: Vec<Run> = app
+        .store
+        .list_all::<Run>(&q)
+        .await?
+        .into_iter()
+        .filter(|r| r.phase == Phase::Decommission)
+        .collect();
+    if runs.is_empty() {
+        for name in &template.spec.decommission_scripts {
+            if let Some(script) = app.store.find_as::<Script>("", name.as_str()).await? {
+                runs.push(crate::app::runs::queued(s, &script, Phase::Decommission, "system"));
+            }
+        }
+        if runs.is_empty() {
+            return Ok(true);
+        }
+        app.store.commit(runs.iter().map(Change::insert).collect()).await?;
+    }
+    runs.sort_by_key(|r| r.id);
+    let since = runs.iter().map(|r| r.created_at).min().unwrap_or(now);
+    let timeout = app.settings.decommission_timeout;
+    let left = chrono::Duration::from_std(timeout).unwrap_or_default() - (now - since);
+    // An agent that is gone (its instance died) and has started nothing is given a short grace
+    // to reconnect (a control plane that just restarted), not the whole timeout.
+    let absent = !app.agents.is_connected(s.id)
+        && now - since > chrono::Duration::from_std(AGENT_GRACE.min(timeout)).unwrap_or_default()
+        && runs.iter().all(|r| r.status == RunStatus::Queued);
+    if left <= chrono::Duration::zero() || absent {
+        let why = if absent {
+            format!(
+                "the server's agent has not been connected for {} s",
+                AGENT_GRACE.min(timeout).as_secs()
+            )
+        } else {
+            format!("the decommission timeout of {} s passed", timeout.as_secs())
+        };
+        let mut changes = vec![];
+        for mut r in runs.into_iter().filter(|r| !r.status.is_finished()) {
+            if r.status == RunStatus::Running {
+                app.agents
+                    .push(s.id, stratus_agent_proto::ControlMessage::Cancel { run: r.id })
+                    .await;
+            }
+            r.status = if r.status == RunStatus::Running {
+                RunStatus::TimedOut
+            } else {
+                RunStatus::Cancelled
+            };
+            r.finished_at = Some(now);
+            r.append_output(&format!("\n[stratus] {why}; the instance is terminated anyway\n"));
+            changes.push(Change::update(&mut r, now));
+        }
+        if !changes.is_empty() {
+            app.store.commit(changes).await?;
+        }
+        warn!(server = %s.name, reason = %why, "decommission scripts cut short; terminating");
+        return Ok(true);
+    }
+    let Some(next) = runs.iter().find(|r| !r.status.is_finished()) else {
+        return Ok(true);
+    };
+    // Sent once; an agent that reconnects without it gets it again on its hello.
+    if next.status == RunStatus::Queued && next.sent_at.is_none() && app.agents.is_connected(s.id) {
+        let script = app.store.find_as::<Script>("", next.script.as_str()).await?;
+        if let Some(script) = script {
+            let timeout_secs = left.num_seconds().max(1) as u64;
+            let mut sent = next.clone();
+            sent.sent_at = Some(now);
+            sent.timeout_secs = Some(timeout_secs);
+            app.store.commit(vec![Change::update(&mut sent, now)]).await?;
+            let sr = stratus_agent_proto::ScriptRun {
+                run: next.id,
+                name: script.spec.name.clone(),
+                body: script.spec.body.clone(),
+                env: crate::app::gateway::env_for(app, s, &script).await?,
+                timeout_secs: Some(timeout_secs),
+                phase: Phase::Decommission,
+                frequency: script.spec.frequency,
+            };
+            app.agents
+                .push(s.id, stratus_agent_proto::ControlMessage::RunScript(sr))
+                .await;
+        }
+    }
+    Ok(false)
 }
 
 /// Launch missing members and decommission the oldest extra ones.

@@ -24,10 +24,12 @@ pub enum Kind {
     Address,
     /// An enrolled instance agent (its credential's hash).
     Agent,
+    /// One script started on many servers.
+    Rollout,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 14] = [
+    pub const ALL: [Kind; 15] = [
         Kind::Cloud,
         Kind::Image,
         Kind::Script,
@@ -42,6 +44,7 @@ impl Kind {
         Kind::Token,
         Kind::Address,
         Kind::Agent,
+        Kind::Rollout,
     ];
 
     /// The kind stored under this name.
@@ -65,6 +68,7 @@ impl Kind {
             Kind::Token => "token",
             Kind::Address => "address",
             Kind::Agent => "agent",
+            Kind::Rollout => "rollout",
         }
     }
 }

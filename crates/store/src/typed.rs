@@ -9,7 +9,7 @@ use stratus_types::cloud::Cloud;
 use stratus_types::credential::Credential;
 use stratus_types::deployment::Deployment;
 use stratus_types::image::Image;
-use stratus_types::run::Run;
+use stratus_types::run::{Rollout, Run};
 use stratus_types::script::Script;
 use stratus_types::server::{Server, ServerArray, ServerState};
 use stratus_types::tag::Tag;
@@ -320,4 +320,32 @@ impl Resource for Address {
     fn name_string(&self) -> String {
         self.name.to_string()
     }
+}
+
+impl Resource for Rollout {
+    const KIND: Kind = Kind::Rollout;
+    fn id_string(&self) -> String {
+        self.id.to_string()
+    }
+    fn name_string(&self) -> String {
+        self.id.to_string()
+    }
+    fn state(&self) -> Option<String> {
+        serde_json::to_value(self.status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+    }
+    fn revision(&self) -> u32 {
+        self.revision
+    }
+    fn set_revision(&mut self, revision: u32) {
+        self.revision = revision;
+    }
+    fn created_at(&self) -> DateTime<Utc> {
+        self.created_at
+    }
+    fn updated_at(&self) -> DateTime<Utc> {
+        self.finished_at.unwrap_or(self.created_at)
+    }
+    fn set_updated_at(&mut self, _: DateTime<Utc>) {}
 }

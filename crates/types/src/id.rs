@@ -64,6 +64,7 @@ typed_id! {
     ServerId => "Id of a server.",
     ArrayId => "Id of a server array.",
     RunId => "Id of a run (one execution of a script on a server).",
+    RolloutId => "Id of a rollout (one script started on many servers).",
     CredentialId => "Id of a credential.",
     UserId => "Id of a user.",
     TokenId => "Id of an API token.",

@@ -2,6 +2,7 @@
 
 mod apply;
 mod resources;
+mod runs;
 mod serve;
 mod servers;
 
@@ -63,8 +64,9 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Template(c) => resources::template(&connect(&cli)?, c).await,
         Command::Server(c) => servers::server(&connect(&cli)?, c).await,
         Command::Array(c) => servers::array(&connect(&cli)?, c).await,
-        Command::Runs(c) => servers::runs(&connect(&cli)?, c).await,
-        Command::Run(a) => servers::start_run(&connect(&cli)?, a).await,
+        Command::Runs(c) => runs::runs(&connect(&cli)?, c).await,
+        Command::Rollouts(c) => runs::rollouts(&connect(&cli)?, c).await,
+        Command::Run(a) => runs::start(&connect(&cli)?, a).await,
         Command::Credential(c) => resources::credential(&connect(&cli)?, c).await,
         Command::User(c) => resources::user(&connect(&cli)?, c).await,
         Command::Token(c) => resources::token(&connect(&cli)?, c).await,

@@ -6,7 +6,7 @@ use anyhow::Context;
 use serde_json::{Value, json};
 
 use super::Ctx;
-use crate::args::{ArrayCmd, RunsCmd, ServerCmd};
+use crate::args::{ArrayCmd, ServerCmd};
 use crate::client::{Client, seg};
 use crate::output::{Column, list, show};
 
@@ -245,82 +245,6 @@ pub async fn array(ctx: &Ctx, cmd: &ArrayCmd) -> anyhow::Result<()> {
             c.delete(&format!("/arrays/{d}/{n}")).await?;
             say!("deleted array {array}");
         }
-    }
-    Ok(())
-}
-
-/// `stratus run SCRIPT --on SERVER [--follow]`.
-pub async fn start_run(ctx: &Ctx, a: &crate::args::RunArgs) -> anyhow::Result<()> {
-    let c = &ctx.client;
-    let mut body = serde_json::json!({ "script": a.script, "server": a.server });
-    if let Some(t) = a.timeout {
-        body["timeout_secs"] = t.into();
-    }
-    let run = c.post("/runs", &body).await?;
-    let id = run["id"].as_str().unwrap_or_default().to_string();
-    if !a.follow {
-        if ctx.json {
-            show(true, &run);
-        } else {
-            say!("started run {id}; follow it with `stratus runs show {id}`");
-        }
-        return Ok(());
-    }
-    let mut printed = 0usize;
-    loop {
-        let r = c.get(&format!("/runs/{}", seg(&id)), &[]).await?;
-        let out = r["output"].as_str().unwrap_or_default();
-        // The stored output keeps its tail; print what is new since the last look.
-        if out.len() > printed {
-            let start = out
-                .char_indices()
-                .map(|(i, _)| i)
-                .find(|&i| i >= printed)
-                .unwrap_or(out.len());
-            use std::io::Write;
-            let mut stdout = std::io::stdout().lock();
-            // A closed pipe (`| head`) is not an error worth a panic.
-            let _ = stdout.write_all(&out.as_bytes()[start..]).and_then(|()| stdout.flush());
-            printed = out.len();
-        }
-        let status = r["status"].as_str().unwrap_or_default();
-        if !matches!(status, "queued" | "running") {
-            let code = r["exit_code"].as_i64();
-            eprintln!(
-                "run {id} {status}{}",
-                code.map(|c| format!(" (exit code {c})")).unwrap_or_default()
-            );
-            if status != "succeeded" {
-                anyhow::bail!("the script did not succeed");
-            }
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
-
-pub async fn runs(ctx: &Ctx, cmd: &RunsCmd) -> anyhow::Result<()> {
-    let c = &ctx.client;
-    match cmd {
-        RunsCmd::List { server, status, page } => {
-            let mut q: Vec<(&str, String)> = vec![];
-            for (k, v) in [("server", server), ("status", status)] {
-                if let Some(v) = v {
-                    q.push((k, v.clone()));
-                }
-            }
-            let cols: &[Column] = &[
-                ("ID", "/id"),
-                ("SERVER", "/server_name"),
-                ("SCRIPT", "/script"),
-                ("PHASE", "/phase"),
-                ("STATUS", "/status"),
-                ("EXIT", "/exit_code"),
-                ("STARTED", "/started_at"),
-            ];
-            list(ctx.json, &c.list("/runs", q, page.limit, page.all_pages).await?, cols);
-        }
-        RunsCmd::Show { id } => show(ctx.json, &c.get(&format!("/runs/{}", seg(id)), &[]).await?),
     }
     Ok(())
 }

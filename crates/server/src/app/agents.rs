@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use stratus_local::LocalCloud;
 use stratus_store::{Change, Kind, Resource, TypedStore};
-use stratus_types::ServerId;
 use stratus_types::server::{Server, ServerState};
+use stratus_types::{RunId, ServerId};
 
 use super::{Actor, App, AppError, audit};
 use crate::crypto::random_bytes;
@@ -38,6 +38,19 @@ pub struct AgentRecord {
     pub credential_hash: String,
     pub enrolled_at: DateTime<Utc>,
     pub revision: u32,
+    /// The desired-state generation last issued for this server (0: none yet). It counts up
+    /// each time what the agent should hold changes: a new boot, new tags.
+    #[serde(default)]
+    pub generation: u64,
+    /// The generation the agent last reported applied.
+    #[serde(default)]
+    pub applied_generation: u64,
+    /// The boot identity of the agent's last hello; a different one means the instance rebooted.
+    #[serde(default)]
+    pub boot_id: Option<String>,
+    /// The runs of the server's current boot, in order.
+    #[serde(default)]
+    pub boot_runs: Vec<RunId>,
 }
 
 impl Resource for AgentRecord {
@@ -146,6 +159,10 @@ pub async fn enrol(app: &App, req: &EnrolRequest) -> Result<Enrolled, AppError> 
         credential_hash: hash(&token),
         enrolled_at: Utc::now(),
         revision: 1,
+        generation: 0,
+        applied_generation: 0,
+        boot_id: None,
+        boot_runs: vec![],
     };
     let actor = Actor {
         name: format!("agent:{}/{}", server.deployment, server.name),

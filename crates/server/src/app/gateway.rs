@@ -1,37 +1,47 @@
 //! The agent gateway's logic: what a connected agent is told and what its reports change.
 //! The WebSocket plumbing is in `http/agent.rs`; this is transport-free.
 //!
-//! 1. After `hello`, a booting server's agent gets its desired state: generation 1 with the
-//!    boot scripts as runs. The runs are created once (`queued`) on the first connection and
-//!    re-sent with the same ids on a reconnect, so nothing is created twice.
-//! 2. Each `run_started`, `output` and `run_finished` updates that run, after checking it
-//!    belongs to the agent's own server (anything else is a protocol error: the connection is
-//!    closed, no other server is touched). Output is masked with the run's secrets before it
-//!    is stored; a chunk whose `seq` was already stored is a duplicate and only acknowledged.
-//! 3. When every boot run has succeeded the server is `operational`; the first that fails
-//!    strands it with the script's name, exit code and the tail of its output.
+//! 1. **Hello.** The agent's unacknowledged runs are answered with where each stands in the
+//!    store (`Welcome.resume`: the next output chunk expected, whether the finish is held), so
+//!    it resends exactly what is missing. Its boot id is recorded; a new one on an operational
+//!    server is a reboot (see [`hello`]).
+//! 2. **Desired state.** The server's current boot runs and tags under a generation kept in
+//!    its [`AgentRecord`]. The first boot's runs are created once (`queued`) on the first
+//!    connection and re-sent with the same ids on a reconnect, so nothing is created twice; a
+//!    tag change issues a new generation ([`desired_changed`]).
+//! 3. **Reports.** Each `run_started`, `output` and `run_finished` updates that run, after
+//!    checking it belongs to the agent's own server (anything else is a protocol error: the
+//!    connection is closed, no other server is touched). Output is masked with the run's
+//!    secrets before it is stored. The run's stored `output_seq` makes delivery exactly-once:
+//!    a chunk below it is a duplicate (acknowledged, not stored), one above it a gap.
+//! 4. **Boot.** When every run of the current boot has succeeded the server is `operational`;
+//!    the first that fails strands it with the script's name, exit code and output tail.
+//! 5. **Tags.** `stratus-agent tag add/remove` changes the agent's own server's tags;
+//!    `tag query` sees the servers of its own deployment.
 
 use std::collections::HashMap;
 
 use chrono::Utc;
-use stratus_agent_proto::{ControlMessage, EnvVar, Masker, ScriptRun};
+use stratus_agent_proto::{
+    ControlMessage, DesiredState, EnvVar, Generation, Hello, Masker, PeerServer, Resume, ScriptRun,
+};
 use stratus_store::{Change, Query, TypedStore};
 use stratus_types::input::InputValue;
 use stratus_types::run::{Phase, Run, RunStatus};
-use stratus_types::script::Script;
+use stratus_types::script::{Frequency, Script};
 use stratus_types::server::{Server, ServerState, StrandedReason};
+use stratus_types::tag::{Selector, Tag};
 use stratus_types::template::ServerTemplate;
 use stratus_types::{RunId, ServerId};
 
+use super::agents::AgentRecord;
 use super::{App, AppError};
 
-/// A connected agent's runs: the maskers that keep their secrets out of stored output, and
-/// the next output `seq` expected per run.
+/// A connected agent's runs: the maskers that keep their secrets out of stored output.
 #[derive(Debug, Default)]
 pub struct Session {
     pub server: ServerId,
     maskers: HashMap<RunId, Masker>,
-    next_seq: HashMap<RunId, u64>,
 }
 
 impl Session {
@@ -45,7 +55,6 @@ impl Session {
     /// Track a run sent to the agent (its secrets, its output sequence).
     pub fn track(&mut self, run: &ScriptRun) {
         self.maskers.insert(run.run, Masker::for_run(run));
-        self.next_seq.entry(run.run).or_insert(0);
     }
 }
 
@@ -79,6 +88,10 @@ impl Hub {
             Some(tx) => tx.send(msg).await.is_ok(),
             None => false,
         }
+    }
+
+    pub fn is_connected(&self, server: ServerId) -> bool {
+        self.lock().contains_key(&server)
     }
 
     pub fn connected(&self) -> usize {
@@ -136,7 +149,9 @@ pub async fn start_run(app: &App, actor: &super::Actor, req: &StartRun) -> Resul
         .find_as::<Script>("", &req.script)
         .await?
         .ok_or_else(|| AppError::not_found("script", &req.script))?;
-    let run = super::runs::queued(&server, &script, Phase::Operational, &actor.name);
+    let mut run = super::runs::queued(&server, &script, Phase::Operational, &actor.name);
+    run.sent_at = Some(Utc::now());
+    run.timeout_secs = req.timeout_secs;
     let sr = ScriptRun {
         run: run.id,
         name: script.spec.name.clone(),
@@ -184,65 +199,309 @@ pub struct StartRun {
     pub timeout_secs: Option<u64>,
 }
 
-/// The boot scripts of a booting server as runs to send (created on first call).
-pub async fn boot_runs(app: &App, session: &mut Session, server: &Server) -> Result<Vec<ScriptRun>, AppError> {
-    if server.state != ServerState::Booting {
-        return Ok(vec![]);
+/// The agent said hello: record its boot, notice a reboot, and answer with where its
+/// unacknowledged runs stand and the desired state to send.
+///
+/// A reboot is a boot id different from the last hello's. An operational server then boots
+/// again: its every-boot scripts get fresh runs under a new generation, and it is `booting`
+/// until they succeed (`stranded` at the first failure). Per-instance scripts do not run again.
+pub async fn hello(app: &App, session: &mut Session, hello: &Hello) -> Result<Greeting, AppError> {
+    let resume = resume(app, session, &hello.unacked).await?;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match record_boot(app, session.server, &hello.boot_id).await {
+            Err(AppError::Stale(_)) if attempts < 5 => continue,
+            other => other?,
+        }
+        break;
     }
-    let Some(template) = app
-        .store
-        .find_as::<ServerTemplate>("", server.template.as_str())
-        .await?
-    else {
-        return Ok(vec![]);
-    };
+    let desired = desired_state(app, session).await?;
+    let resend = unreceived(app, session, &hello.unacked).await?;
+    Ok(Greeting {
+        resume,
+        desired,
+        resend,
+    })
+}
+
+/// What the control plane answers a hello with.
+#[derive(Debug)]
+pub struct Greeting {
+    pub resume: Vec<Resume>,
+    pub desired: DesiredState,
+    /// Operational and decommission runs sent before that the agent does not hold: the
+    /// connection they went out on died before they arrived. Sent again after the desired state.
+    pub resend: Vec<ScriptRun>,
+}
+
+async fn unreceived(app: &App, session: &mut Session, unacked: &[RunId]) -> Result<Vec<ScriptRun>, AppError> {
     let q = Query {
-        scope: Some(server.id.to_string()),
+        scope: Some(session.server.to_string()),
+        state: Some("queued".into()),
         ..Default::default()
     };
-    let existing: Vec<Run> = app
-        .store
-        .list_all::<Run>(&q)
-        .await?
-        .into_iter()
-        .filter(|r| r.phase == Phase::Boot)
-        .collect();
     let mut out = vec![];
-    let mut created = vec![];
-    for name in &template.spec.boot_scripts {
-        let Some(script) = app.store.find_as::<Script>("", name.as_str()).await? else {
+    let runs = app.store.list_all::<Run>(&q).await?;
+    let Some(server) = app.store.get_as::<Server>(&session.server.to_string()).await? else {
+        return Ok(out);
+    };
+    for r in runs {
+        if r.phase == Phase::Boot || r.sent_at.is_none() || unacked.contains(&r.id) {
+            continue;
+        }
+        let Some(script) = app.store.find_as::<Script>("", r.script.as_str()).await? else {
             continue;
         };
-        let run = match existing.iter().find(|r| &r.script == name) {
-            Some(r) => r.clone(),
-            None => {
-                let r = super::runs::queued(server, &script, Phase::Boot, "system");
-                created.push(Change::insert(&r));
-                r
-            }
-        };
-        let env = env_for(app, server, &script).await?;
         let sr = ScriptRun {
-            run: run.id,
+            run: r.id,
             name: script.spec.name.clone(),
             body: script.spec.body.clone(),
-            env,
-            timeout_secs: None,
-            phase: Phase::Boot,
+            env: env_for(app, &server, &script).await?,
+            timeout_secs: r.timeout_secs,
+            phase: r.phase,
             frequency: script.spec.frequency,
         };
         session.track(&sr);
         out.push(sr);
     }
-    if !created.is_empty() {
-        app.store.commit(created).await?;
+    Ok(out)
+}
+
+/// Where each run the agent holds stands in the store. Another server's run or an unknown one
+/// is answered finished: there is nowhere to deliver it.
+async fn resume(app: &App, session: &Session, unacked: &[RunId]) -> Result<Vec<Resume>, AppError> {
+    let mut out = Vec::with_capacity(unacked.len());
+    for id in unacked {
+        let r: Option<Run> = app.store.get_as(&id.to_string()).await?;
+        out.push(match r {
+            Some(r) if r.server == session.server => Resume {
+                run: r.id,
+                next_seq: r.output_seq,
+                finished: r.status.is_finished(),
+            },
+            _ => Resume {
+                run: *id,
+                next_seq: 0,
+                finished: true,
+            },
+        });
     }
     Ok(out)
 }
 
+async fn record_boot(app: &App, server: ServerId, boot_id: &str) -> Result<(), AppError> {
+    let mut rec = agent_record(app, server).await?;
+    let mut s: Server = server_of(app, server).await?;
+    let rebooted = rec.boot_id.as_deref().is_some_and(|b| b != boot_id);
+    if !rebooted && rec.boot_id.is_some() && rec.generation > 0 {
+        return Ok(());
+    }
+    let now = Utc::now();
+    rec.boot_id = Some(boot_id.to_string());
+    rec.generation = rec.generation.max(1);
+    let mut changes = vec![];
+    if rebooted && s.state == ServerState::Operational {
+        let runs = new_boot_runs(app, &s, |f| f == Frequency::EveryBoot).await?;
+        let target = format!("server/{}/{}", s.deployment, s.name);
+        changes.push(super::audit(
+            &super::Actor::system(),
+            "server.rebooted",
+            target,
+            serde_json::json!({ "every_boot_runs": runs.iter().map(|r| r.id).collect::<Vec<_>>() }),
+        ));
+        if !runs.is_empty() {
+            rec.generation += 1;
+            rec.boot_runs = runs.iter().map(|r| r.id).collect();
+            changes.extend(runs.iter().map(Change::insert));
+            s.move_to(ServerState::Booting, now)
+                .map_err(|e| AppError::BadState(e.to_string()))?;
+            changes.push(Change::update(&mut s, now));
+        }
+    }
+    changes.push(Change::update(&mut rec, now));
+    app.commit(changes).await
+}
+
+async fn server_of(app: &App, id: ServerId) -> Result<Server, AppError> {
+    app.store
+        .get_as(&id.to_string())
+        .await?
+        .ok_or_else(|| AppError::not_found("server", id.to_string()))
+}
+
+pub(crate) async fn agent_record(app: &App, server: ServerId) -> Result<AgentRecord, AppError> {
+    app.store
+        .get_as::<AgentRecord>(&server.to_string())
+        .await?
+        .ok_or_else(|| AppError::not_found("agent", server.to_string()))
+}
+
+/// Queued runs of the template's boot scripts whose frequency `include` accepts, in order.
+async fn new_boot_runs(app: &App, s: &Server, include: impl Fn(Frequency) -> bool) -> Result<Vec<Run>, AppError> {
+    let Some(template) = app.store.find_as::<ServerTemplate>("", s.template.as_str()).await? else {
+        return Ok(vec![]);
+    };
+    let mut out = vec![];
+    for name in &template.spec.boot_scripts {
+        if let Some(script) = app.store.find_as::<Script>("", name.as_str()).await?
+            && include(script.spec.frequency)
+        {
+            out.push(super::runs::queued(s, &script, Phase::Boot, "system"));
+        }
+    }
+    Ok(out)
+}
+
+/// The server's desired state: its current boot's runs (created on the first boot) and its
+/// tags, under the generation last issued.
+pub async fn desired_state(app: &App, session: &mut Session) -> Result<DesiredState, AppError> {
+    let mut rec = agent_record(app, session.server).await?;
+    let s: Server = server_of(app, session.server).await?;
+    if rec.boot_runs.is_empty() && s.state == ServerState::Booting {
+        // The first boot: every boot script, whatever its frequency. Runs recorded before the
+        // agent record kept the list are reused, so nothing is created twice.
+        let q = Query {
+            scope: Some(s.id.to_string()),
+            ..Default::default()
+        };
+        let mut runs: Vec<Run> = app
+            .store
+            .list_all::<Run>(&q)
+            .await?
+            .into_iter()
+            .filter(|r| r.phase == Phase::Boot)
+            .collect();
+        let mut changes = vec![];
+        if runs.is_empty() {
+            runs = new_boot_runs(app, &s, |_| true).await?;
+            changes.extend(runs.iter().map(Change::insert));
+        }
+        if !runs.is_empty() {
+            rec.boot_runs = runs.iter().map(|r| r.id).collect();
+            changes.push(Change::update(&mut rec, Utc::now()));
+            app.store.commit(changes).await?;
+        }
+    }
+    let mut boot = vec![];
+    for id in &rec.boot_runs {
+        let Some(run) = app.store.get_as::<Run>(&id.to_string()).await? else {
+            continue;
+        };
+        let Some(script) = app.store.find_as::<Script>("", run.script.as_str()).await? else {
+            continue;
+        };
+        let sr = ScriptRun {
+            run: run.id,
+            name: script.spec.name.clone(),
+            body: script.spec.body.clone(),
+            env: env_for(app, &s, &script).await?,
+            timeout_secs: None,
+            phase: Phase::Boot,
+            frequency: script.spec.frequency,
+        };
+        session.track(&sr);
+        boot.push(sr);
+    }
+    Ok(DesiredState {
+        generation: Generation(rec.generation.max(1)),
+        boot,
+        tags: s.tags.clone(),
+    })
+}
+
+/// What the server should hold changed (its tags): issue a new generation and send it to the
+/// agent if it is connected (otherwise it gets it at its next hello). Best effort: a failure
+/// is logged, the change that caused it stands.
+pub async fn desired_changed(app: &App, server: ServerId) {
+    let pushed = async {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let Some(mut rec) = app.store.get_as::<AgentRecord>(&server.to_string()).await? else {
+                return Ok::<_, AppError>(());
+            };
+            rec.generation += 1;
+            match app.store.commit(vec![Change::update(&mut rec, Utc::now())]).await {
+                Err(stratus_store::StoreError::Stale { .. }) if attempts < 5 => continue,
+                other => other?,
+            }
+            break;
+        }
+        if app.agents.is_connected(server) {
+            let mut session = Session::new(server);
+            let desired = desired_state(app, &mut session).await?;
+            app.agents.push(server, ControlMessage::DesiredState(desired)).await;
+        }
+        Ok(())
+    };
+    if let Err(e) = pushed.await {
+        tracing::warn!(%server, error = %e, "cannot send the new desired state");
+    }
+}
+
+/// The agent applied a generation.
+pub async fn applied(app: &App, session: &Session, generation: Generation) -> Result<(), AppError> {
+    let mut rec = agent_record(app, session.server).await?;
+    if rec.applied_generation != generation.0 {
+        rec.applied_generation = generation.0;
+        // Losing this race to a newer change is fine: the next `applied` records it.
+        match app.store.commit(vec![Change::update(&mut rec, Utc::now())]).await {
+            Ok(()) | Err(stratus_store::StoreError::Stale { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// `stratus-agent tag add/remove`: the agent changes its own server's tags (audited as the
+/// agent). An agent may change any tag of its own server and none of another's.
+pub async fn tag_change(app: &App, session: &Session, add: &[Tag], remove: &[Tag]) -> Result<Vec<Tag>, AppError> {
+    let s: Server = server_of(app, session.server).await?;
+    let actor = super::Actor {
+        name: format!("agent:{}/{}", s.deployment, s.name),
+        level: super::OPERATOR,
+    };
+    let change = stratus_api::params::TagChange {
+        add: add.to_vec(),
+        remove: remove.to_vec(),
+    };
+    let s = super::servers::change_tags(app, &actor, &session.server.to_string(), &change).await?;
+    Ok(s.tags)
+}
+
+/// `stratus-agent tag query SELECTOR`: the live servers of the agent's own deployment whose tags
+/// match, by name, with their addresses. A server sees its own deployment and nothing else.
+pub async fn tag_query(app: &App, session: &Session, selector: &Selector) -> Result<(Vec<PeerServer>, bool), AppError> {
+    let me: Server = server_of(app, session.server).await?;
+    let q = Query {
+        scope: Some(me.deployment.to_string()),
+        live_only: true,
+        ..Default::default()
+    };
+    let mut peers: Vec<PeerServer> = app
+        .store
+        .list_all::<Server>(&q)
+        .await?
+        .into_iter()
+        .filter(|s| selector.matches(&s.tags))
+        .map(|s| PeerServer {
+            id: s.id,
+            name: s.name,
+            tags: s.tags,
+            private_ip: s.private_ip,
+            public_ip: s.public_ip,
+        })
+        .collect();
+    peers.sort_by(|a, b| a.name.cmp(&b.name));
+    let truncated = peers.len() > stratus_agent_proto::limits::MAX_PEERS;
+    peers.truncate(stratus_agent_proto::limits::MAX_PEERS);
+    Ok((peers, truncated))
+}
+
 /// The script's inputs as environment variables: text as is, `cred:` decrypted into the frame
 /// (marked secret, so the agent masks it), `env:` read by the agent from its own environment.
-async fn env_for(app: &App, s: &Server, script: &Script) -> Result<Vec<EnvVar>, AppError> {
+pub(crate) async fn env_for(app: &App, s: &Server, script: &Script) -> Result<Vec<EnvVar>, AppError> {
     let mut env = vec![];
     for decl in &script.spec.inputs {
         // The server's value (template < deployment < server, merged at launch), else the
@@ -287,26 +546,47 @@ pub async fn run_started(app: &App, session: &Session, run: RunId, at: chrono::D
     Ok(())
 }
 
-/// Store one output chunk (masked). Returns false for a duplicate (already stored).
+/// Store one output chunk (masked again with the run's secrets). Returns false for a duplicate
+/// (a chunk below the run's stored sequence, resent after a reconnect): stored once, acked again.
 pub async fn output(app: &App, session: &mut Session, run: RunId, seq: u64, data: &str) -> Result<bool, AppError> {
     let mut r = own_run(app, session, run).await?;
-    let next = session.next_seq.entry(run).or_insert(0);
-    if seq < *next {
+    // Below the stored sequence: a resent duplicate. For a run the control plane already
+    // ended (cancelled before the agent reported): nowhere to go. Both are acknowledged only.
+    if seq < r.output_seq || r.status.is_finished() {
         return Ok(false);
     }
-    if seq > *next {
-        return Err(AppError::BadState(format!(
-            "run {run}: output {seq} arrived before {next}"
+    if seq > r.output_seq {
+        return Err(AppError::Forbidden(format!(
+            "run {run}: output {seq} arrived, but the next expected is {}",
+            r.output_seq
         )));
     }
-    let masked = match session.maskers.get_mut(&run) {
-        Some(m) => m.push(data),
-        None => data.to_string(),
-    };
+    let masked = masker(app, session, &r).await.push(data);
     r.append_output(&masked);
+    r.output_seq += 1;
     app.store.commit(vec![Change::update(&mut r, Utc::now())]).await?;
-    *next += 1;
     Ok(true)
+}
+
+/// The masker for a run's output: the one built when the run was sent on this connection, else
+/// one rebuilt from the run's recorded `cred:` inputs (a run resumed after a reconnect or a
+/// control-plane restart).
+async fn masker<'a>(app: &App, session: &'a mut Session, r: &Run) -> &'a mut Masker {
+    let mut secrets = vec![];
+    if !session.maskers.contains_key(&r.id) {
+        for v in r.inputs.values() {
+            if let Some(name) = v.strip_prefix("cred:") {
+                match super::credentials::reveal(app, name).await {
+                    Ok(secret) => secrets.push(secret),
+                    Err(e) => tracing::warn!(run = %r.id, error = %e, "cannot load a credential to mask output with"),
+                }
+            }
+        }
+    }
+    session
+        .maskers
+        .entry(r.id)
+        .or_insert_with(|| Masker::new(secrets.iter().map(|s| s.expose())))
 }
 
 /// Record the end of a run and move the server on when its boot is decided.
@@ -317,17 +597,23 @@ pub async fn run_finished(
 ) -> Result<(), AppError> {
     let mut r = own_run(app, session, done.run).await?;
     if !r.status.is_finished() {
-        if let Some(m) = session.maskers.get_mut(&done.run) {
-            let rest = m.finish();
-            r.append_output(&rest);
+        if r.output_seq < done.output_chunks {
+            return Err(AppError::Forbidden(format!(
+                "run {}: finished after {} output chunks, but only {} arrived",
+                done.run, done.output_chunks, r.output_seq
+            )));
         }
+        let rest = masker(app, session, &r).await.finish();
+        r.append_output(&rest);
         r.status = done.status();
         r.exit_code = done.exit_code;
         r.finished_at = Some(done.finished_at);
         if let Some(e) = &done.error {
+            let e = masker(app, session, &r).await.mask(e);
             r.append_output(&format!("\n[stratus-agent] {e}\n"));
         }
         app.store.commit(vec![Change::update(&mut r, Utc::now())]).await?;
+        app.run_ended();
     }
     if r.phase == Phase::Boot {
         settle_boot(app, session.server).await?;
@@ -344,6 +630,13 @@ pub async fn settle_boot(app: &App, server: ServerId) -> Result<(), AppError> {
     if s.state != ServerState::Booting {
         return Ok(());
     }
+    // The current boot's runs (a reboot starts a new list); without an agent record, every
+    // boot run the server has.
+    let current = app
+        .store
+        .get_as::<AgentRecord>(&server.to_string())
+        .await?
+        .map(|a| a.boot_runs);
     let q = Query {
         scope: Some(server.to_string()),
         ..Default::default()
@@ -354,6 +647,7 @@ pub async fn settle_boot(app: &App, server: ServerId) -> Result<(), AppError> {
         .await?
         .into_iter()
         .filter(|r| r.phase == Phase::Boot)
+        .filter(|r| current.as_ref().is_none_or(|c| c.is_empty() || c.contains(&r.id)))
         .collect();
     let now = Utc::now();
     if let Some(failed) = runs

@@ -18,6 +18,7 @@ pub mod credentials;
 pub mod gateway;
 pub mod images;
 pub mod resolve;
+pub mod rollouts;
 pub mod runs;
 pub mod servers;
 pub mod users;
@@ -47,6 +48,9 @@ pub struct App {
     pub agents: gateway::Hub,
     /// Wakes the reconcilers after a change.
     pub poke: Notify,
+    /// Counts runs finished (by their agents or by the control plane): rollouts and
+    /// decommissions wait on it.
+    pub run_finished: tokio::sync::watch::Sender<u64>,
     pub settings: AppSettings,
 }
 
@@ -62,6 +66,8 @@ pub struct AppSettings {
     pub simulate_agents: bool,
     /// A booting server whose agent has not finished within this is stranded.
     pub boot_deadline: Duration,
+    /// How long a terminating server's decommission scripts may take, all together.
+    pub decommission_timeout: Duration,
     /// How often reconcilers run when nothing pokes them.
     pub reconcile_interval: Duration,
 }
@@ -69,6 +75,12 @@ pub struct AppSettings {
 impl App {
     pub fn poke(&self) {
         self.poke.notify_one();
+    }
+
+    /// A run finished: wake whoever waits on runs.
+    pub fn run_ended(&self) {
+        self.run_finished.send_modify(|n| *n = n.wrapping_add(1));
+        self.poke();
     }
 
     /// Commit a batch and wake the reconcilers.

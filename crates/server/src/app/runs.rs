@@ -2,9 +2,10 @@
 //! agent, by `stratus run`.
 
 use chrono::Utc;
+use stratus_agent_proto::ControlMessage;
 use stratus_api::params::RunListParams;
 use stratus_api::views::Page;
-use stratus_store::{Query, TypedStore};
+use stratus_store::{Change, Query, TypedStore};
 use stratus_types::RunId;
 use stratus_types::run::{Phase, Run, RunStatus};
 use stratus_types::script::Script;
@@ -14,6 +15,9 @@ use super::{Actor, App, AppError, OBSERVER};
 
 pub async fn list(app: &App, actor: &Actor, p: &RunListParams) -> Result<Page<Run>, AppError> {
     actor.require(OBSERVER)?;
+    if let Some(id) = &p.rollout {
+        return rollout_runs(app, actor, id, p).await;
+    }
     let scope = match &p.server {
         Some(key) => Some(super::resolve::server(&*app.store, key).await?.id.to_string()),
         None => None,
@@ -26,6 +30,45 @@ pub async fn list(app: &App, actor: &Actor, p: &RunListParams) -> Result<Page<Ru
         ..Default::default()
     };
     let (items, next) = app.store.list_as::<Run>(&q).await?;
+    Ok(Page { items, next })
+}
+
+/// A page of a rollout's runs, in its order (`after` is a run id of the rollout).
+async fn rollout_runs(app: &App, actor: &Actor, id: &str, p: &RunListParams) -> Result<Page<Run>, AppError> {
+    let ro = super::rollouts::show(app, actor, id).await?;
+    if p.server.is_some() {
+        return Err(AppError::invalid("server", "give either server or rollout"));
+    }
+    let limit = super::page_limit(p.limit)? as usize;
+    let start = match &p.after {
+        Some(after) => {
+            ro.runs
+                .iter()
+                .position(|r| r.to_string() == *after)
+                .ok_or_else(|| AppError::invalid("after", "is not a run of this rollout"))?
+                + 1
+        }
+        None => 0,
+    };
+    let mut items = vec![];
+    let mut next = None;
+    for (i, run_id) in ro.runs.iter().enumerate().skip(start) {
+        if items.len() == limit {
+            next = Some(ro.runs[i - 1].to_string());
+            break;
+        }
+        if let Some(r) = app.store.get_as::<Run>(&run_id.to_string()).await?
+            && p.status.as_ref().is_none_or(|st| {
+                serde_json::to_value(r.status)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .as_deref()
+                    == Some(st)
+            })
+        {
+            items.push(r);
+        }
+    }
     Ok(Page { items, next })
 }
 
@@ -62,9 +105,57 @@ pub fn queued(s: &Server, script: &Script, phase: Phase, requested_by: &str) -> 
         exit_code: None,
         output: String::new(),
         output_truncated: false,
+        output_seq: 0,
+        rollout: None,
         requested_by: requested_by.into(),
         created_at: Utc::now(),
+        sent_at: None,
+        timeout_secs: None,
         started_at: None,
         finished_at: None,
+    }
+}
+
+/// Cancel a run. A queued one is cancelled at once (and its agent told, in case it has it); a
+/// running one is cancelled by its agent, which stops the script's processes and reports the
+/// run `cancelled`. A run whose agent is not connected cannot be cancelled until it is: the
+/// script may still be running on the instance, and the run must not claim otherwise.
+pub async fn cancel(app: &App, actor: &Actor, id: &str) -> Result<Run, AppError> {
+    actor.require(super::OPERATOR)?;
+    let mut r = show(app, actor, id).await?;
+    let target = format!("run/{id}");
+    match r.status {
+        s if s.is_finished() => Err(AppError::BadState(format!(
+            "run {id} is already {}",
+            serde_json::to_value(s)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default()
+        ))),
+        RunStatus::Queued => {
+            let now = Utc::now();
+            r.status = RunStatus::Cancelled;
+            r.finished_at = Some(now);
+            r.append_output(&format!("[stratus] cancelled by {} before it started\n", actor.name));
+            app.commit(vec![
+                Change::update(&mut r, now),
+                super::audit(actor, "run.cancel", target, serde_json::json!({})),
+            ])
+            .await?;
+            app.agents.push(r.server, ControlMessage::Cancel { run: r.id }).await;
+            app.run_ended();
+            Ok(r)
+        }
+        _ => {
+            if !app.agents.push(r.server, ControlMessage::Cancel { run: r.id }).await {
+                return Err(AppError::BadState(format!(
+                    "the agent of server {}/{} is not connected; run {id} can be cancelled once it reconnects",
+                    r.deployment, r.server_name
+                )));
+            }
+            app.commit(vec![super::audit(actor, "run.cancel", target, serde_json::json!({}))])
+                .await?;
+            Ok(r)
+        }
     }
 }

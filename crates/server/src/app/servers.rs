@@ -341,6 +341,11 @@ pub async fn change_tags(app: &App, actor: &Actor, key: &str, change: &TagChange
         attempts += 1;
         match try_change_tags(app, actor, key, change).await {
             Err(AppError::Stale(_)) if attempts < 5 => continue,
+            Ok(s) => {
+                // The agent holds the server's tags (for `stratus-agent tag list`).
+                super::gateway::desired_changed(app, s.id).await;
+                return Ok(s);
+            }
             other => return other,
         }
     }

@@ -10,8 +10,8 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use stratus_agent_proto::limits::MAX_AGENT_FRAME;
 use stratus_agent_proto::{
-    AgentMessage, ControlMessage, DEAD_AFTER_HEARTBEATS, DEFAULT_HEARTBEAT_SECS, DesiredState, Generation, Refused,
-    RefusedReason, SUPPORTED_VERSIONS, Welcome, decode_agent, encode_control, negotiate,
+    AgentMessage, ControlMessage, DEAD_AFTER_HEARTBEATS, DEFAULT_HEARTBEAT_SECS, Refused, RefusedReason,
+    SUPPORTED_VERSIONS, Welcome, decode_agent, encode_control, negotiate,
 };
 use stratus_types::server::Server;
 use utoipa_axum::router::OpenApiRouter;
@@ -102,27 +102,31 @@ async fn session(app: Arc<App>, a: AgentCaller, mut socket: WebSocket) {
         let m = format!("this control plane speaks protocol versions {SUPPORTED_VERSIONS:?}");
         return refuse(&mut socket, RefusedReason::UnsupportedVersion, m).await;
     };
+    let mut gw = gateway::Session::new(server.id);
+    let gateway::Greeting {
+        resume,
+        desired,
+        resend,
+    } = match gateway::hello(&app, &mut gw, &hello).await {
+        Ok(x) => x,
+        Err(e) => return refuse(&mut socket, RefusedReason::Unavailable, e.to_string()).await,
+    };
     let welcome = Welcome {
         version,
         heartbeat_secs: DEFAULT_HEARTBEAT_SECS,
-        resume: vec![],
+        resume,
     };
     if !send(&mut socket, &ControlMessage::Welcome(welcome)).await {
         return;
     }
-    let mut gw = gateway::Session::new(server.id);
-    let boot = match gateway::boot_runs(&app, &mut gw, &server).await {
-        Ok(b) => b,
-        Err(e) => return refuse(&mut socket, RefusedReason::Unavailable, e.to_string()).await,
-    };
-    let nothing_to_boot = boot.is_empty();
-    let desired = DesiredState {
-        generation: Generation::FIRST,
-        boot,
-        tags: server.tags.clone(),
-    };
+    let nothing_to_boot = desired.boot.is_empty();
     if !send(&mut socket, &ControlMessage::DesiredState(desired)).await {
         return;
+    }
+    for r in resend {
+        if !send(&mut socket, &ControlMessage::RunScript(r)).await {
+            return;
+        }
     }
     // A template without boot scripts is booted once its agent is connected.
     if nothing_to_boot && let Err(e) = gateway::settle_boot(&app, server.id).await {
@@ -136,8 +140,10 @@ async fn session(app: Arc<App>, a: AgentCaller, mut socket: WebSocket) {
         let msg = tokio::select! {
             m = tokio::time::timeout(dead_after, next(&mut socket)) => m,
             Some(out) = pushed.recv() => {
-                if let ControlMessage::RunScript(r) = &out {
-                    gw.track(r);
+                match &out {
+                    ControlMessage::RunScript(r) => gw.track(r),
+                    ControlMessage::DesiredState(d) => d.boot.iter().for_each(|r| gw.track(r)),
+                    _ => {}
                 }
                 if !send(&mut socket, &out).await {
                     break;
@@ -181,7 +187,10 @@ async fn session(app: Arc<App>, a: AgentCaller, mut socket: WebSocket) {
 async fn handle(app: &App, gw: &mut gateway::Session, msg: AgentMessage) -> Result<Option<ControlMessage>, AppError> {
     Ok(match msg {
         AgentMessage::Heartbeat { .. } => Some(ControlMessage::Heartbeat { at: chrono::Utc::now() }),
-        AgentMessage::Applied { .. } => None,
+        AgentMessage::Applied { generation } => {
+            gateway::applied(app, gw, generation).await?;
+            None
+        }
         AgentMessage::RunStarted { run, started_at } => {
             gateway::run_started(app, gw, run, started_at).await?;
             None
@@ -194,14 +203,36 @@ async fn handle(app: &App, gw: &mut gateway::Session, msg: AgentMessage) -> Resu
             gateway::run_finished(app, gw, &done).await?;
             Some(ControlMessage::AckFinished { run: done.run })
         }
-        AgentMessage::TagChange { request_id, .. } | AgentMessage::TagQuery { request_id, .. } => {
-            Some(ControlMessage::RequestFailed {
+        AgentMessage::TagChange {
+            request_id,
+            add,
+            remove,
+        } => Some(match gateway::tag_change(app, gw, &add, &remove).await {
+            Ok(tags) => ControlMessage::TagChangeResult { request_id, tags },
+            Err(e) => failed(request_id, e)?,
+        }),
+        AgentMessage::TagQuery { request_id, selector } => Some(match gateway::tag_query(app, gw, &selector).await {
+            Ok((servers, truncated)) => ControlMessage::TagQueryResult {
                 request_id,
-                message: "tag commands are not available yet".into(),
-            })
-        }
+                servers,
+                truncated,
+            },
+            Err(e) => failed(request_id, e)?,
+        }),
         AgentMessage::Hello(_) => return Err(AppError::Forbidden("hello twice".into())),
     })
+}
+
+/// A request the agent made was refused: the answer for the agent, unless the store failed
+/// (then the connection ends and the agent retries later).
+fn failed(request_id: u64, e: AppError) -> Result<ControlMessage, AppError> {
+    match e {
+        AppError::Store(_) => Err(e),
+        e => Ok(ControlMessage::RequestFailed {
+            request_id,
+            message: e.to_string(),
+        }),
+    }
 }
 
 pub fn routes() -> OpenApiRouter<Arc<App>> {

@@ -6,16 +6,16 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use stratus_api::params::{RunListParams, ScaleRequest, ServerListParams, TagChange};
+use stratus_api::params::{ListParams, RunListParams, ScaleRequest, ServerListParams, TagChange};
 use stratus_api::views::Page;
-use stratus_types::run::Run;
+use stratus_types::run::{Rollout, Run};
 use stratus_types::server::{ArraySpec, Server, ServerArray, ServerSpec};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ApiError;
 use super::extract::{Body, Caller, Q};
-use crate::app::{App, arrays, runs, servers};
+use crate::app::{App, arrays, rollouts, runs, servers};
 
 /// List servers, filtered by deployment, state and tag selector.
 #[utoipa::path(get, path = "/servers", tag = "servers", params(ServerListParams), responses((status = 200, body = Page<Server>)))]
@@ -161,6 +161,52 @@ async fn show_run(State(app): State<Arc<App>>, c: Caller, Path(id): Path<String>
     Ok(Json(runs::show(&app, &c.0, &id).await?))
 }
 
+/// Cancel a run: a queued one at once, a running one through its agent (which stops the
+/// script's processes and reports it `cancelled`).
+#[utoipa::path(post, path = "/runs/{id}/cancel", tag = "runs", params(("id" = String, Path)), responses((status = 200, body = Run), (status = 409, body = stratus_api::error::ErrorBody)))]
+async fn cancel_run(State(app): State<Arc<App>>, c: Caller, Path(id): Path<String>) -> Result<Json<Run>, ApiError> {
+    Ok(Json(runs::cancel(&app, &c.0, &id).await?))
+}
+
+/// Start an operational script on every server a tag selector picks, a few at a time, stopping
+/// after too many failures.
+#[utoipa::path(post, path = "/rollouts", tag = "runs", request_body = rollouts::StartRollout, responses((status = 201, body = Rollout), (status = 400, body = stratus_api::error::ErrorBody), (status = 409, body = stratus_api::error::ErrorBody)))]
+async fn start_rollout(
+    State(app): State<Arc<App>>,
+    c: Caller,
+    Body(req): Body<rollouts::StartRollout>,
+) -> Result<(StatusCode, Json<Rollout>), ApiError> {
+    Ok((StatusCode::CREATED, Json(rollouts::start(&app, &c.0, &req).await?)))
+}
+
+#[utoipa::path(get, path = "/rollouts", tag = "runs", params(ListParams), responses((status = 200, body = Page<Rollout>)))]
+async fn list_rollouts(
+    State(app): State<Arc<App>>,
+    c: Caller,
+    Q(p): Q<ListParams>,
+) -> Result<Json<Page<Rollout>>, ApiError> {
+    Ok(Json(rollouts::list(&app, &c.0, p.after, p.limit).await?))
+}
+
+#[utoipa::path(get, path = "/rollouts/{id}", tag = "runs", params(("id" = String, Path)), responses((status = 200, body = Rollout)))]
+async fn show_rollout(
+    State(app): State<Arc<App>>,
+    c: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Rollout>, ApiError> {
+    Ok(Json(rollouts::show(&app, &c.0, &id).await?))
+}
+
+/// Cancel a rollout: no new run starts, queued runs are cancelled, running ones are stopped.
+#[utoipa::path(post, path = "/rollouts/{id}/cancel", tag = "runs", params(("id" = String, Path)), responses((status = 200, body = Rollout), (status = 409, body = stratus_api::error::ErrorBody)))]
+async fn cancel_rollout(
+    State(app): State<Arc<App>>,
+    c: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Rollout>, ApiError> {
+    Ok(Json(rollouts::cancel(&app, &c.0, &id).await?))
+}
+
 pub fn routes() -> OpenApiRouter<Arc<App>> {
     OpenApiRouter::new()
         .routes(routes!(list, launch))
@@ -173,4 +219,8 @@ pub fn routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(scale))
         .routes(routes!(list_runs, start_run))
         .routes(routes!(show_run))
+        .routes(routes!(cancel_run))
+        .routes(routes!(list_rollouts, start_rollout))
+        .routes(routes!(show_rollout))
+        .routes(routes!(cancel_rollout))
 }

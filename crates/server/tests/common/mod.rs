@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod agent;
+
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};

@@ -1,0 +1,494 @@
+//! Rollouts: one operational script on every server a tag selector picks, a few at a time.
+//!
+//! `POST /rollouts` selects the live servers (of one deployment, if given) whose tags match the
+//! selector, records one queued run per server that can run the script (operational, its
+//! template offers it) and lists the others as skipped with the reason. A driver task then
+//! hands runs to their agents, at most `concurrency` at a time, in server-name order. Each
+//! failure (failed, timed out, or a server that went away mid-run) counts against
+//! `max_errors`; once more than `max_errors` runs have failed no new run starts, the runs not
+//! yet started are cancelled and the rollout is `stopped`, while the ones already running
+//! finish (as SSM does). Cancelling a rollout cancels its queued runs and sends a `Cancel` to
+//! its running ones.
+//!
+//! The driver keeps nothing that is not in the store: a control plane that restarts picks each
+//! running rollout up again ([`resume_all`]). Runs still queued are handed out again; one that
+//! had already reached its agent is not run twice, since an agent runs a run id at most once.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use stratus_agent_proto::{ControlMessage, ScriptRun};
+use stratus_api::views::Page;
+use stratus_store::{Change, Query, TypedStore};
+use stratus_types::run::{Phase, Rollout, RolloutStatus, Run, RunStatus};
+use stratus_types::script::Script;
+use stratus_types::server::{Server, ServerState};
+use stratus_types::tag::Selector;
+use stratus_types::template::ServerTemplate;
+use stratus_types::{Name, RolloutId, RunId};
+
+use super::{Actor, App, AppError, OBSERVER, OPERATOR, audit};
+
+/// The most servers one rollout may select.
+pub const MAX_SERVERS: usize = 10_000;
+/// Concurrency when none is given.
+pub const DEFAULT_CONCURRENCY: u32 = 10;
+/// How often a driver looks at its runs when no run finishes (a run whose server went away).
+const IDLE_CHECK: Duration = Duration::from_secs(2);
+
+/// What `POST /rollouts` takes.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartRollout {
+    /// The operational script.
+    pub script: String,
+    /// A tag selector (`role=app`, `lb:pool=*`, `env=prod app:*`; terms are ANDed).
+    pub selector: String,
+    /// Only servers of this deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<String>,
+    /// Runs at a time (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    /// Failures tolerated before the rollout stops (default 0: the first failure stops it).
+    #[serde(default)]
+    pub max_errors: u32,
+    /// Kill each script after this many seconds (default: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+}
+
+pub async fn start(app: &Arc<App>, actor: &Actor, req: &StartRollout) -> Result<Rollout, AppError> {
+    actor.require(OPERATOR)?;
+    let selector = Selector::parse(&req.selector).map_err(|e| AppError::invalid("selector", e.to_string()))?;
+    let concurrency = req.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
+    if concurrency == 0 || concurrency > MAX_SERVERS as u32 {
+        return Err(AppError::invalid(
+            "concurrency",
+            format!("must be between 1 and {MAX_SERVERS}"),
+        ));
+    }
+    if let Some(t) = req.timeout_secs
+        && t == 0
+    {
+        return Err(AppError::invalid("timeout_secs", "must be at least 1"));
+    }
+    let deployment = match &req.deployment {
+        Some(d) => Some(Name::parse(d).map_err(|e| AppError::invalid("deployment", e.to_string()))?),
+        None => None,
+    };
+    let script_name = Name::parse(&req.script).map_err(|e| AppError::invalid("script", e.to_string()))?;
+    let script = app
+        .store
+        .find_as::<Script>("", script_name.as_str())
+        .await?
+        .ok_or_else(|| AppError::not_found("script", script_name.as_str()))?;
+    let q = Query {
+        scope: deployment.as_ref().map(ToString::to_string),
+        live_only: true,
+        ..Default::default()
+    };
+    let mut matched: Vec<Server> = app
+        .store
+        .list_all::<Server>(&q)
+        .await?
+        .into_iter()
+        .filter(|s| selector.matches(&s.tags))
+        .collect();
+    matched.sort_by(|a, b| (&a.deployment, &a.name).cmp(&(&b.deployment, &b.name)));
+    if matched.len() > MAX_SERVERS {
+        return Err(AppError::invalid(
+            "selector",
+            format!(
+                "matches {} servers; one rollout takes at most {MAX_SERVERS}",
+                matched.len()
+            ),
+        ));
+    }
+    let mut offers = std::collections::HashMap::new();
+    let id = RolloutId::new();
+    let mut runs = vec![];
+    let mut skipped = vec![];
+    for s in &matched {
+        if s.state != ServerState::Operational {
+            skipped.push(format!("{}/{}: {}", s.deployment, s.name, s.state));
+            continue;
+        }
+        if !offers.contains_key(&s.template) {
+            let t = app.store.find_as::<ServerTemplate>("", s.template.as_str()).await?;
+            let offered = t.is_some_and(|t| t.spec.operational_scripts.contains(&script_name));
+            offers.insert(s.template.clone(), offered);
+        }
+        if !offers[&s.template] {
+            skipped.push(format!(
+                "{}/{}: template {} does not offer {}",
+                s.deployment, s.name, s.template, script_name
+            ));
+            continue;
+        }
+        let mut run = super::runs::queued(s, &script, Phase::Operational, &actor.name);
+        run.rollout = Some(id);
+        runs.push(run);
+    }
+    if runs.is_empty() {
+        return Err(AppError::BadState(format!(
+            "no operational server matching {:?} can run {}{}",
+            req.selector,
+            script_name,
+            if skipped.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", summary(&skipped))
+            }
+        )));
+    }
+    let rollout = Rollout {
+        id,
+        revision: 1,
+        script: script_name,
+        selector: req.selector.clone(),
+        deployment,
+        concurrency,
+        max_errors: req.max_errors,
+        timeout_secs: req.timeout_secs,
+        status: RolloutStatus::Running,
+        runs: runs.iter().map(|r| r.id).collect(),
+        skipped,
+        started: 0,
+        succeeded: 0,
+        failed: 0,
+        cancelled: 0,
+        requested_by: actor.name.clone(),
+        created_at: Utc::now(),
+        finished_at: None,
+    };
+    let mut changes: Vec<Change> = runs.iter().map(Change::insert).collect();
+    changes.push(Change::insert(&rollout));
+    changes.push(audit(
+        actor,
+        "rollout.start",
+        format!("rollout/{id}"),
+        serde_json::json!({
+            "script": rollout.script,
+            "selector": rollout.selector,
+            "servers": rollout.runs.len(),
+            "concurrency": concurrency,
+            "max_errors": rollout.max_errors,
+        }),
+    ));
+    app.commit(changes).await?;
+    tokio::spawn(drive(app.clone(), id));
+    Ok(rollout)
+}
+
+/// At most the first few skipped servers, for an error message.
+fn summary(skipped: &[String]) -> String {
+    let mut s = skipped.iter().take(3).cloned().collect::<Vec<_>>().join("; ");
+    if skipped.len() > 3 {
+        s.push_str(&format!("; and {} more", skipped.len() - 3));
+    }
+    s
+}
+
+pub async fn list(
+    app: &App,
+    actor: &Actor,
+    after: Option<String>,
+    limit: Option<u32>,
+) -> Result<Page<Rollout>, AppError> {
+    actor.require(OBSERVER)?;
+    let q = Query {
+        after,
+        limit: super::page_limit(limit)?,
+        ..Default::default()
+    };
+    let (items, next) = app.store.list_as::<Rollout>(&q).await?;
+    Ok(Page { items, next })
+}
+
+pub async fn show(app: &App, actor: &Actor, id: &str) -> Result<Rollout, AppError> {
+    actor.require(OBSERVER)?;
+    if id.parse::<uuid::Uuid>().is_err() {
+        return Err(AppError::invalid("id", "is not a rollout id"));
+    }
+    app.store
+        .get_as::<Rollout>(id)
+        .await?
+        .ok_or_else(|| AppError::not_found("rollout", id))
+}
+
+/// Cancel a rollout: no new run starts; queued runs are cancelled, running ones are sent a
+/// `Cancel` (the driver does both as soon as it sees the status).
+pub async fn cancel(app: &App, actor: &Actor, id: &str) -> Result<Rollout, AppError> {
+    actor.require(OPERATOR)?;
+    let mut r = show(app, actor, id).await?;
+    if r.status.is_finished() {
+        return Err(AppError::BadState(
+            format!("rollout {id} is already {:?}", r.status).to_lowercase(),
+        ));
+    }
+    r.status = RolloutStatus::Cancelled;
+    let now = Utc::now();
+    app.commit(vec![
+        Change::update(&mut r, now),
+        audit(actor, "rollout.cancel", format!("rollout/{id}"), serde_json::json!({})),
+    ])
+    .await?;
+    app.run_ended();
+    Ok(r)
+}
+
+/// Start a driver for every rollout left running (after a restart).
+pub async fn resume_all(app: &Arc<App>) {
+    let q = Query {
+        state: Some("running".into()),
+        ..Default::default()
+    };
+    match app.store.list_all::<Rollout>(&q).await {
+        Ok(list) => {
+            for r in list {
+                tokio::spawn(drive(app.clone(), r.id));
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot resume rollouts"),
+    }
+}
+
+/// Drive one rollout to its end.
+pub async fn drive(app: Arc<App>, id: RolloutId) {
+    let mut finished = app.run_finished.subscribe();
+    let mut driver = Driver::default();
+    loop {
+        finished.mark_unchanged();
+        match driver.step(&app, id).await {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(rollout = %id, error = %e, "rollout step failed; retrying"),
+        }
+        let _ = tokio::time::timeout(IDLE_CHECK, finished.changed()).await;
+    }
+}
+
+/// What a driver knows between steps; rebuilt from the store on its first step. The counts
+/// live here and are written onto the rollout each step, so a step whose rollout write loses
+/// to a cancel loses nothing.
+#[derive(Default)]
+struct Driver {
+    loaded: bool,
+    pending: VecDeque<RunId>,
+    in_flight: HashSet<RunId>,
+    started: u32,
+    succeeded: u32,
+    failed: u32,
+    cancelled: u32,
+}
+
+impl Driver {
+    fn count(&mut self, status: RunStatus) {
+        match status {
+            RunStatus::Succeeded => self.succeeded += 1,
+            RunStatus::Cancelled => self.cancelled += 1,
+            _ => self.failed += 1,
+        }
+    }
+
+    /// Sort the rollout's runs into pending, in flight and counted.
+    async fn load(&mut self, app: &App, ro: &Rollout) -> Result<(), AppError> {
+        for run_id in &ro.runs {
+            let Some(r) = app.store.get_as::<Run>(&run_id.to_string()).await? else {
+                continue;
+            };
+            if r.sent_at.is_some() {
+                self.started += 1;
+            }
+            if r.status.is_finished() {
+                self.count(r.status);
+            } else if r.sent_at.is_none() {
+                self.pending.push_back(*run_id);
+            } else {
+                self.in_flight.insert(*run_id);
+            }
+        }
+        self.loaded = true;
+        Ok(())
+    }
+
+    /// One look at the rollout: count finished runs, start more or stop. True when it is over.
+    async fn step(&mut self, app: &App, id: RolloutId) -> Result<bool, AppError> {
+        let Some(mut ro) = app.store.get_as::<Rollout>(&id.to_string()).await? else {
+            return Ok(true);
+        };
+        if ro.finished_at.is_some() {
+            return Ok(true);
+        }
+        if !self.loaded {
+            self.load(app, &ro).await?;
+        }
+        let now = Utc::now();
+        // Runs in flight: finished ones are counted; one whose server went away fails.
+        for run_id in self.in_flight.clone() {
+            let Some(mut r) = app.store.get_as::<Run>(&run_id.to_string()).await? else {
+                self.in_flight.remove(&run_id);
+                continue;
+            };
+            if !r.status.is_finished() {
+                let s: Option<Server> = app.store.get_as(&r.server.to_string()).await?;
+                let gone = s.is_none_or(|s| {
+                    matches!(
+                        s.state,
+                        ServerState::Stranded | ServerState::Terminated | ServerState::Decommissioning
+                    )
+                });
+                if !gone {
+                    continue;
+                }
+                r.status = RunStatus::Failed;
+                r.finished_at = Some(now);
+                r.append_output("\n[stratus] the server stopped being operational while this ran\n");
+                if !committed(app, &mut r, now).await? {
+                    continue; // it changed meanwhile: look again next step
+                }
+            }
+            self.in_flight.remove(&run_id);
+            self.count(r.status);
+        }
+        let cancelled = ro.status == RolloutStatus::Cancelled;
+        if cancelled || self.failed > ro.max_errors {
+            let note = if cancelled {
+                "[stratus] not run: the rollout was cancelled\n".to_string()
+            } else {
+                format!(
+                    "[stratus] not run: the rollout stopped after {} failures (max errors {})\n",
+                    self.failed, ro.max_errors
+                )
+            };
+            while let Some(run_id) = self.pending.front().copied() {
+                if let Some(mut r) = app.store.get_as::<Run>(&run_id.to_string()).await?
+                    && !r.status.is_finished()
+                {
+                    r.status = RunStatus::Cancelled;
+                    r.finished_at = Some(now);
+                    r.append_output(&note);
+                    if !committed(app, &mut r, now).await? {
+                        break; // changed meanwhile: next step
+                    }
+                    self.cancelled += 1;
+                }
+                self.pending.pop_front();
+            }
+            if cancelled {
+                for run_id in &self.in_flight {
+                    if let Some(r) = app.store.get_as::<Run>(&run_id.to_string()).await? {
+                        app.agents.push(r.server, ControlMessage::Cancel { run: *run_id }).await;
+                    }
+                }
+            } else {
+                ro.status = RolloutStatus::Stopped;
+            }
+        }
+        // Start runs up to the concurrency limit.
+        while ro.status == RolloutStatus::Running
+            && self.failed <= ro.max_errors
+            && self.in_flight.len() < ro.concurrency as usize
+        {
+            let Some(run_id) = self.pending.pop_front() else { break };
+            let Some(mut r) = app.store.get_as::<Run>(&run_id.to_string()).await? else {
+                continue;
+            };
+            if r.status.is_finished() {
+                self.count(r.status); // cancelled on its own
+                continue;
+            }
+            // Recorded as sent before it is sent: a restart then never sends it twice from
+            // here (the agent's hello gets it again if it was lost on the way).
+            r.sent_at = Some(now);
+            r.timeout_secs = ro.timeout_secs;
+            if !committed(app, &mut r, now).await? {
+                self.pending.push_front(run_id);
+                break;
+            }
+            self.started += 1;
+            match dispatch(app, &r, ro.timeout_secs).await {
+                Ok(()) => {
+                    self.in_flight.insert(run_id);
+                }
+                Err(why) => {
+                    r.status = RunStatus::Failed;
+                    r.finished_at = Some(now);
+                    r.append_output(&format!("[stratus] not run: {why}\n"));
+                    if committed(app, &mut r, now).await? {
+                        self.failed += 1;
+                    } else {
+                        self.in_flight.insert(run_id);
+                    }
+                }
+            }
+        }
+        let done = self.pending.is_empty() && self.in_flight.is_empty();
+        (ro.started, ro.succeeded, ro.failed, ro.cancelled) =
+            (self.started, self.succeeded, self.failed, self.cancelled);
+        if done {
+            ro.finished_at = Some(now);
+            if ro.status == RolloutStatus::Running {
+                ro.status = if self.failed == 0 && self.cancelled == 0 {
+                    RolloutStatus::Succeeded
+                } else if self.failed > ro.max_errors {
+                    RolloutStatus::Stopped
+                } else {
+                    RolloutStatus::Failed
+                };
+            }
+        }
+        match app.store.commit(vec![Change::update(&mut ro, now)]).await {
+            Ok(()) => Ok(done),
+            // Somebody cancelled it meanwhile: the next step sees it.
+            Err(stratus_store::StoreError::Stale { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Write a run; false when somebody changed it first (it is then looked at again).
+async fn committed(app: &App, r: &mut Run, now: chrono::DateTime<Utc>) -> Result<bool, AppError> {
+    match app.store.commit(vec![Change::update(r, now)]).await {
+        Ok(()) => Ok(true),
+        Err(stratus_store::StoreError::Stale { .. }) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Hand a run to its server's agent (with the script and inputs as they are now).
+async fn dispatch(app: &App, r: &Run, timeout_secs: Option<u64>) -> Result<(), String> {
+    let server: Server = match app.store.get_as(&r.server.to_string()).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return Err("the server no longer exists".into()),
+        Err(e) => return Err(e.to_string()),
+    };
+    if server.state != ServerState::Operational {
+        return Err(format!("the server is {}", server.state));
+    }
+    let script = match app.store.find_as::<Script>("", r.script.as_str()).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return Err(format!("script {} no longer exists", r.script)),
+        Err(e) => return Err(e.to_string()),
+    };
+    let env = super::gateway::env_for(app, &server, &script)
+        .await
+        .map_err(|e| e.to_string())?;
+    let sr = ScriptRun {
+        run: r.id,
+        name: script.spec.name.clone(),
+        body: script.spec.body.clone(),
+        env,
+        timeout_secs,
+        phase: Phase::Operational,
+        frequency: script.spec.frequency,
+    };
+    if app.agents.push(server.id, ControlMessage::RunScript(sr)).await {
+        Ok(())
+    } else {
+        Err("the server's agent is not connected".into())
+    }
+}
