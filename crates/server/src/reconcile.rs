@@ -14,8 +14,9 @@
 //!    stopped without being asked to (its processes died, the host restarted), makes the server
 //!    `stranded` with the cloud's reason. (Not on the fake cloud, which forgets its instances
 //!    when the control plane restarts.)
-//! 4. `decommissioning`: decommission runs, then the instance is terminated → `terminated`;
-//!    elastic IPs it held are released from it.
+//! 4. `decommissioning`: the decommission scripts run one after another through the agent,
+//!    all within `decommission_timeout` (on the fake cloud they are simulated); then the
+//!    instance is terminated → `terminated`; elastic IPs it held are released from it.
 //!
 //! Writes use the revision the pass read, so a concurrent user action wins and the pass retries.
 
