@@ -49,8 +49,9 @@ pub struct Drivers {
     /// The API, served again on each local cloud's gateway address so its instances reach
     /// the control plane (set once the router exists), and the port to prefer.
     gateway_api: std::sync::OnceLock<(axum::Router, u16, bool)>,
-    /// Per local cloud: the control plane's URL as its instances reach it, and the listener.
-    gateways: std::sync::Mutex<HashMap<Name, (String, tokio::task::JoinHandle<()>)>>,
+    /// Per local cloud: the control plane's URL as its instances reach it, and the listener
+    /// serving it (none when the main listener's wildcard address already covers the gateway).
+    gateways: std::sync::Mutex<HashMap<Name, (String, Option<tokio::task::JoinHandle<()>>)>>,
 }
 
 impl std::fmt::Debug for Drivers {
@@ -100,7 +101,7 @@ impl Drivers {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .insert(
                     cloud.clone(),
-                    (format!("http://{gateway}:{port}"), tokio::spawn(async {})),
+                    (format!("http://{gateway}:{port}"), None),
                 );
             return Ok(());
         }
@@ -124,8 +125,8 @@ impl Drivers {
             .gateways
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(cloud.clone(), (format!("http://{addr}"), task));
-        if let Some((_, t)) = old {
+            .insert(cloud.clone(), (format!("http://{addr}"), Some(task)));
+        if let Some((_, Some(t))) = old {
             t.abort();
         }
         Ok(())
@@ -211,7 +212,7 @@ impl Drivers {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(cloud);
-        if let Some((_, task)) = gone {
+        if let Some((_, Some(task))) = gone {
             task.abort();
         }
         Ok(())
