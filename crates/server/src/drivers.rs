@@ -99,10 +99,7 @@ impl Drivers {
             self.gateways
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(
-                    cloud.clone(),
-                    (format!("http://{gateway}:{port}"), None),
-                );
+                .insert(cloud.clone(), (format!("http://{gateway}:{port}"), None));
             return Ok(());
         }
         let listener = match tokio::net::TcpListener::bind((gateway, *port)).await {

@@ -219,7 +219,7 @@ async fn boot(app: &App, mut s: Server, driver: Arc<dyn CloudDriver>) -> Result<
             info!(server = %s.name, "operational");
         }
         _ => {
-            let since = s.launched_at.unwrap_or(s.created_at);
+            let since = s.booting_since.or(s.launched_at).unwrap_or(s.created_at);
             let deadline = chrono::Duration::from_std(app.settings.boot_deadline).unwrap_or_default();
             if now - since <= deadline {
                 return Ok(());

@@ -577,3 +577,28 @@ async fn a_stuck_decommission_script_does_not_keep_the_server_alive() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_boot_deadline_counts_from_the_reboot_not_the_launch() {
+    let t = start_with(|c| c.boot_deadline = std::time::Duration::from_secs(1)).await;
+    let (e, ws) = operational(&t, "app-62", "ops").await;
+    drop(ws);
+    // Let the launch fall behind the deadline.
+    let launched: chrono::DateTime<chrono::Utc> = t.get(&format!("/servers/{}", e.id)).await["launched_at"]
+        .as_str()
+        .expect("launched_at")
+        .parse()
+        .expect("time");
+    while chrono::Utc::now() - launched < chrono::Duration::milliseconds(1500) {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let mut ws = connect(&t, &e.token).await;
+    let (_, d) = greet(&mut ws, hello(&e.id, "boot-2", vec![])).await;
+    // Several orchestrator passes (one every 50 ms) see it booting: none strands it.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let s = t.get(&format!("/servers/{}", e.id)).await;
+    assert_eq!(s["state"], "booting", "{s}");
+    run(&mut ws, &d.boot[0], "configured\n", 0).await;
+    let s = t.wait_state(&e.id, "operational").await;
+    assert!(s["stranded"].is_null(), "{s}");
+}

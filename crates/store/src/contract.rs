@@ -60,6 +60,7 @@ pub fn server(n: &str, deployment: &str, tags: &[&str]) -> Server {
         private_ip: None,
         public_ip: None,
         launched_at: None,
+        booting_since: None,
         operational_at: None,
         terminated_at: None,
     }

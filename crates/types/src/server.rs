@@ -182,6 +182,10 @@ pub struct Server {
     pub public_ip: Option<IpAddr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub launched_at: Option<DateTime<Utc>>,
+    /// When the current boot began: the launch, or the reboot that made it boot again. The
+    /// boot deadline counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub booting_since: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operational_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -215,7 +219,10 @@ impl Server {
         }
         self.state = to;
         match to {
-            ServerState::Booting if self.launched_at.is_none() => self.launched_at = Some(now),
+            ServerState::Booting => {
+                self.launched_at.get_or_insert(now);
+                self.booting_since = Some(now);
+            }
             ServerState::Operational => {
                 self.operational_at = Some(now);
                 self.stranded = None;

@@ -182,6 +182,7 @@ pub fn build_server(
         private_ip: None,
         public_ip: None,
         launched_at: None,
+        booting_since: None,
         operational_at: None,
         terminated_at: None,
     })
