@@ -89,6 +89,10 @@ pub struct ServeArgs {
     /// Strand a server whose boot has not finished within this many seconds.
     #[arg(long, default_value_t = 120)]
     pub boot_deadline: u64,
+    /// Give a terminating server's decommission scripts this many seconds, all together,
+    /// before its instance is destroyed anyway.
+    #[arg(long, default_value_t = 120)]
+    pub decommission_timeout: u64,
 }
 
 #[derive(Debug, Args)]

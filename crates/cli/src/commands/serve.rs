@@ -26,6 +26,7 @@ pub async fn serve(data_dir: PathBuf, a: &ServeArgs) -> anyhow::Result<()> {
     let mut config = server_config(&data_dir, a.listen)?;
     config.public_url = a.public_url.clone();
     config.boot_deadline = Duration::from_secs(a.boot_deadline);
+    config.decommission_timeout = Duration::from_secs(a.decommission_timeout);
     let running = stratus_server::start(config).await?;
     if running.created_admin {
         say!(
