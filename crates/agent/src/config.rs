@@ -21,12 +21,28 @@ impl AgentConfig {
     pub fn runs_dir(&self) -> PathBuf {
         self.state_dir.join("runs")
     }
+
+    /// The socket `stratus-agent tag ...` talks to (0600, in the 0700 state directory).
+    pub fn socket_path(&self) -> PathBuf {
+        self.state_dir.join("agent.sock")
+    }
 }
 
 /// What the user-data says.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Clone, serde::Deserialize)]
 pub struct UserData {
     pub stratus_url: String,
     pub server_id: stratus_types::ServerId,
     pub enrolment_token: String,
+}
+
+/// The enrolment token is not printed.
+impl std::fmt::Debug for UserData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserData")
+            .field("stratus_url", &self.stratus_url)
+            .field("server_id", &self.server_id)
+            .field("enrolment_token", &"***")
+            .finish()
+    }
 }

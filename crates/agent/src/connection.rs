@@ -1,32 +1,152 @@
-//! The connection: hello, desired state, boot runs, heartbeats; reconnect with backoff.
+//! The agent at work: runs execute in their own tasks and write to the [`Journal`]; the
+//! connection only moves messages, sending what the journal holds that the control plane lacks.
+//!
+//! Tasks, all in one process:
+//! - the **connection** (one at a time; reconnects with backoff): hello with the journal's open
+//!   runs, resume from `Welcome.resume`, then a loop over control messages, journal changes
+//!   (sent as output and finishes), local requests (tag commands) and heartbeats;
+//! - one task per **run** (a script's process; see `runner`), writing output and the finish to
+//!   the journal and waking the connection;
+//! - the **boot worker**, which runs the current boot list in order;
+//! - the **local socket** for `stratus-agent tag ...` (see `local`).
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use stratus_agent_proto::{
-    AgentMessage, ControlMessage, Generation, Hello, Outcome, Output, PROTOCOL_VERSION, RECONNECT_MAX_SECS,
-    RECONNECT_MIN_SECS, RunFinished, ScriptRun, decode_control, encode_agent, split_output,
+    AgentMessage, ControlMessage, Hello, Outcome, Output, PROTOCOL_VERSION, RECONNECT_MAX_SECS, RECONNECT_MIN_SECS,
+    RefusedReason, RunFinished, ScriptRun, decode_control, encode_agent, split_output,
 };
-use tokio::sync::mpsc;
+use stratus_types::RunId;
+use stratus_types::script::Frequency;
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::config::{AgentConfig, UserData};
+use crate::journal::{Journal, Known, Recorded, Started, succeeded};
 use crate::{AgentError, enrol, runner};
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// Run forever: enrol if needed, connect, serve; on failure wait (backoff with jitter) and
-/// try again. Returns only for errors no retry can fix (a refused enrolment).
-pub async fn run_forever(cfg: AgentConfig) -> AgentError {
+/// How long a tag command waits for the connection and then for the answer.
+pub const REQUEST_WAIT: Duration = Duration::from_secs(30);
+
+/// What the tasks share.
+pub struct Agent {
+    pub cfg: AgentConfig,
+    pub journal: Journal,
+    /// The journal changed (output, a finish): the connection has something to send.
+    changed: Notify,
+    /// Cancel switches of the runs executing now.
+    cancels: Mutex<HashMap<RunId, watch::Sender<bool>>>,
+    /// The latest boot list, for the boot worker.
+    boot: watch::Sender<Vec<ScriptRun>>,
+    /// The desired state as recorded (generation, tags).
+    pub recorded: Mutex<Recorded>,
+    /// Requests from local commands, for the connection to send.
+    requests: mpsc::Sender<(AgentMessage, oneshot::Sender<ControlMessage>)>,
+    requests_rx: tokio::sync::Mutex<mpsc::Receiver<(AgentMessage, oneshot::Sender<ControlMessage>)>>,
+    /// Whether a connection is up, and to where.
+    pub connected: watch::Sender<Option<String>>,
+    next_request: std::sync::atomic::AtomicU64,
+    /// This agent's server, once the user-data was read.
+    server: Mutex<Option<stratus_types::ServerId>>,
+    user_data: Mutex<Option<UserData>>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("state_dir", &self.cfg.state_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Agent {
+    pub fn new(cfg: AgentConfig) -> Result<Arc<Self>, AgentError> {
+        let journal = Journal::open(&cfg.state_dir).map_err(|e| AgentError::State {
+            path: cfg.state_dir.display().to_string(),
+            source: e,
+        })?;
+        let recorded = journal.recorded();
+        let (requests, requests_rx) = mpsc::channel(16);
+        Ok(Arc::new(Self {
+            cfg,
+            journal,
+            changed: Notify::new(),
+            cancels: Mutex::default(),
+            boot: watch::Sender::new(vec![]),
+            recorded: Mutex::new(recorded),
+            requests,
+            requests_rx: tokio::sync::Mutex::new(requests_rx),
+            connected: watch::Sender::new(None),
+            next_request: std::sync::atomic::AtomicU64::new(1),
+            server: Mutex::new(None),
+            user_data: Mutex::new(None),
+        }))
+    }
+
+    fn state_err(&self, e: std::io::Error) -> AgentError {
+        AgentError::State {
+            path: self.cfg.state_dir.display().to_string(),
+            source: e,
+        }
+    }
+
+    /// Send a request over the live connection (waiting up to [`REQUEST_WAIT`] for one) and
+    /// wait for its answer.
+    pub async fn request(&self, make: impl FnOnce(u64) -> AgentMessage) -> Result<ControlMessage, String> {
+        let mut up = self.connected.subscribe();
+        let url = match tokio::time::timeout(REQUEST_WAIT, up.wait_for(Option::is_some)).await {
+            Ok(Ok(u)) => u.clone().unwrap_or_default(),
+            _ => {
+                return Err(format!(
+                    "not connected to the control plane (waited {} s); try again",
+                    REQUEST_WAIT.as_secs()
+                ));
+            }
+        };
+        let id = self.next_request.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .send((make(id), tx))
+            .await
+            .map_err(|_| "the agent is shutting down".to_string())?;
+        match tokio::time::timeout(REQUEST_WAIT, rx).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(_)) => Err(format!("the connection to {url} dropped before an answer; try again")),
+            Err(_) => Err(format!("no answer from {url} within {} s", REQUEST_WAIT.as_secs())),
+        }
+    }
+}
+
+/// Run forever: recover the journal, start the boot worker and the local socket, then connect,
+/// serve, and reconnect with backoff. Returns `Ok` when the control plane says the server is
+/// terminated, and an error for what no retry can fix (a refused enrolment, a wrong server).
+pub async fn run_forever(cfg: AgentConfig) -> Result<(), AgentError> {
+    let agent = Agent::new(cfg)?;
+    let cut = agent.journal.recover().map_err(|e| agent.state_err(e))?;
+    for run in cut {
+        tracing::warn!(%run, "a run was cut short by an agent restart; reported interrupted");
+    }
+    tokio::spawn(boot_worker(agent.clone()));
+    crate::local::serve(agent.clone())?;
     let mut failures = 0u32;
     loop {
-        match once(&cfg).await {
-            Err(e @ (AgentError::Enrolment { .. } | AgentError::Identity { .. })) => return e,
-            Err(AgentError::Refused(m)) if m.starts_with("wrong_server") => return AgentError::Refused(m),
+        match once(&agent).await {
+            Err(e @ AgentError::Enrolment { .. }) => return Err(e),
+            Err(AgentError::Refused(RefusedReason::Terminated, m)) => {
+                tracing::info!(message = %m, "the server is terminated; the agent stops");
+                return Ok(());
+            }
+            Err(e @ AgentError::Refused(RefusedReason::WrongServer, _)) => return Err(e),
             Err(e) => tracing::warn!(error = %e, "connection ended"),
             Ok(()) => failures = 0,
         }
+        agent.connected.send_replace(None);
         failures = failures.saturating_add(1);
         tokio::time::sleep(backoff(failures)).await;
     }
@@ -41,51 +161,423 @@ pub fn backoff(failures: u32) -> Duration {
     Duration::from_millis(min + u64::from_le_bytes(b) % (cap.saturating_sub(min) + 1))
 }
 
-async fn once(cfg: &AgentConfig) -> Result<(), AgentError> {
-    let ud = enrol::user_data(cfg).await?;
+/// The boot identity: the kernel's boot id and the start time of PID 1. Inside a PID
+/// namespace (a local cloud's instance shares the host's kernel) the kernel boot id stays the
+/// same across an instance reboot, while PID 1 — the instance's init — starts again; on a VM
+/// both change. Either way a reboot gives a new value.
+pub fn boot_id() -> String {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    let init = crate::journal::start_time(1).unwrap_or(0);
+    format!("{kernel}:{init}")
+}
+
+/// Where the connection stands on one open run.
+#[derive(Debug, Default)]
+struct Cursor {
+    offset: u64,
+    next_seq: u64,
+    started_sent: bool,
+    finished_sent: bool,
+}
+
+async fn once(agent: &Arc<Agent>) -> Result<(), AgentError> {
+    let cfg = &agent.cfg;
+    // Read once: on a local cloud the metadata service goes away with the control plane, and
+    // the user-data does not change.
+    let known = agent.user_data.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let ud = match known {
+        Some(ud) => ud,
+        None => {
+            let ud = enrol::user_data(cfg).await?;
+            *agent.server.lock().unwrap_or_else(|e| e.into_inner()) = Some(ud.server_id);
+            *agent.user_data.lock().unwrap_or_else(|e| e.into_inner()) = Some(ud.clone());
+            ud
+        }
+    };
     let token = enrol::credential(cfg, &ud).await?;
     let mut ws = connect(&ud, &token).await?;
-    send(&mut ws, hello(&ud)).await?;
-    let heartbeat = match recv(&mut ws).await? {
-        ControlMessage::Welcome(w) => Duration::from_secs(u64::from(w.heartbeat_secs.max(1))),
-        ControlMessage::Refused(r) => {
-            return Err(AgentError::Refused(
-                format!("{:?}: {}", r.reason, r.message).to_lowercase(),
-            ));
-        }
+    let open = agent.journal.open_runs().map_err(|e| agent.state_err(e))?;
+    let last_generation = agent.recorded.lock().unwrap_or_else(|e| e.into_inner()).generation;
+    send(
+        &mut ws,
+        AgentMessage::Hello(Hello {
+            versions: vec![PROTOCOL_VERSION],
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            server: ud.server_id,
+            boot_id: boot_id(),
+            last_generation,
+            unacked: open
+                .iter()
+                .copied()
+                .take(stratus_agent_proto::limits::MAX_RUNS)
+                .collect(),
+        }),
+    )
+    .await?;
+    let welcome = match recv(&mut ws).await? {
+        ControlMessage::Welcome(w) => w,
+        ControlMessage::Refused(r) => return Err(AgentError::Refused(r.reason, r.message)),
         other => return Err(AgentError::Protocol(format!("expected welcome, got {other:?}"))),
     };
+    let heartbeat = Duration::from_secs(u64::from(welcome.heartbeat_secs.max(1)));
+    let mut cursors: HashMap<RunId, Cursor> = open.iter().map(|r| (*r, Cursor::default())).collect();
+    for r in &welcome.resume {
+        if r.finished {
+            // The control plane holds the finish (or has nowhere to put it): drop it. A run
+            // still executing is left to finish, unreported.
+            let _ = agent.journal.close(r.run).map_err(|e| agent.state_err(e));
+            cursors.remove(&r.run);
+        } else if let Some(c) = cursors.get_mut(&r.run) {
+            c.next_seq = r.next_seq;
+        }
+    }
     tracing::info!(server = %ud.server_id, "connected");
+    agent.connected.send_replace(Some(ud.stratus_url.clone()));
+    let mut requests = agent.requests_rx.lock().await;
+    let mut pending: HashMap<u64, oneshot::Sender<ControlMessage>> = HashMap::new();
     let mut tick = tokio::time::interval(heartbeat);
     loop {
+        flush(agent, &mut ws, &mut cursors).await?;
         tokio::select! {
-            msg = recv(&mut ws) => match msg? {
-                ControlMessage::DesiredState(d) => {
-                    for r in &d.boot {
-                        execute(cfg, &mut ws, r).await?;
+            msg = recv(&mut ws) => {
+                let msg = msg?;
+                if let Some(id) = request_id(&msg) {
+                    if let ControlMessage::TagChangeResult { tags, .. } = &msg {
+                        let mut rec = agent.recorded.lock().unwrap_or_else(|e| e.into_inner());
+                        rec.tags = tags.clone();
+                        let _ = agent.journal.record(&rec);
                     }
-                    send(&mut ws, AgentMessage::Applied { generation: d.generation }).await?;
+                    if let Some(tx) = pending.remove(&id) {
+                        let _ = tx.send(msg);
+                    }
+                    continue;
                 }
-                ControlMessage::RunScript(r) => execute(cfg, &mut ws, &r).await?,
-                ControlMessage::Refused(r) => return Err(AgentError::Refused(format!("{:?}: {}", r.reason, r.message).to_lowercase())),
-                _ => {}
-            },
+                handle(agent, &mut ws, &mut cursors, msg).await?;
+            }
+            () = agent.changed.notified() => {}
+            Some((msg, answer)) = requests.recv() => {
+                if let AgentMessage::TagChange { request_id, .. } | AgentMessage::TagQuery { request_id, .. } = &msg {
+                    pending.insert(*request_id, answer);
+                }
+                send(&mut ws, msg).await?;
+            }
             _ = tick.tick() => send(&mut ws, AgentMessage::Heartbeat { at: chrono::Utc::now() }).await?,
         }
     }
 }
 
-fn hello(ud: &UserData) -> AgentMessage {
-    AgentMessage::Hello(Hello {
-        versions: vec![PROTOCOL_VERSION],
-        agent_version: env!("CARGO_PKG_VERSION").into(),
-        server: ud.server_id,
-        boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| "unknown".into()),
-        last_generation: Generation::NONE,
-        unacked: vec![],
-    })
+fn request_id(msg: &ControlMessage) -> Option<u64> {
+    match msg {
+        ControlMessage::TagChangeResult { request_id, .. }
+        | ControlMessage::TagQueryResult { request_id, .. }
+        | ControlMessage::RequestFailed { request_id, .. } => Some(*request_id),
+        _ => None,
+    }
+}
+
+async fn handle(
+    agent: &Arc<Agent>,
+    ws: &mut Ws,
+    cursors: &mut HashMap<RunId, Cursor>,
+    msg: ControlMessage,
+) -> Result<(), AgentError> {
+    match msg {
+        ControlMessage::DesiredState(d) => {
+            let held = {
+                let mut rec = agent.recorded.lock().unwrap_or_else(|e| e.into_inner());
+                if d.generation.supersedes(rec.generation) {
+                    *rec = Recorded {
+                        generation: d.generation,
+                        tags: d.tags.clone(),
+                    };
+                    agent.journal.record(&rec).map_err(|e| agent.state_err(e))?;
+                }
+                rec.generation
+            };
+            // The current generation's boot list goes to the worker even when repeated: an
+            // agent restarted mid-boot continues it (runs already in the journal are skipped).
+            if d.generation >= held {
+                for r in &d.boot {
+                    cursors.entry(r.run).or_default();
+                }
+                agent.boot.send_replace(d.boot);
+            }
+            send(ws, AgentMessage::Applied { generation: held }).await?;
+        }
+        ControlMessage::RunScript(r) => {
+            if agent.journal.accept(r.run).map_err(|e| agent.state_err(e))? {
+                cursors.entry(r.run).or_default();
+                let agent = agent.clone();
+                tokio::spawn(async move { execute(&agent, r).await });
+            }
+        }
+        ControlMessage::Cancel { run } => cancel(agent, run)?,
+        ControlMessage::AckFinished { run } => {
+            agent.journal.close(run).map_err(|e| agent.state_err(e))?;
+            cursors.remove(&run);
+        }
+        ControlMessage::Refused(r) => return Err(AgentError::Refused(r.reason, r.message)),
+        // Acknowledged output changes nothing here: what to resend is decided at the next
+        // resume, from the control plane's own count.
+        ControlMessage::AckOutput { .. } | ControlMessage::Heartbeat { .. } | ControlMessage::Welcome(_) => {}
+        ControlMessage::TagChangeResult { .. }
+        | ControlMessage::TagQueryResult { .. }
+        | ControlMessage::RequestFailed { .. } => {}
+    }
+    Ok(())
+}
+
+/// Stop a run: signal a running one; a boot run not yet started is recorded cancelled.
+fn cancel(agent: &Agent, run: RunId) -> Result<(), AgentError> {
+    let switch = agent
+        .cancels
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&run)
+        .cloned();
+    if let Some(s) = switch {
+        s.send_replace(true);
+        return Ok(());
+    }
+    let queued_boot = agent.boot.borrow().iter().any(|r| r.run == run);
+    if queued_boot && agent.journal.accept(run).map_err(|e| agent.state_err(e))? {
+        finish_without_running(agent, run, Outcome::Cancelled, "cancelled before it started")?;
+    }
+    Ok(())
+}
+
+/// Send what the journal holds that this connection has not sent, in order per run.
+async fn flush(agent: &Agent, ws: &mut Ws, cursors: &mut HashMap<RunId, Cursor>) -> Result<(), AgentError> {
+    for (run, c) in cursors.iter_mut() {
+        if c.finished_sent {
+            continue;
+        }
+        if agent.journal.known(*run) != Known::Open {
+            continue;
+        }
+        if !c.started_sent
+            && let Some(s) = agent.journal.started(*run)
+        {
+            send(
+                ws,
+                AgentMessage::RunStarted {
+                    run: *run,
+                    started_at: s.at,
+                },
+            )
+            .await?;
+            c.started_sent = true;
+        }
+        // Read the finish first: output written before it is then all on disk.
+        let finished = agent.journal.finished(*run);
+        let (chunks, offset) = agent
+            .journal
+            .read_output(*run, c.offset)
+            .map_err(|e| agent.state_err(e))?;
+        c.offset = offset;
+        for out in chunks {
+            if out.seq < c.next_seq {
+                continue; // the control plane has it
+            }
+            c.next_seq = out.seq + 1;
+            send(ws, AgentMessage::Output(out)).await?;
+        }
+        if let Some(f) = finished
+            && c.next_seq >= f.output_chunks
+        {
+            send(ws, AgentMessage::RunFinished(f)).await?;
+            c.finished_sent = true;
+        }
+    }
+    Ok(())
+}
+
+/// Record a run as ended without running it (skipped, or cancelled before its turn).
+fn finish_without_running(agent: &Agent, run: RunId, outcome: Outcome, why: &str) -> Result<(), AgentError> {
+    agent
+        .journal
+        .finish(&RunFinished {
+            run,
+            outcome,
+            exit_code: None,
+            signal: None,
+            error: Some(why.into()),
+            finished_at: chrono::Utc::now(),
+            output_chunks: 0,
+            output_bytes: 0,
+        })
+        .map_err(|e| agent.state_err(e))?;
+    agent.changed.notify_one();
+    Ok(())
+}
+
+/// The boot worker: run the current boot list in order, each run once, stopping at the first
+/// failure (the rest are recorded cancelled); per-instance scripts that already succeeded on
+/// this instance are skipped.
+async fn boot_worker(agent: Arc<Agent>) {
+    let mut lists = agent.boot.subscribe();
+    loop {
+        let list = lists.borrow_and_update().clone();
+        let mut failed: Option<String> = None;
+        let mut next = None;
+        for r in &list {
+            match agent.journal.known(r.run) {
+                Known::Done(true) => continue,
+                Known::Done(false) => failed = failed.or(Some(r.name.to_string())),
+                Known::Open => match agent.journal.finished(r.run) {
+                    Some(f) if succeeded(&f) => continue,
+                    Some(_) => failed = failed.or(Some(r.name.to_string())),
+                    None => break, // running: wait for it
+                },
+                Known::No => {
+                    next = Some(r.clone());
+                    break;
+                }
+            }
+        }
+        let Some(r) = next else {
+            if lists.changed().await.is_err() {
+                return;
+            }
+            continue;
+        };
+        let step = async {
+            if !agent.journal.accept(r.run).map_err(|e| agent.state_err(e))? {
+                return Ok(());
+            }
+            if let Some(name) = &failed {
+                let why = format!("not run: boot script {name} failed earlier in this boot");
+                return finish_without_running(&agent, r.run, Outcome::Cancelled, &why);
+            }
+            if r.frequency == Frequency::PerInstance && agent.journal.per_instance_done(r.name.as_str()) {
+                let why = "already succeeded on this instance (per-instance)";
+                return finish_without_running(&agent, r.run, Outcome::Skipped, why);
+            }
+            execute(&agent, r.clone()).await;
+            Ok::<_, AgentError>(())
+        };
+        if let Err(e) = step.await {
+            tracing::error!(error = %e, "boot worker");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+/// Run one accepted script, journaling its start, output and end.
+async fn execute(agent: &Arc<Agent>, r: ScriptRun) {
+    if let Err(e) = try_execute(agent, &r).await {
+        tracing::error!(run = %r.run, error = %e, "cannot journal a run");
+    }
+    agent.cancels.lock().unwrap_or_else(|e| e.into_inner()).remove(&r.run);
+    agent.changed.notify_one();
+}
+
+async fn try_execute(agent: &Arc<Agent>, r: &ScriptRun) -> Result<(), AgentError> {
+    let (cancel_tx, cancel_rx) = watch::channel(false);
+    agent
+        .cancels
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(r.run, cancel_tx);
+    let (started_tx, started_rx) = oneshot::channel();
+    let (tx, mut rx) = mpsc::channel(64);
+    let work = agent.cfg.state_dir.clone();
+    let script = r.clone();
+    let ctl = runner::Control {
+        started: Some(started_tx),
+        cancel: cancel_rx,
+        env: vec![
+            (
+                "STRATUS_AGENT_SOCKET".into(),
+                agent.cfg.socket_path().display().to_string(),
+            ),
+            ("STRATUS_SERVER_ID".into(), server_id(agent).unwrap_or_default()),
+        ],
+    };
+    let job = tokio::spawn(async move { runner::run(&script, &work, tx, ctl).await });
+    if let Ok(pid) = started_rx.await {
+        agent
+            .journal
+            .mark_started(r.run, &Started::now(pid))
+            .map_err(|e| agent.state_err(e))?;
+        agent.changed.notify_one();
+    }
+    let (mut seq, mut bytes, mut dropped) = (0u64, 0u64, 0u64);
+    while let Some(chunk) = rx.recv().await {
+        for piece in split_output(&chunk.data) {
+            if bytes + piece.len() as u64 > crate::journal::MAX_RUN_OUTPUT {
+                dropped += piece.len() as u64;
+                continue;
+            }
+            bytes += piece.len() as u64;
+            let out = Output {
+                run: r.run,
+                seq,
+                stream: chunk.stream,
+                data: piece.to_string(),
+                at: chrono::Utc::now(),
+            };
+            agent.journal.append(&out).map_err(|e| agent.state_err(e))?;
+            seq += 1;
+            agent.changed.notify_one();
+        }
+    }
+    if dropped > 0 {
+        let note = format!(
+            "\n[stratus-agent] {dropped} more bytes of output were dropped (limit {} MiB)\n",
+            crate::journal::MAX_RUN_OUTPUT >> 20
+        );
+        bytes += note.len() as u64;
+        let out = Output {
+            run: r.run,
+            seq,
+            stream: stratus_agent_proto::OutputStream::Stderr,
+            data: note,
+            at: chrono::Utc::now(),
+        };
+        agent.journal.append(&out).map_err(|e| agent.state_err(e))?;
+        seq += 1;
+    }
+    let ended = job
+        .await
+        .map_err(|e| AgentError::Protocol(format!("script task: {e}")))?;
+    let outcome = match (&ended.exit_code, &ended.signal, &ended.error) {
+        _ if ended.timed_out => Outcome::TimedOut,
+        _ if ended.cancelled => Outcome::Cancelled,
+        (_, _, Some(_)) => Outcome::FailedToStart,
+        (Some(_), _, _) => Outcome::Exited,
+        (None, Some(_), _) => Outcome::Signalled,
+        _ => Outcome::FailedToStart,
+    };
+    let finished = RunFinished {
+        run: r.run,
+        outcome,
+        // A script that was killed has a signal, not an exit code.
+        exit_code: if ended.timed_out || ended.cancelled {
+            None
+        } else {
+            ended.exit_code
+        },
+        signal: ended.signal,
+        error: ended.error,
+        finished_at: chrono::Utc::now(),
+        output_chunks: seq,
+        output_bytes: bytes,
+    };
+    if succeeded(&finished) && r.frequency == Frequency::PerInstance && r.phase == stratus_types::run::Phase::Boot {
+        agent
+            .journal
+            .mark_per_instance(r.name.as_str())
+            .map_err(|e| agent.state_err(e))?;
+    }
+    agent.journal.finish(&finished).map_err(|e| agent.state_err(e))
+}
+
+fn server_id(agent: &Agent) -> Option<String> {
+    let s = agent.server.lock().unwrap_or_else(|e| e.into_inner());
+    s.map(|id| id.to_string())
 }
 
 async fn connect(ud: &UserData, token: &str) -> Result<Ws, AgentError> {
@@ -129,87 +621,4 @@ async fn recv(ws: &mut Ws) -> Result<ControlMessage, AgentError> {
             Some(Ok(_)) => {}
         }
     }
-}
-
-/// Run one script unless it already ran here, streaming its output; report the end.
-async fn execute(cfg: &AgentConfig, ws: &mut Ws, r: &ScriptRun) -> Result<(), AgentError> {
-    let done_marker = cfg.runs_dir().join(r.run.to_string());
-    let state = |e| AgentError::State {
-        path: cfg.runs_dir().display().to_string(),
-        source: e,
-    };
-    if done_marker.exists() {
-        return Ok(()); // finished before a reconnect: never run twice
-    }
-    let started_marker = cfg.runs_dir().join(format!("{}.started", r.run));
-    if started_marker.exists() {
-        // It started before the connection dropped (or the agent restarted) and its end was
-        // never reported: at most once, so it is reported interrupted, not run again.
-        let finished = RunFinished {
-            run: r.run,
-            outcome: Outcome::Interrupted,
-            exit_code: None,
-            signal: None,
-            error: Some("the agent lost its connection or restarted while this ran; it was not run again".into()),
-            finished_at: chrono::Utc::now(),
-            output_chunks: 0,
-            output_bytes: 0,
-        };
-        send(ws, AgentMessage::RunFinished(finished)).await?;
-        std::fs::write(&done_marker, b"").map_err(state)?;
-        return Ok(());
-    }
-    std::fs::create_dir_all(cfg.runs_dir()).map_err(state)?;
-    std::fs::write(&started_marker, b"").map_err(state)?;
-    send(
-        ws,
-        AgentMessage::RunStarted {
-            run: r.run,
-            started_at: chrono::Utc::now(),
-        },
-    )
-    .await?;
-    let (tx, mut rx) = mpsc::channel(64);
-    let work = cfg.state_dir.clone();
-    let script = r.clone();
-    let job = tokio::spawn(async move { runner::run(&script, &work, tx).await });
-    let (mut seq, mut bytes) = (0u64, 0u64);
-    while let Some(chunk) = rx.recv().await {
-        for piece in split_output(&chunk.data) {
-            bytes += piece.len() as u64;
-            let out = Output {
-                run: r.run,
-                seq,
-                stream: chunk.stream,
-                data: piece.to_string(),
-                at: chrono::Utc::now(),
-            };
-            send(ws, AgentMessage::Output(out)).await?;
-            seq += 1;
-        }
-    }
-    let ended = job
-        .await
-        .map_err(|e| AgentError::Protocol(format!("script task: {e}")))?;
-    let outcome = match (&ended.exit_code, &ended.signal, &ended.error) {
-        _ if ended.timed_out => Outcome::TimedOut,
-        (_, _, Some(_)) => Outcome::FailedToStart,
-        (Some(_), _, _) => Outcome::Exited,
-        (None, Some(_), _) => Outcome::Signalled,
-        _ => Outcome::FailedToStart,
-    };
-    let finished = RunFinished {
-        run: r.run,
-        outcome,
-        // A script that ran out of time was killed: it has a signal, not an exit code.
-        exit_code: if ended.timed_out { None } else { ended.exit_code },
-        signal: ended.signal,
-        error: ended.error,
-        finished_at: chrono::Utc::now(),
-        output_chunks: seq,
-        output_bytes: bytes,
-    };
-    send(ws, AgentMessage::RunFinished(finished)).await?;
-    std::fs::write(&done_marker, b"").map_err(state)?;
-    Ok(())
 }

@@ -11,17 +11,38 @@
 //!    environment variables; output is read as it comes, masked (secret inputs become `***`)
 //!    and sent in numbered chunks; the end is reported with the exit status. A heartbeat goes
 //!    out every `heartbeat_secs`.
-//! 4. **Reconnect** on any failure with exponential backoff and full jitter (1 s … 60 s). Runs
-//!    happen at most once: `STATE/runs/` remembers which started and which finished; a run that
-//!    started but whose end was never reported is reported `interrupted`, not run again.
-//!
-//! Not yet: output produced while disconnected is not buffered on disk and resumed (which
-//! would make an interrupted run's report complete), tag commands.
+//! 4. **Runs** execute in their own tasks and write to the run journal (`STATE/runs/`, see
+//!    [`journal`]); the connection sends from the journal what the control plane lacks. Runs go
+//!    on while the control plane is away, their output accumulating on disk; after a reconnect
+//!    `Welcome.resume` says where the control plane stands and the rest is sent, exactly once.
+//!    A run id runs at most once: one cut short by an agent restart is reported `interrupted`.
+//!    `cancel` stops a run's whole process group (SIGTERM, SIGKILL after 10 s).
+//! 5. **Boot**: the desired state's boot list runs in order on a worker task, stopping at the
+//!    first failure; per-instance scripts that succeeded on this instance are skipped. The boot
+//!    id sent in `hello` changes on every reboot ([`connection::boot_id`]), so the control plane
+//!    sends the every-boot scripts again.
+//! 6. **Local commands**: `stratus-agent tag add/remove/list/query` talk to the running agent on
+//!    `STATE/agent.sock` ([`local`]), so a boot script can tag its own server or find its peers.
+//! 7. **Reconnect** on any failure with exponential backoff and full jitter (1 s … 60 s). A
+//!    server the control plane says is terminated makes the agent exit.
 
 pub mod config;
 pub mod connection;
 pub mod enrol;
+pub mod journal;
+pub mod local;
 pub mod runner;
+
+/// Where the agent keeps its credential and journal unless told otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/stratus-agent";
+
+const USAGE: &str = "usage:
+  stratus-agent [--state-dir DIR] [--metadata-url URL | --user-data FILE]
+      run the agent (default: state in /var/lib/stratus-agent, identity from the metadata
+      service at http://169.254.169.254)
+  stratus-agent [--state-dir DIR] tag add TAG... | remove TAG... | list | query SELECTOR [--json]
+      change or read this server's tags, or find servers of its deployment by tag (talks to
+      the running agent; inside scripts STRATUS_AGENT_SOCKET names it)";
 
 pub use config::AgentConfig;
 
@@ -33,8 +54,8 @@ pub enum AgentError {
     Enrolment { status: u16, message: String },
     #[error("cannot reach the control plane at {url}: {detail}")]
     Unreachable { url: String, detail: String },
-    #[error("the control plane refused this agent: {0}")]
-    Refused(String),
+    #[error("the control plane refused this agent ({0:?}): {1}")]
+    Refused(stratus_agent_proto::RefusedReason, String),
     #[error("protocol: {0}")]
     Protocol(String),
     #[error("state directory {path}: {source}")]
@@ -45,41 +66,57 @@ pub enum AgentError {
     },
 }
 
-/// Entry point for `stratus-agent ARGS` (and `stratus agent ARGS`):
-/// `[--state-dir DIR] [--metadata-url URL | --user-data FILE]`.
+/// Entry point for `stratus-agent ARGS` (and `stratus agent ARGS`); see [`USAGE`].
 pub fn main(args: &[std::ffi::OsString]) -> std::process::ExitCode {
+    use std::process::ExitCode;
     let mut cfg = AgentConfig {
-        state_dir: "/var/lib/stratus-agent".into(),
+        state_dir: DEFAULT_STATE_DIR.into(),
         metadata_url: Some("http://169.254.169.254".into()),
         user_data_file: None,
     };
-    let mut it = args.iter().map(|a| a.to_string_lossy().into_owned());
-    while let Some(a) = it.next() {
-        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
-        let parsed = match a.as_str() {
-            "--state-dir" => value("--state-dir").map(|v| cfg.state_dir = v.into()),
+    let args: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+    let mut state_given = false;
+    let mut i = 0;
+    while i < args.len() {
+        let value = |name: &str| args.get(i + 1).cloned().ok_or_else(|| format!("{name} needs a value"));
+        let parsed = match args[i].as_str() {
+            "--state-dir" => value("--state-dir").map(|v| {
+                cfg.state_dir = v.into();
+                state_given = true;
+            }),
             "--metadata-url" => value("--metadata-url").map(|v| cfg.metadata_url = Some(v)),
             "--user-data" => value("--user-data").map(|v| {
                 cfg.user_data_file = Some(v.into());
                 cfg.metadata_url = None;
             }),
-            other => Err(format!(
-                "unknown argument {other:?}; usage: stratus-agent [--state-dir DIR] [--metadata-url URL | --user-data FILE]"
-            )),
+            "tag" => {
+                let dir = state_given.then_some(cfg.state_dir.as_path());
+                return local::tag_command(&args[i + 1..], dir);
+            }
+            "-h" | "--help" | "help" => {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            other => Err(format!("unknown argument {other:?}\n{USAGE}")),
         };
         if let Err(e) = parsed {
             eprintln!("stratus-agent: {e}");
-            return std::process::ExitCode::from(2);
+            return ExitCode::from(2);
         }
+        i += 2;
     }
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("stratus-agent: cannot start: {e}");
-            return std::process::ExitCode::from(1);
+            return ExitCode::from(1);
         }
     };
-    let err = rt.block_on(connection::run_forever(cfg));
-    eprintln!("stratus-agent: {err}");
-    std::process::ExitCode::from(1)
+    match rt.block_on(connection::run_forever(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("stratus-agent: {err}");
+            ExitCode::from(1)
+        }
+    }
 }

@@ -25,16 +25,31 @@ pub struct Ended {
     pub error: Option<String>,
     /// Killed because it ran past its timeout.
     pub timed_out: bool,
+    /// Stopped because the control plane cancelled it.
+    pub cancelled: bool,
+}
+
+/// How long a cancelled script gets between SIGTERM and SIGKILL.
+pub const CANCEL_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What the caller passes besides the script: where its process id goes once it runs, the
+/// cancel signal, and environment the agent adds (its socket, the server id).
+#[derive(Debug)]
+pub struct Control {
+    pub started: Option<tokio::sync::oneshot::Sender<u32>>,
+    pub cancel: tokio::sync::watch::Receiver<bool>,
+    pub env: Vec<(String, String)>,
 }
 
 /// Run `run` in `work` (a private directory), sending output chunks to `out` as they come.
-pub async fn run(run: &ScriptRun, work: &Path, out: mpsc::Sender<Chunk>) -> Ended {
+pub async fn run(run: &ScriptRun, work: &Path, out: mpsc::Sender<Chunk>, mut ctl: Control) -> Ended {
     let file = work.join(format!("{}.script", run.run));
     let failed = |e: String| Ended {
         exit_code: None,
         signal: None,
         error: Some(e),
         timed_out: false,
+        cancelled: false,
     };
     if let Err(e) = std::fs::write(&file, &run.body)
         .and_then(|()| std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o700)))
@@ -47,6 +62,7 @@ pub async fn run(run: &ScriptRun, work: &Path, out: mpsc::Sender<Chunk>) -> Ende
         .env("HOME", "/root")
         .env("LANG", "C.UTF-8")
         .env("STRATUS_RUN_ID", run.run.to_string())
+        .envs(ctl.env.iter().map(|(k, v)| (k, v)))
         .current_dir(work)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -66,6 +82,9 @@ pub async fn run(run: &ScriptRun, work: &Path, out: mpsc::Sender<Chunk>) -> Ende
         Ok(c) => c,
         Err(e) => return failed(format!("cannot start the script (does it start with #!?): {e}")),
     };
+    if let (Some(tx), Some(pid)) = (ctl.started.take(), child.id()) {
+        let _ = tx.send(pid);
+    }
     let masker = Masker::for_run(run);
     let (o, e) = (child.stdout.take(), child.stderr.take());
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -77,21 +96,45 @@ pub async fn run(run: &ScriptRun, work: &Path, out: mpsc::Sender<Chunk>) -> Ende
         stopped.clone(),
     ));
     let b = tokio::spawn(pump(e, OutputStream::Stderr, masker, out, stopped));
-    // No limit unless the run has one; past it the script is killed (SIGKILL).
-    let mut timed_out = false;
-    let status = match run.timeout_secs {
-        Some(secs) => match tokio::time::timeout(std::time::Duration::from_secs(secs), child.wait()).await {
-            Ok(s) => s,
-            Err(_) => {
-                timed_out = true;
-                if let Some(pid) = child.id().and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
-                    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    // No limit unless the run has one; past it the script's group is killed (SIGKILL). A
+    // cancel sends SIGTERM to the group, then SIGKILL after a grace period.
+    let group = child.id().and_then(|p| rustix::process::Pid::from_raw(p as i32));
+    let signal_group = |sig| {
+        if let Some(pid) = group {
+            let _ = rustix::process::kill_process_group(pid, sig);
+        }
+    };
+    let (mut timed_out, mut cancelled) = (false, false);
+    let limit = async {
+        match run.timeout_secs {
+            Some(secs) => tokio::time::sleep(std::time::Duration::from_secs(secs)).await,
+            None => std::future::pending().await,
+        }
+    };
+    let status = tokio::select! {
+        s = child.wait() => s,
+        () = limit => {
+            timed_out = true;
+            signal_group(rustix::process::Signal::KILL);
+            let _ = child.start_kill();
+            child.wait().await
+        }
+        () = async { let _ = ctl.cancel.wait_for(|c| *c).await; } => {
+            cancelled = true;
+            signal_group(rustix::process::Signal::TERM);
+            match tokio::time::timeout(CANCEL_GRACE, child.wait()).await {
+                Ok(s) => {
+                    // The leader is gone; whatever it started goes too.
+                    signal_group(rustix::process::Signal::KILL);
+                    s
                 }
-                let _ = child.start_kill();
-                child.wait().await
+                Err(_) => {
+                    signal_group(rustix::process::Signal::KILL);
+                    let _ = child.start_kill();
+                    child.wait().await
+                }
             }
-        },
-        None => child.wait().await,
+        }
     };
     // The script is done. What it left running in the background (a daemon started without
     // redirecting its output) may hold the pipes open: give the output a moment to drain,
@@ -112,8 +155,18 @@ pub async fn run(run: &ScriptRun, work: &Path, out: mpsc::Sender<Chunk>) -> Ende
             Ended {
                 exit_code: s.code(),
                 signal: s.signal(),
-                error: timed_out.then(|| format!("killed after its timeout of {} s", run.timeout_secs.unwrap_or(0))),
+                error: if timed_out {
+                    Some(format!(
+                        "killed after its timeout of {} s",
+                        run.timeout_secs.unwrap_or(0)
+                    ))
+                } else if cancelled {
+                    Some("cancelled".into())
+                } else {
+                    None
+                },
                 timed_out,
+                cancelled,
             }
         }
         Err(e) => failed(format!("cannot wait for the script: {e}")),

@@ -11,9 +11,18 @@ fn main() -> ExitCode {
     if args.get(1).is_some_and(|a| a == stratus_cli::INSTANCE_INIT) {
         return stratus_local::init::main(&args[2..]);
     }
-    // The instance agent, installed into local instances as this very binary.
+    // The instance agent, installed into local instances as this very binary: `stratus agent
+    // ...`, or called by the name it is installed under (`stratus-agent tag add ...` from a
+    // script).
     if args.get(1).is_some_and(|a| a == stratus_cli::AGENT) {
         return stratus_agent::main(&args[2..]);
+    }
+    let called = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .is_some_and(|n| n == "stratus-agent");
+    if called {
+        return stratus_agent::main(&args[1..]);
     }
     let cli = stratus_cli::args::Cli::parse();
     stratus_cli::init_logging(&cli);

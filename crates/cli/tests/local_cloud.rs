@@ -18,15 +18,14 @@ struct Plane {
 
 impl Plane {
     fn start(data: &Path) -> Self {
+        Self::start_at(data, "127.0.0.1:0")
+    }
+
+    /// Start on `listen`: a restart on the same address keeps the URL its instances' agents
+    /// were given.
+    fn start_at(data: &Path, listen: &str) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_stratus"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--boot-deadline",
-                "600",
-                "--data-dir",
-            ])
+            .args(["serve", "--listen", listen, "--boot-deadline", "600", "--data-dir"])
             .arg(data)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -517,6 +516,16 @@ test -x /usr/local/sbin/stratus-agent
 """
 
 [[script]]
+name = "every"
+frequency = "every-boot"
+body = """#!/bin/sh
+set -e
+echo "booted at $(cut -d' ' -f22 /proc/1/stat)"
+stratus-agent tag add app:booted=yes
+stratus-agent tag query app:role=web
+"""
+
+[[script]]
 name = "broken"
 frequency = "per-instance"
 body = """#!/bin/sh
@@ -531,12 +540,28 @@ body = """#!/bin/sh
 echo "report from $(hostname): $(cat /etc/os-release | head -1)"
 """
 
+[[script]]
+name = "slow"
+frequency = "on-demand"
+body = """#!/bin/sh
+for i in 1 2 3 4 5 6 7 8; do echo "tick $i"; sleep 1; done
+"""
+
+[[script]]
+name = "bye"
+frequency = "on-demand"
+body = """#!/bin/sh
+echo "bye from $(hostname)"
+"""
+
 [[template]]
 name = "good"
 image = "debian"
 size = "small"
-boot_scripts = ["hello"]
-operational_scripts = ["report"]
+boot_scripts = ["hello", "every"]
+operational_scripts = ["report", "slow"]
+decommission_scripts = ["bye"]
+default_tags = ["app:role=web"]
 
 [[template]]
 name = "bad"
@@ -553,34 +578,136 @@ name = "ok-1"
 template = "good"
 
 [[server]]
+name = "ok-2"
+template = "good"
+
+[[server]]
 name = "ko-1"
 template = "bad"
 "##,
     )
     .expect("write");
     plane.ok(&["apply", "-f", file.to_str().expect("path")]);
-    let ok = plane.wait_server("demo/ok-1", |v| {
-        matches!(v["state"].as_str(), Some("operational" | "stranded"))
-    });
-    assert_eq!(
-        ok["state"],
-        "operational",
-        "{ok}\nconsole:\n{}",
-        plane.stratus(&["server", "console", "demo/ok-1"]).1
-    );
+    let settled = |v: &Value| matches!(v["state"].as_str(), Some("operational" | "stranded"));
+    for name in ["demo/ok-1", "demo/ok-2"] {
+        let ok = plane.wait_server(name, settled);
+        assert_eq!(
+            ok["state"],
+            "operational",
+            "{ok}\nconsole:\n{}",
+            plane.stratus(&["server", "console", name]).1
+        );
+    }
     let runs = plane.json(&["runs", "list", "--server", "demo/ok-1"]);
-    let out = runs[0]["output"].as_str().unwrap_or_default().to_string();
-    assert!(out.contains("hello world from ok-1"), "{runs}");
-    // An operational script through the agent, followed live.
+    let output_of = |runs: &Value, script: &str| -> Vec<String> {
+        runs.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["script"] == script)
+            .map(|r| r["output"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    assert!(output_of(&runs, "hello")[0].contains("hello world from ok-1"), "{runs}");
+    // A boot script tagged its own server and saw its peers through the agent.
+    let every = &output_of(&runs, "every")[0];
+    assert!(every.contains("ok-2"), "tag query from a boot script: {every}");
+    let ok1 = plane.json(&["server", "show", "demo/ok-1"]);
+    assert!(
+        ok1["tags"]
+            .as_array()
+            .is_some_and(|t| t.contains(&"app:booted=yes".into())),
+        "{ok1}"
+    );
+
+    // An operational script through the agent, followed live; then on every web server.
     let followed = plane.ok(&["run", "report", "--on", "demo/ok-1", "--follow"]);
     assert!(
         followed.contains("report from ok-1: PRETTY_NAME=\"Debian GNU/Linux 12"),
         "{followed}"
     );
     assert!(followed.contains("succeeded"), "{followed}");
-    let ko = plane.wait_server("demo/ko-1", |v| {
-        matches!(v["state"].as_str(), Some("operational" | "stranded"))
+    let rollout = plane.ok(&[
+        "run",
+        "report",
+        "--tag",
+        "app:role=web",
+        "--concurrency",
+        "1",
+        "--follow",
+    ]);
+    assert!(
+        rollout.contains("demo/ok-1: succeeded") && rollout.contains("demo/ok-2: succeeded"),
+        "{rollout}"
+    );
+    assert!(rollout.contains("2 succeeded, 0 failed"), "{rollout}");
+
+    // Cancel: the agent stops the script's processes.
+    let started = plane.json(&["run", "slow", "--on", "demo/ok-1"]);
+    let id = started["id"].as_str().expect("run id").to_string();
+    wait_run(&plane, &id, |r| {
+        r["output"].as_str().is_some_and(|o| o.contains("tick 1"))
     });
+    plane.ok(&["runs", "cancel", &id]);
+    let cancelled = wait_run(&plane, &id, |r| r["status"] != "running");
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    assert!(
+        !cancelled["output"].as_str().unwrap_or_default().contains("tick 8"),
+        "{cancelled}"
+    );
+
+    // The control plane goes away mid-run: the agent keeps the output and delivers it, once.
+    let started = plane.json(&["run", "slow", "--on", "demo/ok-2"]);
+    let id = started["id"].as_str().expect("run id").to_string();
+    wait_run(&plane, &id, |r| {
+        r["output"].as_str().is_some_and(|o| o.contains("tick 2"))
+    });
+    let mut plane = plane;
+    plane.kill();
+    std::thread::sleep(Duration::from_secs(3));
+    let listen = plane.url.trim_start_matches("http://").to_string();
+    let plane = Plane::start_at(&data, &listen);
+    let done = wait_run(&plane, &id, |r| r["status"] != "running" && r["status"] != "queued");
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let lines: Vec<&str> = done["output"].as_str().unwrap_or_default().lines().collect();
+    let want: Vec<String> = (1..=8).map(|i| format!("tick {i}")).collect();
+    assert_eq!(lines, want, "every line exactly once, in order");
+
+    // A reboot runs the every-boot script again, not the per-instance one.
+    plane.ok(&["server", "reboot", "demo/ok-1"]);
+    let rebooted = plane.wait_server("demo/ok-1", |_| {
+        let runs = plane.json(&["runs", "list", "--server", "demo/ok-1"]);
+        output_of(&runs, "every").len() == 2
+    });
+    let s = plane.wait_server("demo/ok-1", settled);
+    assert_eq!(s["state"], "operational", "{s} {rebooted}");
+    let runs = plane.json(&["runs", "list", "--server", "demo/ok-1"]);
+    assert_eq!(output_of(&runs, "hello").len(), 1, "per-instance ran once: {runs}");
+    let boots = output_of(&runs, "every");
+    assert_ne!(
+        boots[0].lines().next(),
+        boots[1].lines().next(),
+        "a new boot: {boots:?}"
+    );
+
+    // Terminating runs the decommission script first.
+    plane.ok(&["server", "terminate", "demo/ok-2"]);
+    plane.wait_server("demo/ok-2", |v| v["state"] == "terminated");
+    let runs = plane.json(&["runs", "list", "--server", "demo/ok-2"]);
+    let bye: Vec<&Value> = runs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["script"] == "bye")
+        .collect();
+    assert_eq!(bye.len(), 1, "{runs}");
+    assert_eq!(
+        (&bye[0]["status"], &bye[0]["phase"]),
+        (&"succeeded".into(), &"decommission".into()),
+        "{runs}"
+    );
+    assert!(bye[0]["output"].as_str().unwrap_or_default().contains("bye from ok-2"));
+
+    let ko = plane.wait_server("demo/ko-1", settled);
     assert_eq!(ko["state"], "stranded", "{ko}");
     assert_eq!(ko["stranded"]["exit_code"], 7, "{ko}");
     assert!(
@@ -589,4 +716,16 @@ template = "bad"
             .is_some_and(|o| o.contains("going down")),
         "{ko}"
     );
+}
+
+/// Poll a run until `want` holds (bounded: 60 s).
+fn wait_run(plane: &Plane, id: &str, want: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..600 {
+        let r = plane.json(&["runs", "show", id]);
+        if want(&r) {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("run {id} never got there: {}", plane.json(&["runs", "show", id]));
 }

@@ -51,8 +51,12 @@ pub struct Drivers {
     gateway_api: std::sync::OnceLock<(axum::Router, u16, bool)>,
     /// Per local cloud: the control plane's URL as its instances reach it, and the listener
     /// serving it (none when the main listener's wildcard address already covers the gateway).
-    gateways: std::sync::Mutex<HashMap<Name, (String, Option<tokio::task::JoinHandle<()>>)>>,
+    gateways: std::sync::Mutex<HashMap<Name, Gateway>>,
 }
+
+/// A local cloud's way to the control plane: the URL its instances use, and the listener
+/// serving it (none when the main listener's wildcard address already covers the gateway).
+type Gateway = (String, Option<tokio::task::JoinHandle<()>>);
 
 impl std::fmt::Debug for Drivers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
