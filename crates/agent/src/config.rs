@@ -11,6 +11,8 @@ pub struct AgentConfig {
     pub metadata_url: Option<String>,
     /// User-data from a file instead of the metadata service (any Linux host).
     pub user_data_file: Option<PathBuf>,
+    /// How long a tag command waits for a connection, then for its answer.
+    pub request_wait: std::time::Duration,
 }
 
 impl AgentConfig {

@@ -10,7 +10,7 @@
 //! - the **boot worker**, which runs the current boot list in order;
 //! - the **local socket** for `stratus-agent tag ...` (see `local`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,7 +31,7 @@ use crate::{AgentError, enrol, runner};
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// How long a tag command waits for the connection and then for the answer.
+/// How long a tag command waits for the connection and then for the answer, by default.
 pub const REQUEST_WAIT: Duration = Duration::from_secs(30);
 
 /// What the tasks share.
@@ -96,16 +96,17 @@ impl Agent {
         }
     }
 
-    /// Send a request over the live connection (waiting up to [`REQUEST_WAIT`] for one) and
+    /// Send a request over the live connection (waiting up to `request_wait` for one) and
     /// wait for its answer.
     pub async fn request(&self, make: impl FnOnce(u64) -> AgentMessage) -> Result<ControlMessage, String> {
         let mut up = self.connected.subscribe();
-        let url = match tokio::time::timeout(REQUEST_WAIT, up.wait_for(Option::is_some)).await {
+        let wait = self.cfg.request_wait;
+        let url = match tokio::time::timeout(wait, up.wait_for(Option::is_some)).await {
             Ok(Ok(u)) => u.clone().unwrap_or_default(),
             _ => {
                 return Err(format!(
                     "not connected to the control plane (waited {} s); try again",
-                    REQUEST_WAIT.as_secs()
+                    wait.as_secs()
                 ));
             }
         };
@@ -115,10 +116,10 @@ impl Agent {
             .send((make(id), tx))
             .await
             .map_err(|_| "the agent is shutting down".to_string())?;
-        match tokio::time::timeout(REQUEST_WAIT, rx).await {
+        match tokio::time::timeout(wait, rx).await {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(_)) => Err(format!("the connection to {url} dropped before an answer; try again")),
-            Err(_) => Err(format!("no answer from {url} within {} s", REQUEST_WAIT.as_secs())),
+            Err(_) => Err(format!("no answer from {url} within {} s", wait.as_secs())),
         }
     }
 }
@@ -222,7 +223,7 @@ async fn once(agent: &Arc<Agent>) -> Result<(), AgentError> {
         other => return Err(AgentError::Protocol(format!("expected welcome, got {other:?}"))),
     };
     let heartbeat = Duration::from_secs(u64::from(welcome.heartbeat_secs.max(1)));
-    let mut cursors: HashMap<RunId, Cursor> = open.iter().map(|r| (*r, Cursor::default())).collect();
+    let mut cursors: BTreeMap<RunId, Cursor> = open.iter().map(|r| (*r, Cursor::default())).collect();
     for r in &welcome.resume {
         if r.finished {
             // The control plane holds the finish (or has nowhere to put it): drop it. A run
@@ -280,7 +281,7 @@ fn request_id(msg: &ControlMessage) -> Option<u64> {
 async fn handle(
     agent: &Arc<Agent>,
     ws: &mut Ws,
-    cursors: &mut HashMap<RunId, Cursor>,
+    cursors: &mut BTreeMap<RunId, Cursor>,
     msg: ControlMessage,
 ) -> Result<(), AgentError> {
     match msg {
@@ -348,8 +349,9 @@ fn cancel(agent: &Agent, run: RunId) -> Result<(), AgentError> {
     Ok(())
 }
 
-/// Send what the journal holds that this connection has not sent, in order per run.
-async fn flush(agent: &Agent, ws: &mut Ws, cursors: &mut HashMap<RunId, Cursor>) -> Result<(), AgentError> {
+/// Send what the journal holds that this connection has not sent: run by run in the order
+/// they were created (ids are time-ordered), each in its own order.
+async fn flush(agent: &Agent, ws: &mut Ws, cursors: &mut BTreeMap<RunId, Cursor>) -> Result<(), AgentError> {
     for (run, c) in cursors.iter_mut() {
         if c.finished_sent {
             continue;

@@ -37,9 +37,9 @@ pub mod runner;
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/stratus-agent";
 
 const USAGE: &str = "usage:
-  stratus-agent [--state-dir DIR] [--metadata-url URL | --user-data FILE]
+  stratus-agent [--state-dir DIR] [--metadata-url URL | --user-data FILE] [--request-wait SECS]
       run the agent (default: state in /var/lib/stratus-agent, identity from the metadata
-      service at http://169.254.169.254)
+      service at http://169.254.169.254; tag commands wait 30 s for a connection)
   stratus-agent [--state-dir DIR] tag add TAG... | remove TAG... | list | query SELECTOR [--json]
       change or read this server's tags, or find servers of its deployment by tag (talks to
       the running agent; inside scripts STRATUS_AGENT_SOCKET names it)";
@@ -73,6 +73,7 @@ pub fn main(args: &[std::ffi::OsString]) -> std::process::ExitCode {
         state_dir: DEFAULT_STATE_DIR.into(),
         metadata_url: Some("http://169.254.169.254".into()),
         user_data_file: None,
+        request_wait: connection::REQUEST_WAIT,
     };
     let args: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
     let mut state_given = false;
@@ -85,6 +86,13 @@ pub fn main(args: &[std::ffi::OsString]) -> std::process::ExitCode {
                 state_given = true;
             }),
             "--metadata-url" => value("--metadata-url").map(|v| cfg.metadata_url = Some(v)),
+            "--request-wait" => value("--request-wait").and_then(|v| {
+                let secs: u64 = v
+                    .parse()
+                    .map_err(|_| format!("--request-wait {v:?}: not a number of seconds"))?;
+                cfg.request_wait = std::time::Duration::from_secs(secs.clamp(1, 3600));
+                Ok(())
+            }),
             "--user-data" => value("--user-data").map(|v| {
                 cfg.user_data_file = Some(v.into());
                 cfg.metadata_url = None;

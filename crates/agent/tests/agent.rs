@@ -98,7 +98,29 @@ sleep 3
 [[template]]
 name = "bad"
 image = "img"
-boot_scripts = ["fails"]
+boot_scripts = ["fails", "after"]
+
+[[script]]
+name = "after"
+frequency = "per-instance"
+body = """#!/bin/sh
+echo "after the failure: must not run"
+"""
+
+[[script]]
+name = "spawner"
+frequency = "on-demand"
+inputs = [{ name = "MARK" }]
+body = """#!/bin/sh
+# A child in the background and one in the foreground: a cancel stops both.
+sleep "$MARK" &
+sleep "$MARK"
+"""
+
+[[template]]
+name = "ops"
+image = "img"
+operational_scripts = ["spawner"]
 
 [deployment]
 name = "d"
@@ -307,4 +329,271 @@ async fn an_agent_restarted_mid_run_reports_it_interrupted_and_never_runs_it_twi
         1,
         "ran exactly once"
     );
+}
+
+/// Processes whose command line mentions `mark`.
+fn processes_with(mark: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .expect("proc")
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .filter(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(mark)))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_boot_script_cancels_the_rest_of_the_boot() {
+    let (running, api, dir) = setup().await;
+    let (id, _agent) = launch_with_agent(&running, &api, dir.path(), "web-5", "bad").await;
+    wait(&api, &id, |s| s["state"] == "stranded").await;
+    let runs = api
+        .call(reqwest::Method::GET, &format!("/runs?server={id}"), None)
+        .await;
+    let hello = runs["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["script"] == "after")
+        .cloned()
+        .expect("the second boot run");
+    let hello = {
+        let mut last = hello;
+        for _ in 0..200 {
+            if last["status"] != "queued" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            last = api
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/runs/{}", last["id"].as_str().expect("id")),
+                    None,
+                )
+                .await;
+        }
+        last
+    };
+    assert_eq!(hello["status"], "cancelled", "{hello}");
+    assert!(
+        hello["output"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("boot script fails failed earlier"),
+        "{hello}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_run_stops_the_script_and_what_it_started() {
+    let (running, api, dir) = setup().await;
+    // A sleep length no other test uses: the mark to find the script's processes by.
+    let mark = format!("{}.{}", 3000 + std::process::id() % 1000, std::process::id());
+    let tpl = serde_json::json!({ "name": "ops2", "image": "img", "operational_scripts": ["spawner"], "inputs": { "MARK": mark } });
+    let v = api.call(reqwest::Method::POST, "/templates", Some(tpl)).await;
+    assert!(v.get("error").is_none(), "{v}");
+    let (id, _agent) = launch_with_agent(&running, &api, dir.path(), "web-6", "ops2").await;
+    wait(&api, &id, |s| s["state"] == "operational").await;
+    let run = api
+        .call(
+            reqwest::Method::POST,
+            "/runs",
+            Some(serde_json::json!({ "script": "spawner", "server": id })),
+        )
+        .await;
+    let run_id = run["id"].as_str().unwrap_or_else(|| panic!("{run}")).to_string();
+    for _ in 0..200 {
+        if processes_with(&mark) == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(processes_with(&mark), 2, "both sleeps run");
+    let c = api
+        .call(
+            reqwest::Method::POST,
+            &format!("/runs/{run_id}/cancel"),
+            Some(serde_json::json!({})),
+        )
+        .await;
+    assert!(c.get("error").is_none(), "{c}");
+    let mut last = serde_json::Value::Null;
+    for _ in 0..400 {
+        last = api.call(reqwest::Method::GET, &format!("/runs/{run_id}"), None).await;
+        if last["status"] != "running" && last["status"] != "queued" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(last["status"], "cancelled", "{last}");
+    for _ in 0..200 {
+        if processes_with(&mark) == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(processes_with(&mark), 0, "nothing the script started is left");
+}
+
+/// `stratus-agent ARGS` as a script would call it; (exit code, stdout, stderr).
+fn agent_cli(state: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_stratus-agent"))
+        .arg("--state-dir")
+        .arg(state)
+        .args(args)
+        .env_remove("STRATUS_AGENT_SOCKET")
+        .output()
+        .expect("run stratus-agent");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_commands_go_through_the_running_agent() {
+    let (running, api, dir) = setup().await;
+    let (id, _agent) = launch_with_agent(&running, &api, dir.path(), "web-7", "ops").await;
+    let (_other, _agent2) = launch_with_agent(&running, &api, dir.path(), "web-8", "ops").await;
+    wait(&api, &id, |s| s["state"] == "operational").await;
+    let state = dir.path().join("web-7.state");
+    let tokio_state = state.clone();
+    let run = move |args: Vec<&'static str>| {
+        let state = tokio_state.clone();
+        tokio::task::spawn_blocking(move || agent_cli(&state, &args))
+    };
+    let (code, out, err) = run(vec!["tag", "add", "app:role=primary", "app:zone=a"])
+        .await
+        .expect("join");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().any(|l| l == "app:role=primary"), "{out}");
+    let server = api.call(reqwest::Method::GET, &format!("/servers/{id}"), None).await;
+    assert!(
+        server["tags"]
+            .as_array()
+            .is_some_and(|t| t.contains(&"app:zone=a".into())),
+        "{server}"
+    );
+    let (code, out, _) = run(vec!["tag", "remove", "app:zone=a"]).await.expect("join");
+    assert_eq!(code, 0);
+    assert!(!out.contains("app:zone=a"), "{out}");
+    // `list` answers from what the agent holds.
+    let (code, out, _) = run(vec!["tag", "list"]).await.expect("join");
+    assert_eq!((code, out.trim()), (0, "app:role=primary"));
+    let (code, out, err) = run(vec!["tag", "query", "app:*", "--json"]).await.expect("join");
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let names: Vec<&str> = v["servers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert_eq!(names, ["web-7"], "{v}");
+    // Bad input: usage errors exit 2 and nothing is sent.
+    for bad in [
+        vec!["tag", "add"],
+        vec!["tag", "add", "no-namespace"],
+        vec!["tag", "query"],
+        vec!["tag", "frob"],
+    ] {
+        let (code, _, err) = run(bad.clone()).await.expect("join");
+        assert_eq!(code, 2, "{bad:?}: {err}");
+    }
+    // The control plane refuses a tag it cannot take: exit 1 with its reason.
+    let long = Box::leak(format!("app:x={}", "v".repeat(300)).into_boxed_str());
+    let (code, _, err) = run(vec!["tag", "add", &*long]).await.expect("join");
+    assert_ne!(code, 0, "{err}");
+    // An oversized or malformed request on the socket is answered with an error, not a crash.
+    let socket = state.join("agent.sock");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&socket).expect("socket").permissions().mode() & 0o777,
+        0o600
+    );
+    let answer = tokio::task::spawn_blocking(move || {
+        use std::io::{BufRead, Write};
+        let mut c = std::os::unix::net::UnixStream::connect(&socket).expect("connect");
+        let _ = c.write_all(&vec![b'x'; 70 * 1024]);
+        let _ = c.write_all(b"\n");
+        let mut line = String::new();
+        std::io::BufReader::new(c).read_line(&mut line).expect("answer");
+        line
+    })
+    .await
+    .expect("join");
+    assert!(answer.contains("error"), "{answer}");
+    let (code, out, _) = run(vec!["tag", "list"]).await.expect("join");
+    assert_eq!((code, out.trim()), (0, "app:role=primary"), "the agent is still there");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_command_without_a_connection_fails_clearly() {
+    let dir = tempfile::tempdir().expect("tmp");
+    // Nothing listens at this address; a stored credential means no enrolment is tried.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", dead.local_addr().expect("addr"));
+    drop(dead);
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).expect("state");
+    std::fs::write(state.join("credential"), "stratus_agent_x").expect("credential");
+    let ud = dir.path().join("ud.json");
+    std::fs::write(
+        &ud,
+        serde_json::json!({ "stratus_url": url, "server_id": uuid_like(), "enrolment_token": "t" }).to_string(),
+    )
+    .expect("user-data");
+    let child = Command::new(env!("CARGO_BIN_EXE_stratus-agent"))
+        .arg("--user-data")
+        .arg(&ud)
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["--request-wait", "1"])
+        .spawn()
+        .expect("spawn");
+    let _agent = Agent(child);
+    let socket = state.join("agent.sock");
+    for _ in 0..200 {
+        if socket.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let s2 = state.clone();
+    let (code, _, err) = tokio::task::spawn_blocking(move || agent_cli(&s2, &["tag", "add", "app:x=1"]))
+        .await
+        .expect("join");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not connected to the control plane"), "{err}");
+    // No agent at all: a clear error too.
+    let (code, _, err) = agent_cli(&dir.path().join("nowhere"), &["tag", "list"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("is stratus-agent running?"), "{err}");
+}
+
+fn uuid_like() -> String {
+    stratus_types::ServerId::new().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_of_a_terminated_server_stops() {
+    let (running, api, dir) = setup().await;
+    let (id, mut agent) = launch_with_agent(&running, &api, dir.path(), "web-9", "ops").await;
+    wait(&api, &id, |s| s["state"] == "operational").await;
+    api.call(reqwest::Method::DELETE, &format!("/servers/{id}"), None).await;
+    wait(&api, &id, |s| s["state"] == "terminated").await;
+    // The control plane tells the connected agent, and refuses it for good if it comes back.
+    let mut status = None;
+    for _ in 0..400 {
+        status = agent.0.try_wait().expect("wait");
+        if status.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "the agent exited cleanly");
 }

@@ -349,6 +349,14 @@ async fn decommission(
     changes.push(Change::update(&mut s, now));
     app.store.commit(changes).await?;
     info!(server = %s.name, "terminated");
+    // An agent still connected (on a host that outlives the instance) stops for good.
+    let gone = stratus_agent_proto::Refused {
+        reason: stratus_agent_proto::RefusedReason::Terminated,
+        message: format!("server {}/{} is terminated", s.deployment, s.name),
+    };
+    app.agents
+        .push(s.id, stratus_agent_proto::ControlMessage::Refused(gone))
+        .await;
     Ok(())
 }
 

@@ -217,6 +217,16 @@ async fn check_identity(app: &App, server: &Server, instance_id: &str, req: &Enr
 /// Which server holds this agent credential? Unknown and malformed credentials get the same
 /// answer; so does the credential of an agent whose server has been terminated.
 pub async fn authenticate(app: &App, token: &str) -> Result<(AgentRecord, Server), AppError> {
+    let (record, server) = identify(app, token).await?;
+    if server.state == ServerState::Terminated {
+        return Err(AppError::Unauthenticated);
+    }
+    Ok((record, server))
+}
+
+/// Whose agent credential this is, even if its server was terminated (the connect route then
+/// tells the agent to stop instead of leaving it to retry a refused credential forever).
+pub async fn identify(app: &App, token: &str) -> Result<(AgentRecord, Server), AppError> {
     if !token.starts_with(AGENT_TOKEN_PREFIX) || token.len() > 128 {
         return Err(AppError::Unauthenticated);
     }
@@ -230,7 +240,7 @@ pub async fn authenticate(app: &App, token: &str) -> Result<(AgentRecord, Server
         .get_as(&record.server.to_string())
         .await?
         .ok_or(AppError::Unauthenticated)?;
-    if server.state == ServerState::Terminated || server.instance_id.as_deref() != Some(record.instance_id.as_str()) {
+    if server.instance_id.as_deref() != Some(record.instance_id.as_str()) {
         return Err(AppError::Unauthenticated);
     }
     Ok((record, server))

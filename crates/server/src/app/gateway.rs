@@ -641,7 +641,7 @@ pub async fn settle_boot(app: &App, server: ServerId) -> Result<(), AppError> {
         scope: Some(server.to_string()),
         ..Default::default()
     };
-    let runs: Vec<Run> = app
+    let mut runs: Vec<Run> = app
         .store
         .list_all::<Run>(&q)
         .await?
@@ -649,11 +649,13 @@ pub async fn settle_boot(app: &App, server: ServerId) -> Result<(), AppError> {
         .filter(|r| r.phase == Phase::Boot)
         .filter(|r| current.as_ref().is_none_or(|c| c.is_empty() || c.contains(&r.id)))
         .collect();
+    // In boot order: the boot is decided by its first run that did not succeed, once that one
+    // has finished (a later run cancelled because of it may be reported first).
+    let order = |r: &Run| current.as_ref().and_then(|c| c.iter().position(|id| *id == r.id));
+    runs.sort_by_key(|r| (order(r), r.id));
     let now = Utc::now();
-    if let Some(failed) = runs
-        .iter()
-        .find(|r| r.status.is_finished() && r.status != RunStatus::Succeeded)
-    {
+    let first_open = runs.iter().find(|r| r.status != RunStatus::Succeeded);
+    if let Some(failed) = first_open.filter(|r| r.status.is_finished()) {
         let tail: String = failed
             .output
             .chars()
@@ -670,7 +672,7 @@ pub async fn settle_boot(app: &App, server: ServerId) -> Result<(), AppError> {
             output_tail: tail,
         };
         s.strand(reason, now).map_err(|e| AppError::BadState(e.to_string()))?;
-    } else if runs.iter().all(|r| r.status == RunStatus::Succeeded) {
+    } else if first_open.is_none() {
         s.move_to(ServerState::Operational, now)
             .map_err(|e| AppError::BadState(e.to_string()))?;
     } else {

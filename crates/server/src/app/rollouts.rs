@@ -223,6 +223,18 @@ pub async fn show(app: &App, actor: &Actor, id: &str) -> Result<Rollout, AppErro
 /// `Cancel` (the driver does both as soon as it sees the status).
 pub async fn cancel(app: &App, actor: &Actor, id: &str) -> Result<Rollout, AppError> {
     actor.require(OPERATOR)?;
+    // The driver writes the rollout after every step: retry a write that lost to it.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match try_cancel(app, actor, id).await {
+            Err(AppError::Stale(_)) if attempts < 10 => continue,
+            other => return other,
+        }
+    }
+}
+
+async fn try_cancel(app: &App, actor: &Actor, id: &str) -> Result<Rollout, AppError> {
     let mut r = show(app, actor, id).await?;
     if r.status.is_finished() {
         return Err(AppError::BadState(

@@ -122,6 +122,18 @@ pub fn queued(s: &Server, script: &Script, phase: Phase, requested_by: &str) -> 
 /// script may still be running on the instance, and the run must not claim otherwise.
 pub async fn cancel(app: &App, actor: &Actor, id: &str) -> Result<Run, AppError> {
     actor.require(super::OPERATOR)?;
+    // The agent's reports update the run too: retry a write that lost to one.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match try_cancel(app, actor, id).await {
+            Err(AppError::Stale(_)) if attempts < 10 => continue,
+            other => return other,
+        }
+    }
+}
+
+async fn try_cancel(app: &App, actor: &Actor, id: &str) -> Result<Run, AppError> {
     let mut r = show(app, actor, id).await?;
     let target = format!("run/{id}");
     match r.status {

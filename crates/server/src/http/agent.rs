@@ -18,7 +18,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ApiError;
-use super::extract::{AgentCaller, Body};
+use super::extract::{AgentCaller, Body, ConnectingAgent};
 use crate::app::agents::{self, EnrolRequest, Enrolled};
 use crate::app::{App, AppError, gateway};
 
@@ -49,7 +49,7 @@ async fn whoami(a: AgentCaller) -> Json<AgentSelf> {
 
 /// The agent's one connection (WebSocket): the protocol of the `stratus-agent-proto` crate.
 #[utoipa::path(get, path = "/agent/connect", tag = "agent", responses((status = 101, description = "switching to the agent protocol"), (status = 401, body = stratus_api::error::ErrorBody)))]
-async fn connect(State(app): State<Arc<App>>, a: AgentCaller, ws: WebSocketUpgrade) -> Response {
+async fn connect(State(app): State<Arc<App>>, ConnectingAgent(a): ConnectingAgent, ws: WebSocketUpgrade) -> Response {
     ws.max_message_size(MAX_AGENT_FRAME)
         .on_upgrade(move |socket| session(app, a, socket))
 }
@@ -94,6 +94,10 @@ async fn session(app: Arc<App>, a: AgentCaller, mut socket: WebSocket) {
             return refuse(&mut socket, RefusedReason::ProtocolError, m).await;
         }
     };
+    if server.state == stratus_types::server::ServerState::Terminated {
+        let m = format!("server {}/{} is terminated", server.deployment, server.name);
+        return refuse(&mut socket, RefusedReason::Terminated, m).await;
+    }
     if hello.server != server.id {
         let m = format!("this credential belongs to server {}, not {}", server.id, hello.server);
         return refuse(&mut socket, RefusedReason::WrongServer, m).await;
@@ -146,6 +150,11 @@ async fn session(app: Arc<App>, a: AgentCaller, mut socket: WebSocket) {
                     _ => {}
                 }
                 if !send(&mut socket, &out).await {
+                    break;
+                }
+                if let ControlMessage::Refused(r) = &out {
+                    tracing::info!(server = %server.name, reason = ?r.reason, "agent told to go");
+                    let _ = socket.send(Message::Close(None)).await;
                     break;
                 }
                 continue;

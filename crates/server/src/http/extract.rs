@@ -56,6 +56,26 @@ impl FromRequestParts<Arc<App>> for AgentCaller {
     }
 }
 
+/// An agent opening its connection: like [`AgentCaller`], but the agent of a terminated server
+/// gets through, to be told so.
+#[derive(Debug, Clone)]
+pub struct ConnectingAgent(pub AgentCaller);
+
+impl FromRequestParts<Arc<App>> for ConnectingAgent {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Self::Rejection> {
+        let token = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .ok_or(AppError::Unauthenticated)?;
+        let (agent, server) = crate::app::agents::identify(app, token.trim()).await?;
+        Ok(Self(AgentCaller { agent, server }))
+    }
+}
+
 /// A JSON body; malformed JSON and unknown fields are `invalid_input` with serde's message
 /// (which names the field), and too large a body is `payload_too_large`.
 #[derive(Debug)]
