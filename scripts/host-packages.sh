@@ -8,6 +8,7 @@
 #   util-linux       nsenter / unshare for the instance init
 #   zstd, tar        image import/export
 #   python3-botocore an EC2 metadata client that is not ours (tests)
+#   openssl          test certificates for the agent over TLS (tests)
 set -euo pipefail
 packages=(debootstrap busybox-static nftables iproute2 util-linux zstd tar "$@")
 missing=()

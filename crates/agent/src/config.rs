@@ -13,6 +13,8 @@ pub struct AgentConfig {
     pub user_data_file: Option<PathBuf>,
     /// How long a tag command waits for a connection, then for its answer.
     pub request_wait: std::time::Duration,
+    /// A CA certificate (PEM) to trust for the control plane, besides the system's.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -36,6 +38,10 @@ pub struct UserData {
     pub stratus_url: String,
     pub server_id: stratus_types::ServerId,
     pub enrolment_token: String,
+    /// A CA certificate (PEM) the control plane's TLS certificate chains to, when it is not in
+    /// the system's bundle.
+    #[serde(default)]
+    pub ca_pem: Option<String>,
 }
 
 /// The enrolment token is not printed.

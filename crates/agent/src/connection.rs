@@ -197,8 +197,9 @@ async fn once(agent: &Arc<Agent>) -> Result<(), AgentError> {
             ud
         }
     };
-    let token = enrol::credential(cfg, &ud).await?;
-    let mut ws = connect(&ud, &token).await?;
+    let tls = tls_config(agent, &ud)?;
+    let token = enrol::credential(cfg, &ud, &tls).await?;
+    let mut ws = connect(&ud, &token, &tls).await?;
     let open = agent.journal.open_runs().map_err(|e| agent.state_err(e))?;
     let last_generation = agent.recorded.lock().unwrap_or_else(|e| e.into_inner()).generation;
     send(
@@ -582,7 +583,23 @@ fn server_id(agent: &Agent) -> Option<String> {
     s.map(|id| id.to_string())
 }
 
-async fn connect(ud: &UserData, token: &str) -> Result<Ws, AgentError> {
+/// The TLS configuration: the system's CAs, `--ca-file` and the user-data's `ca_pem`.
+fn tls_config(agent: &Agent, ud: &UserData) -> Result<Arc<rustls::ClientConfig>, AgentError> {
+    let mut extra: Vec<Vec<u8>> = vec![];
+    if let Some(f) = &agent.cfg.ca_file {
+        extra.push(std::fs::read(f).map_err(|e| AgentError::Identity {
+            what: f.display().to_string(),
+            detail: e.to_string(),
+        })?);
+    }
+    if let Some(pem) = &ud.ca_pem {
+        extra.push(pem.as_bytes().to_vec());
+    }
+    let refs: Vec<&[u8]> = extra.iter().map(Vec::as_slice).collect();
+    crate::tls::client_config(&refs)
+}
+
+async fn connect(ud: &UserData, token: &str, tls: &Arc<rustls::ClientConfig>) -> Result<Ws, AgentError> {
     let base = ud.stratus_url.trim_end_matches('/');
     let url = format!("{}/api/v1/agent/connect", base.replacen("http", "ws", 1));
     let unreachable = |e: String| AgentError::Unreachable {
@@ -597,9 +614,10 @@ async fn connect(ud: &UserData, token: &str) -> Result<Ws, AgentError> {
         .parse()
         .map_err(|_| unreachable("bad credential".into()))?;
     req.headers_mut().insert("authorization", auth);
-    let (ws, _) = tokio_tungstenite::connect_async(req)
+    let connector = tokio_tungstenite::Connector::Rustls(tls.clone());
+    let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector))
         .await
-        .map_err(|e| unreachable(e.to_string()))?;
+        .map_err(|e| unreachable(crate::error_chain(&e)))?;
     Ok(ws)
 }
 

@@ -8,7 +8,19 @@ use std::time::Duration;
 use crate::AgentError;
 use crate::config::{AgentConfig, UserData};
 
-fn http() -> reqwest::Client {
+/// An HTTP client for the control plane (TLS as [`crate::tls`] sets it up) or the metadata
+/// service.
+pub fn http(tls: &std::sync::Arc<rustls::ClientConfig>) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .no_proxy()
+        .tls_backend_preconfigured(rustls::ClientConfig::clone(tls))
+        .build()
+        .expect("an HTTP client with a rustls configuration builds")
+}
+
+/// The metadata service is plain HTTP on a link-local address.
+fn plain_http() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .no_proxy()
@@ -25,7 +37,7 @@ fn identity_err(what: &str, detail: impl ToString) -> AgentError {
 
 /// GET a metadata path with an IMDSv2 session token.
 async fn metadata(base: &str, path: &str) -> Result<String, AgentError> {
-    let c = http();
+    let c = plain_http();
     let token = c
         .put(format!("{base}/latest/api/token"))
         .header("x-aws-ec2-metadata-token-ttl-seconds", "300")
@@ -62,7 +74,11 @@ pub async fn user_data(cfg: &AgentConfig) -> Result<UserData, AgentError> {
 }
 
 /// The stored credential, or a fresh enrolment.
-pub async fn credential(cfg: &AgentConfig, ud: &UserData) -> Result<String, AgentError> {
+pub async fn credential(
+    cfg: &AgentConfig,
+    ud: &UserData,
+    tls: &std::sync::Arc<rustls::ClientConfig>,
+) -> Result<String, AgentError> {
     let file = cfg.credential_file();
     if let Ok(c) = std::fs::read_to_string(&file) {
         return Ok(c.trim().to_string());
@@ -77,14 +93,14 @@ pub async fn credential(cfg: &AgentConfig, ud: &UserData) -> Result<String, Agen
             .into();
     }
     let url = format!("{}/api/v1/agent/enroll", ud.stratus_url.trim_end_matches('/'));
-    let r = http()
+    let r = http(tls)
         .post(&url)
         .json(&body)
         .send()
         .await
         .map_err(|e| AgentError::Unreachable {
             url: url.clone(),
-            detail: e.to_string(),
+            detail: crate::error_chain(&e),
         })?;
     let status = r.status().as_u16();
     let v: serde_json::Value = r.json().await.unwrap_or_default();

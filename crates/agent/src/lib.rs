@@ -32,14 +32,33 @@ pub mod enrol;
 pub mod journal;
 pub mod local;
 pub mod runner;
+pub mod tls;
+
+/// An error with its causes, `outer: inner: innermost` (an HTTP client's "error sending
+/// request" says nothing without the certificate or connection error under it).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cause = c.source();
+    }
+    s
+}
 
 /// Where the agent keeps its credential and journal unless told otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/stratus-agent";
 
 const USAGE: &str = "usage:
-  stratus-agent [--state-dir DIR] [--metadata-url URL | --user-data FILE] [--request-wait SECS]
+  stratus-agent [--state-dir DIR] [--metadata-url URL | --user-data FILE] [--ca-file PEM]
+                [--request-wait SECS]
       run the agent (default: state in /var/lib/stratus-agent, identity from the metadata
-      service at http://169.254.169.254; tag commands wait 30 s for a connection)
+      service at http://169.254.169.254; https/wss trust the system's CAs and --ca-file;
+      tag commands wait 30 s for a connection)
   stratus-agent [--state-dir DIR] tag add TAG... | remove TAG... | list | query SELECTOR [--json]
       change or read this server's tags, or find servers of its deployment by tag (talks to
       the running agent; inside scripts STRATUS_AGENT_SOCKET names it)";
@@ -74,6 +93,7 @@ pub fn main(args: &[std::ffi::OsString]) -> std::process::ExitCode {
         metadata_url: Some("http://169.254.169.254".into()),
         user_data_file: None,
         request_wait: connection::REQUEST_WAIT,
+        ca_file: None,
     };
     let args: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
     let mut state_given = false;
@@ -93,6 +113,7 @@ pub fn main(args: &[std::ffi::OsString]) -> std::process::ExitCode {
                 cfg.request_wait = std::time::Duration::from_secs(secs.clamp(1, 3600));
                 Ok(())
             }),
+            "--ca-file" => value("--ca-file").map(|v| cfg.ca_file = Some(v.into())),
             "--user-data" => value("--user-data").map(|v| {
                 cfg.user_data_file = Some(v.into());
                 cfg.metadata_url = None;
@@ -113,6 +134,15 @@ pub fn main(args: &[std::ffi::OsString]) -> std::process::ExitCode {
         }
         i += 2;
     }
+    // Log to stderr (the instance console on a local cloud): connections, refusals, runs cut
+    // short. STRATUS_LOG overrides the level.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STRATUS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

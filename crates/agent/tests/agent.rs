@@ -597,3 +597,190 @@ async fn the_agent_of_a_terminated_server_stops() {
     }
     assert_eq!(status.and_then(|s| s.code()), Some(0), "the agent exited cleanly");
 }
+
+/// A CA and a certificate it signed for 127.0.0.1, made with the openssl command; (CA PEM
+/// path, leaf certificate path, leaf key path).
+fn test_pki(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("openssl (scripts/host-packages.sh installs it)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=stratus test CA",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req"][..],
+            &ec,
+            &["-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=127.0.0.1"],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("ext");
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "leaf.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "leaf.ext",
+    ]);
+    (dir.join("ca.pem"), dir.join("leaf.pem"), dir.join("leaf.key"))
+}
+
+/// A TLS front for the control plane (as an operator's reverse proxy would be): TLS on a
+/// loopback port, plain TCP to `backend`. Returns the https URL.
+async fn tls_front(cert: &std::path::Path, key: &std::path::Path, backend: std::net::SocketAddr) -> String {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_file_iter(cert)
+        .expect("cert")
+        .collect::<Result<_, _>>()
+        .expect("cert pem");
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key).expect("key");
+    let config =
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("https://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_enrols_and_connects_over_tls_and_refuses_a_certificate_it_cannot_trust() {
+    let (running, api, dir) = setup().await;
+    let (ca, cert, key) = test_pki(dir.path());
+    let url = tls_front(&cert, &key, running.addr).await;
+    let v = api
+        .call(
+            reqwest::Method::POST,
+            "/servers",
+            Some(serde_json::json!({ "name": "web-10", "deployment": "d", "template": "ops" })),
+        )
+        .await;
+    let id = v["id"].as_str().unwrap_or_else(|| panic!("{v}")).to_string();
+    let instance = wait(&api, &id, |s| s["instance_id"].is_string()).await["instance_id"]
+        .as_str()
+        .expect("instance")
+        .to_string();
+    let driver = running
+        .app
+        .drivers
+        .for_cloud(&*running.app.store, &"sandbox".parse().expect("name"))
+        .await
+        .expect("driver");
+    let fake = driver.as_any().downcast_ref::<FakeCloud>().expect("fake");
+    let mut ud: serde_json::Value =
+        serde_json::from_slice(&fake.request(&instance).expect("request").user_data).expect("json");
+    ud["stratus_url"] = url.clone().into();
+    let ud_file = dir.path().join("tls.user-data");
+    std::fs::write(&ud_file, ud.to_string()).expect("write");
+    let state = dir.path().join("tls.state");
+
+    // Not trusting the CA: no enrolment, and the log says why.
+    let mut untrusting = Command::new(env!("CARGO_BIN_EXE_stratus-agent"))
+        .arg("--user-data")
+        .arg(&ud_file)
+        .arg("--state-dir")
+        .arg(&state)
+        .env("STRATUS_LOG", "warn")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stderr = untrusting.stderr.take().expect("stderr");
+    let _untrusting = Agent(untrusting);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let said = tokio::task::spawn_blocking(move || {
+        let mut all = String::new();
+        while let Ok(line) = rx.recv_timeout(Duration::from_secs(20)) {
+            all.push_str(&line);
+            all.push('\n');
+            if line.to_lowercase().contains("certificate") {
+                break;
+            }
+        }
+        all
+    })
+    .await
+    .expect("join");
+    assert!(said.to_lowercase().contains("certificate"), "{said}");
+    drop(_untrusting);
+    assert!(!state.join("credential").exists(), "nothing was enrolled");
+
+    // Given the CA: enrols over https, connects over wss, boots.
+    let child = Command::new(env!("CARGO_BIN_EXE_stratus-agent"))
+        .arg("--user-data")
+        .arg(&ud_file)
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--ca-file")
+        .arg(&ca)
+        .spawn()
+        .expect("spawn");
+    let _agent = Agent(child);
+    wait(&api, &id, |s| s["state"] == "operational").await;
+}
