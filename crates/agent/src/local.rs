@@ -223,6 +223,28 @@ fn print(a: &Answer, json: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever arrives on the socket is a request or an error, never a panic; a request
+        /// that parses prints back to one that parses the same.
+        #[test]
+        fn any_line_is_a_request_or_an_error(line in ".{0,300}") {
+            if let Ok(req) = serde_json::from_str::<Request>(&line) {
+                let again: Request = serde_json::from_str(&serde_json::to_string(&req).unwrap()).unwrap();
+                prop_assert_eq!(again, req);
+            }
+        }
+
+        #[test]
+        fn tag_changes_round_trip(ns in "[a-z]{1,8}", pred in "[a-z_]{1,8}", value in "[a-zA-Z0-9./=:-]{0,20}") {
+            let line = format!(r#"{{"op":"tag_change","add":["{ns}:{pred}={value}"]}}"#);
+            if let Ok(req) = serde_json::from_str::<Request>(&line) {
+                let again: Request = serde_json::from_str(&serde_json::to_string(&req).unwrap()).unwrap();
+                prop_assert_eq!(again, req);
+            }
+        }
+    }
 
     #[test]
     fn requests_are_strict() {
