@@ -8,24 +8,19 @@ use std::time::Duration;
 use crate::AgentError;
 use crate::config::{AgentConfig, UserData};
 
-/// An HTTP client for the control plane (TLS as [`crate::tls`] sets it up) or the metadata
-/// service.
-pub fn http(tls: &std::sync::Arc<rustls::ClientConfig>) -> reqwest::Client {
-    reqwest::Client::builder()
+/// An HTTP client for the control plane, with TLS as [`crate::tls`] sets it up (never the
+/// HTTP library's own default, which refuses to start on a host without CA certificates).
+pub fn http(tls: &std::sync::Arc<rustls::ClientConfig>) -> Result<reqwest::Client, AgentError> {
+    crate::tls::http_builder(tls)
         .timeout(Duration::from_secs(10))
         .no_proxy()
-        .tls_backend_preconfigured(rustls::ClientConfig::clone(tls))
         .build()
-        .expect("an HTTP client with a rustls configuration builds")
+        .map_err(|e| identity_err("an HTTP client", crate::error_chain(&e)))
 }
 
-/// The metadata service is plain HTTP on a link-local address.
-fn plain_http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .no_proxy()
-        .build()
-        .expect("a plain HTTP client builds")
+/// For the metadata service: plain HTTP on a link-local address.
+fn plain_http() -> Result<reqwest::Client, AgentError> {
+    http(&crate::tls::client_config(&[])?)
 }
 
 fn identity_err(what: &str, detail: impl ToString) -> AgentError {
@@ -37,7 +32,7 @@ fn identity_err(what: &str, detail: impl ToString) -> AgentError {
 
 /// GET a metadata path with an IMDSv2 session token.
 async fn metadata(base: &str, path: &str) -> Result<String, AgentError> {
-    let c = plain_http();
+    let c = plain_http()?;
     let token = c
         .put(format!("{base}/latest/api/token"))
         .header("x-aws-ec2-metadata-token-ttl-seconds", "300")
@@ -93,7 +88,7 @@ pub async fn credential(
             .into();
     }
     let url = format!("{}/api/v1/agent/enroll", ud.stratus_url.trim_end_matches('/'));
-    let r = http(tls)
+    let r = http(tls)?
         .post(&url)
         .json(&body)
         .send()

@@ -42,6 +42,12 @@ pub fn client_config(extra_ca_pem: &[&[u8]]) -> Result<Arc<rustls::ClientConfig>
     Ok(Arc::new(config))
 }
 
+/// An HTTP client builder that uses `tls` (never the HTTP library's default configuration,
+/// which refuses to start on a host without CA certificates even for plain `http://`).
+pub fn http_builder(tls: &Arc<rustls::ClientConfig>) -> reqwest::ClientBuilder {
+    reqwest::Client::builder().tls_backend_preconfigured(rustls::ClientConfig::clone(tls))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -41,7 +41,7 @@ impl Client {
         Self {
             base: base.trim_end_matches('/').to_string(),
             token,
-            http: reqwest::Client::new(),
+            http: http_client(),
         }
     }
 
@@ -166,4 +166,13 @@ impl Client {
             }
         }
     }
+}
+
+/// The HTTP client: TLS trusts the system's CA certificates when there are any (the HTTP
+/// library's default refuses to start on a host without them, and plain `http://` needs none).
+fn http_client() -> reqwest::Client {
+    let tls = stratus_agent::tls::client_config(&[]).expect("a TLS configuration without extra CAs builds");
+    stratus_agent::tls::http_builder(&tls)
+        .build()
+        .expect("an HTTP client with a preconfigured TLS configuration builds")
 }

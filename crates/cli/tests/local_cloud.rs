@@ -90,7 +90,11 @@ impl Plane {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("server {key} never got there: {}", self.json(&["server", "show", key]));
+        panic!(
+            "server {key} never got there: {}\nconsole:\n{}",
+            self.json(&["server", "show", key]),
+            self.stratus(&["server", "console", key]).1
+        );
     }
 }
 
