@@ -136,9 +136,19 @@ pub async fn run_forever(cfg: AgentConfig) -> Result<(), AgentError> {
     tokio::spawn(boot_worker(agent.clone()));
     crate::local::serve(agent.clone())?;
     let mut failures = 0u32;
+    let mut not_yet = 0u32;
     loop {
         match once(&agent).await {
             Err(e @ AgentError::Enrolment { .. }) => return Err(e),
+            // Quick retries (100-200 ms) for a while, then the usual backoff.
+            Err(AgentError::NotYet(m)) if not_yet < NOT_YET_RETRIES => {
+                not_yet += 1;
+                tracing::debug!(message = %m, "enrolment not possible yet; retrying");
+                let mut b = [0u8; 1];
+                let _ = getrandom::fill(&mut b);
+                tokio::time::sleep(Duration::from_millis(100 + u64::from(b[0]) * 100 / 255)).await;
+                continue;
+            }
             Err(AgentError::Refused(RefusedReason::Terminated, m)) => {
                 tracing::info!(message = %m, "the server is terminated; the agent stops");
                 return Ok(());
@@ -152,6 +162,9 @@ pub async fn run_forever(cfg: AgentConfig) -> Result<(), AgentError> {
         tokio::time::sleep(backoff(failures)).await;
     }
 }
+
+/// Quick enrolment retries while the control plane records the launch (about 10 s worth).
+const NOT_YET_RETRIES: u32 = 70;
 
 /// Exponential backoff with full jitter: uniform in [min, min(max, min·2^n)].
 pub fn backoff(failures: u32) -> Duration {

@@ -100,6 +100,13 @@ pub async fn credential(
     let status = r.status().as_u16();
     let v: serde_json::Value = r.json().await.unwrap_or_default();
     let Some(token) = v["agent_token"].as_str().filter(|_| status == 200) else {
+        // The instance can be up before the orchestrator has recorded its launch (the server
+        // is still `pending`): that passes in moments, so it is worth a quick retry.
+        if status == 409 && v["error"]["code"] == "bad_state" {
+            return Err(AgentError::NotYet(
+                v["error"]["message"].as_str().unwrap_or("not yet").to_string(),
+            ));
+        }
         return Err(AgentError::Enrolment {
             status,
             message: v["error"]["message"].as_str().unwrap_or("no message").to_string(),

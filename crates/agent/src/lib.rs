@@ -71,6 +71,9 @@ pub enum AgentError {
     Identity { what: String, detail: String },
     #[error("enrolment refused ({status}): {message}")]
     Enrolment { status: u16, message: String },
+    /// The control plane cannot take the enrolment yet (the launch is still being recorded).
+    #[error("enrolment not possible yet: {0}")]
+    NotYet(String),
     #[error("cannot reach the control plane at {url}: {detail}")]
     Unreachable { url: String, detail: String },
     #[error("the control plane refused this agent ({0:?}): {1}")]
@@ -136,13 +139,16 @@ pub fn main(args: &[std::ffi::OsString]) -> std::process::ExitCode {
     }
     // Log to stderr (the instance console on a local cloud): connections, refusals, runs cut
     // short. STRATUS_LOG overrides the level.
-    let filter = tracing_subscriber::EnvFilter::try_from_env("STRATUS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    // A plain level unless STRATUS_LOG asks for more (directive filters cost memory in every
+    // instance's agent).
+    let fmt = tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = match tracing_subscriber::EnvFilter::try_from_env("STRATUS_LOG") {
+        Ok(filter) => fmt.with_env_filter(filter).try_init(),
+        Err(_) => fmt.with_max_level(tracing::Level::INFO).try_init(),
+    };
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
