@@ -26,6 +26,7 @@
 //! 7. **Reconnect** on any failure with exponential backoff and full jitter (1 s … 60 s). A
 //!    server the control plane says is terminated makes the agent exit.
 
+pub mod archive;
 pub mod config;
 pub mod connection;
 pub mod enrol;

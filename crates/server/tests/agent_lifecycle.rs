@@ -383,8 +383,11 @@ async fn a_rollout_keeps_to_its_concurrency_and_stops_past_its_error_budget() {
     // The first two (by name) get the script; the rollout holds the other two back.
     let r0 = next_script(conns.get_mut(&order[0]).expect("ws")).await;
     let r1 = next_script(conns.get_mut(&order[1]).expect("ws")).await;
-    let shown = t.get(&format!("/rollouts/{id}")).await;
-    assert_eq!(shown["started"], 2, "{shown}");
+    // The driver records its count after it has sent them.
+    t.wait_for("two started", async |t| {
+        (t.get(&format!("/rollouts/{id}")).await["started"] == 2).then_some(())
+    })
+    .await;
     let queued = t.list_all(&format!("/runs?rollout={id}&status=queued")).await;
     assert_eq!(queued.len(), 4, "nothing started on the agents yet: {queued:?}");
 
