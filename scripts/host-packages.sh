@@ -9,6 +9,7 @@
 #   zstd, tar        image import/export
 #   python3-botocore an EC2 metadata client that is not ours (tests)
 #   openssl          test certificates for the agent over TLS (tests)
+#   haproxy          checks the load-balancer configuration Stratus renders (tests)
 set -euo pipefail
 packages=(debootstrap busybox-static nftables iproute2 util-linux zstd tar "$@")
 missing=()

@@ -17,6 +17,7 @@ pub mod audit;
 pub mod credentials;
 pub mod gateway;
 pub mod images;
+pub mod lb;
 pub mod resolve;
 pub mod rollouts;
 pub mod runs;
