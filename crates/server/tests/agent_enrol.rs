@@ -6,30 +6,9 @@ mod common;
 use common::{TestServer, assert_error, server_path};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use stratus_cloud::fake::FakeCloud;
 
 async fn booting_server(t: &TestServer, name: &str) -> (String, Value) {
-    let (s, v) = t
-        .post(
-            "/servers",
-            json!({ "name": name, "deployment": "example", "template": "app" }),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    let id = v["id"].as_str().expect("id").to_string();
-    let server = t.wait_state(&id, "booting").await;
-    let app = &t.running.as_ref().expect("running").app;
-    let driver = app
-        .drivers
-        .for_cloud(&*app.store, &"sandbox".parse().expect("name"))
-        .await
-        .expect("driver");
-    let fake = driver.as_any().downcast_ref::<FakeCloud>().expect("fake");
-    let req = fake
-        .request(server["instance_id"].as_str().expect("instance"))
-        .expect("request");
-    let user_data: Value = serde_json::from_slice(&req.user_data).expect("user-data is JSON");
-    (id, user_data)
+    common::agent::booting(t, name, "app").await
 }
 
 async fn agent_call(

@@ -22,14 +22,7 @@ impl FromRequestParts<Arc<App>> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|h| h.to_str().ok());
-        let token = header
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .ok_or(AppError::Unauthenticated)?;
-        let user = users::authenticate(&*app.store, token.trim()).await?;
+        let user = users::authenticate(&*app.store, bearer(parts)?).await?;
         Ok(Caller(Actor::user(&user)))
     }
 }
@@ -45,15 +38,20 @@ impl FromRequestParts<Arc<App>> for AgentCaller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Self::Rejection> {
-        let token = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .ok_or(AppError::Unauthenticated)?;
-        let (agent, server) = crate::app::agents::authenticate(app, token.trim()).await?;
+        let (agent, server) = crate::app::agents::authenticate(app, bearer(parts)?).await?;
         Ok(AgentCaller { agent, server })
     }
+}
+
+/// The bearer token of a request.
+fn bearer(parts: &Parts) -> Result<&str, AppError> {
+    parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or(AppError::Unauthenticated)
 }
 
 /// An agent opening its connection: like [`AgentCaller`], but the agent of a terminated server
@@ -65,13 +63,7 @@ impl FromRequestParts<Arc<App>> for ConnectingAgent {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Self::Rejection> {
-        let token = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .ok_or(AppError::Unauthenticated)?;
-        let (agent, server) = crate::app::agents::identify(app, token.trim()).await?;
+        let (agent, server) = crate::app::agents::identify(app, bearer(parts)?).await?;
         Ok(Self(AgentCaller { agent, server }))
     }
 }

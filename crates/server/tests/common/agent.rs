@@ -23,9 +23,9 @@ pub struct Enrolled {
     pub token: String,
 }
 
-/// Launch a server of `template` in the example deployment and enrol an agent for it with the
-/// token from its user-data.
-pub async fn enrol(t: &TestServer, name: &str, template: &str) -> Enrolled {
+/// Launch a server of `template` in the example deployment; once it is booting, its id and
+/// the user-data the orchestrator wrote for its instance.
+pub async fn booting(t: &TestServer, name: &str, template: &str) -> (String, Value) {
     let (s, v) = t
         .post(
             "/servers",
@@ -45,7 +45,13 @@ pub async fn enrol(t: &TestServer, name: &str, template: &str) -> Enrolled {
     let req = fake
         .request(server["instance_id"].as_str().expect("instance"))
         .expect("request");
-    let ud: Value = serde_json::from_slice(&req.user_data).expect("json");
+    (id, serde_json::from_slice(&req.user_data).expect("user-data is JSON"))
+}
+
+/// Launch a server of `template` in the example deployment and enrol an agent for it with the
+/// token from its user-data.
+pub async fn enrol(t: &TestServer, name: &str, template: &str) -> Enrolled {
+    let (id, ud) = booting(t, name, template).await;
     let (s, v) = t
         .call_as(
             None,
