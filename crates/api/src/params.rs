@@ -152,3 +152,61 @@ pub struct ImportImageRequest {
     /// Absolute path on the control plane's machine.
     pub path: String,
 }
+
+/// Which object of a bucket (keys may hold `/`, so they travel in the query string).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ObjectParams {
+    pub key: String,
+}
+
+/// Upload parameters: the key, and optionally the SHA-256 the content must have (the upload is
+/// refused and nothing changes if it differs).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PutObjectParams {
+    pub key: String,
+    pub sha256: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ObjectListParams {
+    pub limit: Option<u32>,
+    /// The last key of the previous page.
+    pub after: Option<String>,
+    /// Only keys that start with this.
+    pub prefix: Option<String>,
+}
+
+/// Ask for a short-lived URL that fetches one object without a token.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FetchUrlRequest {
+    pub key: String,
+    /// Seconds the URL works (1-604800; default 3600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
+}
+
+/// A signed fetch URL's query: the object, the content it names, the expiry and the signature.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct FetchParams {
+    pub bucket: String,
+    pub key: String,
+    pub sha256: String,
+    /// Unix seconds.
+    pub expires: i64,
+    pub sig: String,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBucket {
+    pub name: String,
+}

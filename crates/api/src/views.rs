@@ -66,3 +66,13 @@ pub struct Health {
     pub status: String,
     pub version: String,
 }
+
+/// A short-lived URL for one object's current content.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct FetchUrl {
+    /// Absolute (for people) or relative to the control plane's URL (for agents).
+    pub url: String,
+    pub sha256: String,
+    pub size: u64,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+}

@@ -75,6 +75,9 @@ pub enum Command {
     /// Elastic IP addresses.
     #[command(subcommand)]
     Address(AddressCmd),
+    /// The artifact store: buckets and objects (application archives, configuration files).
+    #[command(subcommand)]
+    Artifact(ArtifactCmd),
     /// The audit log, newest first.
     Audit(AuditArgs),
 }
@@ -93,6 +96,9 @@ pub struct ServeArgs {
     /// before its instance is destroyed anyway.
     #[arg(long, default_value_t = 120)]
     pub decommission_timeout: u64,
+    /// The largest artifact object accepted, in bytes (default 5 GiB).
+    #[arg(long, default_value_t = stratus_types::artifact::OBJECT_MAX_DEFAULT)]
+    pub artifact_max: u64,
 }
 
 #[derive(Debug, Args)]
@@ -485,4 +491,38 @@ pub struct AuditArgs {
     pub target: Option<String>,
     #[arg(long)]
     pub limit: Option<u32>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ArtifactCmd {
+    /// Make a bucket.
+    Mb { bucket: String },
+    /// Remove an empty bucket.
+    Rb { bucket: String },
+    /// List the buckets, or a bucket's objects (`BUCKET` or `BUCKET/PREFIX`).
+    Ls {
+        path: Option<String>,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// Upload a file to BUCKET/KEY (its SHA-256 is checked by the control plane).
+    Put { file: PathBuf, path: String },
+    /// Download BUCKET/KEY and verify its SHA-256 (`-o -` writes to stdout).
+    Get {
+        path: String,
+        /// Where to write it (default: the key's last segment, in this directory).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Size and SHA-256 of BUCKET/KEY.
+    Info { path: String },
+    /// Delete BUCKET/KEY.
+    Rm { path: String },
+    /// A short-lived URL that fetches BUCKET/KEY without a token.
+    Url {
+        path: String,
+        /// Seconds it works (at most 604800).
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
 }

@@ -76,14 +76,26 @@ impl Client {
         query: &[(&str, String)],
         body: Option<&B>,
     ) -> anyhow::Result<String> {
-        let url = format!("{}{}{path}", self.base, stratus_api::API_PREFIX);
-        let mut req = self.http.request(method, &url).query(query);
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
+        let mut req = self.request(method, path).query(query);
         if let Some(b) = body {
             req = req.json(b);
         }
+        Ok(self.execute(req).await?.text().await?)
+    }
+
+    /// A request to an API path, with the token.
+    pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let url = format!("{}{}{path}", self.base, stratus_api::API_PREFIX);
+        let req = self.http.request(method, &url);
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
+    /// Send a request; an error status becomes an [`ApiFailure`], a success is returned for
+    /// the caller to read (as text, JSON or a stream of bytes).
+    pub async fn execute(&self, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
         let resp = req.send().await.map_err(|e| {
             anyhow::anyhow!(
                 "cannot reach the control plane at {}: {e}; is `stratus serve` running? (set --url or STRATUS_URL)",
@@ -91,10 +103,10 @@ impl Client {
             )
         })?;
         let status = resp.status();
-        let text = resp.text().await?;
         if status.is_success() {
-            return Ok(text);
+            return Ok(resp);
         }
+        let text = resp.text().await?;
         let failure = match serde_json::from_str::<ErrorBody>(&text) {
             Ok(b) => {
                 let message = b.error.message;

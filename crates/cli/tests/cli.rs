@@ -313,3 +313,53 @@ fn quickstart_up_again_and_down() {
         "down removed everything it created"
     );
 }
+
+#[test]
+fn artifacts_put_get_ls_and_refusals() {
+    let s = Served::start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let file = work.path().join("site.tar.gz");
+    let content: Vec<u8> = (0..300_000u32).flat_map(|i| i.to_le_bytes()).collect();
+    std::fs::write(&file, &content).expect("write");
+
+    // No bucket yet: the error says how to make one.
+    let out = s.cmd().args(["artifact", "put"]).arg(&file).arg("apps/web/site.tar.gz").output().expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("stratus artifact mb apps"), "{err}");
+
+    s.stdout(&["artifact", "mb", "apps"]);
+    let put = s.stdout(&["artifact", "put", file.to_str().unwrap(), "apps/web/site.tar.gz"]);
+    assert!(put.contains("1200000 bytes"), "{put}");
+    let ls = s.stdout(&["artifact", "ls", "apps/web/"]);
+    assert!(ls.contains("web/site.tar.gz"), "{ls}");
+    assert!(s.stdout(&["artifact", "ls"]).contains("apps"));
+
+    let got = work.path().join("got.tgz");
+    let get = s.stdout(&["artifact", "get", "apps/web/site.tar.gz", "-o", got.to_str().unwrap()]);
+    assert!(get.contains("sha256 verified"), "{get}");
+    assert_eq!(std::fs::read(&got).expect("read"), content);
+    let stdout = s.cmd().args(["artifact", "get", "apps/web/site.tar.gz", "-o", "-"]).output().expect("run");
+    assert_eq!(stdout.stdout, content);
+
+    let url = s.stdout(&["artifact", "url", "apps/web/site.tar.gz", "--ttl", "60"]);
+    assert!(url.trim().starts_with(&s.url) && url.contains("sig="), "{url}");
+    let info: serde_json::Value =
+        serde_json::from_str(&s.stdout(&["artifact", "info", "apps/web/site.tar.gz", "--json"])).expect("json");
+    assert_eq!(info["size"], 1_200_000);
+
+    // Hostile paths are refused before anything is sent; a missing object is a clear error.
+    for bad in ["apps", "apps/../x", "apps//x", "Apps/x"] {
+        let out = s.cmd().args(["artifact", "get", bad]).output().expect("run");
+        assert!(!out.status.success(), "{bad}");
+        assert!(!String::from_utf8_lossy(&out.stderr).is_empty());
+    }
+    let out = s.cmd().args(["artifact", "get", "apps/missing", "-o"]).arg(work.path().join("m")).output().expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+    assert!(!work.path().join("m").exists());
+
+    s.stdout(&["artifact", "rm", "apps/web/site.tar.gz"]);
+    s.stdout(&["artifact", "rb", "apps"]);
+    assert!(s.stdout(&["artifact", "ls"]).contains("(none)"));
+}

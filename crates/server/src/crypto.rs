@@ -40,6 +40,8 @@ pub struct KeyRing {
     key_id: String,
     /// Derived from the master key, only for enrolment tokens (never used to encrypt).
     enrolment: [u8; 32],
+    /// Derived from the master key, only for signing artifact fetch URLs.
+    fetch: [u8; 32],
 }
 
 impl std::fmt::Debug for KeyRing {
@@ -90,10 +92,14 @@ impl KeyRing {
         let mut h = Sha256::new();
         h.update(b"stratus enrolment key v1\0");
         h.update(key);
+        let mut f = Sha256::new();
+        f.update(b"stratus artifact fetch key v1\0");
+        f.update(key);
         Self {
             cipher: XChaCha20Poly1305::new(key.into()),
             key_id,
             enrolment: h.finalize().into(),
+            fetch: f.finalize().into(),
         }
     }
 
@@ -110,6 +116,37 @@ impl KeyRing {
             "stratus_enrol_{}",
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
         )
+    }
+
+    /// The signature of an artifact fetch URL: it names one object's one content (its SHA-256)
+    /// until `expires` (Unix seconds), so the URL is worthless for any other object, for the
+    /// same key after it was overwritten, and after it expires.
+    pub fn fetch_signature(&self, bucket: &str, key: &str, sha256: &str, expires: i64) -> String {
+        use base64::Engine;
+        use hmac::Mac;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.fetch_mac(bucket, key, sha256, expires).finalize().into_bytes())
+    }
+
+    /// Check a fetch URL's signature (in constant time).
+    pub fn fetch_signature_ok(&self, bucket: &str, key: &str, sha256: &str, expires: i64, signature: &str) -> bool {
+        use base64::Engine;
+        use hmac::Mac;
+        let Ok(sig) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(signature) else {
+            return false;
+        };
+        self.fetch_mac(bucket, key, sha256, expires).verify_slice(&sig).is_ok()
+    }
+
+    fn fetch_mac(&self, bucket: &str, key: &str, sha256: &str, expires: i64) -> hmac::Hmac<Sha256> {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<Sha256>::new_from_slice(&self.fetch).expect("any key length");
+        // Lengths first, so no two (bucket, key) pairs run together into the same bytes.
+        for part in [bucket.as_bytes(), key.as_bytes(), sha256.as_bytes()] {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        mac.update(&expires.to_be_bytes());
+        mac
     }
 
     pub fn seal(&self, id: &str, secret: &Secret) -> Result<Sealed, CryptoError> {
@@ -155,6 +192,22 @@ impl KeyRing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fetch_signatures_bind_object_content_and_expiry() {
+        let k = KeyRing::from_key(&[7; 32]);
+        let sha = "a".repeat(64);
+        let sig = k.fetch_signature("apps", "web/v1.tgz", &sha, 1000);
+        assert!(k.fetch_signature_ok("apps", "web/v1.tgz", &sha, 1000, &sig));
+        assert!(!k.fetch_signature_ok("apps", "web/v2.tgz", &sha, 1000, &sig));
+        assert!(!k.fetch_signature_ok("appsw", "eb/v1.tgz", &sha, 1000, &sig));
+        assert!(!k.fetch_signature_ok("apps", "web/v1.tgz", &"b".repeat(64), 1000, &sig));
+        assert!(!k.fetch_signature_ok("apps", "web/v1.tgz", &sha, 1001, &sig));
+        assert!(!k.fetch_signature_ok("apps", "web/v1.tgz", &sha, 1000, "not base64!"));
+        assert!(!k.fetch_signature_ok("apps", "web/v1.tgz", &sha, 1000, ""));
+        let other = KeyRing::from_key(&[8; 32]);
+        assert!(!other.fetch_signature_ok("apps", "web/v1.tgz", &sha, 1000, &sig));
+    }
 
     #[test]
     fn round_trip_and_binding() {

@@ -6,6 +6,7 @@
 //! and, after the first start, `admin.token` (the first admin's API token, mode 0600).
 
 pub mod app;
+pub mod blobs;
 pub mod crypto;
 pub mod drivers;
 pub mod http;
@@ -49,6 +50,8 @@ pub struct Config {
     /// On the fake cloud, play the agent (record boot scripts as runs, move servers on). Off,
     /// fake servers wait in `booting` for a real or test agent to enrol, like on other clouds.
     pub simulate_agents: bool,
+    /// The largest artifact object accepted.
+    pub artifact_max: u64,
 }
 
 impl Config {
@@ -64,6 +67,7 @@ impl Config {
             instance_init: None,
             instance_agent: None,
             simulate_agents: true,
+            artifact_max: stratus_types::artifact::OBJECT_MAX_DEFAULT,
         }
     }
 }
@@ -182,6 +186,9 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         poke: Default::default(),
         run_finished: tokio::sync::watch::Sender::new(0),
         settings,
+        blobs: blobs::Blobs::local(&config.data_dir.join("artifacts"), config.artifact_max)
+            .context("cannot open the artifact store")?,
+        artifact_lock: Default::default(),
     });
     let mut tasks = vec![];
     let router = http::router(app.clone());

@@ -26,10 +26,14 @@ pub enum Kind {
     Agent,
     /// One script started on many servers.
     Rollout,
+    /// An artifact bucket.
+    Bucket,
+    /// An artifact object (its content is in the blob backend, by SHA-256).
+    Object,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 15] = [
+    pub const ALL: [Kind; 17] = [
         Kind::Cloud,
         Kind::Image,
         Kind::Script,
@@ -45,6 +49,8 @@ impl Kind {
         Kind::Address,
         Kind::Agent,
         Kind::Rollout,
+        Kind::Bucket,
+        Kind::Object,
     ];
 
     /// The kind stored under this name.
@@ -69,6 +75,8 @@ impl Kind {
             Kind::Address => "address",
             Kind::Agent => "agent",
             Kind::Rollout => "rollout",
+            Kind::Bucket => "bucket",
+            Kind::Object => "object",
         }
     }
 }

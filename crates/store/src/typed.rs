@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use stratus_types::address::Address;
+use stratus_types::artifact::{Bucket, Object};
 use stratus_types::cloud::Cloud;
 use stratus_types::credential::Credential;
 use stratus_types::deployment::Deployment;
@@ -348,4 +349,28 @@ impl Resource for Rollout {
         self.finished_at.unwrap_or(self.created_at)
     }
     fn set_updated_at(&mut self, _: DateTime<Utc>) {}
+}
+
+impl Resource for Bucket {
+    const KIND: Kind = Kind::Bucket;
+    resource_meta!();
+    fn name_string(&self) -> String {
+        self.name.to_string()
+    }
+}
+
+/// Objects are named by key within their bucket; the state holds the content's SHA-256, so
+/// the blob sweep finds whether any object still refers to a blob.
+impl Resource for Object {
+    const KIND: Kind = Kind::Object;
+    resource_meta!();
+    fn name_string(&self) -> String {
+        self.key.clone()
+    }
+    fn scope(&self) -> String {
+        self.bucket.to_string()
+    }
+    fn state(&self) -> Option<String> {
+        Some(self.sha256.clone())
+    }
 }

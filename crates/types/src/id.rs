@@ -70,4 +70,6 @@ typed_id! {
     TokenId => "Id of an API token.",
     AddressId => "Id of an elastic IP address.",
     AuditId => "Id of an audit-log entry.",
+    BucketId => "Id of an artifact bucket.",
+    ObjectId => "Id of an artifact object.",
 }

@@ -9,6 +9,7 @@
 //! deployment files are written in.
 
 pub mod address;
+pub mod artifact;
 pub mod audit;
 pub mod cloud;
 pub mod credential;

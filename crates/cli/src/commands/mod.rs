@@ -1,6 +1,7 @@
 //! One function per subcommand.
 
 mod apply;
+mod artifacts;
 mod resources;
 mod runs;
 mod serve;
@@ -71,6 +72,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::User(c) => resources::user(&connect(&cli)?, c).await,
         Command::Token(c) => resources::token(&connect(&cli)?, c).await,
         Command::Address(c) => resources::address(&connect(&cli)?, c).await,
+        Command::Artifact(c) => artifacts::artifact(&connect(&cli)?, c).await,
         Command::Audit(a) => resources::audit(&connect(&cli)?, a).await,
     }
 }

@@ -12,6 +12,7 @@
 pub mod addresses;
 pub mod agents;
 pub mod apply;
+pub mod artifacts;
 pub mod arrays;
 pub mod audit;
 pub mod credentials;
@@ -53,6 +54,11 @@ pub struct App {
     /// decommissions wait on it.
     pub run_finished: tokio::sync::watch::Sender<u64>,
     pub settings: AppSettings,
+    /// The artifact store's bytes.
+    pub blobs: crate::blobs::Blobs,
+    /// Serialises switching an object to a blob with deleting unreferenced blobs (one replica;
+    /// several will need the store to arbitrate, like address allocation).
+    pub artifact_lock: tokio::sync::Mutex<()>,
 }
 
 /// Behaviour knobs, from the server configuration.
@@ -168,6 +174,13 @@ pub enum AppError {
     Unauthenticated,
     #[error("{0}")]
     Forbidden(String),
+    /// Not found, with a message that says what to do.
+    #[error("{0}")]
+    Missing(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("internal error in the artifact store")]
+    Blob(#[source] crate::blobs::BlobError),
     #[error("{context}: {source}")]
     Cloud {
         context: String,

@@ -38,15 +38,19 @@ impl IntoResponse for ApiError {
             AppError::BadState(_) => (StatusCode::CONFLICT, ErrorCode::BadState),
             AppError::Unauthenticated => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthenticated),
             AppError::Forbidden(_) => (StatusCode::FORBIDDEN, ErrorCode::Forbidden),
+            AppError::Missing(_) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+            AppError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge),
             AppError::Cloud { .. } => (StatusCode::BAD_GATEWAY, ErrorCode::CloudError),
-            AppError::Store(_) | AppError::Crypto(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
+            AppError::Store(_) | AppError::Crypto(_) | AppError::Blob(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal)
+            }
         };
         let fields = match &e {
             AppError::Invalid(inv) => inv.0.clone(),
             _ => vec![],
         };
         let message = match &e {
-            AppError::Store(_) | AppError::Crypto(_) => {
+            AppError::Store(_) | AppError::Crypto(_) | AppError::Blob(_) => {
                 // The cause goes to the log with its chain; the caller gets no internals.
                 error!(error = ?e, "internal error");
                 "internal error; the control plane's log has the details".to_string()

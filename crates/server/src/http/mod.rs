@@ -5,6 +5,7 @@
 //! annotations (`utoipa-axum`), so the document cannot drift from the code.
 
 mod agent;
+pub mod artifacts;
 mod catalog;
 mod error;
 mod extract;
@@ -67,6 +68,7 @@ pub fn api() -> (axum::Router<Arc<App>>, utoipa::openapi::OpenApi) {
         .merge(servers::routes())
         .merge(misc::routes())
         .merge(agent::routes())
+        .merge(artifacts::routes())
         .split_for_parts()
 }
 

@@ -189,6 +189,7 @@ impl TestServer {
             "/credentials",
             "/users",
             "/addresses",
+            "/buckets",
         ] {
             out.insert(path.into(), Value::Array(self.list_all(path).await));
         }
