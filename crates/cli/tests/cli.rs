@@ -323,7 +323,13 @@ fn artifacts_put_get_ls_and_refusals() {
     std::fs::write(&file, &content).expect("write");
 
     // No bucket yet: the error says how to make one.
-    let out = s.cmd().args(["artifact", "put"]).arg(&file).arg("apps/web/site.tar.gz").output().expect("run");
+    let out = s
+        .cmd()
+        .args(["artifact", "put"])
+        .arg(&file)
+        .arg("apps/web/site.tar.gz")
+        .output()
+        .expect("run");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("stratus artifact mb apps"), "{err}");
@@ -339,7 +345,11 @@ fn artifacts_put_get_ls_and_refusals() {
     let get = s.stdout(&["artifact", "get", "apps/web/site.tar.gz", "-o", got.to_str().unwrap()]);
     assert!(get.contains("sha256 verified"), "{get}");
     assert_eq!(std::fs::read(&got).expect("read"), content);
-    let stdout = s.cmd().args(["artifact", "get", "apps/web/site.tar.gz", "-o", "-"]).output().expect("run");
+    let stdout = s
+        .cmd()
+        .args(["artifact", "get", "apps/web/site.tar.gz", "-o", "-"])
+        .output()
+        .expect("run");
     assert_eq!(stdout.stdout, content);
 
     let url = s.stdout(&["artifact", "url", "apps/web/site.tar.gz", "--ttl", "60"]);
@@ -354,7 +364,12 @@ fn artifacts_put_get_ls_and_refusals() {
         assert!(!out.status.success(), "{bad}");
         assert!(!String::from_utf8_lossy(&out.stderr).is_empty());
     }
-    let out = s.cmd().args(["artifact", "get", "apps/missing", "-o"]).arg(work.path().join("m")).output().expect("run");
+    let out = s
+        .cmd()
+        .args(["artifact", "get", "apps/missing", "-o"])
+        .arg(work.path().join("m"))
+        .output()
+        .expect("run");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
     assert!(!work.path().join("m").exists());

@@ -155,15 +155,15 @@ impl Blobs {
 
     /// Store bytes held in memory (small objects, tests).
     pub async fn put_bytes(&self, bytes: Bytes, expect: Option<&str>) -> Result<Stored, BlobError> {
-        self.put(futures_util::stream::iter([Ok::<_, std::convert::Infallible>(bytes)]), expect)
-            .await
+        self.put(
+            futures_util::stream::iter([Ok::<_, std::convert::Infallible>(bytes)]),
+            expect,
+        )
+        .await
     }
 
     /// The blob's bytes as a stream.
-    pub async fn get(
-        &self,
-        sha256: &str,
-    ) -> Result<ByteStream, BlobError> {
+    pub async fn get(&self, sha256: &str) -> Result<ByteStream, BlobError> {
         match self.store.get(&Self::path(sha256)).await {
             Ok(r) => Ok(r.into_stream()),
             Err(object_store::Error::NotFound { .. }) => Err(BlobError::Missing(sha256.to_string())),
@@ -217,7 +217,10 @@ mod tests {
         assert_eq!(s.sha256, hex::encode(Sha256::digest(b"hello world")));
         assert_eq!(read(&b, &s.sha256).await, b"hello world");
         // The same content again is the same blob.
-        let again = b.put_bytes(Bytes::from_static(b"hello world"), Some(&s.sha256)).await.unwrap();
+        let again = b
+            .put_bytes(Bytes::from_static(b"hello world"), Some(&s.sha256))
+            .await
+            .unwrap();
         assert_eq!(again, s);
         assert_eq!(uploads_left(dir.path()), 0);
         b.delete(&s.sha256).await.unwrap();
@@ -231,7 +234,10 @@ mod tests {
         let b = Blobs::local(dir.path(), 8).unwrap();
         let e = b.put(chunks(&[b"12345", b"6789"]), None).await.unwrap_err();
         assert!(matches!(e, BlobError::TooLarge { max: 8 }), "{e}");
-        let e = b.put_bytes(Bytes::from_static(b"abc"), Some(&"0".repeat(64))).await.unwrap_err();
+        let e = b
+            .put_bytes(Bytes::from_static(b"abc"), Some(&"0".repeat(64)))
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("not the 000"), "{e}");
         let cut = futures_util::stream::iter(vec![Ok(Bytes::from_static(b"ab")), Err("connection reset".to_string())]);
         let e = b.put(cut, None).await.unwrap_err();

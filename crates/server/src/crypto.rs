@@ -124,7 +124,8 @@ impl KeyRing {
     pub fn fetch_signature(&self, bucket: &str, key: &str, sha256: &str, expires: i64) -> String {
         use base64::Engine;
         use hmac::Mac;
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.fetch_mac(bucket, key, sha256, expires).finalize().into_bytes())
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(self.fetch_mac(bucket, key, sha256, expires).finalize().into_bytes())
     }
 
     /// Check a fetch URL's signature (in constant time).

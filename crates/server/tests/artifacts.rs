@@ -8,7 +8,14 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-async fn put_object(t: &TestServer, token: &str, bucket: &str, key: &str, body: Vec<u8>, sha: Option<&str>) -> (StatusCode, Value) {
+async fn put_object(
+    t: &TestServer,
+    token: &str,
+    bucket: &str,
+    key: &str,
+    body: Vec<u8>,
+    sha: Option<&str>,
+) -> (StatusCode, Value) {
     let mut url = format!("{}/api/v1/buckets/{bucket}/object?key={}", t.url, enc(key));
     if let Some(s) = sha {
         url.push_str(&format!("&sha256={s}"));
@@ -25,7 +32,10 @@ async fn get_bytes(t: &TestServer, url: &str, token: Option<&str>) -> (StatusCod
     }
     let resp = req.send().await.expect("get");
     let status = resp.status();
-    let sha = resp.headers().get("x-stratus-sha256").map(|v| v.to_str().unwrap().to_string());
+    let sha = resp
+        .headers()
+        .get("x-stratus-sha256")
+        .map(|v| v.to_str().unwrap().to_string());
     (status, sha, resp.bytes().await.expect("body").to_vec())
 }
 
@@ -34,7 +44,9 @@ fn sha(b: &[u8]) -> String {
 }
 
 async fn fetch_url(t: &TestServer, bucket: &str, key: &str) -> Value {
-    let (s, v) = t.post(&format!("/buckets/{bucket}/url"), json!({ "key": key, "ttl_secs": 60 })).await;
+    let (s, v) = t
+        .post(&format!("/buckets/{bucket}/url"), json!({ "key": key, "ttl_secs": 60 }))
+        .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     v
 }
@@ -55,13 +67,21 @@ async fn objects_round_trip_and_urls_follow_the_content() {
     // Download through the API, with the hash in a header.
     let url = format!("{}/api/v1/buckets/apps/object?key={}", t.url, enc("web/v1.tar.gz"));
     let (s, h, body) = get_bytes(&t, &url, Some(&t.token)).await;
-    assert_eq!((s, h.as_deref(), body.as_slice()), (StatusCode::OK, Some(sha(&v1).as_str()), v1.as_slice()));
+    assert_eq!(
+        (s, h.as_deref(), body.as_slice()),
+        (StatusCode::OK, Some(sha(&v1).as_str()), v1.as_slice())
+    );
     // Not without a token.
     let (s, _, _) = get_bytes(&t, &url, None).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
 
     // Listing, with a prefix and pages.
-    let keys: Vec<String> = t.list_all("/buckets/apps/objects").await.iter().map(|o| o["key"].as_str().unwrap().to_string()).collect();
+    let keys: Vec<String> = t
+        .list_all("/buckets/apps/objects")
+        .await
+        .iter()
+        .map(|o| o["key"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(keys, ["other.txt", "web/v1.tar.gz"]);
     let page = t.get("/buckets/apps/objects?prefix=web/").await;
     assert_eq!(page["items"].as_array().unwrap().len(), 1);
@@ -109,14 +129,24 @@ async fn objects_round_trip_and_urls_follow_the_content() {
     let (s, v) = t.delete("/buckets/apps").await;
     assert_error(s, &v, StatusCode::CONFLICT, "conflict");
     for key in ["web/v1.tar.gz", "other.txt"] {
-        let (s, v) = t.call(Method::DELETE, &format!("/buckets/apps/object?key={}", enc(key)), None).await;
+        let (s, v) = t
+            .call(Method::DELETE, &format!("/buckets/apps/object?key={}", enc(key)), None)
+            .await;
         assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
     }
     assert!(!blobs.join(&sha(&v2)[..2]).join(sha(&v2)).exists());
     let (s, _) = t.delete("/buckets/apps").await;
     assert_eq!(s, StatusCode::NO_CONTENT);
-    let actions: Vec<String> = t.audit("action=object.").await.iter().map(|e| e["action"].as_str().unwrap().to_string()).collect();
-    assert!(actions.iter().filter(|a| *a == "object.put").count() == 3, "{actions:?}");
+    let actions: Vec<String> = t
+        .audit("action=object.")
+        .await
+        .iter()
+        .map(|e| e["action"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        actions.iter().filter(|a| *a == "object.put").count() == 3,
+        "{actions:?}"
+    );
     assert!(actions.contains(&"object.delete".to_string()), "{actions:?}");
 }
 
@@ -131,7 +161,10 @@ async fn an_expired_url_is_refused() {
         .unwrap()
         .unwrap();
     let sig = app.keys.fetch_signature("b", "k", &o.sha256, 1000);
-    let url = format!("{}/api/v1/artifacts/fetch?bucket=b&key=k&sha256={}&expires=1000&sig={sig}", t.url, o.sha256);
+    let url = format!(
+        "{}/api/v1/artifacts/fetch?bucket=b&key=k&sha256={}&expires=1000&sig={sig}",
+        t.url, o.sha256
+    );
     let resp = t.http.get(url).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
     assert!(resp.text().await.unwrap().contains("expired"));
@@ -157,7 +190,16 @@ async fn bad_uploads_change_nothing() {
     assert_error(s, &v, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
     assert!(error_text(&v).contains("1024"), "{v}");
     // Hostile keys.
-    for key in ["", "../etc/passwd", "a/../../b", "/abs", "a//b", "a/./b", "tab\there", &"k".repeat(1025)] {
+    for key in [
+        "",
+        "../etc/passwd",
+        "a/../../b",
+        "/abs",
+        "a//b",
+        "a/./b",
+        "tab\there",
+        &"k".repeat(1025),
+    ] {
         let (s, v) = put_object(&t, &t.token, "b", key, b"data".to_vec(), None).await;
         assert_error(s, &v, StatusCode::BAD_REQUEST, "invalid_input");
         assert!(error_text(&v).contains("key"), "{key:?}: {v}");

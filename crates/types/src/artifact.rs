@@ -43,12 +43,9 @@ pub struct Object {
 /// `BUCKET/KEY`, as the CLI and `artifact:` inputs write an object.
 pub fn split_path(path: &str) -> Result<(Name, &str), crate::FieldError> {
     let bad = |p: String| crate::FieldError::new("", p);
-    let (bucket, key) = path.split_once('/').ok_or_else(|| {
-        bad(format!(
-            "{:?} is not BUCKET/KEY",
-            crate::name::truncate(path)
-        ))
-    })?;
+    let (bucket, key) = path
+        .split_once('/')
+        .ok_or_else(|| bad(format!("{:?} is not BUCKET/KEY", crate::name::truncate(path))))?;
     let bucket = Name::parse(bucket).map_err(|e| bad(format!("bucket name {}", e.problem)))?;
     crate::input::check_object_key(key).map_err(bad)?;
     Ok((bucket, key))

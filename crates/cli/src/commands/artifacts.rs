@@ -62,7 +62,12 @@ pub async fn artifact(ctx: &Ctx, cmd: &ArtifactCmd) -> anyhow::Result<()> {
                 q.push(("prefix", prefix.to_string()));
             }
             let items = c
-                .list(&format!("/buckets/{}/objects", seg(bucket)), q, page.limit, page.all_pages)
+                .list(
+                    &format!("/buckets/{}/objects", seg(bucket)),
+                    q,
+                    page.limit,
+                    page.all_pages,
+                )
                 .await?;
             list(ctx.json, &items, OBJECT_COLUMNS);
         }
@@ -88,7 +93,10 @@ pub async fn artifact(ctx: &Ctx, cmd: &ArtifactCmd) -> anyhow::Result<()> {
         ArtifactCmd::Url { path, ttl } => {
             let (bucket, key) = object_path(path)?;
             let u = c
-                .post(&format!("/buckets/{}/url", seg(&bucket)), &json!({ "key": key, "ttl_secs": ttl }))
+                .post(
+                    &format!("/buckets/{}/url", seg(&bucket)),
+                    &json!({ "key": key, "ttl_secs": ttl }),
+                )
                 .await?;
             if ctx.json {
                 show(true, &u);
@@ -176,9 +184,12 @@ async fn get(ctx: &Ctx, path: &str, output: Option<&Path>) -> anyhow::Result<()>
         }
         out.flush()?;
     } else {
-        let dir = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let mut tmp = tempfile::NamedTempFile::new_in(dir)
-            .with_context(|| format!("cannot write in {}", dir.display()))?;
+        let dir = target
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let mut tmp =
+            tempfile::NamedTempFile::new_in(dir).with_context(|| format!("cannot write in {}", dir.display()))?;
         while let Some(chunk) = resp.chunk().await? {
             h.update(&chunk);
             size += chunk.len() as u64;
@@ -197,7 +208,10 @@ async fn get(ctx: &Ctx, path: &str, output: Option<&Path>) -> anyhow::Result<()>
         bail!("{path}: the download's SHA-256 is {actual}, not {expected}");
     }
     if !to_stdout && !ctx.json {
-        say!("downloaded {path} to {} ({size} bytes, sha256 verified)", target.display());
+        say!(
+            "downloaded {path} to {} ({size} bytes, sha256 verified)",
+            target.display()
+        );
     }
     Ok(())
 }

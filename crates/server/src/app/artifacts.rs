@@ -59,8 +59,11 @@ pub async fn create_bucket(app: &App, actor: &Actor, name: &str) -> Result<Bucke
         name: name.clone(),
         created_by: actor.name.clone(),
     };
-    app.commit(vec![Change::insert(&b), audit(actor, "bucket.create", format!("bucket/{name}"), &name)])
-        .await?;
+    app.commit(vec![
+        Change::insert(&b),
+        audit(actor, "bucket.create", format!("bucket/{name}"), &name),
+    ])
+    .await?;
     Ok(b)
 }
 
@@ -82,7 +85,9 @@ pub async fn list_buckets(
 
 pub async fn show_bucket(app: &App, actor: &Actor, name: &str) -> Result<Bucket, AppError> {
     actor.require(OBSERVER)?;
-    named::<Bucket>(&*app.store, name).await.map_err(|_| missing_bucket(name))
+    named::<Bucket>(&*app.store, name)
+        .await
+        .map_err(|_| missing_bucket(name))
 }
 
 fn missing_bucket(name: &str) -> AppError {
@@ -107,8 +112,11 @@ pub async fn delete_bucket(app: &App, actor: &Actor, name: &str) -> Result<(), A
             "bucket {name} is not empty; delete its objects first (`stratus artifact ls {name}`)"
         )));
     }
-    app.commit(vec![Change::delete(&b), audit(actor, "bucket.delete", format!("bucket/{name}"), &b.name)])
-        .await
+    app.commit(vec![
+        Change::delete(&b),
+        audit(actor, "bucket.delete", format!("bucket/{name}"), &b.name),
+    ])
+    .await
 }
 
 async fn object(app: &App, bucket: &str, key: &str) -> Result<Object, AppError> {
@@ -140,7 +148,9 @@ where
     {
         return Err(AppError::invalid("sha256", "must be 64 lower-case hex digits"));
     }
-    let b = named::<Bucket>(&*app.store, bucket).await.map_err(|_| missing_bucket(bucket))?;
+    let b = named::<Bucket>(&*app.store, bucket)
+        .await
+        .map_err(|_| missing_bucket(bucket))?;
     let staged = app.blobs.stage(body, expect).await?;
     let stored = staged.stored.clone();
     // The blob is kept and the catalogue switched under one lock, which the sweep of unreferenced
@@ -216,12 +226,7 @@ pub async fn show(app: &App, actor: &Actor, bucket: &str, key: &str) -> Result<O
 }
 
 /// The object and its content.
-pub async fn get(
-    app: &App,
-    actor: &Actor,
-    bucket: &str,
-    key: &str,
-) -> Result<(Object, ByteStream), AppError> {
+pub async fn get(app: &App, actor: &Actor, bucket: &str, key: &str) -> Result<(Object, ByteStream), AppError> {
     let o = show(app, actor, bucket, key).await?;
     let body = app.blobs.get(&o.sha256).await?;
     Ok((o, body))
@@ -307,14 +312,25 @@ fn percent_encode(s: &str) -> String {
 }
 
 /// `POST /buckets/{bucket}/url`: a fetch URL for a person (or a script outside Stratus).
-pub async fn fetch_url(app: &App, actor: &Actor, bucket: &str, key: &str, ttl_secs: Option<u64>) -> Result<FetchUrl, AppError> {
+pub async fn fetch_url(
+    app: &App,
+    actor: &Actor,
+    bucket: &str,
+    key: &str,
+    ttl_secs: Option<u64>,
+) -> Result<FetchUrl, AppError> {
     actor.require(OBSERVER)?;
     let ttl = ttl_secs.unwrap_or(URL_TTL_DEFAULT);
     if ttl == 0 || ttl > URL_TTL_MAX {
         return Err(AppError::invalid("ttl_secs", format!("must be 1-{URL_TTL_MAX}")));
     }
     let o = show(app, actor, bucket, key).await?;
-    let entry = audit(actor, "object.url", format!("object/{bucket}/{key}"), serde_json::json!({"ttl_secs": ttl}));
+    let entry = audit(
+        actor,
+        "object.url",
+        format!("object/{bucket}/{key}"),
+        serde_json::json!({"ttl_secs": ttl}),
+    );
     app.commit(vec![entry]).await?;
     Ok(signed_url(app, &o, ttl, &app.settings.public_url))
 }
@@ -330,7 +346,9 @@ pub async fn fetch(
     sig: &str,
 ) -> Result<(Object, ByteStream), AppError> {
     if !app.keys.fetch_signature_ok(bucket, key, sha256, expires, sig) {
-        return Err(AppError::Forbidden("the URL's signature does not match; ask for a new URL".into()));
+        return Err(AppError::Forbidden(
+            "the URL's signature does not match; ask for a new URL".into(),
+        ));
     }
     if Utc::now().timestamp() > expires {
         return Err(AppError::Forbidden("the URL has expired; ask for a new one".into()));

@@ -12,8 +12,8 @@
 pub mod addresses;
 pub mod agents;
 pub mod apply;
-pub mod artifacts;
 pub mod arrays;
+pub mod artifacts;
 pub mod audit;
 pub mod credentials;
 pub mod gateway;

@@ -27,7 +27,11 @@ use crate::blobs::ByteStream;
 pub const SHA256_HEADER: &str = "x-stratus-sha256";
 
 #[utoipa::path(get, path = "/buckets", tag = "artifacts", params(ListParams), responses((status = 200, body = Page<Bucket>)))]
-async fn list_buckets(State(app): State<Arc<App>>, c: Caller, Q(p): Q<ListParams>) -> Result<Json<Page<Bucket>>, ApiError> {
+async fn list_buckets(
+    State(app): State<Arc<App>>,
+    c: Caller,
+    Q(p): Q<ListParams>,
+) -> Result<Json<Page<Bucket>>, ApiError> {
     Ok(Json(artifacts::list_buckets(&app, &c.0, p.limit, p.after).await?))
 }
 
@@ -37,17 +41,28 @@ async fn create_bucket(
     c: Caller,
     Body(r): Body<CreateBucket>,
 ) -> Result<(StatusCode, Json<Bucket>), ApiError> {
-    Ok((StatusCode::CREATED, Json(artifacts::create_bucket(&app, &c.0, &r.name).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(artifacts::create_bucket(&app, &c.0, &r.name).await?),
+    ))
 }
 
 #[utoipa::path(get, path = "/buckets/{bucket}", tag = "artifacts", params(("bucket" = String, Path)), responses((status = 200, body = Bucket)))]
-async fn show_bucket(State(app): State<Arc<App>>, c: Caller, Path(bucket): Path<String>) -> Result<Json<Bucket>, ApiError> {
+async fn show_bucket(
+    State(app): State<Arc<App>>,
+    c: Caller,
+    Path(bucket): Path<String>,
+) -> Result<Json<Bucket>, ApiError> {
     Ok(Json(artifacts::show_bucket(&app, &c.0, &bucket).await?))
 }
 
 /// Delete an empty bucket.
 #[utoipa::path(delete, path = "/buckets/{bucket}", tag = "artifacts", params(("bucket" = String, Path)), responses((status = 204), (status = 409)))]
-async fn delete_bucket(State(app): State<Arc<App>>, c: Caller, Path(bucket): Path<String>) -> Result<StatusCode, ApiError> {
+async fn delete_bucket(
+    State(app): State<Arc<App>>,
+    c: Caller,
+    Path(bucket): Path<String>,
+) -> Result<StatusCode, ApiError> {
     artifacts::delete_bucket(&app, &c.0, &bucket).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -84,7 +99,10 @@ async fn put_object(
 fn download(o: &Object, body: ByteStream) -> Response {
     let mut r = axum::body::Body::from_stream(body).into_response();
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(o.size));
     if let Ok(v) = HeaderValue::from_str(&o.sha256) {
         h.insert(SHA256_HEADER, v);
@@ -134,7 +152,9 @@ async fn fetch_url(
     Path(bucket): Path<String>,
     Body(r): Body<FetchUrlRequest>,
 ) -> Result<Json<FetchUrl>, ApiError> {
-    Ok(Json(artifacts::fetch_url(&app, &c.0, &bucket, &r.key, r.ttl_secs).await?))
+    Ok(Json(
+        artifacts::fetch_url(&app, &c.0, &bucket, &r.key, r.ttl_secs).await?,
+    ))
 }
 
 /// Fetch an object by a signed URL (no token: the signature is the permission).
