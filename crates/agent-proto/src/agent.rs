@@ -47,6 +47,18 @@ pub enum AgentMessage {
         request_id: u64,
         selector: Selector,
     },
+    /// (v2) The outcome of applying one managed file of the desired state: `sha256` is the
+    /// content now in place, `error` why the new content was refused (its check failed, the
+    /// write failed) or its reload failed.
+    FileStatus {
+        path: String,
+        /// The SHA-256 of the content the desired state asked for.
+        sha256: String,
+        /// The file on disk has that content now.
+        applied: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
 }
 
 /// The agent introduces itself.

@@ -114,6 +114,10 @@ pub struct DesiredState {
     /// The server's tags, for `stratus-agent tag list` (and scripts) without a round trip.
     #[serde(default)]
     pub tags: Vec<Tag>,
+    /// (v2) Files the agent keeps as given (a load balancer's configuration), applied before
+    /// the boot runs start. A file that was managed and is no longer listed is left as it is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<crate::ManagedFile>,
 }
 
 /// A desired-state generation: counts up by one each time the control plane changes what a

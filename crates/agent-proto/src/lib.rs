@@ -96,6 +96,7 @@
 
 mod agent;
 mod control;
+mod file;
 mod frame;
 pub mod limits;
 mod mask;
@@ -106,6 +107,7 @@ mod validate;
 
 pub use agent::{AgentMessage, Hello, Outcome, Output, RunFinished};
 pub use control::{ControlMessage, DesiredState, Generation, PeerServer, Refused, RefusedReason, Resume, Welcome};
+pub use file::{ArtifactRef, ManagedFile, absolute_path_ok};
 pub use frame::{ProtoError, QUOTE_MAX, decode_agent, decode_control, encode_agent, encode_control};
 pub use mask::{MASK, Masker};
 pub use output::{LossyUtf8, OutputStream, split_output};
@@ -113,7 +115,12 @@ pub use script::ScriptRun;
 pub use secret::{EnvValue, EnvVar, SecretString};
 
 /// The protocol version this build speaks best.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// Version 2 added artifact environment values, managed files in the desired state and
+/// `FileStatus`. Version 1 is no longer spoken: no agent of it was ever released (the control
+/// plane installs its own build on every instance), so a v1 agent is refused with
+/// `unsupported_version` and keeps retrying until it is upgraded.
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Every protocol version this build speaks.
 pub const SUPPORTED_VERSIONS: &[u32] = &[PROTOCOL_VERSION];
 /// The heartbeat interval a control plane offers unless configured otherwise.
@@ -137,7 +144,12 @@ mod tests {
     #[test]
     fn negotiation_picks_the_highest_shared_version() {
         assert_eq!(negotiate(&[1, 2, 3], &[2, 3, 4]), Some(3));
-        assert_eq!(negotiate(&[1], SUPPORTED_VERSIONS), Some(PROTOCOL_VERSION));
+        assert_eq!(negotiate(&[2], SUPPORTED_VERSIONS), Some(PROTOCOL_VERSION));
+        assert_eq!(
+            negotiate(&[1], SUPPORTED_VERSIONS),
+            None,
+            "version 1 is no longer spoken"
+        );
         assert_eq!(negotiate(&[7, 8], &[1]), None);
         assert_eq!(negotiate(&[], &[1]), None);
     }

@@ -37,5 +37,13 @@ pub const MAX_BOOT_RUNS: usize = 256;
 pub const MAX_VERSIONS: usize = 16;
 /// Most servers in one `TagQueryResult`.
 pub const MAX_PEERS: usize = 1000;
+/// Most managed files in one desired state.
+pub const MAX_FILES: usize = 16;
+/// Largest managed file, in bytes.
+pub const MAX_FILE_CONTENT: usize = 1024 * 1024;
+/// Largest artifact URL, in bytes.
+pub const MAX_URL: usize = 8 * 1024;
+/// Largest shell command of a managed file (`check`, `reload`), in bytes.
+pub const MAX_COMMAND: usize = 4 * 1024;
 /// Heartbeat intervals a `Welcome` may set, in seconds.
 pub const HEARTBEAT_SECS: std::ops::RangeInclusive<u32> = 1..=3600;

@@ -107,6 +107,9 @@ pub enum EnvValue {
     /// A value the agent reads on the instance (an `env:` input): the name of a variable of the
     /// agent's environment or metadata, such as `PRIVATE_IP`.
     Instance(String),
+    /// (v2) An object of the artifact store (an `artifact:` input): the agent fetches and
+    /// verifies it, and the variable holds the file's path.
+    Artifact(crate::ArtifactRef),
 }
 
 impl EnvVar {

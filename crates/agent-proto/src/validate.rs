@@ -107,6 +107,16 @@ impl AgentMessage {
                     None => Ok(()),
                 }
             }
+            Self::FileStatus {
+                path, sha256, error, ..
+            } => {
+                managed_path("path", path)?;
+                sha256_hex("sha256", sha256)?;
+                match error {
+                    Some(e) => text("error", e, MAX_MESSAGE),
+                    None => Ok(()),
+                }
+            }
             Self::TagQuery { selector, .. } => {
                 let len = selector.to_string().len();
                 if len > MAX_SELECTOR {
@@ -237,7 +247,28 @@ impl DesiredState {
             run.validate().map_err(|e| e.within(&format!("boot[{i}]")))?;
         }
         distinct_runs("boot", self.boot.iter().map(|r| &r.run))?;
-        tags("tags", &self.tags)
+        tags("tags", &self.tags)?;
+        count("files", self.files.len(), MAX_FILES)?;
+        let mut paths = BTreeSet::new();
+        for (i, f) in self.files.iter().enumerate() {
+            managed_path(&format!("files[{i}].path"), &f.path)?;
+            if !paths.insert(&f.path) {
+                return Err(invalid(format!("files[{i}].path"), "is listed twice"));
+            }
+            text(&format!("files[{i}].content"), &f.content, MAX_FILE_CONTENT)?;
+            if f.mode > 0o777 {
+                return Err(invalid(
+                    format!("files[{i}].mode"),
+                    "must be permission bits (at most 0777)",
+                ));
+            }
+            for (name, cmd) in [("check", &f.check), ("reload", &f.reload)] {
+                if let Some(c) = cmd {
+                    text(&format!("files[{i}].{name}"), c, MAX_COMMAND)?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -265,10 +296,51 @@ impl ScriptRun {
                 EnvValue::Text(v) => text(&field, v, MAX_ENV_VALUE)?,
                 EnvValue::Secret(v) => text(&field, v.expose(), MAX_ENV_VALUE)?,
                 EnvValue::Instance(v) => env_name(&field, v)?,
+                EnvValue::Artifact(a) => a.validate(&field)?,
             }
         }
         Ok(())
     }
+}
+
+impl crate::ArtifactRef {
+    fn validate(&self, field: &str) -> Checked {
+        text(&format!("{field}.url"), &self.url, MAX_URL)?;
+        let url_ok = self.url.starts_with('/') || self.url.starts_with("http://") || self.url.starts_with("https://");
+        if !url_ok || self.url.chars().any(char::is_whitespace) {
+            return Err(invalid(
+                format!("{field}.url"),
+                "must be an http(s) URL or a path starting with '/'",
+            ));
+        }
+        sha256_hex(&format!("{field}.sha256"), &self.sha256)?;
+        short(&format!("{field}.name"), &self.name, MAX_NAME)?;
+        if self.name.is_empty() || self.name == "." || self.name == ".." || self.name.contains(['/', '\0']) {
+            return Err(invalid(
+                format!("{field}.name"),
+                "must be a file name (no '/', not '.' or '..')",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn managed_path(field: &str, p: &str) -> Checked {
+    short(field, p, 4096)?;
+    if !crate::absolute_path_ok(p) {
+        return Err(invalid(
+            field,
+            "must be an absolute path without empty, '.' or '..' segments",
+        ));
+    }
+    Ok(())
+}
+
+fn sha256_hex(field: &str, s: &str) -> Checked {
+    if s.len() != 64 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(invalid(field, "must be a SHA-256 in lower-case hex"));
+    }
+    Ok(())
 }
 
 impl PeerServer {

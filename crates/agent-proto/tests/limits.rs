@@ -226,6 +226,7 @@ fn control_messages_outside_the_limits_are_refused() {
         generation: Generation(2),
         boot,
         tags: vec![],
+        files: vec![],
     };
     invalid_control(
         ControlMessage::DesiredState(desired(vec![script(1, Phase::Operational)])),
@@ -248,6 +249,90 @@ fn control_messages_outside_the_limits_are_refused() {
         }),
         "generation",
     );
+
+    // Managed files: hostile paths, oversized content, bad modes, repeats, too many.
+    let file = |path: &str| ManagedFile {
+        path: path.into(),
+        content: "x".into(),
+        mode: 0o644,
+        check: None,
+        reload: None,
+    };
+    let with_files = |files: Vec<ManagedFile>| {
+        ControlMessage::DesiredState(DesiredState {
+            files,
+            ..desired(vec![])
+        })
+    };
+    for bad in [
+        "etc/x",
+        "/",
+        "/etc/../x",
+        "/etc//x",
+        "/etc/./x",
+        "/etc/x/",
+        "/etc/\0x",
+        "",
+    ] {
+        invalid_control(with_files(vec![file(bad)]), "files[0].path");
+    }
+    invalid_control(
+        with_files(vec![ManagedFile {
+            content: "x".repeat(MAX_FILE_CONTENT + 1),
+            ..file("/etc/x")
+        }]),
+        "files[0].content",
+    );
+    invalid_control(
+        with_files(vec![ManagedFile {
+            mode: 0o4755,
+            ..file("/etc/x")
+        }]),
+        "files[0].mode",
+    );
+    invalid_control(
+        with_files(vec![ManagedFile {
+            reload: Some("x".repeat(MAX_COMMAND + 1)),
+            ..file("/etc/x")
+        }]),
+        "files[0].reload",
+    );
+    invalid_control(with_files(vec![file("/etc/x"), file("/etc/x")]), "files[1].path");
+    invalid_control(
+        with_files((0..=MAX_FILES).map(|i| file(&format!("/etc/f{i}"))).collect()),
+        "files",
+    );
+
+    // Artifact inputs: only http(s) or rooted URLs, a real hash, a plain file name.
+    let art = |url: &str, sha256: &str, name: &str| {
+        let mut s = script(1, Phase::Operational);
+        s.env[0] = EnvVar {
+            name: "ARCHIVE".into(),
+            value: EnvValue::Artifact(ArtifactRef {
+                url: url.into(),
+                sha256: sha256.into(),
+                size: 1,
+                name: name.into(),
+            }),
+        };
+        ControlMessage::RunScript(s)
+    };
+    let sha = "a".repeat(64);
+    for url in ["file:///etc/shadow", "ftp://x/y", "relative/path", "/has space", ""] {
+        invalid_control(art(url, &sha, "a.tgz"), "env[0].value.url");
+    }
+    invalid_control(
+        art(&format!("/{}", "u".repeat(MAX_URL)), &sha, "a.tgz"),
+        "env[0].value.url",
+    );
+    for bad in ["abc", &"A".repeat(64), &"g".repeat(64)] {
+        invalid_control(art("/api/v1/artifacts/fetch?x=1", bad, "a.tgz"), "env[0].value.sha256");
+    }
+    for bad in ["", ".", "..", "a/b", "../../etc/passwd"] {
+        invalid_control(art("/api/v1/artifacts/fetch?x=1", &sha, bad), "env[0].value.name");
+    }
+    let message = "m".repeat(MAX_MESSAGE + 1);
+    invalid_agent_file_status(&message);
 
     let welcome = |heartbeat_secs| {
         ControlMessage::Welcome(Welcome {
@@ -282,6 +367,7 @@ fn a_boot_list_too_large_for_one_frame_is_refused_where_it_is_made() {
         generation: Generation(1),
         boot,
         tags: vec![],
+        files: vec![],
     });
     let err = encode_control(&msg).unwrap_err();
     assert!(
@@ -294,4 +380,23 @@ fn a_boot_list_too_large_for_one_frame_is_refused_where_it_is_made() {
         ),
         "{err:?}"
     );
+}
+
+/// A `FileStatus` from an agent is checked like every agent message.
+fn invalid_agent_file_status(long: &str) {
+    let status = |path: &str, sha256: &str, error: Option<&str>| AgentMessage::FileStatus {
+        path: path.into(),
+        sha256: sha256.into(),
+        applied: false,
+        error: error.map(str::to_string),
+    };
+    let sha = "b".repeat(64);
+    for (msg, field) in [
+        (status("relative", &sha, None), "path"),
+        (status("/etc/../x", &sha, None), "path"),
+        (status("/etc/x", "nothex", None), "sha256"),
+        (status("/etc/x", &sha, Some(long)), "error"),
+    ] {
+        invalid_agent(msg, field);
+    }
 }

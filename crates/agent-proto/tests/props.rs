@@ -53,6 +53,7 @@ fn env() -> impl Strategy<Value = Vec<EnvVar>> {
         text().prop_map(EnvValue::Text),
         text().prop_map(|s| EnvValue::Secret(SecretString::new(s))),
         env_name().prop_map(EnvValue::Instance),
+        artifact().prop_map(EnvValue::Artifact),
     ];
     prop::collection::btree_map(env_name(), value, 0..6)
         .prop_map(|m: BTreeMap<_, _>| m.into_iter().map(|(name, value)| EnvVar { name, value }).collect())
@@ -107,6 +108,46 @@ fn finished() -> impl Strategy<Value = RunFinished> {
             output_bytes: chunks + bytes.index(spread as usize) as u64 * u64::from(chunks > 0),
         }
     })
+}
+
+fn sha256() -> impl Strategy<Value = String> {
+    "[0-9a-f]{64}"
+}
+
+fn artifact() -> impl Strategy<Value = ArtifactRef> {
+    (
+        "/api/v1/artifacts/fetch\\?[a-z0-9=&%._-]{0,80}",
+        sha256(),
+        any::<u64>(),
+        "[a-zA-Z0-9._-]{0,20}[a-zA-Z0-9_-]",
+    )
+        .prop_map(|(url, sha256, size, name)| ArtifactRef {
+            url,
+            sha256,
+            size,
+            name,
+        })
+}
+
+fn abs_path() -> impl Strategy<Value = String> {
+    prop::collection::vec("[a-z0-9_-][a-z0-9._-]{0,10}", 1..4).prop_map(|segs| format!("/{}", segs.join("/")))
+}
+
+fn managed_file() -> impl Strategy<Value = ManagedFile> {
+    (
+        abs_path(),
+        text(),
+        0u32..=0o777,
+        prop::option::of(text()),
+        prop::option::of(text()),
+    )
+        .prop_map(|(path, content, mode, check, reload)| ManagedFile {
+            path,
+            content,
+            mode,
+            check,
+            reload,
+        })
 }
 
 fn agent_message() -> impl Strategy<Value = AgentMessage> {
@@ -164,6 +205,14 @@ fn agent_message() -> impl Strategy<Value = AgentMessage> {
         finished().prop_map(AgentMessage::RunFinished),
         change,
         query,
+        (abs_path(), sha256(), any::<bool>(), prop::option::of(text())).prop_map(|(path, sha256, applied, error)| {
+            AgentMessage::FileStatus {
+                path,
+                sha256,
+                applied,
+                error,
+            }
+        }),
     ]
 }
 
@@ -190,14 +239,20 @@ fn control_message() -> impl Strategy<Value = ControlMessage> {
         Just(RefusedReason::ProtocolError),
         Just(RefusedReason::Unavailable),
     ];
-    let desired =
-        (1u64.., prop::collection::vec(script(Just(Phase::Boot)), 0..3), tags()).prop_map(|(g, mut boot, tags)| {
+    let desired = (
+        1u64..,
+        prop::collection::vec(script(Just(Phase::Boot)), 0..3),
+        tags(),
+        prop::collection::btree_map(abs_path(), managed_file(), 0..3),
+    )
+        .prop_map(|(g, mut boot, tags, files)| {
             boot.sort_by_key(|r| r.run);
             boot.dedup_by_key(|r| r.run);
             ControlMessage::DesiredState(DesiredState {
                 generation: Generation(g),
                 boot,
                 tags,
+                files: files.into_iter().map(|(path, f)| ManagedFile { path, ..f }).collect(),
             })
         });
     let phase = prop_oneof![Just(Phase::Operational), Just(Phase::Decommission)];

@@ -55,6 +55,8 @@ pub struct Agent {
     /// This agent's server, once the user-data was read.
     server: Mutex<Option<stratus_types::ServerId>>,
     user_data: Mutex<Option<UserData>>,
+    /// Managed files this process applied.
+    files: tokio::sync::Mutex<crate::files::Applied>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -86,6 +88,7 @@ impl Agent {
             next_request: std::sync::atomic::AtomicU64::new(1),
             server: Mutex::new(None),
             user_data: Mutex::new(None),
+            files: Default::default(),
         }))
     }
 
@@ -314,6 +317,24 @@ async fn handle(
             // The current generation's boot list goes to the worker even when repeated: an
             // agent restarted mid-boot continues it (runs already in the journal are skipped).
             if d.generation >= held {
+                // Files first: a boot script may start the service whose configuration this is.
+                let mut applied = agent.files.lock().await;
+                for f in &d.files {
+                    let status = applied.apply(f).await;
+                    if let Some(e) = &status.error {
+                        tracing::warn!(path = %f.path, error = %e, "managed file");
+                    }
+                    let msg = AgentMessage::FileStatus {
+                        path: f.path.clone(),
+                        sha256: f.sha256(),
+                        applied: status.applied,
+                        error: status
+                            .error
+                            .map(|e| e.chars().take(stratus_agent_proto::limits::MAX_MESSAGE / 2).collect()),
+                    };
+                    send(ws, msg).await?;
+                }
+                drop(applied);
                 for r in &d.boot {
                     cursors.entry(r.run).or_default();
                 }
@@ -512,7 +533,24 @@ async fn try_execute(agent: &Arc<Agent>, r: &ScriptRun) -> Result<(), AgentError
             ("STRATUS_SERVER_ID".into(), server_id(agent).unwrap_or_default()),
         ],
     };
-    let job = tokio::spawn(async move { runner::run(&script, &work, tx, ctl).await });
+    let job = match artifacts(agent, r).await {
+        Ok(paths) => {
+            let mut ctl = ctl;
+            ctl.env.extend(paths);
+            tokio::spawn(async move { runner::run(&script, &work, tx, ctl).await })
+        }
+        // Not started: the run fails with the reason (the sender is dropped, so no output).
+        Err(error) => tokio::spawn(async move {
+            drop(tx);
+            runner::Ended {
+                exit_code: None,
+                signal: None,
+                error: Some(error),
+                timed_out: false,
+                cancelled: false,
+            }
+        }),
+    };
     if let Ok(pid) = started_rx.await {
         agent
             .journal
@@ -589,6 +627,36 @@ async fn try_execute(agent: &Arc<Agent>, r: &ScriptRun) -> Result<(), AgentError
             .map_err(|e| agent.state_err(e))?;
     }
     agent.journal.finish(&finished).map_err(|e| agent.state_err(e))
+}
+
+/// Fetch the run's artifact inputs: `(variable, path)` for each, or why one failed.
+async fn artifacts(agent: &Agent, r: &ScriptRun) -> Result<Vec<(String, String)>, String> {
+    let wanted: Vec<_> = r
+        .env
+        .iter()
+        .filter_map(|v| match &v.value {
+            stratus_agent_proto::EnvValue::Artifact(a) => Some((v.name.clone(), a)),
+            _ => None,
+        })
+        .collect();
+    if wanted.is_empty() {
+        return Ok(vec![]);
+    }
+    let ud = agent
+        .user_data
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .ok_or("the agent has not read its user-data yet")?;
+    let tls = tls_config(agent, &ud).map_err(|e| e.to_string())?;
+    let http = enrol::http(&tls).map_err(|e| e.to_string())?;
+    let cache = crate::fetch::cache_dir(&agent.cfg.state_dir);
+    let mut out = vec![];
+    for (name, a) in wanted {
+        let path = crate::fetch::artifact(&http, &ud.stratus_url, a, &cache).await?;
+        out.push((name, path.display().to_string()));
+    }
+    Ok(out)
 }
 
 fn server_id(agent: &Agent) -> Option<String> {

@@ -23,13 +23,19 @@
 //!    sends the every-boot scripts again.
 //! 6. **Local commands**: `stratus-agent tag add/remove/list/query` talk to the running agent on
 //!    `STATE/agent.sock` ([`local`]), so a boot script can tag its own server or find its peers.
-//! 7. **Reconnect** on any failure with exponential backoff and full jitter (1 s … 60 s). A
+//! 7. **Artifacts and managed files** (protocol v2): an `artifact:` input is fetched by its
+//!    signed URL, verified by SHA-256 and cached by hash before the script starts ([`fetch`]);
+//!    the desired state's managed files (a load balancer's configuration) are checked, renamed
+//!    into place and reloaded before the boot runs start ([`files`]).
+//! 8. **Reconnect** on any failure with exponential backoff and full jitter (1 s … 60 s). A
 //!    server the control plane says is terminated makes the agent exit.
 
 pub mod archive;
 pub mod config;
 pub mod connection;
 pub mod enrol;
+pub mod fetch;
+pub mod files;
 pub mod journal;
 pub mod local;
 pub mod runner;

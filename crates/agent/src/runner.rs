@@ -75,6 +75,8 @@ pub async fn run(run: &ScriptRun, work: &Path, out: mpsc::Sender<Chunk>, mut ctl
             EnvValue::Text(t) => cmd.env(&v.name, t),
             EnvValue::Secret(s) => cmd.env(&v.name, s.expose()),
             EnvValue::Instance(var) => cmd.env(&v.name, std::env::var(var).unwrap_or_default()),
+            // Fetched before the run by the caller, whose `Control::env` holds the path.
+            EnvValue::Artifact(_) => continue,
         };
     }
     // No shebang, no run: scripts say what interprets them (like cloud-init's user scripts).

@@ -11,6 +11,7 @@ pub mod crypto;
 pub mod drivers;
 pub mod http;
 pub mod reconcile;
+pub mod watch;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -153,7 +154,9 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     let store = SqliteStore::open(&db)
         .await
         .with_context(|| format!("cannot open the database {}", db.display()))?;
-    let store: Arc<dyn stratus_store::Datastore> = Arc::new(store);
+    let servers_changed = watch::ServerChanges::default();
+    let store: Arc<dyn stratus_store::Datastore> =
+        Arc::new(watch::Watched::new(Arc::new(store), servers_changed.clone()));
     let token_file = config.data_dir.join(ADMIN_TOKEN_FILE);
     let created_admin = app::users::bootstrap_admin(&*store, |token| write_private(&token_file, token))
         .await
@@ -189,12 +192,16 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         blobs: blobs::Blobs::local(&config.data_dir.join("artifacts"), config.artifact_max)
             .context("cannot open the artifact store")?,
         artifact_lock: Default::default(),
+        servers_changed,
     });
     let mut tasks = vec![];
     let router = http::router(app.clone());
     app.drivers.serve_on_gateways(router.clone(), addr);
     if config.reconcile {
         tasks.push(tokio::spawn(reconcile::run(app.clone())));
+        tasks.push(tokio::spawn(app::lb::sync(app.clone())));
+        // Load balancers connected before a restart get their configuration checked at once.
+        app.servers_changed.notify_one();
         // Rollouts a previous process left running go on where they stand.
         app::rollouts::resume_all(&app).await;
     }

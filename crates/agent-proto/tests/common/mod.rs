@@ -95,6 +95,12 @@ pub fn agent_samples() -> Vec<AgentMessage> {
             output_bytes: 0,
             ..finished()
         }),
+        AgentMessage::FileStatus {
+            path: "/etc/haproxy/haproxy.cfg".into(),
+            sha256: "a".repeat(64),
+            applied: false,
+            error: Some("the new content was refused by its check".into()),
+        },
         AgentMessage::TagChange {
             request_id: 7,
             add: vec![tag("lb:pool=www")],
@@ -128,6 +134,13 @@ pub fn control_samples() -> Vec<ControlMessage> {
             generation: Generation(4),
             boot: vec![script(10, Phase::Boot), script(11, Phase::Boot)],
             tags: vec![tag("lb:pool=www")],
+            files: vec![ManagedFile {
+                path: "/etc/haproxy/haproxy.cfg".into(),
+                content: "global\n    maxconn 4096\n".into(),
+                mode: 0o644,
+                check: Some("haproxy -c -f \"$STRATUS_CANDIDATE\"".into()),
+                reload: Some("kill -USR2 $(cat /run/haproxy.pid)".into()),
+            }],
         }),
         ControlMessage::RunScript(script(12, Phase::Operational)),
         ControlMessage::Cancel { run: run_id(12) },

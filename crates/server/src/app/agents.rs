@@ -51,6 +51,21 @@ pub struct AgentRecord {
     /// The runs of the server's current boot, in order.
     #[serde(default)]
     pub boot_runs: Vec<RunId>,
+    /// The managed files of the desired state, by path, as the agent last reported them.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub files: std::collections::BTreeMap<String, FileState>,
+}
+
+/// Where one managed file stands on the instance.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileState {
+    /// The content the agent last tried to apply.
+    pub sha256: String,
+    /// The file holds that content.
+    pub applied: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub at: DateTime<Utc>,
 }
 
 impl Resource for AgentRecord {
@@ -163,6 +178,7 @@ pub async fn enrol(app: &App, req: &EnrolRequest) -> Result<Enrolled, AppError> 
         applied_generation: 0,
         boot_id: None,
         boot_runs: vec![],
+        files: Default::default(),
     };
     let actor = Actor {
         name: format!("agent:{}/{}", server.deployment, server.name),

@@ -407,6 +407,7 @@ pub async fn desired_state(app: &App, session: &mut Session) -> Result<DesiredSt
         generation: Generation(rec.generation.max(1)),
         boot,
         tags: s.tags.clone(),
+        files: super::lb::files_for(app, &s).await?,
     })
 }
 
@@ -452,6 +453,55 @@ pub async fn applied(app: &App, session: &Session, generation: Generation) -> Re
         }
     }
     Ok(())
+}
+
+/// The agent applied (or refused) a managed file. A refusal is logged and audited once per
+/// content, so an operator sees why a load balancer kept its old configuration.
+pub async fn file_status(
+    app: &App,
+    session: &Session,
+    path: &str,
+    sha256: &str,
+    applied: bool,
+    error: Option<&str>,
+) -> Result<(), AppError> {
+    let mut rec = agent_record(app, session.server).await?;
+    let state = super::agents::FileState {
+        sha256: sha256.to_string(),
+        applied,
+        error: error.map(str::to_string),
+        at: Utc::now(),
+    };
+    let before = rec.files.get(path).cloned();
+    let unchanged = before
+        .as_ref()
+        .is_some_and(|b| b.sha256 == state.sha256 && b.applied == state.applied && b.error == state.error);
+    if unchanged {
+        return Ok(());
+    }
+    let mut changes = vec![];
+    if let Some(e) = error {
+        let s = server_of(app, session.server).await?;
+        tracing::warn!(server = %s.name, deployment = %s.deployment, %path, error = %e, "a managed file was not applied cleanly");
+        let detail = serde_json::json!({ "path": path, "sha256": sha256, "applied": applied, "error": e });
+        let actor = super::Actor {
+            name: format!("agent:{}/{}", s.deployment, s.name),
+            level: 0,
+        };
+        changes.push(super::audit(
+            &actor,
+            "server.file_failed",
+            format!("server/{}/{}", s.deployment, s.name),
+            detail,
+        ));
+    }
+    rec.files.insert(path.to_string(), state);
+    changes.push(Change::update(&mut rec, Utc::now()));
+    match app.store.commit(changes).await {
+        // A newer generation raced this report; the next report records it.
+        Ok(()) | Err(stratus_store::StoreError::Stale { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// `stratus-agent tag add/remove`: the agent changes its own server's tags (audited as the
@@ -516,11 +566,29 @@ pub(crate) async fn env_for(app: &App, s: &Server, script: &Script) -> Result<Ve
                 EnvVar::secret(&decl.name, secret.expose())
             }
             InputValue::Env(var) => EnvVar::instance(&decl.name, var),
-            InputValue::Artifact { .. } => {
-                return Err(AppError::BadState(format!(
-                    "input {} is an artifact; artifact inputs are not delivered yet",
-                    decl.name
-                )));
+            InputValue::Artifact { bucket, key } => {
+                let o = app
+                    .store
+                    .find_as::<stratus_types::artifact::Object>(bucket, key)
+                    .await?
+                    .ok_or_else(|| {
+                        AppError::BadState(format!(
+                            "input {}: artifact {bucket}/{key} does not exist; upload it with `stratus artifact put FILE {bucket}/{key}`",
+                            decl.name
+                        ))
+                    })?;
+                // Relative: the agent resolves it against the URL it reaches this control
+                // plane at (a local cloud's gateway, a public URL).
+                let url = super::artifacts::signed_url(app, &o, super::artifacts::URL_TTL_DEFAULT, "");
+                EnvVar {
+                    name: decl.name.to_string(),
+                    value: stratus_agent_proto::EnvValue::Artifact(stratus_agent_proto::ArtifactRef {
+                        url: url.url,
+                        sha256: o.sha256.clone(),
+                        size: o.size,
+                        name: key.rsplit('/').next().unwrap_or(key).to_string(),
+                    }),
+                }
             }
         });
     }

@@ -1,6 +1,6 @@
-//! Load-balancer wiring by tags: which servers a load balancer balances, and the HAProxy
-//! configuration the control plane renders for it. (Issue 6, in progress: rendering and
-//! membership are here; debounced pushes through the agent come next.)
+//! Load-balancer wiring by tags: which servers a load balancer balances, the HAProxy
+//! configuration the control plane renders for it, and keeping that configuration in step
+//! with the pool through the load balancer's agent.
 //!
 //! Tags, all in the `lb` namespace:
 //!
@@ -13,15 +13,58 @@
 //! | app server | `lb:check=/PATH` | HAProxy's health check path (default `/`) |
 //!
 //! A pool's members are the *operational* servers of the load balancer's deployment tagged
-//! `lb:pool=POOL`; a booting, stranded or terminated server is not one. The configuration is
-//! rendered in name order, so the same membership always gives the same text (and an agent
-//! that already holds it has nothing to reload). Anything that would have to be escaped in an
-//! HAProxy configuration (a pool or path with spaces, quotes or `#`) is refused, not quoted.
+//! `lb:pool=POOL`; a booting, stranded, decommissioning or terminated server is not one. The
+//! configuration is rendered in name order, so the same membership always gives the same text
+//! (and an agent that already holds it has nothing to reload). Anything that would have to be
+//! escaped in an HAProxy configuration (a pool or path with spaces, quotes or `#`) is refused,
+//! not quoted.
+//!
+//! **Delivery.** The configuration is a managed file of the load balancer's desired state
+//! (`/etc/haproxy/haproxy.cfg`): its agent checks it with `haproxy -c`, keeps the old file if
+//! the check fails, and reloads HAProxy seamlessly. HAProxy runs in master-worker mode (`-W`),
+//! started by the first reload; later reloads send the master `SIGUSR2`, so it re-reads the
+//! file and starts new workers on the listening sockets it holds, while the old workers finish
+//! the connections they have. No connection is refused or cut by a pool change.
+//!
+//! **When.** Every committed change to a server wakes [`sync`]. It waits [`DEBOUNCE`] more so a
+//! burst (an array scaling by ten) becomes one reload, renders every load balancer's
+//! configuration and pushes a new desired-state generation to each one whose configuration
+//! changed. A load balancer that is not connected gets it at its next hello.
+//!
+//! **Draining.** A terminating member leaves the pool when it leaves `operational`, before its
+//! decommission scripts run. Its instance is destroyed only after every load balancer of its
+//! pool has reported the configuration without it applied ([`in_step`]), within a bound, so
+//! requests in flight finish on a member that still exists.
 
+use std::collections::HashMap;
 use std::fmt::Write;
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
+use stratus_agent_proto::ManagedFile;
+use stratus_store::{Query, TypedStore};
+use stratus_types::ServerId;
 use stratus_types::server::{Server, ServerState};
+use stratus_types::tag::Selector;
+
+use super::{App, AppError};
+
+/// How long [`sync`] waits after a server change for more before it renders.
+pub const DEBOUNCE: Duration = Duration::from_millis(150);
+/// Where a load balancer's agent keeps the configuration.
+pub const HAPROXY_CFG: &str = "/etc/haproxy/haproxy.cfg";
+/// Refuses a configuration HAProxy would not load; the old one keeps serving.
+const HAPROXY_CHECK: &str = r#"haproxy -c -q -f "$STRATUS_CANDIDATE""#;
+/// Start HAProxy (master-worker) or make the running master reload seamlessly. The pid file
+/// is trusted only if it names a running `haproxy` (after a reboot it may name anything).
+const HAPROXY_RELOAD: &str = r#"mkdir -p /run/haproxy
+pid=$(cat /run/haproxy.pid 2>/dev/null | head -n 1)
+if [ -n "$pid" ] && [ "$(cat /proc/$pid/comm 2>/dev/null)" = haproxy ]; then
+  kill -USR2 "$pid"
+else
+  haproxy -W -D -p /run/haproxy.pid -f /etc/haproxy/haproxy.cfg
+fi"#;
 
 /// One backend server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,9 +165,10 @@ fn pool(lb: &Server, name: &str, servers: &[Server]) -> Result<(Pool, Vec<String
 }
 
 /// The HAProxy configuration for one load balancer. Health checks take a failing member out
-/// of rotation within two seconds (`inter 1s fall 2`) and put it back after one good check.
-/// The runtime socket lets the agent reload without dropping established connections
-/// (`haproxy -sf`, with `expose-fd listeners` for the seamless handover).
+/// of rotation within two seconds (`inter 1s fall 2`) and put it back after one good check. A
+/// request whose connection to a member fails is retried on another member (`redispatch`), so
+/// a member that dies between two checks costs the client nothing. Old workers get 30 s after
+/// a reload to finish their connections (`hard-stop-after`).
 pub fn render(lb: &str, pool: &Pool) -> String {
     let mut c = String::new();
     let _ = writeln!(
@@ -135,8 +179,9 @@ pub fn render(lb: &str, pool: &Pool) -> String {
         pool.members.len()
     );
     c.push_str(
-        "global\n    maxconn 4096\n    stats socket /run/haproxy/admin.sock mode 600 level admin expose-fd listeners\n\n\
-         defaults\n    mode http\n    option redispatch\n    retries 2\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n    timeout http-request 10s\n\n",
+        "global\n    maxconn 4096\n    hard-stop-after 30s\n    stats socket /run/haproxy/admin.sock mode 600 level admin\n\n\
+         defaults\n    mode http\n    option redispatch 1\n    retries 3\n    retry-on conn-failure empty-response response-timeout\n    \
+         timeout connect 1s\n    timeout client 30s\n    timeout server 30s\n    timeout http-request 10s\n\n",
     );
     let _ = writeln!(
         c,
@@ -159,6 +204,109 @@ pub fn render(lb: &str, pool: &Pool) -> String {
     c
 }
 
+/// The managed files of a server: a load balancer's HAProxy configuration; none for others.
+pub async fn files_for(app: &App, s: &Server) -> Result<Vec<ManagedFile>, AppError> {
+    if lb_tag(s, "balances").is_none() {
+        return Ok(vec![]);
+    }
+    let q = Query {
+        scope: Some(s.deployment.to_string()),
+        live_only: true,
+        ..Default::default()
+    };
+    let servers = app.store.list_all::<Server>(&q).await?;
+    let Some(pool) = pool_of(s, &servers) else {
+        return Ok(vec![]);
+    };
+    let (pool, left_out) = match pool {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(lb = %s.name, deployment = %s.deployment, error = %e, "load balancer tags");
+            return Ok(vec![]);
+        }
+    };
+    for why in left_out {
+        tracing::warn!(lb = %s.name, deployment = %s.deployment, member = %why, "left out of the pool");
+    }
+    Ok(vec![ManagedFile {
+        path: HAPROXY_CFG.into(),
+        content: render(&format!("{}/{}", s.deployment, s.name), &pool),
+        mode: 0o644,
+        check: Some(HAPROXY_CHECK.into()),
+        reload: Some(HAPROXY_RELOAD.into()),
+    }])
+}
+
+/// The live servers that balance a pool.
+async fn balancers(app: &App) -> Result<Vec<Server>, AppError> {
+    let q = Query {
+        selector: Some(Selector::parse("lb:balances").expect("a presence selector")),
+        live_only: true,
+        ..Default::default()
+    };
+    Ok(app.store.list_all::<Server>(&q).await?)
+}
+
+/// Keep every load balancer's configuration in step with its pool (see the module docs). Runs
+/// for the life of the control plane.
+pub async fn sync(app: Arc<App>) {
+    // What each load balancer was last sent, by content hash.
+    let mut sent: HashMap<ServerId, String> = HashMap::new();
+    loop {
+        app.servers_changed.notified().await;
+        tokio::time::sleep(DEBOUNCE).await;
+        if let Err(e) = sync_once(&app, &mut sent).await {
+            tracing::warn!(error = %e, "cannot update the load balancers");
+        }
+    }
+}
+
+async fn sync_once(app: &App, sent: &mut HashMap<ServerId, String>) -> Result<(), AppError> {
+    let lbs = balancers(app).await?;
+    sent.retain(|id, _| lbs.iter().any(|s| s.id == *id));
+    for lb in lbs {
+        if !app.agents.is_connected(lb.id) {
+            // It gets the configuration with its desired state at its next hello.
+            sent.remove(&lb.id);
+            continue;
+        }
+        let files = files_for(app, &lb).await?;
+        let hash = files.iter().map(ManagedFile::sha256).collect::<Vec<_>>().join(",");
+        if sent.get(&lb.id) != Some(&hash) {
+            super::gateway::desired_changed(app, lb.id).await;
+            tracing::info!(lb = %lb.name, deployment = %lb.deployment, "load balancer configuration sent");
+            sent.insert(lb.id, hash);
+        }
+    }
+    Ok(())
+}
+
+/// Has every connected load balancer of `member`'s pool applied a configuration rendered from
+/// the pool as it is now? (A load balancer that is not connected cannot be waited for.)
+pub async fn in_step(app: &App, member: &Server) -> Result<bool, AppError> {
+    let Some(pool) = lb_tag(member, "pool") else {
+        return Ok(true);
+    };
+    for lb in balancers(app).await? {
+        if lb.deployment != member.deployment
+            || lb_tag(&lb, "balances") != Some(pool)
+            || !app.agents.is_connected(lb.id)
+        {
+            continue;
+        }
+        let want: Vec<String> = files_for(app, &lb).await?.iter().map(ManagedFile::sha256).collect();
+        let rec = super::gateway::agent_record(app, lb.id).await?;
+        if want.iter().any(|sha| {
+            rec.files
+                .get(HAPROXY_CFG)
+                .is_none_or(|f| &f.sha256 != sha || !f.applied)
+        }) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,7 +314,7 @@ mod tests {
 
     fn server(name: &str, state: ServerState, ip: &str, tags: &[&str]) -> Server {
         let mut s: Server = serde_json::from_value(serde_json::json!({
-            "id": stratus_types::ServerId::new(), "revision": 1, "name": name, "deployment": "web",
+            "id": ServerId::new(), "revision": 1, "name": name, "deployment": "web",
             "template": "t", "cloud": "c", "region": "r", "image": "i", "image_version": 1,
             "native_image": "n", "size": "s", "template_version": 1, "template_hash": "h",
             "state": state, "inputs": {}, "tags": [], "login_user": "root",

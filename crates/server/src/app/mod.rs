@@ -59,6 +59,8 @@ pub struct App {
     /// Serialises switching an object to a blob with deleting unreferenced blobs (one replica;
     /// several will need the store to arbitrate, like address allocation).
     pub artifact_lock: tokio::sync::Mutex<()>,
+    /// Notified after every commit that wrote a server (see `crate::watch`).
+    pub servers_changed: crate::watch::ServerChanges,
 }
 
 /// Behaviour knobs, from the server configuration.

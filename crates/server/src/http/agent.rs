@@ -228,6 +228,15 @@ async fn handle(app: &App, gw: &mut gateway::Session, msg: AgentMessage) -> Resu
             },
             Err(e) => failed(request_id, e)?,
         }),
+        AgentMessage::FileStatus {
+            path,
+            sha256,
+            applied,
+            error,
+        } => {
+            gateway::file_status(app, gw, &path, &sha256, applied, error.as_deref()).await?;
+            None
+        }
         AgentMessage::Hello(_) => return Err(AppError::Forbidden("hello twice".into())),
     })
 }

@@ -1,0 +1,75 @@
+//! Protocol version 2: objects the agent fetches (artifact inputs) and files it keeps in step
+//! with what the control plane renders (a load balancer's configuration).
+
+use std::fmt;
+
+/// An object of the artifact store, as a run's input or a managed file's content: where to
+/// fetch it without credentials, and the SHA-256 it must have. The agent fetches it before the
+/// script starts (once per content: its cache is keyed by the hash), verifies it, and gives the
+/// script the file's path.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactRef {
+    /// A signed, short-lived URL; relative ones (`/api/v1/...`) are resolved against the URL
+    /// the agent reaches the control plane at.
+    pub url: String,
+    /// SHA-256 of the content, lower-case hex.
+    pub sha256: String,
+    pub size: u64,
+    /// The file name the script sees (the key's last segment): `site.tar.gz`.
+    pub name: String,
+}
+
+/// The URL carries a signature: `Debug` shows the object's name and hash only.
+impl fmt::Debug for ArtifactRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ArtifactRef")
+            .field("name", &self.name)
+            .field("sha256", &self.sha256)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A file the agent keeps as the control plane says, as part of the desired state. Applying
+/// one: write the content to a candidate file next to `path`; run `check` (with the candidate's
+/// path in `$STRATUS_CANDIDATE`) and keep the old file if it fails; rename the candidate over
+/// `path`; run `reload`. The agent answers each attempt with a `FileStatus`. A file whose
+/// content already matches is not rewritten and not reloaded.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManagedFile {
+    /// Absolute, without `.`/`..` segments.
+    pub path: String,
+    pub content: String,
+    /// Permission bits (default 0644).
+    #[serde(default = "default_mode")]
+    pub mode: u32,
+    /// A shell command that must succeed on the candidate (`haproxy -c -f "$STRATUS_CANDIDATE"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<String>,
+    /// A shell command run after the file changed (a seamless reload).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reload: Option<String>,
+}
+
+fn default_mode() -> u32 {
+    0o644
+}
+
+impl ManagedFile {
+    /// SHA-256 of the content, lower-case hex: what `FileStatus` reports.
+    pub fn sha256(&self) -> String {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(self.content.as_bytes()))
+    }
+}
+
+/// Is `path` absolute and free of empty, `.` and `..` segments?
+pub fn absolute_path_ok(path: &str) -> bool {
+    path.starts_with('/')
+        && path.len() > 1
+        && !path.ends_with('/')
+        && path[1..].split('/').all(|s| !s.is_empty() && s != "." && s != "..")
+        && !path.contains('\0')
+}

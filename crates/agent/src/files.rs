@@ -1,0 +1,184 @@
+//! Managed files: files the control plane renders (a load balancer's configuration) and the
+//! agent keeps in place.
+//!
+//! Applying one: if the file already has the content and this agent process applied it before,
+//! nothing happens. Otherwise the content is written to a candidate next to the file, `check`
+//! runs on it (`$STRATUS_CANDIDATE`) and a failure keeps the old file serving; then the candidate
+//! is renamed over the file (atomic: a reader sees the old or the new file) and `reload` runs.
+//! The first apply in an agent process always reloads, so a service is (re)started after the
+//! instance rebooted even though its file did not change.
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use stratus_agent_proto::ManagedFile;
+use tokio::process::Command;
+
+/// How long `check` or `reload` may take.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What happened to one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// The file holds the desired content.
+    pub applied: bool,
+    /// Why the content was refused, or why the reload failed.
+    pub error: Option<String>,
+}
+
+/// Contents this agent process applied, by path.
+#[derive(Debug, Default)]
+pub struct Applied(HashMap<String, String>);
+
+impl Applied {
+    /// Apply one file (see the module docs).
+    pub async fn apply(&mut self, f: &ManagedFile) -> Status {
+        let want = f.sha256();
+        let path = Path::new(&f.path);
+        let on_disk = std::fs::read(path).ok().map(|b| hex::encode(Sha256::digest(&b)));
+        if on_disk.as_deref() == Some(want.as_str()) && self.0.get(&f.path) == Some(&want) {
+            return Status {
+                applied: true,
+                error: None,
+            };
+        }
+        if on_disk.as_deref() != Some(want.as_str())
+            && let Err(e) = replace(f).await
+        {
+            return Status {
+                applied: false,
+                error: Some(e),
+            };
+        }
+        self.0.insert(f.path.clone(), want);
+        let error = match &f.reload {
+            Some(cmd) => shell(cmd, None).await.err().map(|e| format!("reload failed: {e}")),
+            None => None,
+        };
+        Status { applied: true, error }
+    }
+}
+
+/// Write, check and rename into place.
+async fn replace(f: &ManagedFile) -> Result<(), String> {
+    let path = Path::new(&f.path);
+    let dir = path.parent().ok_or("the path has no directory")?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let candidate = dir.join(format!(".{name}.stratus-new"));
+    let written = std::fs::write(&candidate, f.content.as_bytes())
+        .and_then(|()| std::fs::set_permissions(&candidate, std::fs::Permissions::from_mode(f.mode)))
+        .and_then(|()| std::fs::File::open(&candidate)?.sync_all());
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&candidate);
+        return Err(format!("cannot write {}: {e}", candidate.display()));
+    }
+    if let Some(cmd) = &f.check
+        && let Err(e) = shell(cmd, Some(&candidate)).await
+    {
+        let _ = std::fs::remove_file(&candidate);
+        return Err(format!(
+            "the new content was refused by its check ({e}); the old file stays"
+        ));
+    }
+    std::fs::rename(&candidate, path).map_err(|e| format!("cannot move the new content into place: {e}"))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Run `sh -c CMD`; an error carries the exit status and the output's tail.
+async fn shell(cmd: &str, candidate: Option<&Path>) -> Result<(), String> {
+    let mut c = Command::new("/bin/sh");
+    c.arg("-c")
+        .arg(cmd)
+        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    if let Some(p) = candidate {
+        c.env("STRATUS_CANDIDATE", p);
+    }
+    let out = match tokio::time::timeout(COMMAND_TIMEOUT, c.output()).await {
+        Err(_) => return Err(format!("it ran longer than {} s", COMMAND_TIMEOUT.as_secs())),
+        Ok(Err(e)) => return Err(format!("cannot run /bin/sh: {e}")),
+        Ok(Ok(o)) => o,
+    };
+    if out.status.success() {
+        return Ok(());
+    }
+    let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stdout));
+    let text = text.trim();
+    let tail: String = {
+        let chars: Vec<char> = text.chars().collect();
+        chars[chars.len().saturating_sub(1500)..].iter().collect()
+    };
+    Err(format!("{}: {tail}", out.status))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &Path, content: &str, check: Option<&str>, reload: Option<&str>) -> ManagedFile {
+        ManagedFile {
+            path: path.display().to_string(),
+            content: content.into(),
+            mode: 0o640,
+            check: check.map(str::to_string),
+            reload: reload.map(str::to_string),
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_checks_and_reloads_only_on_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("etc/app.cfg");
+        let log = dir.path().join("reloads");
+        let reload = format!("echo reload >> {}", log.display());
+        let check = "grep -q good \"$STRATUS_CANDIDATE\"";
+        let mut a = Applied::default();
+        let reloads = || std::fs::read_to_string(&log).unwrap_or_default().lines().count();
+
+        let s = a.apply(&file(&path, "good 1", Some(check), Some(&reload))).await;
+        assert_eq!(
+            s,
+            Status {
+                applied: true,
+                error: None
+            }
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "good 1");
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o640);
+        assert_eq!(reloads(), 1);
+        // The same content again: no write, no reload.
+        a.apply(&file(&path, "good 1", Some(check), Some(&reload))).await;
+        assert_eq!(reloads(), 1);
+        // Refused by the check: the old file stays, no reload, the reason is given.
+        let s = a.apply(&file(&path, "bad", Some(check), Some(&reload))).await;
+        assert!(!s.applied);
+        assert!(s.error.as_deref().unwrap().contains("refused by its check"), "{s:?}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "good 1");
+        assert_eq!(reloads(), 1);
+        assert_eq!(
+            std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
+            1,
+            "no candidate left"
+        );
+        // A new agent process reloads once even though the content is in place.
+        let mut fresh = Applied::default();
+        fresh.apply(&file(&path, "good 1", Some(check), Some(&reload))).await;
+        assert_eq!(reloads(), 2);
+        // A failing reload is reported, the file is applied.
+        let s = a
+            .apply(&file(&path, "good 2", Some(check), Some("echo nope >&2; exit 3")))
+            .await;
+        assert!(s.applied);
+        let e = s.error.unwrap();
+        assert!(e.contains("reload failed") && e.contains("nope"), "{e}");
+    }
+}
