@@ -91,33 +91,43 @@ async fn replace(f: &ManagedFile) -> Result<(), String> {
     Ok(())
 }
 
-/// Run `sh -c CMD`; an error carries the exit status and the output's tail.
+/// Run `sh -c CMD`; an error carries the exit status and the output's tail. The output goes to
+/// an unnamed file, not a pipe: a reload that starts a daemon (which keeps its inherited
+/// descriptors) must not make this wait for the daemon's end.
 async fn shell(cmd: &str, candidate: Option<&Path>) -> Result<(), String> {
+    use std::io::{Read, Seek};
+    let mut log = tempfile::tempfile().map_err(|e| format!("cannot make a file for the output: {e}"))?;
+    let stderr = log.try_clone().map_err(|e| e.to_string())?;
+    let stdout = log.try_clone().map_err(|e| e.to_string())?;
     let mut c = Command::new("/bin/sh");
     c.arg("-c")
         .arg(cmd)
         .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
         .stdin(std::process::Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
         .kill_on_drop(true);
     if let Some(p) = candidate {
         c.env("STRATUS_CANDIDATE", p);
     }
-    let out = match tokio::time::timeout(COMMAND_TIMEOUT, c.output()).await {
+    let mut child = c.spawn().map_err(|e| format!("cannot run /bin/sh: {e}"))?;
+    let status = match tokio::time::timeout(COMMAND_TIMEOUT, child.wait()).await {
         Err(_) => return Err(format!("it ran longer than {} s", COMMAND_TIMEOUT.as_secs())),
-        Ok(Err(e)) => return Err(format!("cannot run /bin/sh: {e}")),
-        Ok(Ok(o)) => o,
+        Ok(Err(e)) => return Err(format!("cannot wait for /bin/sh: {e}")),
+        Ok(Ok(s)) => s,
     };
-    if out.status.success() {
+    if status.success() {
         return Ok(());
     }
-    let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stdout));
+    let mut bytes = vec![];
+    let _ = log.rewind().and_then(|()| log.read_to_end(&mut bytes));
+    let text = String::from_utf8_lossy(&bytes);
     let text = text.trim();
     let tail: String = {
         let chars: Vec<char> = text.chars().collect();
         chars[chars.len().saturating_sub(1500)..].iter().collect()
     };
-    Err(format!("{}: {tail}", out.status))
+    Err(format!("{status}: {tail}"))
 }
 
 #[cfg(test)]
@@ -180,5 +190,29 @@ mod tests {
         assert!(s.applied);
         let e = s.error.unwrap();
         assert!(e.contains("reload failed") && e.contains("nope"), "{e}");
+    }
+
+    /// A reload that leaves a daemon behind (holding its inherited output) returns when the
+    /// shell does, not when the daemon ends.
+    #[tokio::test]
+    async fn a_reload_that_starts_a_daemon_returns_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.cfg");
+        let mut a = Applied::default();
+        let started = std::time::Instant::now();
+        let s = a
+            .apply(&file(&path, "x", None, Some("sleep 31.7 & echo started")))
+            .await;
+        assert_eq!(
+            s,
+            Status {
+                applied: true,
+                error: None
+            }
+        );
+        assert!(started.elapsed() < COMMAND_TIMEOUT, "waited for the daemon");
+        let _ = std::process::Command::new("pkill")
+            .args(["-f", "^sleep 31.7$"])
+            .status();
     }
 }

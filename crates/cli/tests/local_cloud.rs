@@ -733,3 +733,164 @@ fn wait_run(plane: &Plane, id: &str, want: impl Fn(&Value) -> bool) -> Value {
     }
     panic!("run {id} never got there: {}", plane.json(&["runs", "show", id]));
 }
+
+/// The example deployment, unchanged: `stratus apply -f examples/lb-and-app.toml` on a local
+/// cloud brings up a real HAProxy in front of two real nginx servers; a client requesting all
+/// the time sees both, then a third one added, then one fewer when one is terminated, and not
+/// one failed request throughout.
+#[test]
+fn the_lb_and_app_example_keeps_serving_through_pool_changes() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let tmp = tempfile::Builder::new()
+        .prefix("stratus-lb-")
+        .tempdir_in("/var/tmp")
+        .expect("tmp");
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    let _cleanup = Cleanup {
+        tag: stratus_server::drivers::network_tag(&data, "local"),
+        state: data.join("local/clouds/local"),
+    };
+    let (a, b) = (150 + random_octet() % 50, random_octet());
+    let plane = Plane::start(&data);
+    // The example's cloud is `local` (examples/local-cloud.toml); here on a subnet of its own.
+    let cloud = tmp.path().join("cloud.toml");
+    std::fs::write(
+        &cloud,
+        format!(
+            r#"
+[[cloud]]
+name = "local"
+driver = "local"
+regions = [{{ name = "local" }}]
+sizes = [{{ name = "small", cpus = 1, memory = "512MiB" }}]
+[cloud.local]
+subnet = "10.{a}.{b}.0/24"
+outbound_nat = false
+"#
+        ),
+    )
+    .expect("write");
+    plane.ok(&["apply", "-f", cloud.to_str().expect("path")]);
+    // `stratus image build`: debian-12 with the default packages (nginx, haproxy, curl, ...).
+    plane.ok(&["image", "build", "--cloud", "local"]);
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/lb-and-app.toml");
+    plane.ok(&["apply", "-f", example.to_str().expect("path")]);
+    let operational = |v: &Value| matches!(v["state"].as_str(), Some("operational" | "stranded"));
+    let mut ips = std::collections::BTreeMap::new();
+    for name in ["lb-1", "app-1", "app-2"] {
+        let key = format!("www/{name}");
+        let s = plane.wait_server(&key, operational);
+        assert_eq!(
+            s["state"],
+            "operational",
+            "{s}\nconsole:\n{}",
+            plane.stratus(&["server", "console", &key]).1
+        );
+        ips.insert(name, s["private_ip"].as_str().expect("ip").to_string());
+    }
+    let lb = format!("http://{}:80/", ips["lb-1"]);
+    // Both app servers answer through the load balancer.
+    let seen = |want: &[&str], within: Duration| -> bool {
+        let until = std::time::Instant::now() + within;
+        let mut got = std::collections::BTreeSet::new();
+        while std::time::Instant::now() < until {
+            if let Some(body) = http(&lb) {
+                got.insert(body.rsplit(' ').next().unwrap_or_default().to_string());
+            }
+            if want.iter().all(|w| got.contains(*w)) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    };
+    assert!(
+        seen(&["app-1", "app-2"], Duration::from_secs(30)),
+        "the load balancer does not route to both: {:?}",
+        http(&lb)
+    );
+
+    // A client that keeps requesting through every change (bounded: 4000 requests, 5 min).
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = {
+        let (stop, lb) = (stop.clone(), lb.clone());
+        std::thread::spawn(move || {
+            let mut answers: Vec<(std::time::Instant, String)> = vec![];
+            let mut failures = vec![];
+            let started = std::time::Instant::now();
+            while !stop.load(Ordering::Relaxed)
+                && answers.len() + failures.len() < 4000
+                && started.elapsed() < Duration::from_secs(300)
+            {
+                match http(&lb) {
+                    Some(body) => answers.push((std::time::Instant::now(), body)),
+                    None => failures.push(std::time::Instant::now()),
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            (answers, failures)
+        })
+    };
+
+    // A third server joins the pool once it is operational.
+    plane.ok(&["server", "launch", "app-3", "-d", "www", "-t", "www-app", "--wait"]);
+    let joined = std::time::Instant::now();
+    assert!(seen(&["app-3"], Duration::from_secs(30)), "app-3 never got requests");
+    println!(
+        "app-3 operational -> first answer through the load balancer: {:?}",
+        joined.elapsed()
+    );
+
+    // One leaves: terminating it takes it out of rotation before its instance goes.
+    let leaving = std::time::Instant::now();
+    plane.ok(&["server", "terminate", "www/app-1"]);
+    plane.wait_server("www/app-1", |v| v["state"] == "terminated");
+    println!("terminate app-1 -> terminated: {:?}", leaving.elapsed());
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    let (answers, failures) = client.join().expect("client");
+    let after = |t: std::time::Instant| answers.iter().filter(move |(at, _)| *at > t);
+    let last_app1 = answers
+        .iter()
+        .filter(|(_, b)| b.ends_with("app-1"))
+        .map(|(at, _)| *at)
+        .max();
+    if let Some(last) = last_app1 {
+        println!(
+            "terminate app-1 -> its last answer: {:?}",
+            last.saturating_duration_since(leaving)
+        );
+    }
+    println!(
+        "{} requests during the changes, {} failed",
+        answers.len() + failures.len(),
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed",
+        failures.len(),
+        answers.len() + failures.len()
+    );
+    assert!(
+        answers.len() > 50,
+        "the client made too few requests to tell: {}",
+        answers.len()
+    );
+    let done = plane.json(&["server", "show", "www/app-1"]);
+    let terminated_for = Duration::from_secs(2);
+    assert!(
+        after(std::time::Instant::now() - terminated_for).all(|(_, b)| !b.ends_with("app-1")),
+        "app-1 still answered after it was terminated: {done}"
+    );
+    let recent: std::collections::BTreeSet<String> = after(std::time::Instant::now() - terminated_for)
+        .map(|(_, b)| b.rsplit(' ').next().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        recent.into_iter().collect::<Vec<_>>(),
+        ["app-2", "app-3"],
+        "the pool after the changes"
+    );
+}

@@ -193,6 +193,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
             .context("cannot open the artifact store")?,
         artifact_lock: Default::default(),
         servers_changed,
+        drained_at: Default::default(),
     });
     let mut tasks = vec![];
     let router = http::router(app.clone());

@@ -299,6 +299,9 @@ async fn decommission(
     } else if s.instance_id.is_some() && !decommission_scripts_done(app, &s).await? {
         return Ok(());
     }
+    if s.instance_id.is_some() && !drained(app, &s).await? {
+        return Ok(());
+    }
     // The recorded instance, plus any launched for this server but not recorded (a launch
     // that raced a termination): nothing may be left running and billing.
     let mut ids: Vec<String> = s.instance_id.iter().cloned().collect();
@@ -358,6 +361,34 @@ async fn decommission(
         .push(s.id, stratus_agent_proto::ControlMessage::Refused(gone))
         .await;
     Ok(())
+}
+
+/// The longest a terminating member waits for its load balancers to stop sending it requests.
+const DRAIN_MAX: std::time::Duration = std::time::Duration::from_secs(15);
+/// After the load balancers applied the configuration without it: time for requests their old
+/// workers still hold to finish.
+const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// May the instance of a terminating load-balancer member go? Once every connected load
+/// balancer of its pool runs a configuration without it, plus [`DRAIN_GRACE`]; at most
+/// [`DRAIN_MAX`] after the termination began (a load balancer that cannot apply its
+/// configuration must not keep a server alive).
+async fn drained(app: &App, s: &Server) -> Result<bool, AppError> {
+    let since = s.decommissioning_since.unwrap_or(s.updated_at);
+    let waited = (Utc::now() - since).to_std().unwrap_or_default();
+    if waited >= DRAIN_MAX {
+        return Ok(true);
+    }
+    if !crate::app::lb::in_step(app, s).await? {
+        return Ok(false);
+    }
+    let mut in_step_since = app.drained_at.lock().unwrap_or_else(|e| e.into_inner());
+    let at = *in_step_since.entry(s.id).or_insert_with(std::time::Instant::now);
+    if at.elapsed() < DRAIN_GRACE {
+        return Ok(false);
+    }
+    in_step_since.remove(&s.id);
+    Ok(true)
 }
 
 /// How long decommission waits for an absent agent to come back before giving up on it.

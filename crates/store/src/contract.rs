@@ -62,6 +62,7 @@ pub fn server(n: &str, deployment: &str, tags: &[&str]) -> Server {
         launched_at: None,
         booting_since: None,
         operational_at: None,
+        decommissioning_since: None,
         terminated_at: None,
     }
 }

@@ -188,6 +188,9 @@ pub struct Server {
     pub booting_since: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operational_at: Option<DateTime<Utc>>,
+    /// When the termination began (decommission scripts, then draining from load balancers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decommissioning_since: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub terminated_at: Option<DateTime<Utc>>,
 }
@@ -227,6 +230,7 @@ impl Server {
                 self.operational_at = Some(now);
                 self.stranded = None;
             }
+            ServerState::Decommissioning => self.decommissioning_since = Some(now),
             ServerState::Terminated => self.terminated_at = Some(now),
             _ => {}
         }

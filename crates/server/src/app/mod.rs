@@ -61,6 +61,9 @@ pub struct App {
     pub artifact_lock: tokio::sync::Mutex<()>,
     /// Notified after every commit that wrote a server (see `crate::watch`).
     pub servers_changed: crate::watch::ServerChanges,
+    /// When each terminating load-balancer member was first seen drained (see
+    /// `reconcile::drained`).
+    pub drained_at: std::sync::Mutex<std::collections::HashMap<stratus_types::ServerId, std::time::Instant>>,
 }
 
 /// Behaviour knobs, from the server configuration.

@@ -184,6 +184,7 @@ pub fn build_server(
         launched_at: None,
         booting_since: None,
         operational_at: None,
+        decommissioning_since: None,
         terminated_at: None,
     })
 }
