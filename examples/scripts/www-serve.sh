@@ -1,13 +1,13 @@
 #!/bin/sh
-# Serve a page that names this server with nginx on $APP_PORT (every boot: nginx is not a
-# service of the instance's init, so each boot starts it). Idempotent.
+# Serve the application (unpacked by the agent in /srv/site/current before this script runs)
+# with nginx on $APP_PORT. Server-side includes put this server's name in the page. Every boot:
+# nginx is not a service of the instance's init, so each boot starts it. Idempotent.
 set -eu
-mkdir -p /var/www/app
-printf '%s from %s\n' "$APP_GREETING" "$(hostname)" > /var/www/app/index.html
 cat > /etc/nginx/sites-enabled/default <<CONF
 server {
     listen ${APP_PORT};
-    root /var/www/app;
+    root /srv/site/current;
+    ssi on;
     access_log off;
 }
 CONF

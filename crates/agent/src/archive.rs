@@ -126,12 +126,18 @@ pub fn deploy(
         }
         std::fs::rename(&partial, &target).map_err(io(&target))?;
     }
+    switch(app, version)?;
+    Ok(target)
+}
+
+/// Point `APP/current` at `releases/VERSION` in one rename (a reader sees the old link or the
+/// new one, never none).
+pub fn switch(app: &Path, version: &str) -> Result<(), ArchiveError> {
     let link = app.join(".current.tmp");
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(Path::new("releases").join(version), &link).map_err(io(&link))?;
     let current = app.join("current");
-    std::fs::rename(&link, &current).map_err(io(&current))?;
-    Ok(target)
+    std::fs::rename(&link, &current).map_err(io(&current))
 }
 
 /// Unpack a tar.gz or zip archive into the existing, empty directory `dest`.

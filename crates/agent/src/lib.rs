@@ -30,6 +30,7 @@
 //! 8. **Reconnect** on any failure with exponential backoff and full jitter (1 s … 60 s). A
 //!    server the control plane says is terminated makes the agent exit.
 
+pub mod app;
 pub mod archive;
 pub mod config;
 pub mod connection;
@@ -68,7 +69,10 @@ const USAGE: &str = "usage:
       tag commands wait 30 s for a connection)
   stratus-agent [--state-dir DIR] tag add TAG... | remove TAG... | list | query SELECTOR [--json]
       change or read this server's tags, or find servers of its deployment by tag (talks to
-      the running agent; inside scripts STRATUS_AGENT_SOCKET names it)";
+      the running agent; inside scripts STRATUS_AGENT_SOCKET names it)
+  stratus-agent app deploy --name NAME --archive FILE --sha256 HEX [--root /srv]
+      unpack an application archive as a new release and switch to it (the control plane's
+      deploy runs call this; $STRATUS_APP_ACTIVATE runs after the switch)";
 
 pub use config::AgentConfig;
 
@@ -128,6 +132,7 @@ pub fn main(args: &[std::ffi::OsString]) -> std::process::ExitCode {
                 cfg.user_data_file = Some(v.into());
                 cfg.metadata_url = None;
             }),
+            "app" => return app::command(&args[i + 1..]),
             "tag" => {
                 let dir = state_given.then_some(cfg.state_dir.as_path());
                 return local::tag_command(&args[i + 1..], dir);

@@ -60,6 +60,8 @@ pub enum Command {
     Array(ArrayCmd),
     /// Run an operational script on a server, or on every server a tag selector picks.
     Run(RunArgs),
+    /// Deploy an application archive to the servers a tag selector picks, a few at a time.
+    Deploy(DeployArgs),
     /// Script runs (boot, operational, decommission).
     #[command(subcommand)]
     Runs(RunsCmd),
@@ -338,6 +340,32 @@ pub struct RunArgs {
     pub timeout: Option<u64>,
     /// Print the output as it arrives (for a rollout: each server's result as it finishes)
     /// and exit with the result.
+    #[arg(long, short)]
+    pub follow: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// The archive (tar.gz or zip): BUCKET/KEY in the artifact store, or a local file, which is
+    /// first uploaded over the archive the servers' template names (so servers launched later
+    /// start with it too).
+    pub archive: String,
+    /// The servers: a tag selector such as `lb:pool=www`.
+    #[arg(long)]
+    pub to: String,
+    /// Only servers of this deployment.
+    #[arg(long)]
+    pub deployment: Option<String>,
+    /// Servers deploying at a time (default 1: one server out of rotation at a time).
+    #[arg(long)]
+    pub concurrency: Option<u32>,
+    /// Failures tolerated before the deploy stops (default 0).
+    #[arg(long, default_value_t = 0)]
+    pub max_errors: u32,
+    /// Kill each deploy after this many seconds.
+    #[arg(long)]
+    pub timeout: Option<u64>,
+    /// Print each server's result as it finishes and exit with the result.
     #[arg(long, short)]
     pub follow: bool,
 }

@@ -775,8 +775,29 @@ outbound_nat = false
     plane.ok(&["apply", "-f", cloud.to_str().expect("path")]);
     // `stratus image build`: debian-12 with the default packages (nginx, haproxy, curl, ...).
     plane.ok(&["image", "build", "--cloud", "local"]);
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/lb-and-app.toml");
-    plane.ok(&["apply", "-f", example.to_str().expect("path")]);
+    // The application, as the example's instructions upload it.
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let site = |name: &str, dir: &Path| -> String {
+        let out = tmp.path().join(name);
+        let ok = Command::new("tar")
+            .arg("-C")
+            .arg(dir)
+            .arg("-czf")
+            .arg(&out)
+            .arg(".")
+            .status()
+            .expect("tar");
+        assert!(ok.success());
+        out.to_str().expect("path").to_string()
+    };
+    plane.ok(&["artifact", "mb", "www"]);
+    plane.ok(&[
+        "artifact",
+        "put",
+        &site("site.tar.gz", &examples.join("site")),
+        "www/site.tar.gz",
+    ]);
+    plane.ok(&["apply", "-f", examples.join("lb-and-app.toml").to_str().expect("path")]);
     let operational = |v: &Value| matches!(v["state"].as_str(), Some("operational" | "stranded"));
     let mut ips = std::collections::BTreeMap::new();
     for name in ["lb-1", "app-1", "app-2"] {
@@ -811,6 +832,8 @@ outbound_nat = false
         "the load balancer does not route to both: {:?}",
         http(&lb)
     );
+    let page = http(&lb).expect("an answer");
+    assert!(page.starts_with("v1 from app-"), "the application's page: {page}");
 
     // A client that keeps requesting through every change (bounded: 4000 requests, 5 min).
     let stop = Arc::new(AtomicBool::new(false));
@@ -849,6 +872,34 @@ outbound_nat = false
     plane.wait_server("www/app-1", |v| v["state"] == "terminated");
     println!("terminate app-1 -> terminated: {:?}", leaving.elapsed());
     std::thread::sleep(Duration::from_secs(2));
+    let pool_changed = std::time::Instant::now();
+
+    // A new release, one server at a time, while the client keeps requesting.
+    let v2 = tmp.path().join("v2");
+    std::fs::create_dir_all(&v2).expect("mkdir");
+    std::fs::write(v2.join("index.html"), "v2 from <!--# echo var=\"hostname\" -->\n").expect("write");
+    let deployed = plane.ok(&[
+        "deploy",
+        &site("site-v2.tar.gz", &v2),
+        "--to",
+        "lb:pool=www",
+        "--follow",
+    ]);
+    assert!(deployed.contains("2 succeeded, 0 failed"), "{deployed}");
+    let v2_done = std::time::Instant::now();
+    std::thread::sleep(Duration::from_millis(500));
+
+    // A hostile release (a link out of the release directory) is refused; v2 keeps serving.
+    let evil = tmp.path().join("evil");
+    std::fs::create_dir_all(&evil).expect("mkdir");
+    std::fs::write(evil.join("index.html"), "evil\n").expect("write");
+    std::os::unix::fs::symlink("/etc/shadow", evil.join("shadow")).expect("symlink");
+    plane.ok(&["artifact", "put", &site("evil.tar.gz", &evil), "www/evil.tar.gz"]);
+    let (ok, refused) = plane.stratus(&["deploy", "www/evil.tar.gz", "--to", "lb:pool=www", "--follow"]);
+    assert!(!ok, "{refused}");
+    assert!(refused.contains("unsafe archive entry"), "{refused}");
+    assert!(refused.contains("keeps serving"), "{refused}");
+    std::thread::sleep(Duration::from_secs(1));
     stop.store(true, Ordering::Relaxed);
     let (answers, failures) = client.join().expect("client");
     let after = |t: std::time::Instant| answers.iter().filter(move |(at, _)| *at > t);
@@ -882,12 +933,29 @@ outbound_nat = false
     let done = plane.json(&["server", "show", "www/app-1"]);
     let terminated_for = Duration::from_secs(2);
     assert!(
-        after(std::time::Instant::now() - terminated_for).all(|(_, b)| !b.ends_with("app-1")),
+        after(pool_changed - terminated_for).all(|(_, b)| !b.ends_with("app-1")),
         "app-1 still answered after it was terminated: {done}"
     );
-    let recent: std::collections::BTreeSet<String> = after(std::time::Instant::now() - terminated_for)
+    let recent: std::collections::BTreeSet<String> = after(pool_changed)
         .map(|(_, b)| b.rsplit(' ').next().unwrap_or_default().to_string())
         .collect();
+    let versions: std::collections::BTreeSet<&str> = after(v2_done)
+        .map(|(_, b)| b.split(' ').next().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        versions.into_iter().collect::<Vec<_>>(),
+        ["v2"],
+        "every server serves v2, also after the refused release"
+    );
+    // The newest server started with the template's archive, v1; the deploy brought it to v2.
+    let runs = plane.json(&["runs", "list", "--server", "www/app-3"]);
+    let deploys = runs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["script"] == "stratus-deploy")
+        .count();
+    assert!(deploys >= 2, "a boot deploy and a rollout deploy: {runs}");
     assert_eq!(
         recent.into_iter().collect::<Vec<_>>(),
         ["app-2", "app-3"],

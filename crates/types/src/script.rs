@@ -9,6 +9,9 @@ pub const SCRIPT_BODY_MAX: usize = 1024 * 1024;
 pub const INPUTS_MAX: usize = 128;
 
 /// When a script runs.
+/// Script names with this prefix are the control plane's own (`stratus-deploy`).
+pub const RESERVED_PREFIX: &str = "stratus-";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Frequency {
@@ -53,6 +56,12 @@ fn on_demand() -> Frequency {
 impl ScriptSpec {
     pub fn validate(&self) -> Result<(), Invalid> {
         let mut errs = Invalid::default();
+        if self.name.as_str().starts_with(RESERVED_PREFIX) {
+            errs.push(FieldError::new(
+                "name",
+                format!("names starting with {RESERVED_PREFIX:?} are reserved for built-in scripts"),
+            ));
+        }
         if self.body.trim().is_empty() {
             errs.push(FieldError::new("body", "is empty"));
         }

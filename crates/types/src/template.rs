@@ -172,6 +172,48 @@ pub struct TemplateSpec {
     /// Input values for the scripts; deployment and server inputs override them.
     #[serde(default)]
     pub inputs: Inputs,
+    /// An application archive deployed before the boot scripts run (and redeployed with
+    /// `stratus deploy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub application: Option<Application>,
+}
+
+/// An application shipped as an archive in the artifact store. The agent unpacks it into
+/// `/srv/NAME/releases/VERSION` and switches `/srv/NAME/current` to it in one rename; the
+/// activation command (if any) runs after the switch, and if it fails the previous release is
+/// switched back.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Application {
+    /// The directory under `/srv`.
+    pub name: Name,
+    /// `BUCKET/KEY` of a tar.gz or zip archive in the artifact store.
+    pub archive: String,
+    /// A shell command run after each switch (`nginx -s reload`), with `STRATUS_APP_DIR`
+    /// pointing at the release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activate: Option<String>,
+}
+
+/// Longest activation command.
+pub const ACTIVATE_MAX: usize = 4096;
+
+impl Application {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let mut errs = Invalid::default();
+        if let Err(e) = crate::artifact::split_path(&self.archive) {
+            errs.push(FieldError::new("application.archive", e.problem));
+        }
+        if let Some(a) = &self.activate
+            && (a.len() > ACTIVATE_MAX || a.contains('\0') || a.trim().is_empty())
+        {
+            errs.push(FieldError::new(
+                "application.activate",
+                format!("must be a non-empty command of at most {ACTIVATE_MAX} bytes without NUL"),
+            ));
+        }
+        errs.into_result()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -238,6 +280,11 @@ impl TemplateSpec {
         }
         if self.description.len() > 4096 {
             errs.push(FieldError::new("description", "is longer than 4096 bytes"));
+        }
+        if let Some(app) = &self.application
+            && let Err(e) = app.validate()
+        {
+            errs.0.extend(e.0);
         }
         errs.into_result()
     }

@@ -16,7 +16,7 @@ use stratus_types::artifact::split_path;
 use tokio::io::AsyncReadExt;
 
 use super::Ctx;
-use crate::args::ArtifactCmd;
+use crate::args::{ArtifactCmd, DeployArgs};
 use crate::client::seg;
 use crate::output::{Column, list, show};
 
@@ -214,4 +214,83 @@ async fn get(ctx: &Ctx, path: &str, output: Option<&Path>) -> anyhow::Result<()>
         );
     }
     Ok(())
+}
+
+/// `stratus deploy ARCHIVE --to SELECTOR`: upload a local archive if needed, then start the
+/// deploy rollout (and follow it with `--follow`).
+pub async fn deploy(ctx: &Ctx, a: &DeployArgs) -> anyhow::Result<()> {
+    let c = &ctx.client;
+    let local = Path::new(&a.archive);
+    let archive = if local.is_file() {
+        let path = template_archive(ctx, a).await?;
+        put(ctx, local, &path).await?;
+        path
+    } else {
+        object_path(&a.archive).with_context(|| format!("{} is neither a file here nor BUCKET/KEY", a.archive))?;
+        a.archive.clone()
+    };
+    let mut body = json!({ "archive": archive, "selector": a.to, "max_errors": a.max_errors });
+    if let Some(d) = &a.deployment {
+        body["deployment"] = d.clone().into();
+    }
+    if let Some(n) = a.concurrency {
+        body["concurrency"] = n.into();
+    }
+    if let Some(t) = a.timeout {
+        body["timeout_secs"] = t.into();
+    }
+    let ro = c.post("/deploys", &body).await?;
+    let id = ro["id"].as_str().unwrap_or_default().to_string();
+    let total = ro["runs"].as_array().map_or(0, Vec::len);
+    for s in ro["skipped"].as_array().into_iter().flatten() {
+        eprintln!("skipped {}", s.as_str().unwrap_or_default());
+    }
+    if !a.follow {
+        if ctx.json {
+            show(true, &ro);
+        } else {
+            say!("deploying {archive} to {total} servers (rollout {id}); follow it with `stratus rollouts show {id}`");
+        }
+        return Ok(());
+    }
+    eprintln!(
+        "deploying {archive}: rollout {id}, {total} servers, {} at a time",
+        ro["concurrency"]
+    );
+    super::runs::follow_rollout(c, &id).await
+}
+
+/// The one archive the selected servers' templates name (a local file is uploaded over it).
+async fn template_archive(ctx: &Ctx, a: &DeployArgs) -> anyhow::Result<String> {
+    let c = &ctx.client;
+    let mut q = vec![("tag", a.to.clone())];
+    if let Some(d) = &a.deployment {
+        q.push(("deployment", d.clone()));
+    }
+    let servers = c.list("/servers", q, None, true).await?;
+    let mut templates: Vec<String> = servers
+        .iter()
+        .filter_map(|s| s["template"].as_str().map(str::to_string))
+        .collect();
+    templates.sort();
+    templates.dedup();
+    let mut archives = std::collections::BTreeSet::new();
+    for t in &templates {
+        let v = c.get(&format!("/templates/{}", seg(t)), &[]).await?;
+        if let Some(archive) = v["application"]["archive"].as_str() {
+            archives.insert(archive.to_string());
+        }
+    }
+    match archives.len() {
+        1 => Ok(archives.into_iter().next().unwrap_or_default()),
+        0 => bail!(
+            "no server matching {:?} has a template that names an application archive",
+            a.to
+        ),
+        _ => bail!(
+            "the servers matching {:?} name different archives ({}); deploy one of them as BUCKET/KEY",
+            a.to,
+            archives.into_iter().collect::<Vec<_>>().join(", ")
+        ),
+    }
 }

@@ -109,7 +109,7 @@ async fn start_rollout(ctx: &Ctx, a: &RunArgs, selector: &str) -> anyhow::Result
 
 /// Print each run's result as it finishes (with the end of a failure's output), then the
 /// totals; a rollout that did not fully succeed is an error.
-async fn follow_rollout(c: &Client, id: &str) -> anyhow::Result<()> {
+pub(crate) async fn follow_rollout(c: &Client, id: &str) -> anyhow::Result<()> {
     let mut reported: HashSet<String> = HashSet::new();
     let mut seen = Value::Null;
     loop {

@@ -250,17 +250,14 @@ async fn unreceived(app: &App, session: &mut Session, unacked: &[RunId]) -> Resu
         if r.phase == Phase::Boot || r.sent_at.is_none() || unacked.contains(&r.id) {
             continue;
         }
-        let Some(script) = app.store.find_as::<Script>("", r.script.as_str()).await? else {
-            continue;
-        };
-        let sr = ScriptRun {
-            run: r.id,
-            name: script.spec.name.clone(),
-            body: script.spec.body.clone(),
-            env: env_for(app, &server, &script).await?,
-            timeout_secs: r.timeout_secs,
-            phase: r.phase,
-            frequency: script.spec.frequency,
+        let sr = match super::runs::delivery(app, &server, &r, r.timeout_secs).await {
+            Ok(Some(sr)) => sr,
+            Ok(None) => continue,
+            Err(e @ (AppError::BadState(_) | AppError::NotFound { .. } | AppError::Missing(_))) => {
+                undeliverable(app, r, &e.to_string()).await?;
+                continue;
+            }
+            Err(e) => return Err(e),
         };
         session.track(&sr);
         out.push(sr);
@@ -343,6 +340,13 @@ async fn new_boot_runs(app: &App, s: &Server, include: impl Fn(Frequency) -> boo
         return Ok(vec![]);
     };
     let mut out = vec![];
+    // The application goes in place first, once per instance (later versions come with
+    // `stratus deploy`, and survive a reboot).
+    if include(Frequency::PerInstance)
+        && let Some(run) = super::deploys::boot_run(app, s, &template).await?
+    {
+        out.push(run);
+    }
     for name in &template.spec.boot_scripts {
         if let Some(script) = app.store.find_as::<Script>("", name.as_str()).await?
             && include(script.spec.frequency)
@@ -351,6 +355,25 @@ async fn new_boot_runs(app: &App, s: &Server, include: impl Fn(Frequency) -> boo
         }
     }
     Ok(out)
+}
+
+/// A run whose inputs cannot be delivered fails with the reason (and a boot run strands its
+/// server, as a failing script would).
+async fn undeliverable(app: &App, mut run: Run, why: &str) -> Result<(), AppError> {
+    if run.status.is_finished() {
+        return Ok(());
+    }
+    let now = Utc::now();
+    run.status = RunStatus::Failed;
+    run.finished_at = Some(now);
+    run.append_output(&format!("[stratus] cannot deliver this run: {why}\n"));
+    let server = run.server;
+    app.store.commit(vec![Change::update(&mut run, now)]).await?;
+    app.run_ended();
+    if run.phase == Phase::Boot {
+        settle_boot(app, server).await?;
+    }
+    Ok(())
 }
 
 /// The server's desired state: its current boot's runs (created on the first boot) and its
@@ -388,20 +411,21 @@ pub async fn desired_state(app: &App, session: &mut Session) -> Result<DesiredSt
         let Some(run) = app.store.get_as::<Run>(&id.to_string()).await? else {
             continue;
         };
-        let Some(script) = app.store.find_as::<Script>("", run.script.as_str()).await? else {
-            continue;
-        };
-        let sr = ScriptRun {
-            run: run.id,
-            name: script.spec.name.clone(),
-            body: script.spec.body.clone(),
-            env: env_for(app, &s, &script).await?,
-            timeout_secs: None,
-            phase: Phase::Boot,
-            frequency: script.spec.frequency,
-        };
-        session.track(&sr);
-        boot.push(sr);
+        match super::runs::delivery(app, &s, &run, None).await {
+            Ok(Some(sr)) => {
+                session.track(&sr);
+                boot.push(sr);
+            }
+            Ok(None) => {}
+            // Inputs that cannot be delivered (a missing archive or credential) fail the run
+            // with the reason, which strands the boot, instead of failing the connection.
+            Err(e @ (AppError::BadState(_) | AppError::NotFound { .. } | AppError::Missing(_))) => {
+                undeliverable(app, run, &e.to_string()).await?;
+                // The rest of the boot is not sent: the boot stops at its first failure.
+                break;
+            }
+            Err(e) => return Err(e),
+        }
     }
     Ok(DesiredState {
         generation: Generation(rec.generation.max(1)),

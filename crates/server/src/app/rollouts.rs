@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use stratus_agent_proto::{ControlMessage, ScriptRun};
+use stratus_agent_proto::ControlMessage;
 use stratus_api::views::Page;
 use stratus_store::{Change, Query, TypedStore};
 use stratus_types::run::{Phase, Rollout, RolloutStatus, Run, RunStatus};
@@ -62,29 +62,67 @@ pub struct StartRollout {
 
 pub async fn start(app: &Arc<App>, actor: &Actor, req: &StartRollout) -> Result<Rollout, AppError> {
     actor.require(OPERATOR)?;
-    let selector = Selector::parse(&req.selector).map_err(|e| AppError::invalid("selector", e.to_string()))?;
-    let concurrency = req.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
-    if concurrency == 0 || concurrency > MAX_SERVERS as u32 {
-        return Err(AppError::invalid(
-            "concurrency",
-            format!("must be between 1 and {MAX_SERVERS}"),
-        ));
-    }
-    if let Some(t) = req.timeout_secs
-        && t == 0
-    {
-        return Err(AppError::invalid("timeout_secs", "must be at least 1"));
-    }
-    let deployment = match &req.deployment {
-        Some(d) => Some(Name::parse(d).map_err(|e| AppError::invalid("deployment", e.to_string()))?),
-        None => None,
-    };
     let script_name = Name::parse(&req.script).map_err(|e| AppError::invalid("script", e.to_string()))?;
     let script = app
         .store
         .find_as::<Script>("", script_name.as_str())
         .await?
         .ok_or_else(|| AppError::not_found("script", script_name.as_str()))?;
+    let (deployment, matched) = select(app, &req.selector, req.deployment.as_deref()).await?;
+    let mut offers = std::collections::HashMap::new();
+    let mut runs = vec![];
+    let mut skipped = vec![];
+    for s in &matched {
+        if s.state != ServerState::Operational {
+            skipped.push(format!("{}/{}: {}", s.deployment, s.name, s.state));
+            continue;
+        }
+        if !offers.contains_key(&s.template) {
+            let t = app.store.find_as::<ServerTemplate>("", s.template.as_str()).await?;
+            let offered = t.is_some_and(|t| t.spec.operational_scripts.contains(&script_name));
+            offers.insert(s.template.clone(), offered);
+        }
+        if !offers[&s.template] {
+            skipped.push(format!(
+                "{}/{}: template {} does not offer {}",
+                s.deployment, s.name, s.template, script_name
+            ));
+            continue;
+        }
+        runs.push(super::runs::queued(s, &script, Phase::Operational, &actor.name));
+    }
+    let detail = serde_json::json!({ "script": script_name });
+    launch(
+        app,
+        actor,
+        Planned {
+            script: script_name,
+            selector: req.selector.clone(),
+            deployment,
+            concurrency: req.concurrency.unwrap_or(DEFAULT_CONCURRENCY),
+            max_errors: req.max_errors,
+            timeout_secs: req.timeout_secs,
+            runs,
+            skipped,
+            audit: detail,
+            action: "rollout.start",
+        },
+    )
+    .await
+}
+
+/// The live servers a selector picks (of one deployment, when given), in deployment and name
+/// order; at most [`MAX_SERVERS`].
+pub(crate) async fn select(
+    app: &App,
+    selector: &str,
+    deployment: Option<&str>,
+) -> Result<(Option<Name>, Vec<Server>), AppError> {
+    let selector = Selector::parse(selector).map_err(|e| AppError::invalid("selector", e.to_string()))?;
+    let deployment = match deployment {
+        Some(d) => Some(Name::parse(d).map_err(|e| AppError::invalid("deployment", e.to_string()))?),
+        None => None,
+    };
     let q = Query {
         scope: deployment.as_ref().map(ToString::to_string),
         live_only: true,
@@ -107,55 +145,65 @@ pub async fn start(app: &Arc<App>, actor: &Actor, req: &StartRollout) -> Result<
             ),
         ));
     }
-    let mut offers = std::collections::HashMap::new();
-    let id = RolloutId::new();
-    let mut runs = vec![];
-    let mut skipped = vec![];
-    for s in &matched {
-        if s.state != ServerState::Operational {
-            skipped.push(format!("{}/{}: {}", s.deployment, s.name, s.state));
-            continue;
-        }
-        if !offers.contains_key(&s.template) {
-            let t = app.store.find_as::<ServerTemplate>("", s.template.as_str()).await?;
-            let offered = t.is_some_and(|t| t.spec.operational_scripts.contains(&script_name));
-            offers.insert(s.template.clone(), offered);
-        }
-        if !offers[&s.template] {
-            skipped.push(format!(
-                "{}/{}: template {} does not offer {}",
-                s.deployment, s.name, s.template, script_name
-            ));
-            continue;
-        }
-        let mut run = super::runs::queued(s, &script, Phase::Operational, &actor.name);
-        run.rollout = Some(id);
-        runs.push(run);
+    Ok((deployment, matched))
+}
+
+/// A rollout ready to start: its queued runs (one per server) and what was skipped.
+#[derive(Debug)]
+pub(crate) struct Planned {
+    pub script: Name,
+    pub selector: String,
+    pub deployment: Option<Name>,
+    pub concurrency: u32,
+    pub max_errors: u32,
+    pub timeout_secs: Option<u64>,
+    pub runs: Vec<Run>,
+    pub skipped: Vec<String>,
+    /// What the audit entry records besides the counts.
+    pub audit: serde_json::Value,
+    pub action: &'static str,
+}
+
+/// Record the rollout and its runs in one write, and start driving it.
+pub(crate) async fn launch(app: &Arc<App>, actor: &Actor, p: Planned) -> Result<Rollout, AppError> {
+    if p.concurrency == 0 || p.concurrency > MAX_SERVERS as u32 {
+        return Err(AppError::invalid(
+            "concurrency",
+            format!("must be between 1 and {MAX_SERVERS}"),
+        ));
     }
-    if runs.is_empty() {
+    if p.timeout_secs == Some(0) {
+        return Err(AppError::invalid("timeout_secs", "must be at least 1"));
+    }
+    if p.runs.is_empty() {
         return Err(AppError::BadState(format!(
             "no operational server matching {:?} can run {}{}",
-            req.selector,
-            script_name,
-            if skipped.is_empty() {
+            p.selector,
+            p.script,
+            if p.skipped.is_empty() {
                 String::new()
             } else {
-                format!(" ({})", summary(&skipped))
+                format!(" ({})", summary(&p.skipped))
             }
         )));
+    }
+    let id = RolloutId::new();
+    let mut runs = p.runs;
+    for r in &mut runs {
+        r.rollout = Some(id);
     }
     let rollout = Rollout {
         id,
         revision: 1,
-        script: script_name,
-        selector: req.selector.clone(),
-        deployment,
-        concurrency,
-        max_errors: req.max_errors,
-        timeout_secs: req.timeout_secs,
+        script: p.script,
+        selector: p.selector,
+        deployment: p.deployment,
+        concurrency: p.concurrency,
+        max_errors: p.max_errors,
+        timeout_secs: p.timeout_secs,
         status: RolloutStatus::Running,
         runs: runs.iter().map(|r| r.id).collect(),
-        skipped,
+        skipped: p.skipped,
         started: 0,
         succeeded: 0,
         failed: 0,
@@ -164,20 +212,16 @@ pub async fn start(app: &Arc<App>, actor: &Actor, req: &StartRollout) -> Result<
         created_at: Utc::now(),
         finished_at: None,
     };
+    let mut detail = p.audit;
+    if let Some(map) = detail.as_object_mut() {
+        map.insert("selector".into(), rollout.selector.clone().into());
+        map.insert("servers".into(), rollout.runs.len().into());
+        map.insert("concurrency".into(), rollout.concurrency.into());
+        map.insert("max_errors".into(), rollout.max_errors.into());
+    }
     let mut changes: Vec<Change> = runs.iter().map(Change::insert).collect();
     changes.push(Change::insert(&rollout));
-    changes.push(audit(
-        actor,
-        "rollout.start",
-        format!("rollout/{id}"),
-        serde_json::json!({
-            "script": rollout.script,
-            "selector": rollout.selector,
-            "servers": rollout.runs.len(),
-            "concurrency": concurrency,
-            "max_errors": rollout.max_errors,
-        }),
-    ));
+    changes.push(audit(actor, p.action, format!("rollout/{id}"), detail));
     app.commit(changes).await?;
     tokio::spawn(drive(app.clone(), id));
     Ok(rollout)
@@ -481,22 +525,10 @@ async fn dispatch(app: &App, r: &Run, timeout_secs: Option<u64>) -> Result<(), S
     if server.state != ServerState::Operational {
         return Err(format!("the server is {}", server.state));
     }
-    let script = match app.store.find_as::<Script>("", r.script.as_str()).await {
-        Ok(Some(s)) => s,
+    let sr = match super::runs::delivery(app, &server, r, timeout_secs).await {
+        Ok(Some(sr)) => sr,
         Ok(None) => return Err(format!("script {} no longer exists", r.script)),
         Err(e) => return Err(e.to_string()),
-    };
-    let env = super::gateway::env_for(app, &server, &script)
-        .await
-        .map_err(|e| e.to_string())?;
-    let sr = ScriptRun {
-        run: r.id,
-        name: script.spec.name.clone(),
-        body: script.spec.body.clone(),
-        env,
-        timeout_secs,
-        phase: Phase::Operational,
-        frequency: script.spec.frequency,
     };
     if app.agents.push(server.id, ControlMessage::RunScript(sr)).await {
         Ok(())

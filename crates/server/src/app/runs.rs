@@ -83,6 +83,32 @@ pub async fn show(app: &App, actor: &Actor, id: &str) -> Result<Run, AppError> {
         .ok_or_else(|| AppError::not_found("run", id))
 }
 
+/// The run as its agent gets it: the script's body as it is now and the inputs delivered
+/// (credentials decrypted, artifacts as signed URLs). `None` when its script no longer exists.
+/// The built-in deploy run is made by [`super::deploys`].
+pub async fn delivery(
+    app: &App,
+    s: &Server,
+    run: &Run,
+    timeout_secs: Option<u64>,
+) -> Result<Option<stratus_agent_proto::ScriptRun>, AppError> {
+    if run.script.as_str() == super::deploys::DEPLOY_SCRIPT {
+        return super::deploys::script_run(app, run, timeout_secs).await.map(Some);
+    }
+    let Some(script) = app.store.find_as::<Script>("", run.script.as_str()).await? else {
+        return Ok(None);
+    };
+    Ok(Some(stratus_agent_proto::ScriptRun {
+        run: run.id,
+        name: script.spec.name.clone(),
+        body: script.spec.body.clone(),
+        env: super::gateway::env_for(app, s, &script).await?,
+        timeout_secs,
+        phase: run.phase,
+        frequency: script.spec.frequency,
+    }))
+}
+
 /// A new, queued run of `script` on `s`. Its inputs are recorded as given (`cred:NAME`, never
 /// a value), limited to those the script declares.
 pub fn queued(s: &Server, script: &Script, phase: Phase, requested_by: &str) -> Run {

@@ -15,7 +15,7 @@ use utoipa_axum::routes;
 
 use super::error::ApiError;
 use super::extract::{Body, Caller, Q};
-use crate::app::{App, arrays, rollouts, runs, servers};
+use crate::app::{App, arrays, deploys, rollouts, runs, servers};
 
 /// List servers, filtered by deployment, state and tag selector.
 #[utoipa::path(get, path = "/servers", tag = "servers", params(ServerListParams), responses((status = 200, body = Page<Server>)))]
@@ -179,6 +179,18 @@ async fn start_rollout(
     Ok((StatusCode::CREATED, Json(rollouts::start(&app, &c.0, &req).await?)))
 }
 
+/// Deploy an application archive to every operational server a tag selector picks whose
+/// template names an application: a rollout of the built-in `stratus-deploy` run (one server at
+/// a time unless `concurrency` says otherwise). The archive's content is pinned at the start.
+#[utoipa::path(post, path = "/deploys", tag = "runs", request_body = deploys::StartDeploy, responses((status = 201, body = Rollout), (status = 400, body = stratus_api::error::ErrorBody), (status = 404, body = stratus_api::error::ErrorBody), (status = 409, body = stratus_api::error::ErrorBody)))]
+async fn start_deploy(
+    State(app): State<Arc<App>>,
+    c: Caller,
+    Body(req): Body<deploys::StartDeploy>,
+) -> Result<(StatusCode, Json<Rollout>), ApiError> {
+    Ok((StatusCode::CREATED, Json(deploys::start(&app, &c.0, &req).await?)))
+}
+
 #[utoipa::path(get, path = "/rollouts", tag = "runs", params(ListParams), responses((status = 200, body = Page<Rollout>)))]
 async fn list_rollouts(
     State(app): State<Arc<App>>,
@@ -221,6 +233,7 @@ pub fn routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(show_run))
         .routes(routes!(cancel_run))
         .routes(routes!(list_rollouts, start_rollout))
+        .routes(routes!(start_deploy))
         .routes(routes!(show_rollout))
         .routes(routes!(cancel_rollout))
 }
