@@ -105,23 +105,22 @@ pub fn deploy(root: &Path, name: &str, archive: &Path, sha256: &str, activate: O
         format!("{e}; {serving}")
     })?;
     println!("{name}: release {version} unpacked in {}", target.display());
-    if let Some(cmd) = activate {
-        if let Err(e) = run_activate(cmd, &app) {
-            let Some(prev) = previous.filter(|p| *p != version) else {
-                return Err(format!(
-                    "activation failed ({e}); there is no previous release to go back to"
-                ));
-            };
-            archive::switch(&app, &prev)
-                .map_err(|s| format!("activation failed ({e}), and switching back failed: {s}"))?;
-            let again = match run_activate(cmd, &app) {
-                Ok(()) => "activated again".to_string(),
-                Err(e2) => format!("its activation failed too: {e2}"),
-            };
+    if let Some(cmd) = activate
+        && let Err(e) = run_activate(cmd, &app)
+    {
+        let Some(prev) = previous.filter(|p| *p != version) else {
             return Err(format!(
-                "release {version} failed to activate ({e}); switched back to release {prev}, {again}"
+                "activation failed ({e}); there is no previous release to go back to"
             ));
-        }
+        };
+        archive::switch(&app, &prev).map_err(|s| format!("activation failed ({e}), and switching back failed: {s}"))?;
+        let again = match run_activate(cmd, &app) {
+            Ok(()) => "activated again".to_string(),
+            Err(e2) => format!("its activation failed too: {e2}"),
+        };
+        return Err(format!(
+            "release {version} failed to activate ({e}); switched back to release {prev}, {again}"
+        ));
     }
     prune(&app, &version, previous.as_deref());
     let from = previous.map_or(String::new(), |p| format!(" (was {p})"));
@@ -158,7 +157,7 @@ fn prune(app: &Path, current: &str, previous: Option<&str>) {
             (!name.starts_with('.')).then(|| (modified, e.path(), name))
         })
         .collect();
-    releases.sort_by(|a, b| b.0.cmp(&a.0));
+    releases.sort_by_key(|r| std::cmp::Reverse(r.0));
     for (_, path, name) in releases.into_iter().skip(KEEP_RELEASES) {
         if name != current && Some(name.as_str()) != previous {
             let _ = std::fs::remove_dir_all(path);
