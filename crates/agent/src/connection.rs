@@ -539,8 +539,10 @@ async fn try_execute(agent: &Arc<Agent>, r: &ScriptRun) -> Result<(), AgentError
             ctl.env.extend(paths);
             tokio::spawn(async move { runner::run(&script, &work, tx, ctl).await })
         }
-        // Not started: the run fails with the reason (the sender is dropped, so no output).
+        // Not started: the run fails with the reason. Its control goes (so nobody waits for a
+        // process id) and so does the output sender (so there is no output).
         Err(error) => tokio::spawn(async move {
+            drop(ctl);
             drop(tx);
             runner::Ended {
                 exit_code: None,

@@ -784,3 +784,63 @@ async fn the_agent_enrols_and_connects_over_tls_and_refuses_a_certificate_it_can
     let _agent = Agent(child);
     wait(&api, &id, |s| s["state"] == "operational").await;
 }
+
+/// An `artifact:` input: the agent fetches it by its signed URL, checks its SHA-256 and gives
+/// the script the file's path; content that does not match (a damaged blob) never reaches a
+/// script, and the boot strands with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifact_inputs_are_fetched_verified_and_refused_when_damaged() {
+    let (running, api, dir) = setup().await;
+    api.call(
+        reqwest::Method::POST,
+        "/buckets",
+        Some(serde_json::json!({ "name": "files" })),
+    )
+    .await;
+    let content = "tool content v1\n".repeat(1000);
+    let put = api
+        .http
+        .put(format!("{}/api/v1/buckets/files/object?key=bin/tool.txt", api.url))
+        .bearer_auth(&api.token)
+        .body(content.clone())
+        .send()
+        .await
+        .expect("put");
+    let object: serde_json::Value = put.json().await.expect("json");
+    let sha = object["sha256"].as_str().expect("sha").to_string();
+    let script = serde_json::json!({
+        "name": "use-tool", "frequency": "per-instance",
+        "inputs": [{ "name": "TOOL", "kind": "artifact", "default": "artifact:files/bin/tool.txt" }],
+        "body": "#!/bin/sh\nset -e\necho \"path $TOOL\"\nhead -n 1 \"$TOOL\"\nsha256sum \"$TOOL\"\n"
+    });
+    let v = api.call(reqwest::Method::POST, "/scripts", Some(script)).await;
+    assert!(v.get("error").is_none(), "{v}");
+    let tpl = serde_json::json!({ "name": "tooled", "image": "img", "boot_scripts": ["use-tool"] });
+    let v = api.call(reqwest::Method::POST, "/templates", Some(tpl)).await;
+    assert!(v.get("error").is_none(), "{v}");
+
+    let (id, _agent) = launch_with_agent(&running, &api, dir.path(), "tool-1", "tooled").await;
+    wait(&api, &id, |s| s["state"] == "operational").await;
+    let runs = api
+        .call(reqwest::Method::GET, &format!("/runs?server={id}"), None)
+        .await;
+    let out = runs["items"][0]["output"].as_str().unwrap_or_default().to_string();
+    assert!(out.contains("tool content v1"), "{out}");
+    assert!(out.contains(&sha), "the script sees the verified content: {out}");
+    let cached = dir.path().join(format!("tool-1.state/artifacts/{sha}/tool.txt"));
+    assert!(out.contains(&format!("path {}", cached.display())), "{out}");
+
+    // Damage the stored blob (same size, other bytes): the next instance refuses it.
+    let blob = dir
+        .path()
+        .join(format!("data/artifacts/blobs/sha256/{}/{sha}", &sha[..2]));
+    std::fs::write(&blob, content.replace("v1", "v2")).expect("damage the blob");
+    let (id2, _agent2) = launch_with_agent(&running, &api, dir.path(), "tool-2", "tooled").await;
+    let s = wait(&api, &id2, |s| s["state"] == "stranded").await;
+    let why = s["stranded"].to_string();
+    assert!(why.contains("SHA-256") && why.contains(&sha), "{s}");
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("tool-2.state/artifacts"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "nothing unverified is kept: {left:?}");
+}

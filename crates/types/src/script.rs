@@ -8,10 +8,10 @@ use chrono::{DateTime, Utc};
 pub const SCRIPT_BODY_MAX: usize = 1024 * 1024;
 pub const INPUTS_MAX: usize = 128;
 
-/// When a script runs.
 /// Script names with this prefix are the control plane's own (`stratus-deploy`).
 pub const RESERVED_PREFIX: &str = "stratus-";
 
+/// When a script runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Frequency {
