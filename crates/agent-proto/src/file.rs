@@ -31,8 +31,9 @@ impl fmt::Debug for ArtifactRef {
     }
 }
 
-/// A file the agent keeps as the control plane says, as part of the desired state. Applying
-/// one: write the content to a candidate file next to `path`; run `check` (with the candidate's
+/// A file the agent keeps as the control plane says, as part of the desired state: inline
+/// `content` (a rendered configuration) or an artifact-store object (`source`, a watched
+/// file). Applying one: write the content to a candidate file next to `path`; run `check` (with the candidate's
 /// path in `$STRATUS_CANDIDATE`) and keep the old file if it fails; rename the candidate over
 /// `path`; run `reload`. The agent answers each attempt with a `FileStatus`. A file whose
 /// content already matches is not rewritten and not reloaded.
@@ -41,7 +42,15 @@ impl fmt::Debug for ArtifactRef {
 pub struct ManagedFile {
     /// Absolute, without `.`/`..` segments.
     pub path: String,
+    /// The content; empty when `source` gives it.
+    #[serde(default)]
     pub content: String,
+    /// The content is this object (fetched, verified and cached like an artifact input).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<ArtifactRef>,
+    /// Re-check the file this often (seconds) and put the content back if it drifted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recheck_secs: Option<u32>,
     /// Permission bits (default 0644).
     #[serde(default = "default_mode")]
     pub mode: u32,
@@ -61,7 +70,23 @@ impl ManagedFile {
     /// SHA-256 of the content, lower-case hex: what `FileStatus` reports.
     pub fn sha256(&self) -> String {
         use sha2::Digest;
-        hex::encode(sha2::Sha256::digest(self.content.as_bytes()))
+        match &self.source {
+            Some(a) => a.sha256.clone(),
+            None => hex::encode(sha2::Sha256::digest(self.content.as_bytes())),
+        }
+    }
+
+    /// A file with inline content.
+    pub fn inline(path: impl Into<String>, content: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            content: content.into(),
+            source: None,
+            recheck_secs: None,
+            mode: default_mode(),
+            check: None,
+            reload: None,
+        }
     }
 }
 

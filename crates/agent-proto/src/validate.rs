@@ -256,6 +256,20 @@ impl DesiredState {
                 return Err(invalid(format!("files[{i}].path"), "is listed twice"));
             }
             text(&format!("files[{i}].content"), &f.content, MAX_FILE_CONTENT)?;
+            if let Some(a) = &f.source {
+                if !f.content.is_empty() {
+                    return Err(invalid(
+                        format!("files[{i}].content"),
+                        "must be empty when source gives it",
+                    ));
+                }
+                a.validate(&format!("files[{i}].source"))?;
+            }
+            if let Some(r) = f.recheck_secs
+                && !(5..=86_400).contains(&r)
+            {
+                return Err(invalid(format!("files[{i}].recheck_secs"), "must be 5-86400"));
+            }
             if f.mode > 0o777 {
                 return Err(invalid(
                     format!("files[{i}].mode"),

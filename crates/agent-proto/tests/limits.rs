@@ -251,13 +251,7 @@ fn control_messages_outside_the_limits_are_refused() {
     );
 
     // Managed files: hostile paths, oversized content, bad modes, repeats, too many.
-    let file = |path: &str| ManagedFile {
-        path: path.into(),
-        content: "x".into(),
-        mode: 0o644,
-        check: None,
-        reload: None,
-    };
+    let file = |path: &str| ManagedFile::inline(path, "x");
     let with_files = |files: Vec<ManagedFile>| {
         ControlMessage::DesiredState(DesiredState {
             files,
@@ -298,6 +292,36 @@ fn control_messages_outside_the_limits_are_refused() {
         "files[0].reload",
     );
     invalid_control(with_files(vec![file("/etc/x"), file("/etc/x")]), "files[1].path");
+    let sourced = ArtifactRef {
+        url: "/api/v1/artifacts/fetch?x=1".into(),
+        sha256: "c".repeat(64),
+        size: 1,
+        name: "x.json".into(),
+    };
+    invalid_control(
+        with_files(vec![ManagedFile {
+            source: Some(sourced.clone()),
+            ..file("/etc/x")
+        }]),
+        "files[0].content",
+    );
+    invalid_control(
+        with_files(vec![ManagedFile {
+            source: Some(ArtifactRef {
+                url: "file:///etc/shadow".into(),
+                ..sourced.clone()
+            }),
+            ..ManagedFile::inline("/etc/x", "")
+        }]),
+        "files[0].source.url",
+    );
+    invalid_control(
+        with_files(vec![ManagedFile {
+            recheck_secs: Some(1),
+            ..file("/etc/x")
+        }]),
+        "files[0].recheck_secs",
+    );
     invalid_control(
         with_files((0..=MAX_FILES).map(|i| file(&format!("/etc/f{i}"))).collect()),
         "files",

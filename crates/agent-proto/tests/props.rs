@@ -140,14 +140,20 @@ fn managed_file() -> impl Strategy<Value = ManagedFile> {
         0u32..=0o777,
         prop::option::of(text()),
         prop::option::of(text()),
+        prop::option::of(artifact()),
+        prop::option::of(5u32..=86_400),
     )
-        .prop_map(|(path, content, mode, check, reload)| ManagedFile {
-            path,
-            content,
-            mode,
-            check,
-            reload,
-        })
+        .prop_map(
+            |(path, content, mode, check, reload, source, recheck_secs)| ManagedFile {
+                path,
+                content: if source.is_some() { String::new() } else { content },
+                source,
+                recheck_secs,
+                mode,
+                check,
+                reload,
+            },
+        )
 }
 
 fn agent_message() -> impl Strategy<Value = AgentMessage> {

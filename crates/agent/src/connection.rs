@@ -57,6 +57,8 @@ pub struct Agent {
     user_data: Mutex<Option<UserData>>,
     /// Managed files this process applied.
     files: tokio::sync::Mutex<crate::files::Applied>,
+    /// The current desired state's managed files, for the re-check worker.
+    desired_files: Mutex<Vec<stratus_agent_proto::ManagedFile>>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -89,6 +91,7 @@ impl Agent {
             server: Mutex::new(None),
             user_data: Mutex::new(None),
             files: Default::default(),
+            desired_files: Mutex::default(),
         }))
     }
 
@@ -137,6 +140,7 @@ pub async fn run_forever(cfg: AgentConfig) -> Result<(), AgentError> {
         tracing::warn!(%run, "a run was cut short by an agent restart; reported interrupted");
     }
     tokio::spawn(boot_worker(agent.clone()));
+    tokio::spawn(recheck_worker(agent.clone()));
     crate::local::serve(agent.clone())?;
     let mut failures = 0u32;
     let mut not_yet = 0u32;
@@ -319,8 +323,10 @@ async fn handle(
             if d.generation >= held {
                 // Files first: a boot script may start the service whose configuration this is.
                 let mut applied = agent.files.lock().await;
+                let source = file_source(agent);
+                *agent.desired_files.lock().unwrap_or_else(|e| e.into_inner()) = d.files.clone();
                 for f in &d.files {
-                    let status = applied.apply(f).await;
+                    let status = applied.apply(f, source.as_ref()).await;
                     if let Some(e) = &status.error {
                         tracing::warn!(path = %f.path, error = %e, "managed file");
                     }
@@ -453,6 +459,61 @@ fn finish_without_running(agent: &Agent, run: RunId, outcome: Outcome, why: &str
 /// The boot worker: run the current boot list in order, each run once, stopping at the first
 /// failure (the rest are recorded cancelled); per-instance scripts that already succeeded on
 /// this instance are skipped.
+/// How the agent fetches sourced file content (once it knows its control plane).
+fn file_source(agent: &Agent) -> Option<crate::files::Source> {
+    let ud = agent.user_data.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
+    let tls = tls_config(agent, &ud).ok()?;
+    Some(crate::files::Source {
+        http: enrol::http(&tls).ok()?,
+        base: ud.stratus_url.clone(),
+        cache: crate::fetch::cache_dir(&agent.cfg.state_dir),
+    })
+}
+
+/// Files with a re-check interval (watched files) are compared with their content that often;
+/// one that drifted (edited or removed on the instance) gets its content back from the
+/// verified cache, and the control plane hears about it.
+async fn recheck_worker(agent: Arc<Agent>) {
+    let mut last: HashMap<String, std::time::Instant> = HashMap::new();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let files = agent.desired_files.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let now = std::time::Instant::now();
+        let due: Vec<_> = files
+            .into_iter()
+            .filter(|f| {
+                f.recheck_secs.is_some_and(|secs| {
+                    let at = *last.entry(f.path.clone()).or_insert(now);
+                    now.duration_since(at) >= Duration::from_secs(u64::from(secs))
+                })
+            })
+            .collect();
+        for f in due {
+            last.insert(f.path.clone(), now);
+            if crate::files::file_sha256(std::path::Path::new(&f.path)).as_deref() == Some(f.sha256().as_str()) {
+                continue;
+            }
+            tracing::warn!(path = %f.path, "a watched file drifted; putting its content back");
+            let status = {
+                let mut applied = agent.files.lock().await;
+                applied.forget(&f.path);
+                applied.apply(&f, file_source(&agent).as_ref()).await
+            };
+            let msg = AgentMessage::FileStatus {
+                path: f.path.clone(),
+                sha256: f.sha256(),
+                applied: status.applied,
+                error: status
+                    .error
+                    .map(|e| e.chars().take(stratus_agent_proto::limits::MAX_MESSAGE / 2).collect()),
+            };
+            // Sent by the connection, when there is one; nobody waits for an answer.
+            let (tx, _rx) = oneshot::channel();
+            let _ = agent.requests.try_send((msg, tx));
+        }
+    }
+}
+
 async fn boot_worker(agent: Arc<Agent>) {
     let mut lists = agent.boot.subscribe();
     loop {

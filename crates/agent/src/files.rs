@@ -29,24 +29,56 @@ pub struct Status {
     pub error: Option<String>,
 }
 
+/// Where sourced content comes from: the artifact store, through the control plane's URL, into
+/// the agent's verified cache ([`crate::fetch`]).
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub http: reqwest::Client,
+    /// The control plane's URL, for relative fetch URLs.
+    pub base: String,
+    pub cache: std::path::PathBuf,
+}
+
 /// Contents this agent process applied, by path.
 #[derive(Debug, Default)]
 pub struct Applied(HashMap<String, String>);
 
 impl Applied {
-    /// Apply one file (see the module docs).
-    pub async fn apply(&mut self, f: &ManagedFile) -> Status {
+    /// Forget that a file was applied: the next apply rewrites (if needed) and reloads.
+    pub fn forget(&mut self, path: &str) {
+        self.0.remove(path);
+    }
+
+    /// Apply one file (see the module docs). Sourced content needs `source`.
+    pub async fn apply(&mut self, f: &ManagedFile, source: Option<&Source>) -> Status {
         let want = f.sha256();
         let path = Path::new(&f.path);
-        let on_disk = std::fs::read(path).ok().map(|b| hex::encode(Sha256::digest(&b)));
+        let on_disk = file_sha256(path);
         if on_disk.as_deref() == Some(want.as_str()) && self.0.get(&f.path) == Some(&want) {
             return Status {
                 applied: true,
                 error: None,
             };
         }
+        let content = match (&f.source, source) {
+            (None, _) => Ok(f.content.as_bytes().to_vec()),
+            (Some(a), Some(src)) => match crate::fetch::artifact(&src.http, &src.base, a, &src.cache).await {
+                Ok(p) => std::fs::read(&p).map_err(|e| format!("cannot read the cached {}: {e}", a.name)),
+                Err(e) => Err(e),
+            },
+            (Some(_), None) => Err("no way to fetch the content (the agent has no control-plane URL yet)".into()),
+        };
+        let content = match content {
+            Ok(c) => c,
+            Err(e) => {
+                return Status {
+                    applied: false,
+                    error: Some(e),
+                };
+            }
+        };
         if on_disk.as_deref() != Some(want.as_str())
-            && let Err(e) = replace(f).await
+            && let Err(e) = replace(f, &content).await
         {
             return Status {
                 applied: false,
@@ -62,14 +94,29 @@ impl Applied {
     }
 }
 
+/// SHA-256 of a file's content, if it can be read.
+pub fn file_sha256(path: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => return Some(hex::encode(h.finalize())),
+            Ok(n) => h.update(&buf[..n]),
+            Err(_) => return None,
+        }
+    }
+}
+
 /// Write, check and rename into place.
-async fn replace(f: &ManagedFile) -> Result<(), String> {
+async fn replace(f: &ManagedFile, content: &[u8]) -> Result<(), String> {
     let path = Path::new(&f.path);
     let dir = path.parent().ok_or("the path has no directory")?;
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let candidate = dir.join(format!(".{name}.stratus-new"));
-    let written = std::fs::write(&candidate, f.content.as_bytes())
+    let written = std::fs::write(&candidate, content)
         .and_then(|()| std::fs::set_permissions(&candidate, std::fs::Permissions::from_mode(f.mode)))
         .and_then(|()| std::fs::File::open(&candidate)?.sync_all());
     if let Err(e) = written {
@@ -136,11 +183,10 @@ mod tests {
 
     fn file(path: &Path, content: &str, check: Option<&str>, reload: Option<&str>) -> ManagedFile {
         ManagedFile {
-            path: path.display().to_string(),
-            content: content.into(),
             mode: 0o640,
             check: check.map(str::to_string),
             reload: reload.map(str::to_string),
+            ..ManagedFile::inline(path.display().to_string(), content)
         }
     }
 
@@ -154,7 +200,7 @@ mod tests {
         let mut a = Applied::default();
         let reloads = || std::fs::read_to_string(&log).unwrap_or_default().lines().count();
 
-        let s = a.apply(&file(&path, "good 1", Some(check), Some(&reload))).await;
+        let s = a.apply(&file(&path, "good 1", Some(check), Some(&reload)), None).await;
         assert_eq!(
             s,
             Status {
@@ -166,10 +212,10 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o640);
         assert_eq!(reloads(), 1);
         // The same content again: no write, no reload.
-        a.apply(&file(&path, "good 1", Some(check), Some(&reload))).await;
+        a.apply(&file(&path, "good 1", Some(check), Some(&reload)), None).await;
         assert_eq!(reloads(), 1);
         // Refused by the check: the old file stays, no reload, the reason is given.
-        let s = a.apply(&file(&path, "bad", Some(check), Some(&reload))).await;
+        let s = a.apply(&file(&path, "bad", Some(check), Some(&reload)), None).await;
         assert!(!s.applied);
         assert!(s.error.as_deref().unwrap().contains("refused by its check"), "{s:?}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "good 1");
@@ -181,11 +227,13 @@ mod tests {
         );
         // A new agent process reloads once even though the content is in place.
         let mut fresh = Applied::default();
-        fresh.apply(&file(&path, "good 1", Some(check), Some(&reload))).await;
+        fresh
+            .apply(&file(&path, "good 1", Some(check), Some(&reload)), None)
+            .await;
         assert_eq!(reloads(), 2);
         // A failing reload is reported, the file is applied.
         let s = a
-            .apply(&file(&path, "good 2", Some(check), Some("echo nope >&2; exit 3")))
+            .apply(&file(&path, "good 2", Some(check), Some("echo nope >&2; exit 3")), None)
             .await;
         assert!(s.applied);
         let e = s.error.unwrap();
@@ -201,7 +249,7 @@ mod tests {
         let mut a = Applied::default();
         let started = std::time::Instant::now();
         let s = a
-            .apply(&file(&path, "x", None, Some("sleep 31.7 & echo started")))
+            .apply(&file(&path, "x", None, Some("sleep 31.7 & echo started")), None)
             .await;
         assert_eq!(
             s,

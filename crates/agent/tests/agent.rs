@@ -844,3 +844,94 @@ async fn artifact_inputs_are_fetched_verified_and_refused_when_damaged() {
         .unwrap_or_default();
     assert!(left.is_empty(), "nothing unverified is kept: {left:?}");
 }
+
+/// A watched file, with the real agent: written from the object before the boot runs, updated
+/// when the object changes (and its script runs then), put back when it drifts on the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_file_follows_its_object_and_is_put_back_when_it_drifts() {
+    let (running, api, dir) = setup().await;
+    api.call(
+        reqwest::Method::POST,
+        "/buckets",
+        Some(serde_json::json!({ "name": "cfg" })),
+    )
+    .await;
+    let put = |body: &'static str| {
+        let req = api
+            .http
+            .put(format!("{}/api/v1/buckets/cfg/object?key=app.conf", api.url))
+            .bearer_auth(&api.token)
+            .body(body);
+        async move { assert!(req.send().await.expect("put").status().is_success()) }
+    };
+    put("level = info\n").await;
+    let target = dir.path().join("etc/app.conf");
+    let marker = dir.path().join("reloads");
+    let script = serde_json::json!({
+        "name": "reload-conf", "frequency": "on-demand",
+        "inputs": [{ "name": "MARKER", "default": marker.display().to_string() }],
+        "body": "#!/bin/sh\necho changed >> \"$MARKER\"\n"
+    });
+    let v = api.call(reqwest::Method::POST, "/scripts", Some(script)).await;
+    assert!(v.get("error").is_none(), "{v}");
+    let boot = serde_json::json!({
+        "name": "show-conf", "frequency": "every-boot",
+        "inputs": [{ "name": "CONF_PATH", "default": target.display().to_string() }],
+        "body": "#!/bin/sh\nset -e\ncat \"$CONF_PATH\"\n"
+    });
+    let v = api.call(reqwest::Method::POST, "/scripts", Some(boot)).await;
+    assert!(v.get("error").is_none(), "{v}");
+    let tpl = serde_json::json!({
+        "name": "watching", "image": "img", "boot_scripts": ["show-conf"],
+        "watch": [{ "path": target.display().to_string(), "object": "cfg/app.conf", "script": "reload-conf", "interval_secs": 5, "mode": 0o600 }]
+    });
+    let v = api.call(reqwest::Method::POST, "/templates", Some(tpl)).await;
+    assert!(v.get("error").is_none(), "{v}");
+    let (id, _agent) = launch_with_agent(&running, &api, dir.path(), "watch-1", "watching").await;
+    wait(&api, &id, |s| s["state"] == "operational").await;
+    // The boot script saw the file: it is written before the boot runs.
+    let runs = api
+        .call(reqwest::Method::GET, &format!("/runs?server={id}"), None)
+        .await;
+    assert!(
+        runs["items"][0]["output"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("level = info"),
+        "{runs}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&target).expect("file").permissions().mode() & 0o777,
+        0o600
+    );
+
+    // The object changes: the file follows at once, and the script runs.
+    put("level = debug\n").await;
+    let mut followed = false;
+    for _ in 0..100 {
+        if std::fs::read_to_string(&target).unwrap_or_default() == "level = debug\n" && marker.exists() {
+            followed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        followed,
+        "file: {:?}, marker: {}",
+        std::fs::read_to_string(&target),
+        marker.exists()
+    );
+
+    // Drift: somebody edits the file on the instance; within the interval it is put back.
+    std::fs::write(&target, "level = trace # edited by hand\n").expect("edit");
+    let mut restored = false;
+    for _ in 0..150 {
+        if std::fs::read_to_string(&target).unwrap_or_default() == "level = debug\n" {
+            restored = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(restored, "{:?}", std::fs::read_to_string(&target));
+}

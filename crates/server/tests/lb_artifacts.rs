@@ -316,3 +316,124 @@ async fn deploys_run_the_built_in_with_a_pinned_archive() {
     let runs = t.get(&format!("/runs?rollout={id}")).await;
     assert!(runs.to_string().contains("changed since the deploy started"), "{runs}");
 }
+
+#[tokio::test]
+async fn watched_files_follow_their_object_and_run_their_script_on_change() {
+    let t = start().await;
+    let v1 = upload(&t, "cfg", "app.json", br#"{"level":"info"}"#).await;
+    let (s, v) = t
+        .post(
+            "/scripts",
+            json!({ "name": "reload-app", "frequency": "on-demand", "body": "#!/bin/sh\necho reloaded\n" }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    // Refused: hostile paths, a bad interval or mode, an unknown script, a path twice.
+    for (watch, field) in [
+        (
+            json!([{ "path": "etc/app.json", "object": "cfg/app.json" }]),
+            "watch[0].path",
+        ),
+        (
+            json!([{ "path": "/etc/../shadow", "object": "cfg/app.json" }]),
+            "watch[0].path",
+        ),
+        (
+            json!([{ "path": "/etc/app.json", "object": "cfg/../x" }]),
+            "watch[0].object",
+        ),
+        (
+            json!([{ "path": "/etc/app.json", "object": "cfg/app.json", "interval_secs": 1 }]),
+            "watch[0].interval_secs",
+        ),
+        (
+            json!([{ "path": "/etc/app.json", "object": "cfg/app.json", "mode": 4095 }]),
+            "watch[0].mode",
+        ),
+        (
+            json!([{ "path": "/etc/app.json", "object": "cfg/app.json", "script": "nope" }]),
+            "watch[0].script",
+        ),
+        (
+            json!([{ "path": "/etc/a", "object": "cfg/a" }, { "path": "/etc/a", "object": "cfg/b" }]),
+            "watch[1].path",
+        ),
+    ] {
+        let (s, v) = t
+            .post(
+                "/templates",
+                json!({ "name": "w", "image": "debian-12", "watch": watch }),
+            )
+            .await;
+        assert_error(s, &v, StatusCode::BAD_REQUEST, "invalid_input");
+        assert!(
+            common::error_fields(&v).iter().any(|f| f.ends_with(field)),
+            "{field}: {v}"
+        );
+    }
+    let (s, v) = t
+        .post(
+            "/templates",
+            json!({ "name": "watcher", "image": "debian-12",
+                    "watch": [{ "path": "/etc/app/config.json", "object": "cfg/app.json", "script": "reload-app", "interval_secs": 30, "mode": 0o640 }] }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let e = enrol(&t, "w-1", "watcher").await;
+    let mut ws = connect(&t, &e.token).await;
+    let d = handshake(&mut ws, &e.id).await;
+    let f = d
+        .files
+        .iter()
+        .find(|f| f.path == "/etc/app/config.json")
+        .expect("the watched file");
+    let src = f.source.as_ref().expect("content from the object");
+    assert_eq!(
+        (src.sha256.as_str(), f.mode, f.recheck_secs),
+        (v1["sha256"].as_str().unwrap(), 0o640, Some(30))
+    );
+    assert!(f.content.is_empty());
+    send(&mut ws, applied(f, None)).await;
+    t.wait_state(&e.id, "operational").await;
+
+    // The object changes: the agent hears at once, and once it applied the new content the
+    // script runs.
+    let v2 = upload(&t, "cfg", "app.json", br#"{"level":"debug"}"#).await;
+    let d2 = loop {
+        if let ControlMessage::DesiredState(d) = recv_work(&mut ws).await
+            && d.files.iter().any(|f| f.sha256() == v2["sha256"].as_str().unwrap())
+        {
+            break d;
+        }
+    };
+    assert!(d2.generation > d.generation);
+    let f2 = d2
+        .files
+        .iter()
+        .find(|f| f.path == "/etc/app/config.json")
+        .unwrap()
+        .clone();
+    send(&mut ws, applied(&f2, None)).await;
+    let r = loop {
+        if let ControlMessage::RunScript(r) = recv_work(&mut ws).await {
+            break r;
+        }
+    };
+    assert_eq!(r.name.as_str(), "reload-app");
+    run(&mut ws, &r, "reloaded\n", 0).await;
+    let runs = t.get(&format!("/runs?server={}", e.id)).await;
+    assert!(runs.to_string().contains("reload-app"), "{runs}");
+    // The same content reported again runs nothing more.
+    send(&mut ws, applied(&f2, None)).await;
+
+    // The object goes: the file is no longer managed (it stays as it is on the server).
+    let (s, _) = t.call(Method::DELETE, "/buckets/cfg/object?key=app.json", None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    loop {
+        match recv_work(&mut ws).await {
+            ControlMessage::DesiredState(d) if d.files.is_empty() => break,
+            ControlMessage::RunScript(r) => panic!("no run expected: {r:?}"),
+            _ => {}
+        }
+    }
+}

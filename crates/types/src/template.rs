@@ -176,6 +176,78 @@ pub struct TemplateSpec {
     /// `stratus deploy`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub application: Option<Application>,
+    /// Files kept in step with artifact-store objects (see [`WatchedFile`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub watch: Vec<WatchedFile>,
+}
+
+/// Most watched files per template.
+pub const WATCH_MAX: usize = 16;
+/// The shortest and longest re-check interval of a watched file, in seconds.
+pub const WATCH_INTERVAL: std::ops::RangeInclusive<u32> = 5..=86_400;
+
+/// A file on the server kept equal to an object of the artifact store. When the object changes
+/// the control plane tells the agent at once; the agent also re-checks the file every
+/// `interval_secs` and puts the object's content back if the file drifted. Whenever the
+/// content on the server changes (not at the first boot, whose boot scripts see it anyway),
+/// `script` runs on the server as an operational run.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WatchedFile {
+    /// Absolute path on the server.
+    pub path: String,
+    /// `BUCKET/KEY` in the artifact store.
+    pub object: String,
+    /// Permission bits (default 0644; in TOML `0o640`).
+    #[serde(default = "default_mode")]
+    pub mode: u32,
+    /// Run when the content changed (a script; it need not be listed as operational).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<Name>,
+    #[serde(default = "default_interval")]
+    pub interval_secs: u32,
+}
+
+fn default_mode() -> u32 {
+    0o644
+}
+
+fn default_interval() -> u32 {
+    60
+}
+
+impl WatchedFile {
+    fn check(&self, at: &str, errs: &mut Invalid) {
+        let path_ok = self.path.starts_with('/')
+            && self.path.len() > 1
+            && self.path.len() <= 4096
+            && !self.path.ends_with('/')
+            && self.path[1..]
+                .split('/')
+                .all(|s| !s.is_empty() && s != "." && s != "..")
+            && !self.path.contains('\0');
+        if !path_ok {
+            errs.push(FieldError::new(
+                format!("{at}.path"),
+                "must be an absolute path without empty, '.' or '..' segments",
+            ));
+        }
+        if let Err(e) = crate::artifact::split_path(&self.object) {
+            errs.push(FieldError::new(format!("{at}.object"), e.problem));
+        }
+        if self.mode > 0o777 {
+            errs.push(FieldError::new(
+                format!("{at}.mode"),
+                "must be permission bits (at most 0o777)",
+            ));
+        }
+        if !WATCH_INTERVAL.contains(&self.interval_secs) {
+            errs.push(FieldError::new(
+                format!("{at}.interval_secs"),
+                format!("must be {}-{}", WATCH_INTERVAL.start(), WATCH_INTERVAL.end()),
+            ));
+        }
+    }
 }
 
 /// An application shipped as an archive in the artifact store. The agent unpacks it into
@@ -285,6 +357,19 @@ impl TemplateSpec {
             && let Err(e) = app.validate()
         {
             errs.0.extend(e.0);
+        }
+        if self.watch.len() > WATCH_MAX {
+            errs.push(FieldError::new(
+                "watch",
+                format!("{} files; the limit is {WATCH_MAX}", self.watch.len()),
+            ));
+        }
+        let mut paths = BTreeSet::new();
+        for (i, w) in self.watch.iter().enumerate() {
+            w.check(&format!("watch[{i}]"), &mut errs);
+            if !paths.insert(&w.path) {
+                errs.push(FieldError::new(format!("watch[{i}].path"), "is watched twice"));
+            }
         }
         errs.into_result()
     }

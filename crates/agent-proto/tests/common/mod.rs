@@ -135,11 +135,9 @@ pub fn control_samples() -> Vec<ControlMessage> {
             boot: vec![script(10, Phase::Boot), script(11, Phase::Boot)],
             tags: vec![tag("lb:pool=www")],
             files: vec![ManagedFile {
-                path: "/etc/haproxy/haproxy.cfg".into(),
-                content: "global\n    maxconn 4096\n".into(),
-                mode: 0o644,
                 check: Some("haproxy -c -f \"$STRATUS_CANDIDATE\"".into()),
                 reload: Some("kill -USR2 $(cat /run/haproxy.pid)".into()),
+                ..ManagedFile::inline("/etc/haproxy/haproxy.cfg", "global\n    maxconn 4096\n")
             }],
         }),
         ControlMessage::RunScript(script(12, Phase::Operational)),

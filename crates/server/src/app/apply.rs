@@ -215,6 +215,16 @@ impl Planner {
                 }
             }
         }
+        for (i, w) in spec.watch.iter().enumerate() {
+            if let Some(n) = &w.script
+                && !self.catalog.scripts.contains_key(n)
+            {
+                self.errs.push(FieldError::new(
+                    format!("{at}.watch[{i}].script"),
+                    format!("no script named {n}"),
+                ));
+            }
+        }
         let declared = self.declared(spec);
         let decls: Vec<InputDecl> = declared.into_iter().collect();
         if let Err(e) = stratus_types::input::check_inputs(&decls, &spec.inputs) {

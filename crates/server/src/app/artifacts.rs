@@ -197,6 +197,8 @@ where
     {
         sweep(app, &old).await;
     }
+    drop(_guard);
+    super::watched::object_changed(app, bucket, key).await;
     Ok(obj)
 }
 
@@ -240,6 +242,8 @@ pub async fn delete(app: &App, actor: &Actor, bucket: &str, key: &str) -> Result
     let entry = audit(actor, "object.delete", format!("object/{bucket}/{key}"), &o.sha256);
     app.commit(vec![Change::delete(&o), entry]).await?;
     sweep(app, &o.sha256).await;
+    drop(_guard);
+    super::watched::object_changed(app, bucket, key).await;
     Ok(())
 }
 

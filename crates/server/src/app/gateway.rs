@@ -431,7 +431,7 @@ pub async fn desired_state(app: &App, session: &mut Session) -> Result<DesiredSt
         generation: Generation(rec.generation.max(1)),
         boot,
         tags: s.tags.clone(),
-        files: super::lb::files_for(app, &s).await?,
+        files: super::watched::files_for(app, &s).await?,
     })
 }
 
@@ -497,6 +497,8 @@ pub async fn file_status(
         at: Utc::now(),
     };
     let before = rec.files.get(path).cloned();
+    // New content in place where other content was: a watched file changed on a running server.
+    let changed = applied && before.as_ref().is_some_and(|b| b.applied && b.sha256 != sha256);
     let unchanged = before
         .as_ref()
         .is_some_and(|b| b.sha256 == state.sha256 && b.applied == state.applied && b.error == state.error);
@@ -522,10 +524,16 @@ pub async fn file_status(
     rec.files.insert(path.to_string(), state);
     changes.push(Change::update(&mut rec, Utc::now()));
     match app.store.commit(changes).await {
+        Ok(()) => {}
         // A newer generation raced this report; the next report records it.
-        Ok(()) | Err(stratus_store::StoreError::Stale { .. }) => Ok(()),
-        Err(e) => Err(e.into()),
+        Err(stratus_store::StoreError::Stale { .. }) => return Ok(()),
+        Err(e) => return Err(e.into()),
     }
+    if changed {
+        let s = server_of(app, session.server).await?;
+        super::watched::file_changed(app, &s, path).await?;
+    }
+    Ok(())
 }
 
 /// `stratus-agent tag add/remove`: the agent changes its own server's tags (audited as the

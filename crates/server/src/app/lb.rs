@@ -229,11 +229,9 @@ pub async fn files_for(app: &App, s: &Server) -> Result<Vec<ManagedFile>, AppErr
         tracing::warn!(lb = %s.name, deployment = %s.deployment, member = %why, "left out of the pool");
     }
     Ok(vec![ManagedFile {
-        path: HAPROXY_CFG.into(),
-        content: render(&format!("{}/{}", s.deployment, s.name), &pool),
-        mode: 0o644,
         check: Some(HAPROXY_CHECK.into()),
         reload: Some(HAPROXY_RELOAD.into()),
+        ..ManagedFile::inline(HAPROXY_CFG, render(&format!("{}/{}", s.deployment, s.name), &pool))
     }])
 }
 
@@ -270,7 +268,7 @@ async fn sync_once(app: &App, sent: &mut HashMap<ServerId, String>) -> Result<()
             sent.remove(&lb.id);
             continue;
         }
-        let files = files_for(app, &lb).await?;
+        let files = super::watched::files_for(app, &lb).await?;
         let hash = files.iter().map(ManagedFile::sha256).collect::<Vec<_>>().join(",");
         if sent.get(&lb.id) != Some(&hash) {
             super::gateway::desired_changed(app, lb.id).await;

@@ -25,6 +25,7 @@ pub mod rollouts;
 pub mod runs;
 pub mod servers;
 pub mod users;
+pub mod watched;
 
 use std::sync::Arc;
 use std::time::Duration;

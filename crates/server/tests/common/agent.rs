@@ -168,11 +168,22 @@ pub fn started(run: RunId) -> AgentMessage {
 pub async fn run(ws: &mut Ws, r: &ScriptRun, out: &str, code: i32) {
     send(ws, started(r.run)).await;
     send(ws, output(r.run, 0, out)).await;
-    assert!(matches!(recv_work(ws).await, ControlMessage::AckOutput { seq: 0, .. }));
+    assert!(matches!(recv_ack(ws).await, ControlMessage::AckOutput { seq: 0, .. }));
     send(ws, output(r.run, 0, out)).await;
-    assert!(matches!(recv_work(ws).await, ControlMessage::AckOutput { seq: 0, .. }));
+    assert!(matches!(recv_ack(ws).await, ControlMessage::AckOutput { seq: 0, .. }));
     send(ws, finished(r.run, code, 1, out.len() as u64)).await;
-    assert!(matches!(recv_work(ws).await, ControlMessage::AckFinished { .. }));
+    assert!(matches!(recv_ack(ws).await, ControlMessage::AckFinished { .. }));
+}
+
+/// The next message that is not a heartbeat or a desired state (a load balancer's agent gets
+/// a new desired state whenever its pool changes, at any moment).
+pub async fn recv_ack(ws: &mut Ws) -> ControlMessage {
+    loop {
+        match recv_work(ws).await {
+            ControlMessage::DesiredState(_) => continue,
+            m => return m,
+        }
+    }
 }
 
 /// Enrol, connect and boot a server of `template` (every boot run succeeds); the open
