@@ -68,6 +68,9 @@ impl Plane {
     }
 }
 
+/// Each request: when it ended, and the body of a 200 (none: it failed).
+type Log = Vec<(SystemTime, Option<String>)>;
+
 struct Cleanup(String, PathBuf);
 
 impl Drop for Cleanup {
@@ -166,7 +169,7 @@ fn main() {
 
     // The client: one request every 10 ms, bounded by a stop flag and 60,000 requests.
     let stop = Arc::new(AtomicBool::new(false));
-    let log: Arc<Mutex<Vec<(SystemTime, Option<String>)>>> = Arc::default();
+    let log: Arc<Mutex<Log>> = Arc::default();
     let client = {
         let (stop, log, lb) = (stop.clone(), log.clone(), lb.clone());
         std::thread::spawn(move || {
