@@ -874,6 +874,17 @@ outbound_nat = false
     std::thread::sleep(Duration::from_secs(2));
     let pool_changed = std::time::Instant::now();
 
+    // A member that fails its health check (nginx stopped) leaves the rotation by HAProxy's own
+    // checks, and comes back after the next good one; requests caught in between are retried
+    // on another member, so none fails.
+    plane.ok(&["run", "www-pause", "--on", "www/app-2", "--follow"]);
+    std::thread::sleep(Duration::from_secs(3));
+    let paused = std::time::Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+    let resumed = std::time::Instant::now();
+    plane.ok(&["run", "www-resume", "--on", "www/app-2", "--follow"]);
+    assert!(seen(&["app-2"], Duration::from_secs(15)), "app-2 never came back");
+
     // A new release, one server at a time, while the client keeps requesting.
     let v2 = tmp.path().join("v2");
     std::fs::create_dir_all(&v2).expect("mkdir");
@@ -924,6 +935,19 @@ outbound_nat = false
         "{} of {} requests failed",
         failures.len(),
         answers.len() + failures.len()
+    );
+    let while_paused: Vec<&String> = answers
+        .iter()
+        .filter(|(at, _)| *at > paused && *at < resumed)
+        .map(|(_, b)| b)
+        .collect();
+    assert!(
+        !while_paused.is_empty(),
+        "the client made no request while app-2 was paused"
+    );
+    assert!(
+        while_paused.iter().all(|b| !b.ends_with("app-2")),
+        "app-2 answered while its nginx was stopped: {while_paused:?}"
     );
     assert!(
         answers.len() > 50,

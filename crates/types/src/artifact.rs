@@ -59,6 +59,20 @@ pub fn is_sha256_hex(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any text: a clear answer, never a panic; what is accepted cannot leave its bucket.
+        #[test]
+        fn object_paths_never_escape(s in "\\PC{0,40}|[a-z./]{0,20}") {
+            if let Ok((b, k)) = split_path(&s) {
+                prop_assert!(!b.as_str().is_empty());
+                prop_assert!(!k.starts_with('/'));
+                prop_assert!(k.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != ".."));
+                prop_assert!(!k.chars().any(char::is_control));
+            }
+        }
+    }
 
     #[test]
     fn paths() {
