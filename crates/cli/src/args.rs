@@ -107,9 +107,22 @@ pub struct ServeArgs {
 pub struct QuickstartArgs {
     #[arg(long, default_value = "127.0.0.1:7400")]
     pub listen: SocketAddr,
-    /// The deployment file to bring up.
-    #[arg(short, long, default_value = "examples/quickstart.toml")]
-    pub file: PathBuf,
+    /// The deployment file to bring up (default: examples/lb-and-app.toml, or
+    /// examples/quickstart.toml with --sandbox).
+    #[arg(short, long)]
+    pub file: Option<PathBuf>,
+    /// The local cloud's definition.
+    #[arg(long, default_value = "examples/local-cloud.toml")]
+    pub cloud_file: PathBuf,
+    /// Move the local cloud to this private subnet (when 10.77.0.0/22 is taken here).
+    #[arg(long)]
+    pub subnet: Option<ipnet::Ipv4Net>,
+    /// The application's files, uploaded as www/site.tar.gz.
+    #[arg(long, default_value = "examples/site")]
+    pub site: PathBuf,
+    /// Run examples/quickstart.toml on a simulated cloud instead (no root; nothing executes).
+    #[arg(long)]
+    pub sandbox: bool,
     /// Remove everything the quickstart created.
     #[arg(long)]
     pub down: bool,

@@ -273,7 +273,7 @@ fn malformed_files_name_the_problem() {
 }
 
 #[test]
-fn quickstart_up_again_and_down() {
+fn the_sandbox_quickstart_up_again_and_down() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
@@ -287,7 +287,7 @@ fn quickstart_up_again_and_down() {
             .env("XDG_CONFIG_HOME", dir.path().join("config"))
             .arg("--data-dir")
             .arg(dir.path());
-        c.args(["quickstart", "--exit", "--listen", &listen])
+        c.args(["quickstart", "--sandbox", "--exit", "--listen", &listen])
             .args(extra)
             .output()
             .expect("run")

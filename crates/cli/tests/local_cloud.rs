@@ -986,3 +986,81 @@ outbound_nat = false
         "the pool after the changes"
     );
 }
+
+/// The README's main command: `stratus quickstart` brings the example up on real instances,
+/// prints the load balancer's URL (which answers), a second run reuses everything, and
+/// `--down` removes it all (the cloud's network included).
+#[test]
+fn the_quickstart_brings_the_example_up_reuses_it_and_takes_it_down() {
+    let tmp = tempfile::Builder::new()
+        .prefix("stratus-qs-")
+        .tempdir_in("/var/tmp")
+        .expect("tmp");
+    let data = tmp.path().join("data");
+    let _cleanup = Cleanup {
+        tag: stratus_server::drivers::network_tag(&data, "local"),
+        state: data.join("local/clouds/local"),
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let subnet = format!("10.{}.{}.0/24", 100 + random_octet() % 100, random_octet());
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let run = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_stratus"))
+            .current_dir(&workspace)
+            .env("XDG_CONFIG_HOME", tmp.path().join("config"))
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["quickstart", "--exit", "--listen", &listen, "--subnet", &subnet])
+            .args(extra)
+            .output()
+            .expect("run");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let started = std::time::Instant::now();
+    let (ok, out, err) = run(&[]);
+    assert!(ok, "{out}\n{err}");
+    println!("quickstart, first run: {:?}", started.elapsed());
+    assert!(out.contains("3 servers operational"), "{out}");
+    for step in [
+        "[1/6] host",
+        "[3/6] cloud",
+        "[4/6] image",
+        "[5/6] application",
+        "[6/6] deployment",
+    ] {
+        assert!(err.contains(step), "progress names {step}: {err}");
+    }
+    let lb = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Load balancer: "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no load balancer URL: {out}"))
+        .to_string();
+    let addr = format!("{}:80", lb.trim_end_matches('/'));
+    let page = http(&addr).unwrap_or_else(|| panic!("{lb} does not answer"));
+    assert!(page.starts_with("v1 from app-"), "{page}");
+
+    let again = std::time::Instant::now();
+    let (ok, out, err) = run(&[]);
+    assert!(ok, "{out}\n{err}");
+    println!("quickstart, second run: {:?}", again.elapsed());
+    assert!(err.contains("www/site.tar.gz unchanged"), "{err}");
+    assert!(out.contains("0 to create, 0 to update"), "{out}");
+
+    let (ok, out, err) = run(&["--down"]);
+    assert!(ok, "{out}\n{err}");
+    let tag = stratus_server::drivers::network_tag(&data, "local");
+    assert!(
+        !Path::new("/sys/class/net").join(format!("st-{tag}")).exists(),
+        "the cloud's bridge is gone"
+    );
+}

@@ -2,6 +2,7 @@
 
 mod apply;
 mod artifacts;
+mod quickstart;
 mod resources;
 mod runs;
 mod serve;

@@ -59,10 +59,45 @@ async fn client_for(running: &stratus_server::Running) -> anyhow::Result<Client>
     Ok(Client::new(&running.url, Some(token.trim().to_string())))
 }
 
-/// Bring up the example deployment on an embedded control plane, or take it down.
+/// Bring up the example deployment on an embedded control plane, or take it down: on the
+/// local cloud (see `quickstart.rs`), or with `--sandbox` on the simulated one.
 pub async fn quickstart(data_dir: PathBuf, a: &QuickstartArgs, json_out: bool) -> anyhow::Result<()> {
-    let doc = read_file(&a.file)
-        .with_context(|| format!("step 1/4 (read the deployment file {}) failed", a.file.display()))?;
+    if a.sandbox {
+        return sandbox(data_dir, a, json_out).await;
+    }
+    let total = 6;
+    super::quickstart::check_host(total)?;
+    eprintln!("[2/{total}] control plane");
+    let running = stratus_server::start(server_config(&data_dir, a.listen)?)
+        .await
+        .context(
+            "step 2/6 (control plane) failed\n  what to do: another `stratus serve` may use the port; stop it or pass --listen",
+        )?;
+    eprintln!("      {} (data in {})", running.url, data_dir.display());
+    let client = client_for(&running).await?;
+    if a.down {
+        super::quickstart::down_local(&client, a).await?;
+        say!("quickstart removed: its deployment, catalog entries, archive, image record and cloud");
+        running.stop();
+        return Ok(());
+    }
+    super::quickstart::local(&running, &client, a).await?;
+    if a.exit {
+        running.stop();
+        return Ok(());
+    }
+    say!("Serving until Ctrl-C.");
+    tokio::signal::ctrl_c().await?;
+    running.stop();
+    Ok(())
+}
+
+/// The example on the simulated cloud: servers move through their states, boot scripts are
+/// recorded, nothing executes.
+async fn sandbox(data_dir: PathBuf, a: &QuickstartArgs, json_out: bool) -> anyhow::Result<()> {
+    let file = a.file.clone().unwrap_or_else(|| "examples/quickstart.toml".into());
+    let doc =
+        read_file(&file).with_context(|| format!("step 1/4 (read the deployment file {}) failed", file.display()))?;
     let deployment = doc
         .deployment
         .as_ref()
@@ -70,7 +105,7 @@ pub async fn quickstart(data_dir: PathBuf, a: &QuickstartArgs, json_out: bool) -
         .context("the quickstart file has no [deployment]")?;
     eprintln!(
         "[1/4] read {}: deployment {deployment}, {} servers",
-        a.file.display(),
+        file.display(),
         doc.servers.len()
     );
     let running = stratus_server::start(server_config(&data_dir, a.listen)?)
@@ -84,7 +119,7 @@ pub async fn quickstart(data_dir: PathBuf, a: &QuickstartArgs, json_out: bool) -
         return Ok(());
     }
     eprintln!("[2/4] control plane up at {}", running.url);
-    eprintln!("[3/4] applying {}", a.file.display());
+    eprintln!("[3/4] applying {}", file.display());
     let plan = client
         .post("/apply", &json!({ "document": doc, "dry_run": false }))
         .await
@@ -128,7 +163,7 @@ pub async fn quickstart(data_dir: PathBuf, a: &QuickstartArgs, json_out: bool) -
         "  stratus runs list --server {}",
         names.first().map_or("DEPLOYMENT/NAME", String::as_str)
     );
-    say!("  stratus quickstart --down   (remove it all)");
+    say!("  stratus quickstart --sandbox --down   (remove it all)");
     if a.exit {
         running.stop();
         return Ok(());
@@ -147,7 +182,11 @@ fn ignore_missing(r: anyhow::Result<serde_json::Value>) -> anyhow::Result<()> {
     }
 }
 
-async fn down(client: &Client, doc: &stratus_api::file::DeploymentFile, deployment: &str) -> anyhow::Result<()> {
+pub(crate) async fn down(
+    client: &Client,
+    doc: &stratus_api::file::DeploymentFile,
+    deployment: &str,
+) -> anyhow::Result<()> {
     for a in &doc.arrays {
         ignore_missing(
             client
