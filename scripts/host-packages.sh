@@ -10,6 +10,7 @@
 #   python3-botocore an EC2 metadata client that is not ours (tests)
 #   openssl          test certificates for the agent over TLS (tests)
 #   haproxy          checks the load-balancer configuration Stratus renders (tests)
+#   chromium, chromium-driver  the real browser the dashboard tests drive (tests)
 set -euo pipefail
 packages=(debootstrap busybox-static nftables iproute2 util-linux zstd tar "$@")
 missing=()

@@ -155,8 +155,12 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("cannot open the database {}", db.display()))?;
     let servers_changed = watch::ServerChanges::default();
-    let store: Arc<dyn stratus_store::Datastore> =
-        Arc::new(watch::Watched::new(Arc::new(store), servers_changed.clone()));
+    let (changes, _) = tokio::sync::broadcast::channel(1024);
+    let store: Arc<dyn stratus_store::Datastore> = Arc::new(watch::Watched::new(
+        Arc::new(store),
+        servers_changed.clone(),
+        changes.clone(),
+    ));
     let token_file = config.data_dir.join(ADMIN_TOKEN_FILE);
     let created_admin = app::users::bootstrap_admin(&*store, |token| write_private(&token_file, token))
         .await
@@ -193,6 +197,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
             .context("cannot open the artifact store")?,
         artifact_lock: Default::default(),
         servers_changed,
+        changes,
         drained_at: Default::default(),
     });
     let mut tasks = vec![];

@@ -1,33 +1,71 @@
 //! The store as the app layer uses it: every committed change to a server wakes whoever waits
-//! on [`ServerChanges`] (the load-balancer sync), wherever in the control plane it was made.
+//! on [`ServerChanges`] (the load-balancer sync), and every committed change to a resource a
+//! person watches (servers, runs, rollouts, deployments, arrays) is announced on [`Changes`]
+//! (the dashboard's live updates), wherever in the control plane it was made.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use stratus_store::{AuditQuery, Change, Datastore, Kind, Page, Query, Record, Sealed, StoreError};
+use stratus_store::{AuditQuery, Change as StoreChange, Datastore, Kind, Page, Query, Record, Sealed, StoreError};
 use stratus_types::audit::AuditEntry;
 use tokio::sync::Notify;
 
 /// Notified after each commit that wrote a server.
 pub type ServerChanges = Arc<Notify>;
 
-/// A [`Datastore`] that signals server changes; everything else passes through.
+/// One committed change, as the dashboard hears of it: the kind and the id (no content: a
+/// listener reads what it may see through the API).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Change {
+    pub kind: &'static str,
+    pub id: String,
+}
+
+/// Announces committed changes; receivers that fall behind skip ahead (they re-read anyway).
+pub type Changes = tokio::sync::broadcast::Sender<Change>;
+
+/// Kinds whose changes are announced.
+const ANNOUNCED: &[Kind] = &[Kind::Server, Kind::Run, Kind::Rollout, Kind::Deployment, Kind::Array];
+
+/// A [`Datastore`] that signals changes; everything else passes through.
 #[derive(Debug)]
 pub struct Watched {
     inner: Arc<dyn Datastore>,
     servers: ServerChanges,
+    changes: Changes,
 }
 
 impl Watched {
-    pub fn new(inner: Arc<dyn Datastore>, servers: ServerChanges) -> Self {
-        Self { inner, servers }
+    pub fn new(inner: Arc<dyn Datastore>, servers: ServerChanges, changes: Changes) -> Self {
+        Self {
+            inner,
+            servers,
+            changes,
+        }
     }
 }
 
-fn writes_a_server(changes: &[Change]) -> bool {
+fn announced(changes: &[StoreChange]) -> Vec<Change> {
+    changes
+        .iter()
+        .filter_map(|c| match c {
+            StoreChange::Put { record, .. } if ANNOUNCED.contains(&record.kind) => Some(Change {
+                kind: record.kind.as_str(),
+                id: record.id.clone(),
+            }),
+            StoreChange::Delete { kind, id, .. } if ANNOUNCED.contains(kind) => Some(Change {
+                kind: kind.as_str(),
+                id: id.clone(),
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+fn writes_a_server(changes: &[StoreChange]) -> bool {
     changes.iter().any(|c| match c {
-        Change::Put { record, .. } => record.kind == Kind::Server,
-        Change::Delete { kind, .. } => *kind == Kind::Server,
+        StoreChange::Put { record, .. } => record.kind == Kind::Server,
+        StoreChange::Delete { kind, .. } => *kind == Kind::Server,
         _ => false,
     })
 }
@@ -43,11 +81,19 @@ impl Datastore for Watched {
     async fn list(&self, kind: Kind, query: &Query) -> Result<Page, StoreError> {
         self.inner.list(kind, query).await
     }
-    async fn commit(&self, changes: Vec<Change>) -> Result<(), StoreError> {
+    async fn commit(&self, changes: Vec<StoreChange>) -> Result<(), StoreError> {
         let server = writes_a_server(&changes);
+        let announce = if self.changes.receiver_count() > 0 {
+            announced(&changes)
+        } else {
+            vec![]
+        };
         self.inner.commit(changes).await?;
         if server {
             self.servers.notify_one();
+        }
+        for c in announce {
+            let _ = self.changes.send(c);
         }
         Ok(())
     }

@@ -442,10 +442,11 @@ pub async fn local(running: &stratus_server::Running, c: &Client, a: &Quickstart
         say!("  Load balancer: {u}   (try: curl {u} - each answer names the server behind it)");
     }
     say!(
-        "  API:           {}/api/v1   token: {}",
+        "  Dashboard:     {}/ui/   (sign in with the token in {})",
         running.url,
         running.admin_token_file.display()
     );
+    say!("  API:           {}/api/v1", running.url);
     say!("Next:");
     say!("  stratus server list --deployment {deployment}");
     if let Some(first) = keys.iter().find(|k| k.contains("app")) {

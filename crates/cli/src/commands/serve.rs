@@ -153,6 +153,7 @@ async fn sandbox(data_dir: PathBuf, a: &QuickstartArgs, json_out: bool) -> anyho
         running.url
     );
     say!("  Token:      {}", running.admin_token_file.display());
+    say!("  Dashboard:  {}/ui/  (sign in with that token)", running.url);
     say!("Next:");
     say!("  stratus server list --deployment {deployment}");
     say!(

@@ -149,14 +149,38 @@ pub async fn start_run(app: &App, actor: &super::Actor, req: &StartRun) -> Resul
         .find_as::<Script>("", &req.script)
         .await?
         .ok_or_else(|| AppError::not_found("script", &req.script))?;
-    let mut run = super::runs::queued(&server, &script, Phase::Operational, &actor.name);
+    // Per-run inputs: declared by the script, of a fitting kind, credentials that exist.
+    let mut with_inputs = server.clone();
+    let mut errs = stratus_types::Invalid::default();
+    for (name, raw) in &req.inputs {
+        let field = format!("inputs.{}", stratus_types::name::truncate(name));
+        let Some(decl) = script.spec.inputs.iter().find(|d| &d.name == name) else {
+            errs.push(stratus_types::FieldError::new(
+                field,
+                format!("script {} declares no such input", script.spec.name),
+            ));
+            continue;
+        };
+        match InputValue::parse(raw) {
+            Ok(v) if v.fits(decl.kind) => {
+                with_inputs.inputs.insert(name.clone(), v);
+            }
+            Ok(v) => errs.push(stratus_types::FieldError::new(
+                field,
+                format!("a {} value does not fit a {} input", v.kind(), decl.kind),
+            )),
+            Err(e) => errs.push(stratus_types::FieldError::new(field, e.problem)),
+        }
+    }
+    errs.into_result()?;
+    let mut run = super::runs::queued(&with_inputs, &script, Phase::Operational, &actor.name);
     run.sent_at = Some(Utc::now());
     run.timeout_secs = req.timeout_secs;
     let sr = ScriptRun {
         run: run.id,
         name: script.spec.name.clone(),
         body: script.spec.body.clone(),
-        env: env_for(app, &server, &script).await?,
+        env: env_for(app, &with_inputs, &script).await?,
         timeout_secs: req.timeout_secs,
         phase: Phase::Operational,
         frequency: script.spec.frequency,
@@ -197,6 +221,11 @@ pub struct StartRun {
     /// Kill the script after this many seconds (default: no limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
+    /// Input values for this run only (`NAME: value`, values as in files: text, `cred:NAME`,
+    /// `env:NAME`, `artifact:BUCKET/KEY`); they override the server's. Only inputs the script
+    /// declares are taken.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub inputs: std::collections::BTreeMap<String, String>,
 }
 
 /// The agent said hello: record its boot, notice a reboot, and answer with where its

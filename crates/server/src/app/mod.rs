@@ -63,6 +63,8 @@ pub struct App {
     pub artifact_lock: tokio::sync::Mutex<()>,
     /// Notified after every commit that wrote a server (see `crate::watch`).
     pub servers_changed: crate::watch::ServerChanges,
+    /// Committed changes, for live views (see `crate::watch`).
+    pub changes: crate::watch::Changes,
     /// When each terminating load-balancer member was first seen drained (see
     /// `reconcile::drained`).
     pub drained_at: std::sync::Mutex<std::collections::HashMap<stratus_types::ServerId, std::time::Instant>>,

@@ -11,6 +11,7 @@ mod error;
 mod extract;
 mod misc;
 mod servers;
+mod ui;
 
 use std::sync::Arc;
 
@@ -69,6 +70,7 @@ pub fn api() -> (axum::Router<Arc<App>>, utoipa::openapi::OpenApi) {
         .merge(misc::routes())
         .merge(agent::routes())
         .merge(artifacts::routes())
+        .merge(ui::api_routes())
         .split_for_parts()
 }
 
@@ -83,6 +85,7 @@ pub fn router(app: Arc<App>) -> axum::Router {
     });
     axum::Router::new()
         .nest(stratus_api::API_PREFIX, api.route("/openapi.json", openapi))
+        .merge(ui::routes())
         .fallback(error::not_found)
         .layer(DefaultBodyLimit::max(BODY_MAX))
         .layer(TraceLayer::new_for_http())
