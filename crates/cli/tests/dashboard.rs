@@ -2,160 +2,17 @@
 //! the W3C WebDriver protocol), against an in-process control plane on the fake cloud whose
 //! servers are booted by real agents (`stratus agent`, this crate's binary). Screenshots of the
 //! main pages go to `$CARGO_TARGET_DIR/dashboard-screenshots/` (or `STRATUS_SCREENSHOTS`).
-//!
-//! The WebDriver client is the handful of endpoints the test needs, over reqwest: the crates
-//! that wrap the protocol bring a second HTTP stack (hyper 0.14-era `http 0.2`) into the test
-//! build for six calls.
+
+#[path = "support/webdriver.rs"]
+mod webdriver;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use stratus_cloud::fake::FakeCloud;
-
-const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
-
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A WebDriver session.
-struct Browser {
-    http: reqwest::Client,
-    session: String,
-}
-
-impl Browser {
-    async fn start(driver: &str) -> Self {
-        let http = reqwest::Client::new();
-        let caps = json!({ "capabilities": { "alwaysMatch": {
-            "browserName": "chrome",
-            "goog:chromeOptions": {
-                "binary": "/usr/bin/chromium",
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                         "--window-size=1400,1000", "--no-first-run", "--disable-extensions"]
-            }
-        }}});
-        let v: Value = http
-            .post(format!("{driver}/session"))
-            .json(&caps)
-            .send()
-            .await
-            .expect("chromedriver")
-            .json()
-            .await
-            .expect("json");
-        let id = v["value"]["sessionId"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no session: {v}"));
-        Self {
-            http,
-            session: format!("{driver}/session/{id}"),
-        }
-    }
-
-    async fn cmd(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let mut r = self.http.request(method, format!("{}{path}", self.session));
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        let v: Value = r.send().await.expect("webdriver").json().await.expect("json");
-        v["value"].clone()
-    }
-
-    async fn goto(&self, url: &str) {
-        self.cmd(reqwest::Method::POST, "/url", Some(json!({ "url": url })))
-            .await;
-    }
-
-    /// The first element matching `css`, waiting up to 15 s for it.
-    async fn find(&self, css: &str) -> String {
-        let until = Instant::now() + Duration::from_secs(15);
-        loop {
-            let v = self
-                .cmd(
-                    reqwest::Method::POST,
-                    "/element",
-                    Some(json!({ "using": "css selector", "value": css })),
-                )
-                .await;
-            if let Some(id) = v[ELEMENT].as_str() {
-                return id.to_string();
-            }
-            assert!(Instant::now() < until, "no element {css}: {v}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn click(&self, css: &str) {
-        let id = self.find(css).await;
-        let v = self
-            .cmd(reqwest::Method::POST, &format!("/element/{id}/click"), Some(json!({})))
-            .await;
-        assert!(v.is_null(), "click {css}: {v}");
-    }
-
-    async fn type_into(&self, css: &str, text: &str) {
-        let id = self.find(css).await;
-        self.cmd(
-            reqwest::Method::POST,
-            &format!("/element/{id}/value"),
-            Some(json!({ "text": text })),
-        )
-        .await;
-    }
-
-    /// The page's visible text.
-    async fn text(&self) -> String {
-        let id = self.find("body").await;
-        self.cmd(reqwest::Method::GET, &format!("/element/{id}/text"), None)
-            .await
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
-    }
-
-    /// Wait (bounded) until the page's text satisfies `want`; the text.
-    async fn wait_text(&self, what: &str, want: impl Fn(&str) -> bool) -> String {
-        let until = Instant::now() + Duration::from_secs(30);
-        loop {
-            let t = self.text().await;
-            if want(&t) {
-                return t;
-            }
-            assert!(Instant::now() < until, "the page never showed {what}:\n{t}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn script(&self, js: &str) -> Value {
-        self.cmd(
-            reqwest::Method::POST,
-            "/execute/sync",
-            Some(json!({ "script": js, "args": [] })),
-        )
-        .await
-    }
-
-    async fn screenshot(&self, dir: &Path, name: &str) {
-        use base64::Engine;
-        let v = self.cmd(reqwest::Method::GET, "/screenshot", None).await;
-        let png = base64::engine::general_purpose::STANDARD
-            .decode(v.as_str().expect("png"))
-            .expect("base64");
-        std::fs::write(dir.join(format!("{name}.png")), png).expect("write screenshot");
-    }
-
-    async fn close(&self) {
-        let _ = self.http.delete(&self.session).send().await;
-    }
-}
+use webdriver::{Browser, Kill};
 
 const DEPLOYMENT: &str = r##"
 [[cloud]]
@@ -207,14 +64,6 @@ name = "web-2"
 template = "web"
 "##;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 fn screenshots() -> PathBuf {
     let dir = std::env::var_os("STRATUS_SCREENSHOTS")
         .map(PathBuf::from)
@@ -231,22 +80,8 @@ fn screenshots() -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_servers_live_runs_scripts_and_terminates() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let port = free_port();
-    let _driver = Kill(
-        Command::new("chromedriver")
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromedriver (scripts/host-packages.sh installs chromium-driver)"),
-    );
-    let driver = format!("http://127.0.0.1:{port}");
+    let (_driver, driver) = webdriver::chromedriver().await;
     let http = reqwest::Client::new();
-    let until = Instant::now() + Duration::from_secs(20);
-    while http.get(format!("{driver}/status")).send().await.is_err() {
-        assert!(Instant::now() < until, "chromedriver did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 
     let mut config = stratus_server::Config::new(tmp.path().join("data"), "127.0.0.1:0".parse().expect("addr"));
     config.simulate_agents = false;
