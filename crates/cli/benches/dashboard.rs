@@ -93,6 +93,7 @@ cloud = "sandbox"
         json!(token)
     ))
     .await;
+    b.goto("about:blank").await;
     let started = Instant::now();
     b.goto(&format!("{}/ui/#/deployments/big", running.url)).await;
     b.wait_text("the server table", |t| t.contains("s0000") && t.contains("Page 1"))
