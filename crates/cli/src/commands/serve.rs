@@ -44,6 +44,7 @@ pub async fn serve(data_dir: PathBuf, a: &ServeArgs) -> anyhow::Result<()> {
         running.url,
         data_dir.display()
     );
+    say!("Dashboard: {}/ui/ (sign in with an API token)", running.url);
     tokio::select! {
         r = running.wait() => r,
         _ = tokio::signal::ctrl_c() => {
