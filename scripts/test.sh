@@ -5,7 +5,7 @@
 # metadata client that is not ours.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/host-packages.sh python3-botocore openssl haproxy chromium chromium-driver fonts-dejavu-core
+bash scripts/host-packages.sh python3-botocore openssl haproxy chromium chromium-driver fonts-dejavu-core openssh-client
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/stratus-target}"
 if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install --locked cargo-nextest

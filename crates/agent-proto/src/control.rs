@@ -118,6 +118,10 @@ pub struct DesiredState {
     /// the boot runs start. A file that was managed and is no longer listed is left as it is.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<crate::ManagedFile>,
+    /// (v2) Managed SSH: the accounts Stratus keeps on this server. `None`: managed SSH says
+    /// nothing (accounts are left as they are).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logins: Option<crate::Logins>,
 }
 
 /// A desired-state generation: counts up by one each time the control plane changes what a

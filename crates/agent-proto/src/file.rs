@@ -98,3 +98,46 @@ pub fn absolute_path_ok(path: &str) -> bool {
         && path[1..].split('/').all(|s| !s.is_empty() && s != "." && s != "..")
         && !path.contains('\0')
 }
+
+/// Managed SSH: the login accounts Stratus keeps on a server, as part of its desired state.
+/// The agent creates each account (once), writes its `~/.ssh/authorized_keys` with exactly
+/// these keys and gives it passwordless sudo or not. An account the agent made earlier that is
+/// no longer listed loses its keys and sudo and is locked, and (with `end_sessions`) its
+/// processes are killed: a revocation is a refused login at once. Accounts and keys Stratus
+/// did not make (the image's own) are never touched.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Logins {
+    pub accounts: Vec<LoginAccount>,
+    /// End the sessions of an account that loses access.
+    #[serde(default = "yes")]
+    pub end_sessions: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One user's account on a server.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginAccount {
+    /// The Unix account name (the Stratus user's name).
+    pub name: String,
+    /// `authorized_keys` lines (`ssh-ed25519 AAAA... comment`).
+    pub keys: Vec<String>,
+    /// Passwordless sudo (`server_superuser`).
+    #[serde(default)]
+    pub sudo: bool,
+}
+
+/// A Unix account name the agent accepts: a lower-case letter or `_`, then up to 31 letters,
+/// digits, `_` or `-`.
+pub fn account_name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}

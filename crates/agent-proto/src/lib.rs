@@ -107,7 +107,7 @@ mod validate;
 
 pub use agent::{AgentMessage, Hello, Outcome, Output, RunFinished};
 pub use control::{ControlMessage, DesiredState, Generation, PeerServer, Refused, RefusedReason, Resume, Welcome};
-pub use file::{ArtifactRef, ManagedFile, absolute_path_ok};
+pub use file::{ArtifactRef, LoginAccount, Logins, ManagedFile, absolute_path_ok, account_name_ok};
 pub use frame::{ProtoError, QUOTE_MAX, decode_agent, decode_control, encode_agent, encode_control};
 pub use mask::{MASK, Masker};
 pub use output::{LossyUtf8, OutputStream, split_output};

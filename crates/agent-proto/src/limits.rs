@@ -45,5 +45,11 @@ pub const MAX_FILE_CONTENT: usize = 1024 * 1024;
 pub const MAX_URL: usize = 8 * 1024;
 /// Largest shell command of a managed file (`check`, `reload`), in bytes.
 pub const MAX_COMMAND: usize = 4 * 1024;
+/// Most login accounts in one desired state.
+pub const MAX_ACCOUNTS: usize = 1000;
+/// Most keys of one login account.
+pub const MAX_ACCOUNT_KEYS: usize = 32;
+/// Largest `authorized_keys` line, in bytes.
+pub const MAX_KEY_LINE: usize = 8 * 1024;
 /// Heartbeat intervals a `Welcome` may set, in seconds.
 pub const HEARTBEAT_SECS: std::ops::RangeInclusive<u32> = 1..=3600;

@@ -282,6 +282,23 @@ impl DesiredState {
                 }
             }
         }
+        if let Some(l) = &self.logins {
+            count("logins.accounts", l.accounts.len(), MAX_ACCOUNTS)?;
+            let mut names = BTreeSet::new();
+            for (i, a) in l.accounts.iter().enumerate() {
+                let field = format!("logins.accounts[{i}]");
+                if !crate::account_name_ok(&a.name) {
+                    return Err(invalid(format!("{field}.name"), "is not a Unix account name"));
+                }
+                if !names.insert(&a.name) {
+                    return Err(invalid(format!("{field}.name"), "is listed twice"));
+                }
+                count(&format!("{field}.keys"), a.keys.len(), MAX_ACCOUNT_KEYS)?;
+                for (j, k) in a.keys.iter().enumerate() {
+                    short(&format!("{field}.keys[{j}]"), k, MAX_KEY_LINE)?;
+                }
+            }
+        }
         Ok(())
     }
 }

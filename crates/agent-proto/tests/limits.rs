@@ -227,6 +227,7 @@ fn control_messages_outside_the_limits_are_refused() {
         boot,
         tags: vec![],
         files: vec![],
+        logins: None,
     };
     invalid_control(
         ControlMessage::DesiredState(desired(vec![script(1, Phase::Operational)])),
@@ -327,6 +328,35 @@ fn control_messages_outside_the_limits_are_refused() {
         "files",
     );
 
+    // Logins: account names that are not Unix names, repeats, and key lines that would inject
+    // a second authorized_keys entry.
+    let logins = |accounts: Vec<LoginAccount>| {
+        ControlMessage::DesiredState(DesiredState {
+            logins: Some(Logins {
+                accounts,
+                end_sessions: true,
+            }),
+            ..desired(vec![])
+        })
+    };
+    let account = |name: &str, key: &str| LoginAccount {
+        name: name.into(),
+        keys: vec![key.into()],
+        sudo: false,
+    };
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG5vdA alice";
+    for bad in ["", "Root", "1abc", "a b", "../x", &"a".repeat(33)] {
+        invalid_control(logins(vec![account(bad, key)]), "logins.accounts[0].name");
+    }
+    invalid_control(
+        logins(vec![account("bob", key), account("bob", key)]),
+        "logins.accounts[1].name",
+    );
+    invalid_control(
+        logins(vec![account("bob", "ssh-ed25519 AAAA x\nssh-rsa AAAA evil")]),
+        "logins.accounts[0].keys[0]",
+    );
+
     // Artifact inputs: only http(s) or rooted URLs, a real hash, a plain file name.
     let art = |url: &str, sha256: &str, name: &str| {
         let mut s = script(1, Phase::Operational);
@@ -392,6 +422,7 @@ fn a_boot_list_too_large_for_one_frame_is_refused_where_it_is_made() {
         boot,
         tags: vec![],
         files: vec![],
+        logins: None,
     });
     let err = encode_control(&msg).unwrap_err();
     assert!(

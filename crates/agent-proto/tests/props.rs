@@ -156,6 +156,24 @@ fn managed_file() -> impl Strategy<Value = ManagedFile> {
         )
 }
 
+fn logins() -> impl Strategy<Value = Logins> {
+    (
+        prop::collection::btree_map(
+            "[a-z_][a-z0-9_-]{0,10}",
+            (prop::collection::vec("[A-Za-z0-9+/= @.-]{1,60}", 0..3), any::<bool>()),
+            0..4,
+        ),
+        any::<bool>(),
+    )
+        .prop_map(|(accounts, end_sessions)| Logins {
+            accounts: accounts
+                .into_iter()
+                .map(|(name, (keys, sudo))| LoginAccount { name, keys, sudo })
+                .collect(),
+            end_sessions,
+        })
+}
+
 fn agent_message() -> impl Strategy<Value = AgentMessage> {
     let hello = (
         prop::collection::vec(1u32.., 1..4),
@@ -250,8 +268,9 @@ fn control_message() -> impl Strategy<Value = ControlMessage> {
         prop::collection::vec(script(Just(Phase::Boot)), 0..3),
         tags(),
         prop::collection::btree_map(abs_path(), managed_file(), 0..3),
+        prop::option::of(logins()),
     )
-        .prop_map(|(g, mut boot, tags, files)| {
+        .prop_map(|(g, mut boot, tags, files, logins)| {
             boot.sort_by_key(|r| r.run);
             boot.dedup_by_key(|r| r.run);
             ControlMessage::DesiredState(DesiredState {
@@ -259,6 +278,7 @@ fn control_message() -> impl Strategy<Value = ControlMessage> {
                 boot,
                 tags,
                 files: files.into_iter().map(|(path, f)| ManagedFile { path, ..f }).collect(),
+                logins,
             })
         });
     let phase = prop_oneof![Just(Phase::Operational), Just(Phase::Decommission)];

@@ -341,6 +341,20 @@ async fn handle(
                     send(ws, msg).await?;
                 }
                 drop(applied);
+                // Managed SSH: accounts and keys before the boot runs, so a boot script can
+                // rely on them; a revocation applies as soon as it arrives.
+                if let Some(logins) = d.logins.clone() {
+                    let host = crate::accounts::Host::new(&agent.cfg.state_dir);
+                    let report = tokio::task::spawn_blocking(move || crate::accounts::apply(&host, &logins))
+                        .await
+                        .unwrap_or_default();
+                    if !report.revoked.is_empty() {
+                        tracing::info!(accounts = ?report.revoked, "logins revoked");
+                    }
+                    for p in &report.problems {
+                        tracing::warn!(problem = %p, "managed SSH");
+                    }
+                }
                 for r in &d.boot {
                     cursors.entry(r.run).or_default();
                 }

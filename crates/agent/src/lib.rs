@@ -30,6 +30,7 @@
 //! 8. **Reconnect** on any failure with exponential backoff and full jitter (1 s … 60 s). A
 //!    server the control plane says is terminated makes the agent exit.
 
+pub mod accounts;
 pub mod app;
 pub mod archive;
 pub mod config;

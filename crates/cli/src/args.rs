@@ -62,6 +62,8 @@ pub enum Command {
     Run(RunArgs),
     /// Deploy an application archive to the servers a tag selector picks, a few at a time.
     Deploy(DeployArgs),
+    /// Log in to a server with managed SSH (your account and key), or run a command there.
+    Ssh(SshArgs),
     /// Script runs (boot, operational, decommission).
     #[command(subcommand)]
     Runs(RunsCmd),
@@ -358,6 +360,22 @@ pub struct RunArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct SshArgs {
+    /// The server: id or deployment/name.
+    pub server: String,
+    /// The private key (default: the one `stratus user add-key --generate` made, if any;
+    /// otherwise ssh's own defaults).
+    #[arg(long, short)]
+    pub identity: Option<PathBuf>,
+    /// Use the private address even when the server has a public one.
+    #[arg(long)]
+    pub private: bool,
+    /// A command to run instead of a shell (after `--`).
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
 pub struct DeployArgs {
     /// The archive (tar.gz or zip): BUCKET/KEY in the artifact store, or a local file, which is
     /// first uploaded over the archive the servers' template names (so servers launched later
@@ -455,6 +473,10 @@ pub enum UserCmd {
         #[arg(long = "role")]
         roles: Vec<String>,
     },
+    /// Where the user may log in (managed SSH), and whether each server applied it.
+    Access {
+        name: String,
+    },
     /// Replace a user's roles.
     Roles {
         name: String,
@@ -464,11 +486,14 @@ pub enum UserCmd {
     Delete {
         name: String,
     },
-    /// Register an SSH public key (a .pub file).
+    /// Register a public key (`--key-file id_ed25519.pub`), or make a new ed25519 key pair
+    /// on this machine with `--generate` (the private key never leaves it; `stratus ssh` uses it).
     AddKey {
         name: String,
+        #[arg(long, required_unless_present = "generate", conflicts_with = "generate")]
+        key_file: Option<PathBuf>,
         #[arg(long)]
-        key_file: PathBuf,
+        generate: bool,
     },
     RemoveKey {
         name: String,

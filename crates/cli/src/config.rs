@@ -28,6 +28,11 @@ pub fn config_file() -> PathBuf {
     base.join("stratus").join("cli.toml")
 }
 
+/// Where `stratus user add-key --generate` keeps the private key it made for `user`.
+pub fn ssh_key_file(user: &str) -> PathBuf {
+    config_file().with_file_name("ssh").join(format!("{user}_ed25519"))
+}
+
 /// The default data directory: `$XDG_DATA_HOME/stratus` or `~/.local/share/stratus`.
 pub fn default_data_dir() -> PathBuf {
     let base = std::env::var_os("XDG_DATA_HOME").map_or_else(|| home().join(".local/share"), PathBuf::from);

@@ -1064,3 +1064,199 @@ fn the_quickstart_brings_the_example_up_reuses_it_and_takes_it_down() {
         "the cloud's bridge is gone"
     );
 }
+
+/// Managed SSH with real OpenSSH: sshd inside local instances (started by the agent), the
+/// `ssh` client on the host. A grant lets a user in within seconds; a user scoped to one
+/// deployment cannot log in to another; `server_superuser` gets sudo and `server_login` does
+/// not; a revocation refuses the next login and ends the open session at once.
+#[test]
+fn managed_ssh_grants_scopes_and_revokes_logins() {
+    let tmp = tempfile::Builder::new()
+        .prefix("stratus-ssh-")
+        .tempdir_in("/var/tmp")
+        .expect("tmp");
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    let _cleanup = Cleanup {
+        tag: stratus_server::drivers::network_tag(&data, "local"),
+        state: data.join("local/clouds/local"),
+    };
+    let (a, b) = (50 + random_octet() % 50, random_octet());
+    let plane = Plane::start(&data);
+    let file = tmp.path().join("f.toml");
+    let apply = |text: &str| {
+        std::fs::write(&file, text).expect("write");
+        plane.ok(&["apply", "-f", file.to_str().expect("path")]);
+    };
+    apply(&format!(
+        "[[cloud]]\nname = \"local\"\ndriver = \"local\"\nregions = [{{ name = \"local\" }}]\n\
+         sizes = [{{ name = \"small\", cpus = 1, memory = \"512MiB\" }}]\n[cloud.local]\n\
+         subnet = \"10.{a}.{b}.0/24\"\noutbound_nat = false\n"
+    ));
+    plane.ok(&["image", "build", "--cloud", "local"]);
+    let deployment = |name: &str, server: &str| {
+        format!(
+            "[[template]]\nname = \"box\"\nimage = \"debian-12\"\nsize = \"small\"\n\
+             [deployment]\nname = \"{name}\"\ncloud = \"local\"\n[[server]]\nname = \"{server}\"\ntemplate = \"box\"\n"
+        )
+    };
+    apply(&deployment("alpha", "a-1"));
+    apply(&deployment("beta", "b-1"));
+    let ip = |key: &str| {
+        let s = plane.wait_server(key, |v| v["state"] == "operational");
+        s["private_ip"].as_str().expect("ip").to_string()
+    };
+    let (a1, b1) = (ip("alpha/a-1"), ip("beta/b-1"));
+
+    // Keys made on the host; alice may log in to alpha only, bob is a superuser everywhere.
+    let keygen = |name: &str| {
+        let key = tmp.path().join(format!("{name}_key"));
+        let ok = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&key)
+            .status()
+            .expect("ssh-keygen (openssh-client)");
+        assert!(ok.success());
+        key
+    };
+    let (alice_key, bob_key) = (keygen("alice"), keygen("bob"));
+    plane.ok(&["user", "create", "alice", "--role", "server_login:alpha"]);
+    plane.ok(&["user", "create", "bob", "--role", "server_superuser"]);
+    let granted = std::time::Instant::now();
+    for (user, key) in [("alice", &alice_key), ("bob", &bob_key)] {
+        let public = format!("{}.pub", key.display());
+        plane.ok(&["user", "add-key", user, "--key-file", &public]);
+    }
+    let ssh = |user: &str, key: &Path, host: &str, command: &str| -> (i32, String) {
+        let out = Command::new("ssh")
+            .arg("-i")
+            .arg(key)
+            .args([
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "ConnectTimeout=3",
+                "-o",
+                "LogLevel=ERROR",
+                "-l",
+                user,
+                host,
+                command,
+            ])
+            .output()
+            .expect("ssh");
+        (
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let until = |what: &str, ok: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !ok() {
+            assert!(std::time::Instant::now() < deadline, "{what} never happened");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    until("alice's login to alpha", &|| {
+        ssh("alice", &alice_key, &a1, "id -un").1.trim() == "alice"
+    });
+    println!("grant -> first login: {:?}", granted.elapsed());
+    // Scoped: not into beta. Not a superuser: no sudo.
+    let (code, out) = ssh("alice", &alice_key, &b1, "true");
+    assert_eq!(code, 255, "alice logged in to beta: {out}");
+    assert!(out.contains("Permission denied"), "{out}");
+    let (code, out) = ssh("alice", &alice_key, &a1, "sudo -n true");
+    assert_ne!(code, 0, "alice has sudo: {out}");
+    // bob: everywhere, with sudo.
+    until("bob's sudo on beta", &|| {
+        ssh("bob", &bob_key, &b1, "sudo -n id -u").1.trim() == "0"
+    });
+    // The image's own accounts are untouched.
+    let (_, passwd) = ssh("bob", &bob_key, &a1, "getent passwd root");
+    assert!(passwd.starts_with("root:x:0:0"), "{passwd}");
+
+    // The control plane shows the grant acknowledged.
+    let access = plane.json(&["user", "access", "alice"]);
+    let alpha = access
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["server"] == "alpha/a-1")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (&alpha["login"], &alpha["acknowledged"]),
+        (&true.into(), &true.into()),
+        "{access}"
+    );
+
+    // Revoke alice while she is logged in: her session ends, and she cannot log in again.
+    let mut session = Command::new("ssh")
+        .arg("-i")
+        .arg(&alice_key)
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-l",
+            "alice",
+            &a1,
+            "sleep 120",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ssh session");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(session.try_wait().expect("wait").is_none(), "the session is open");
+    let revoked = std::time::Instant::now();
+    plane.ok(&["user", "roles", "alice"]);
+    until("the end of alice's session", &|| {
+        matches!(Command::new("kill").arg("-0").arg(session.id().to_string()).status(), Ok(s) if !s.success())
+            || std::fs::read_to_string(format!("/proc/{}/stat", session.id())).is_ok_and(|s| s.contains(") Z "))
+    });
+    let _ = session.wait();
+    println!("revoke -> session ended: {:?}", revoked.elapsed());
+    let (code, out) = ssh("alice", &alice_key, &a1, "true");
+    assert_eq!(code, 255, "alice still logs in: {out}");
+    println!("revoke -> login refused: {:?}", revoked.elapsed());
+    let access = plane.json(&["user", "access", "alice"]);
+    assert!(
+        access.as_array().into_iter().flatten().all(|s| s["login"] == false),
+        "{access}"
+    );
+    // bob's key removed: refused too, and never re-added by a later change.
+    let bob = plane.json(&["user", "show", "bob"]);
+    let fp = bob["ssh_keys"][0]["fingerprint"]
+        .as_str()
+        .expect("fingerprint")
+        .to_string();
+    plane.ok(&["user", "remove-key", "bob", &fp]);
+    until("bob's key refused", &|| ssh("bob", &bob_key, &a1, "true").0 == 255);
+    plane.ok(&[
+        "user",
+        "roles",
+        "bob",
+        "--role",
+        "server_superuser",
+        "--role",
+        "observer",
+    ]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(ssh("bob", &bob_key, &a1, "true").0, 255, "a removed key came back");
+}

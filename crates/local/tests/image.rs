@@ -39,6 +39,7 @@ fn default_spec_is_bookworm_minbase_with_the_default_packages_and_valid() {
         "ca-certificates",
         "iproute2",
         "procps",
+        "sudo",
     ] {
         assert!(
             spec.packages.iter().any(|p| p == needed),

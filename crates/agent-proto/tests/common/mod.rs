@@ -139,6 +139,16 @@ pub fn control_samples() -> Vec<ControlMessage> {
                 reload: Some("kill -USR2 $(cat /run/haproxy.pid)".into()),
                 ..ManagedFile::inline("/etc/haproxy/haproxy.cfg", "global\n    maxconn 4096\n")
             }],
+            logins: Some(Logins {
+                accounts: vec![LoginAccount {
+                    name: "alice".into(),
+                    keys: vec![
+                        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG5vdCBhIHJlYWwga2V5IGJ1dCBiYXNlNjQ alice@laptop".into(),
+                    ],
+                    sudo: true,
+                }],
+                end_sessions: true,
+            }),
         }),
         ControlMessage::RunScript(script(12, Phase::Operational)),
         ControlMessage::Cancel { run: run_id(12) },

@@ -70,6 +70,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Rollouts(c) => runs::rollouts(&connect(&cli)?, c).await,
         Command::Run(a) => runs::start(&connect(&cli)?, a).await,
         Command::Deploy(a) => artifacts::deploy(&connect(&cli)?, a).await,
+        Command::Ssh(a) => servers::ssh(&connect(&cli)?, a).await,
         Command::Credential(c) => resources::credential(&connect(&cli)?, c).await,
         Command::User(c) => resources::user(&connect(&cli)?, c).await,
         Command::Token(c) => resources::token(&connect(&cli)?, c).await,

@@ -357,6 +357,21 @@ pub async fn user(ctx: &Ctx, cmd: &UserCmd) -> anyhow::Result<()> {
             .await?;
             say!("created user {name}; give them a token with `stratus token create --user {name}`");
         }
+        UserCmd::Access { name } => {
+            let v = c.get(&format!("/users/{}/access", seg(name)), &[]).await?;
+            let items: Vec<Value> = v.as_array().cloned().unwrap_or_default();
+            list(
+                ctx.json,
+                &items,
+                &[
+                    ("SERVER", "/server"),
+                    ("LOGIN", "/login"),
+                    ("SUDO", "/sudo"),
+                    ("ACKNOWLEDGED", "/acknowledged"),
+                    ("SSH", "/ssh"),
+                ],
+            );
+        }
         UserCmd::Roles { name, roles } => {
             let u = c.get(&format!("/users/{}", seg(name)), &[]).await?;
             c.put(
@@ -370,9 +385,15 @@ pub async fn user(ctx: &Ctx, cmd: &UserCmd) -> anyhow::Result<()> {
             c.delete(&format!("/users/{}", seg(name))).await?;
             say!("deleted user {name} and their tokens");
         }
-        UserCmd::AddKey { name, key_file } => {
-            let key =
-                std::fs::read_to_string(key_file).with_context(|| format!("cannot read {}", key_file.display()))?;
+        UserCmd::AddKey {
+            name,
+            key_file,
+            generate,
+        } => {
+            let key = match (key_file, generate) {
+                (Some(f), _) => std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?,
+                (None, _) => generate_key(name)?,
+            };
             let u = c
                 .post(
                     &format!("/users/{}/keys", seg(name)),
@@ -506,4 +527,35 @@ pub async fn audit(ctx: &Ctx, a: &AuditArgs) -> anyhow::Result<()> {
         ],
     );
     Ok(())
+}
+
+/// Make an ed25519 key pair with `ssh-keygen` in the CLI's configuration directory (0600; an
+/// existing one is kept, never overwritten); the public key's line.
+fn generate_key(user: &str) -> anyhow::Result<String> {
+    let file = crate::config::ssh_key_file(user);
+    if !file.exists() {
+        let dir = file.parent().context("the key file has no directory")?;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let out = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", &format!("{user}@stratus"), "-f"])
+            .arg(&file)
+            .output()
+            .context("cannot run ssh-keygen (install openssh-client)")?;
+        if !out.status.success() {
+            anyhow::bail!("ssh-keygen failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        eprintln!(
+            "made a new ed25519 key pair: {} (private, mode 0600; it never leaves this machine)",
+            file.display()
+        );
+    } else {
+        eprintln!("using the existing key pair {}", file.display());
+    }
+    let public = file.with_extension("pub");
+    let public = if public.exists() {
+        public
+    } else {
+        std::path::PathBuf::from(format!("{}.pub", file.display()))
+    };
+    std::fs::read_to_string(&public).with_context(|| format!("cannot read {}", public.display()))
 }

@@ -248,3 +248,43 @@ pub async fn array(ctx: &Ctx, cmd: &ArrayCmd) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `stratus ssh SERVER [-- COMMAND]`: log in as the signed-in user's own account (managed SSH)
+/// at the server's public address (or private, with `--private` or when it has no public one).
+pub async fn ssh(ctx: &Ctx, a: &crate::args::SshArgs) -> anyhow::Result<()> {
+    let c = &ctx.client;
+    let me = c.get("/whoami", &[]).await?;
+    let user = me["user"]["name"].as_str().unwrap_or_default().to_string();
+    let s = c.get(&format!("/servers/{}", seg(&a.server)), &[]).await?;
+    if s["state"] != "operational" && s["state"] != "booting" {
+        anyhow::bail!(
+            "{} is {}; there is nothing to log in to",
+            a.server,
+            s["state"].as_str().unwrap_or("?")
+        );
+    }
+    let ip = if a.private {
+        s["private_ip"].as_str()
+    } else {
+        s["public_ip"].as_str().or(s["private_ip"].as_str())
+    }
+    .with_context(|| format!("{} has no address yet", a.server))?
+    .to_string();
+    let mut cmd = std::process::Command::new("ssh");
+    let identity = a.identity.clone().or_else(|| {
+        let f = crate::config::ssh_key_file(&user);
+        f.exists().then_some(f)
+    });
+    if let Some(i) = identity {
+        cmd.arg("-i").arg(i).args(["-o", "IdentitiesOnly=yes"]);
+    }
+    // Instances get their host keys at first boot: accept a new one, refuse a changed one.
+    cmd.args(["-o", "StrictHostKeyChecking=accept-new", "-l", &user, &ip]);
+    cmd.args(&a.command);
+    let status = cmd.status().context("cannot run ssh (install openssh-client)")?;
+    match status.code() {
+        Some(0) => Ok(()),
+        Some(code) => std::process::exit(code),
+        None => anyhow::bail!("ssh was killed by a signal"),
+    }
+}

@@ -19,7 +19,9 @@ pub const DEFAULT_VARIANT: &str = "minbase";
 ///
 /// - `nginx`, `haproxy`: the services themselves.
 /// - `openssh-server`: `login_user = "root"` logins (host keys are made per instance).
-/// - `procps`: `ps`, used by the `show-status` script, and `pkill`/`top` for operators.
+/// - `procps`: `ps`, used by the `show-status` script, and `pkill`/`top` for operators (and
+///   the agent ends a revoked user's sessions with `pkill`).
+/// - `sudo`: managed SSH's `server_superuser` role (passwordless sudo).
 /// - `iproute2`: `ip`, to look at an instance's network (nginx depends on it anyway).
 /// - `curl` + `ca-certificates`: health checks and fetching things over https from scripts.
 /// - `netcat-openbsd` (~100 KB): `nc -z` port checks in scripts.
@@ -35,6 +37,7 @@ pub const DEFAULT_PACKAGES: &[&str] = &[
     "nginx",
     "openssh-server",
     "procps",
+    "sudo",
 ];
 
 /// At most this many packages in [`BuildSpec::packages`].

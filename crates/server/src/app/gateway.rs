@@ -461,6 +461,7 @@ pub async fn desired_state(app: &App, session: &mut Session) -> Result<DesiredSt
         boot,
         tags: s.tags.clone(),
         files: super::watched::files_for(app, &s).await?,
+        logins: Some(super::logins::logins_for(app, &s).await?),
     })
 }
 

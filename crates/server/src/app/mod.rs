@@ -20,6 +20,7 @@ pub mod deploys;
 pub mod gateway;
 pub mod images;
 pub mod lb;
+pub mod logins;
 pub mod resolve;
 pub mod rollouts;
 pub mod runs;

@@ -175,6 +175,8 @@ pub async fn update(app: &App, actor: &Actor, name: &str, spec: &UserSpec) -> Re
         audit(actor, "user.update", target, spec),
     ])
     .await?;
+    // Roles decide logins: grants and revocations go out now.
+    super::logins::users_changed(app).await;
     Ok(u)
 }
 
@@ -215,7 +217,9 @@ pub async fn delete(app: &App, actor: &Actor, name: &str) -> Result<(), AppError
         .collect();
     changes.push(Change::delete(&u));
     changes.push(audit(actor, "user.delete", format!("user/{name}"), ()));
-    app.commit(changes).await
+    app.commit(changes).await?;
+    super::logins::users_changed(app).await;
+    Ok(())
 }
 
 /// The caller's own user record.
@@ -271,6 +275,7 @@ pub async fn add_key(app: &App, actor: &Actor, name: &str, line: &str) -> Result
         audit(actor, "user.key.add", target, serde_json::json!({"fingerprint": fp})),
     ])
     .await?;
+    super::logins::users_changed(app).await;
     Ok(u)
 }
 
@@ -295,6 +300,8 @@ pub async fn remove_key(app: &App, actor: &Actor, name: &str, fingerprint: &str)
         ),
     ])
     .await?;
+    // A removed key must stop working everywhere at once.
+    super::logins::users_changed(app).await;
     Ok(u)
 }
 

@@ -114,6 +114,17 @@ async fn show_user(State(app): State<Arc<App>>, c: Caller, Path(name): Path<Stri
     Ok(Json(users::show(&app, &c.0, &name).await?))
 }
 
+/// Where the user may log in (managed SSH), and whether each server's agent has applied the
+/// current state of that access (a grant or a revocation is in effect there).
+#[utoipa::path(get, path = "/users/{name}/access", tag = "users", params(("name" = String, Path)), responses((status = 200, body = Vec<crate::app::logins::ServerAccess>)))]
+async fn user_access(
+    State(app): State<Arc<App>>,
+    c: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<crate::app::logins::ServerAccess>>, ApiError> {
+    Ok(Json(crate::app::logins::access(&app, &c.0, &name).await?))
+}
+
 /// Change a user's email and roles.
 #[utoipa::path(put, path = "/users/{name}", tag = "users", params(("name" = String, Path)), request_body = UserSpec, responses((status = 200, body = User)))]
 async fn update_user(
@@ -277,6 +288,7 @@ pub fn routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(list_users, create_user))
         .routes(routes!(show_user, update_user, delete_user))
         .routes(routes!(add_key))
+        .routes(routes!(user_access))
         .routes(routes!(remove_key))
         .routes(routes!(list_tokens))
         .routes(routes!(create_token))
