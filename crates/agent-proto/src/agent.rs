@@ -47,6 +47,16 @@ pub enum AgentMessage {
         request_id: u64,
         selector: Selector,
     },
+    /// (v2) Managed SSH: a managed account logged in (`login`) or used sudo (`sudo`), as the
+    /// instance's PAM session hook reported it.
+    Access {
+        user: String,
+        kind: AccessKind,
+        /// The remote host of a login, as sshd saw it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<String>,
+        at: Timestamp,
+    },
     /// (v2) The outcome of applying one managed file of the desired state: `sha256` is the
     /// content now in place, `error` why the new content was refused (its check failed, the
     /// write failed) or its reload failed.
@@ -59,6 +69,14 @@ pub enum AgentMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+}
+
+/// What a managed account did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessKind {
+    Login,
+    Sudo,
 }
 
 /// The agent introduces itself.

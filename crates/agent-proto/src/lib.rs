@@ -105,7 +105,7 @@ mod script;
 mod secret;
 mod validate;
 
-pub use agent::{AgentMessage, Hello, Outcome, Output, RunFinished};
+pub use agent::{AccessKind, AgentMessage, Hello, Outcome, Output, RunFinished};
 pub use control::{ControlMessage, DesiredState, Generation, PeerServer, Refused, RefusedReason, Resume, Welcome};
 pub use file::{ArtifactRef, LoginAccount, Logins, ManagedFile, absolute_path_ok, account_name_ok};
 pub use frame::{ProtoError, QUOTE_MAX, decode_agent, decode_control, encode_agent, encode_control};

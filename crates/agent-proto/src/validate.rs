@@ -107,6 +107,15 @@ impl AgentMessage {
                     None => Ok(()),
                 }
             }
+            Self::Access { user, from, .. } => {
+                if !crate::account_name_ok(user) {
+                    return Err(invalid("user", "is not a Unix account name"));
+                }
+                match from {
+                    Some(f) => short("from", f, MAX_NAME),
+                    None => Ok(()),
+                }
+            }
             Self::FileStatus {
                 path, sha256, error, ..
             } => {

@@ -229,6 +229,18 @@ fn agent_message() -> impl Strategy<Value = AgentMessage> {
         finished().prop_map(AgentMessage::RunFinished),
         change,
         query,
+        (
+            "[a-z_][a-z0-9_-]{0,12}",
+            any::<bool>(),
+            prop::option::of("[0-9a-f.:]{1,39}"),
+            time()
+        )
+            .prop_map(|(user, sudo, from, at)| AgentMessage::Access {
+                user,
+                kind: if sudo { AccessKind::Sudo } else { AccessKind::Login },
+                from,
+                at,
+            }),
         (abs_path(), sha256(), any::<bool>(), prop::option::of(text())).prop_map(|(path, sha256, applied, error)| {
             AgentMessage::FileStatus {
                 path,

@@ -176,6 +176,37 @@ fn revoke(host: &Host, name: &str, end_sessions: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// The PAM files that get the session hook, and the line (marked, so it is added once).
+const PAM_FILES: &[&str] = &["/etc/pam.d/sshd", "/etc/pam.d/sudo"];
+const PAM_MARK: &str = "# stratus: report logins and sudo to the agent";
+
+/// Make sshd and sudo report managed accounts' sessions to the agent (`pam_exec`, optional:
+/// a report can never stop a login). Idempotent.
+fn install_pam_hook(state_dir: &Path) -> Result<(), String> {
+    let me = std::env::current_exe().map_err(|e| format!("cannot find the agent's own path: {e}"))?;
+    let line = format!(
+        "{PAM_MARK}\nsession optional pam_exec.so quiet {} --state-dir {} access-event\n",
+        me.display(),
+        state_dir.display()
+    );
+    for file in PAM_FILES {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue; // sudo not installed: nothing to hook
+        };
+        if text.contains(PAM_MARK) {
+            continue;
+        }
+        let tmp = format!("{file}.stratus-new");
+        std::fs::write(
+            &tmp,
+            format!("{text}{}{line}", if text.ends_with('\n') { "" } else { "\n" }),
+        )
+        .and_then(|()| std::fs::rename(&tmp, file))
+        .map_err(|e| format!("{file}: {e}"))?;
+    }
+    Ok(())
+}
+
 /// Start sshd if it is installed and not running.
 fn ensure_sshd() -> Result<(), String> {
     if !Path::new("/usr/sbin/sshd").exists() {
@@ -211,10 +242,13 @@ pub fn apply(host: &Host, logins: &Logins) -> Report {
             Err(e) => report.problems.push(e),
         }
     }
-    if !logins.accounts.is_empty()
-        && let Err(e) = ensure_sshd()
-    {
-        report.problems.push(e);
+    if !logins.accounts.is_empty() {
+        if let Err(e) = install_pam_hook(&host.state_dir) {
+            report.problems.push(e);
+        }
+        if let Err(e) = ensure_sshd() {
+            report.problems.push(e);
+        }
     }
     report
 }

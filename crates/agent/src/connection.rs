@@ -104,6 +104,13 @@ impl Agent {
 
     /// Send a request over the live connection (waiting up to `request_wait` for one) and
     /// wait for its answer.
+    /// Send a message that expects no answer (sent by the connection when there is one; up to
+    /// the channel's capacity wait for the next one).
+    pub fn send_event(&self, msg: AgentMessage) -> bool {
+        let (tx, _rx) = oneshot::channel();
+        self.requests.try_send((msg, tx)).is_ok()
+    }
+
     pub async fn request(&self, make: impl FnOnce(u64) -> AgentMessage) -> Result<ControlMessage, String> {
         let mut up = self.connected.subscribe();
         let wait = self.cfg.request_wait;
@@ -521,9 +528,7 @@ async fn recheck_worker(agent: Arc<Agent>) {
                     .error
                     .map(|e| e.chars().take(stratus_agent_proto::limits::MAX_MESSAGE / 2).collect()),
             };
-            // Sent by the connection, when there is one; nobody waits for an answer.
-            let (tx, _rx) = oneshot::channel();
-            let _ = agent.requests.try_send((msg, tx));
+            agent.send_event(msg);
         }
     }
 }

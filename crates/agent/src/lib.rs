@@ -134,6 +134,7 @@ pub fn main(args: &[std::ffi::OsString]) -> std::process::ExitCode {
                 cfg.metadata_url = None;
             }),
             "app" => return app::command(&args[i + 1..]),
+            "access-event" => return local::access_event(state_given.then_some(cfg.state_dir.as_path())),
             "tag" => {
                 let dir = state_given.then_some(cfg.state_dir.as_path());
                 return local::tag_command(&args[i + 1..], dir);

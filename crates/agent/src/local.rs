@@ -34,6 +34,13 @@ pub enum Request {
     TagQuery {
         selector: Selector,
     },
+    /// From the PAM session hook: a managed account logged in or used sudo.
+    Access {
+        user: String,
+        kind: stratus_agent_proto::AccessKind,
+        #[serde(default)]
+        from: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -41,6 +48,7 @@ pub enum Request {
 pub enum Answer {
     Tags(Vec<Tag>),
     Servers { servers: Vec<PeerServer>, truncated: bool },
+    Done,
     Error(String),
 }
 
@@ -89,6 +97,24 @@ use tokio::io::AsyncReadExt as _;
 
 async fn answer(agent: &Agent, req: Request) -> Answer {
     match req {
+        Request::Access { user, kind, from } => {
+            // Only accounts Stratus manages are reported (root's own logins are not ours).
+            let host = crate::accounts::Host::new(&agent.cfg.state_dir);
+            if !host.managed().contains(&user) {
+                return Answer::Done;
+            }
+            let msg = AgentMessage::Access {
+                user,
+                kind,
+                from: from.map(|f| f.chars().filter(|c| !c.is_control()).take(255).collect()),
+                at: chrono::Utc::now(),
+            };
+            if agent.send_event(msg) {
+                Answer::Done
+            } else {
+                Answer::Error("the agent's queue is full".into())
+            }
+        }
         Request::TagList {} => Answer::Tags(agent.recorded.lock().unwrap_or_else(|e| e.into_inner()).tags.clone()),
         Request::TagChange { add, remove } => {
             match agent
@@ -117,6 +143,32 @@ async fn answer(agent: &Agent, req: Request) -> Answer {
             }
         }
     }
+}
+
+/// `stratus-agent access-event`: run by PAM (`pam_exec`) when a session opens for sshd or
+/// sudo. Reports a managed account's login or sudo to the running agent, from PAM's
+/// environment; quiet, quick, and always exit 0 (a report must never block a login).
+pub fn access_event(state_dir: Option<&Path>) -> std::process::ExitCode {
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    if var("PAM_TYPE").as_deref() != Some("open_session") {
+        return std::process::ExitCode::SUCCESS;
+    }
+    let (kind, user) = match var("PAM_SERVICE").as_deref() {
+        Some("sshd") => (stratus_agent_proto::AccessKind::Login, var("PAM_USER")),
+        // sudo's PAM user is the target (root); the one who asked is the requesting user.
+        Some("sudo") => (stratus_agent_proto::AccessKind::Sudo, var("PAM_RUSER")),
+        _ => return std::process::ExitCode::SUCCESS,
+    };
+    let Some(user) = user else {
+        return std::process::ExitCode::SUCCESS;
+    };
+    let req = Request::Access {
+        user,
+        kind,
+        from: var("PAM_RHOST"),
+    };
+    let _ = ask(&socket_path(state_dir), &req);
+    std::process::ExitCode::SUCCESS
 }
 
 /// `stratus-agent tag ARGS`: parse, ask the running agent, print. The exit code: 0 done,
@@ -195,6 +247,7 @@ fn print(a: &Answer, json: bool) {
         let v = match a {
             Answer::Tags(t) => serde_json::json!(t),
             Answer::Servers { servers, truncated } => serde_json::json!({ "servers": servers, "truncated": truncated }),
+            Answer::Done => serde_json::json!({}),
             Answer::Error(e) => serde_json::json!({ "error": e }),
         };
         println!("{v}");
@@ -216,6 +269,7 @@ fn print(a: &Answer, json: bool) {
                 eprintln!("(more servers matched; refine the selector)");
             }
         }
+        Answer::Done => {}
         Answer::Error(e) => eprintln!("{e}"),
     }
 }

@@ -361,7 +361,7 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct SshArgs {
-    /// The server: id or deployment/name.
+    /// The server: deployment/name.
     pub server: String,
     /// The private key (default: the one `stratus user add-key --generate` made, if any;
     /// otherwise ssh's own defaults).

@@ -180,7 +180,10 @@ async fn the_dashboard_shows_servers_live_runs_scripts_and_terminates() {
     );
     b.screenshot(&shots, "03-deployment").await;
     let text = b.text().await;
-    assert!(text.contains("ssh root@10.99."), "an SSH command per server: {text}");
+    assert!(
+        text.contains("ssh admin@10.99."),
+        "an SSH command per server (managed SSH, as the signed-in user): {text}"
+    );
     assert!(text.contains("role:tier=web"), "tags: {text}");
 
     // A server's page: its boot timeline; an operational script whose output streams in.

@@ -1181,6 +1181,37 @@ fn managed_ssh_grants_scopes_and_revokes_logins() {
     until("bob's sudo on beta", &|| {
         ssh("bob", &bob_key, &b1, "sudo -n id -u").1.trim() == "0"
     });
+    // `stratus ssh`, signed in as bob: his account, his key.
+    let bob_token = plane.json(&["token", "create", "--user", "bob"]);
+    let bob_token = bob_token["token"].as_str().expect("token").to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_stratus"))
+        .args(["ssh", "alpha/a-1", "--identity"])
+        .arg(&bob_key)
+        .args(["--", "sudo", "-n", "id", "-un"])
+        .env("STRATUS_URL", &plane.url)
+        .env("STRATUS_TOKEN", &bob_token)
+        .env("XDG_CONFIG_HOME", tmp.path().join("bob-config"))
+        .output()
+        .expect("stratus ssh");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "root",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Logins and sudo are in the audit log, as the user who did them.
+    until("alice's login audited", &|| {
+        plane
+            .json(&["audit", "--action", "server.login"])
+            .to_string()
+            .contains(r#""actor":"alice""#)
+    });
+    until("bob's sudo audited", &|| {
+        plane
+            .json(&["audit", "--action", "server.sudo"])
+            .to_string()
+            .contains(r#""actor":"bob""#)
+    });
     // The image's own accounts are untouched.
     let (_, passwd) = ssh("bob", &bob_key, &a1, "getent passwd root");
     assert!(passwd.starts_with("root:x:0:0"), "{passwd}");

@@ -242,9 +242,11 @@ function deploymentsView() {
   return view;
 }
 
+let me = null; // the signed-in user's name: managed SSH logs in as their own account
+
 function sshCommand(s) {
   const ip = s.public_ip || s.private_ip;
-  return ip ? `ssh ${s.login_user || "root"}@${ip}` : "";
+  return ip && me ? `ssh ${me}@${ip}` : "";
 }
 
 function copyButton(text, label) {
@@ -723,8 +725,9 @@ async function route() {
 async function start() {
   if (!token) return route();
   try {
-    const me = await api("/whoami");
-    $("#who").textContent = `${me.user.name}`;
+    const who = await api("/whoami");
+    me = who.user.name;
+    $("#who").textContent = `${me}`;
     $("#who").append(" ", h("button", { type: "button", onclick: () => signOut("Signed out.") }, "Sign out"));
     $("#nav").hidden = false;
   } catch (e) {

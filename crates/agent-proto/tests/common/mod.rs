@@ -95,6 +95,12 @@ pub fn agent_samples() -> Vec<AgentMessage> {
             output_bytes: 0,
             ..finished()
         }),
+        AgentMessage::Access {
+            user: "alice".into(),
+            kind: AccessKind::Sudo,
+            from: Some("10.0.0.1".into()),
+            at: at(),
+        },
         AgentMessage::FileStatus {
             path: "/etc/haproxy/haproxy.cfg".into(),
             sha256: "a".repeat(64),

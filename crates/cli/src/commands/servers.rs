@@ -255,18 +255,27 @@ pub async fn ssh(ctx: &Ctx, a: &crate::args::SshArgs) -> anyhow::Result<()> {
     let c = &ctx.client;
     let me = c.get("/whoami", &[]).await?;
     let user = me["user"]["name"].as_str().unwrap_or_default().to_string();
-    let s = c.get(&format!("/servers/{}", seg(&a.server)), &[]).await?;
-    if s["state"] != "operational" && s["state"] != "booting" {
+    // The user's own access list: it needs no API role, and says whether they may log in.
+    let access = c.get(&format!("/users/{}/access", seg(&user)), &[]).await?;
+    if !a.server.contains('/') {
+        anyhow::bail!("name the server as DEPLOYMENT/NAME");
+    }
+    let entry = access
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["server"] == a.server.as_str())
+        .with_context(|| format!("no live server {}", a.server))?;
+    if entry["login"] != true {
         anyhow::bail!(
-            "{} is {}; there is nothing to log in to",
-            a.server,
-            s["state"].as_str().unwrap_or("?")
+            "{user} may not log in to {}; an admin grants it with `stratus user roles {user} --role server_login:DEPLOYMENT`",
+            a.server
         );
     }
     let ip = if a.private {
-        s["private_ip"].as_str()
+        entry["private_ip"].as_str()
     } else {
-        s["public_ip"].as_str().or(s["private_ip"].as_str())
+        entry["public_ip"].as_str().or(entry["private_ip"].as_str())
     }
     .with_context(|| format!("{} has no address yet", a.server))?
     .to_string();

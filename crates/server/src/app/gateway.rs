@@ -509,6 +509,51 @@ pub async fn applied(app: &App, session: &Session, generation: Generation) -> Re
     Ok(())
 }
 
+/// A managed account logged in or used sudo on the agent's server: an audit entry with the
+/// user as the actor (and the agent that reported it in the detail). A user the control plane
+/// does not know is recorded as such, not dropped.
+pub async fn access(
+    app: &App,
+    session: &Session,
+    user: &str,
+    kind: stratus_agent_proto::AccessKind,
+    from: Option<&str>,
+    at: chrono::DateTime<Utc>,
+) -> Result<(), AppError> {
+    let s = server_of(app, session.server).await?;
+    let known = app
+        .store
+        .find_as::<stratus_types::user::User>("", user)
+        .await?
+        .is_some();
+    let action = match kind {
+        stratus_agent_proto::AccessKind::Login => "server.login",
+        stratus_agent_proto::AccessKind::Sudo => "server.sudo",
+    };
+    let actor = super::Actor {
+        name: if known {
+            user.to_string()
+        } else {
+            format!("unknown:{user}")
+        },
+        level: 0,
+    };
+    let detail = serde_json::json!({
+        "from": from,
+        "at": at,
+        "reported_by": format!("agent:{}/{}", s.deployment, s.name),
+    });
+    app.store
+        .commit(vec![super::audit(
+            &actor,
+            action,
+            format!("server/{}/{}", s.deployment, s.name),
+            detail,
+        )])
+        .await?;
+    Ok(())
+}
+
 /// The agent applied (or refused) a managed file. A refusal is logged and audited once per
 /// content, so an operator sees why a load balancer kept its old configuration.
 pub async fn file_status(

@@ -92,10 +92,17 @@ pub struct ServerAccess {
     /// How to log in (when `login`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ssh: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub private_ip: Option<std::net::IpAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub public_ip: Option<std::net::IpAddr>,
 }
 
 /// Where a user may log in, and whether each live server has acknowledged the current state
-/// of their access.
+/// of their access. Users may always see their own (a `server_login` user needs no API role
+/// to find the servers they may log in to: `stratus ssh` uses this).
 pub async fn access(app: &App, actor: &Actor, name: &str) -> Result<Vec<ServerAccess>, AppError> {
     if actor.name != name {
         actor.require(OBSERVER)?;
@@ -125,6 +132,8 @@ pub async fn access(app: &App, actor: &Actor, name: &str) -> Result<Vec<ServerAc
             ssh: (login && !u.ssh_keys.is_empty())
                 .then(|| ip.map(|ip| format!("ssh {}@{ip}", u.spec.name)))
                 .flatten(),
+            private_ip: s.private_ip,
+            public_ip: s.public_ip,
         });
     }
     out.sort_by(|a, b| a.server.cmp(&b.server));

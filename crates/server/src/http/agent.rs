@@ -228,6 +228,10 @@ async fn handle(app: &App, gw: &mut gateway::Session, msg: AgentMessage) -> Resu
             },
             Err(e) => failed(request_id, e)?,
         }),
+        AgentMessage::Access { user, kind, from, at } => {
+            gateway::access(app, gw, &user, kind, from.as_deref(), at).await?;
+            None
+        }
         AgentMessage::FileStatus {
             path,
             sha256,
