@@ -1,0 +1,227 @@
+//! Managed SSH across many servers: the time from a grant (a key registered for a user with
+//! `server_login`) until the user can log in, and from a revocation until a login is refused,
+//! on every server, with real sshd in local instances and the host's `ssh` client.
+//!
+//! ```sh
+//! cargo bench -p stratus-cli --bench ssh        # as root; STRATUS_BENCH_SSH_SERVERS=100
+//! ```
+//!
+//! Each server is probed by its own thread with `ssh -o BatchMode=yes ... true` in a loop (one
+//! attempt about every 50 ms); a server's latency is from the API call's answer to its first
+//! successful login (grant) or first refusal (revoke).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Plane {
+    child: Child,
+    url: String,
+    data: PathBuf,
+}
+
+impl Drop for Plane {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Plane {
+    fn stratus(&self, args: &[&str]) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_stratus"))
+            .args(args)
+            .env("STRATUS_URL", &self.url)
+            .env("STRATUS_DATA_DIR", &self.data)
+            .env("XDG_CONFIG_HOME", self.data.join("config"))
+            .env_remove("STRATUS_TOKEN")
+            .output()
+            .expect("run stratus");
+        assert!(
+            out.status.success(),
+            "stratus {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+struct Cleanup(String, PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        stratus_local::purge::purge(&self.0, Some(&self.1));
+    }
+}
+
+fn login(key: &Path, ip: &str) -> bool {
+    Command::new("ssh")
+        .arg("-i")
+        .arg(key)
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "ConnectTimeout=3",
+            "-o",
+            "LogLevel=QUIET",
+            "-l",
+            "carol",
+            ip,
+            "true",
+        ])
+        .stdin(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Probe every server until `want` holds for it; each server's latency in ms.
+fn probe(key: &Path, ips: &[String], want: bool, since: Instant) -> Vec<f64> {
+    let handles: Vec<_> = ips
+        .iter()
+        .map(|ip| {
+            let (key, ip) = (key.to_path_buf(), ip.clone());
+            std::thread::spawn(move || {
+                let until = since + Duration::from_secs(120);
+                loop {
+                    if login(&key, &ip) == want {
+                        return since.elapsed().as_secs_f64() * 1000.0;
+                    }
+                    assert!(Instant::now() < until, "{ip} never reached {want}");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().expect("probe")).collect()
+}
+
+fn summary(what: &str, mut v: Vec<f64>) {
+    v.sort_by(f64::total_cmp);
+    let p = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
+    println!(
+        "{what} on {} servers: median {:.0} ms, p95 {:.0} ms, max {:.0} ms (every server: {:.0} ms)",
+        v.len(),
+        p(0.5),
+        p(0.95),
+        p(1.0),
+        p(1.0)
+    );
+}
+
+fn main() {
+    let n: usize = std::env::var("STRATUS_BENCH_SSH_SERVERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let tmp = tempfile::Builder::new()
+        .prefix("stratus-bench-ssh-")
+        .tempdir_in("/var/tmp")
+        .expect("tmp");
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).expect("data");
+    let _cleanup = Cleanup(
+        stratus_server::drivers::network_tag(&data, "local"),
+        data.join("local/clouds/local"),
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stratus"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--boot-deadline",
+            "900",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("serve");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let url = loop {
+        let line = lines.next().expect("address").expect("line");
+        if let Some(rest) = line.strip_prefix("Stratus control plane listening on ") {
+            break rest.split_whitespace().next().expect("url").to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+    let plane = Plane { child, url, data };
+    let mut b = [0u8; 1];
+    getrandom::fill(&mut b).expect("random");
+    let file = tmp.path().join("f.toml");
+    // A /22: room for hundreds of instances.
+    std::fs::write(
+        &file,
+        format!(
+            "[[cloud]]\nname = \"local\"\ndriver = \"local\"\nregions = [{{ name = \"local\" }}]\n\
+             sizes = [{{ name = \"tiny\", cpus = 1, memory = \"128MiB\" }}]\n[cloud.local]\n\
+             subnet = \"10.{}.0.0/22\"\noutbound_nat = false\n",
+            240 + b[0] % 10
+        ),
+    )
+    .expect("write");
+    plane.stratus(&["apply", "-f", file.to_str().expect("path")]);
+    plane.stratus(&["image", "build", "--cloud", "local"]);
+    let mut doc = String::from(
+        "[[template]]\nname = \"box\"\nimage = \"debian-12\"\nsize = \"tiny\"\n[deployment]\nname = \"fleet\"\ncloud = \"local\"\n",
+    );
+    for i in 0..n {
+        doc.push_str(&format!("[[server]]\nname = \"s{i:03}\"\ntemplate = \"box\"\n"));
+    }
+    std::fs::write(&file, doc).expect("write");
+    let launched = Instant::now();
+    plane.stratus(&["apply", "-f", file.to_str().expect("path")]);
+    let mut ips = vec![];
+    for i in 0..n {
+        let key = format!("fleet/s{i:03}");
+        let until = Instant::now() + Duration::from_secs(900);
+        loop {
+            let v: serde_json::Value =
+                serde_json::from_str(&plane.stratus(&["--json", "server", "show", &key])).expect("json");
+            if v["state"] == "operational" {
+                ips.push(v["private_ip"].as_str().expect("ip").to_string());
+                break;
+            }
+            assert!(v["state"] != "stranded" && Instant::now() < until, "{key}: {v}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    println!("{n} servers operational in {:.1} s", launched.elapsed().as_secs_f64());
+
+    let key = tmp.path().join("carol_key");
+    let ok = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status()
+        .expect("ssh-keygen");
+    assert!(ok.success());
+    plane.stratus(&["user", "create", "carol", "--role", "server_login:fleet"]);
+    // The grant: the key goes in; every server lets carol in.
+    let public = format!("{}.pub", key.display());
+    let call = Instant::now();
+    plane.stratus(&["user", "add-key", "carol", "--key-file", &public]);
+    println!(
+        "the grant's API call (it pushes the new state to every agent before answering): {:.0} ms",
+        call.elapsed().as_secs_f64() * 1000.0
+    );
+    let granted = Instant::now();
+    summary("grant -> login works", probe(&key, &ips, true, granted));
+    // The revocation: her role goes; every server refuses her.
+    let call = Instant::now();
+    plane.stratus(&["user", "roles", "carol"]);
+    println!(
+        "the revocation's API call: {:.0} ms",
+        call.elapsed().as_secs_f64() * 1000.0
+    );
+    let revoked = Instant::now();
+    summary("revoke -> login refused", probe(&key, &ips, false, revoked));
+}
