@@ -112,6 +112,10 @@ pub struct Logins {
     /// End the sessions of an account that loses access.
     #[serde(default = "yes")]
     pub end_sessions: bool,
+    /// Empty the `authorized_keys` of accounts Stratus did not make (managed SSH is the only
+    /// way in).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exclusive: bool,
 }
 
 fn yes() -> bool {

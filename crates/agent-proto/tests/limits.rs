@@ -335,6 +335,7 @@ fn control_messages_outside_the_limits_are_refused() {
             logins: Some(Logins {
                 accounts,
                 end_sessions: true,
+                exclusive: false,
             }),
             ..desired(vec![])
         })

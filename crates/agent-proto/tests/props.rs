@@ -164,13 +164,15 @@ fn logins() -> impl Strategy<Value = Logins> {
             0..4,
         ),
         any::<bool>(),
+        any::<bool>(),
     )
-        .prop_map(|(accounts, end_sessions)| Logins {
+        .prop_map(|(accounts, end_sessions, exclusive)| Logins {
             accounts: accounts
                 .into_iter()
                 .map(|(name, (keys, sudo))| LoginAccount { name, keys, sudo })
                 .collect(),
             end_sessions,
+            exclusive,
         })
 }
 

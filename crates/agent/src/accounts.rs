@@ -220,6 +220,22 @@ fn ensure_sshd() -> Result<(), String> {
     run("/usr/sbin/sshd", &[]).map(drop)
 }
 
+/// Empty the `authorized_keys` of every account Stratus did not make (`exclusive`).
+fn clear_foreign_keys(managed: &BTreeSet<String>) -> Result<(), String> {
+    let text = std::fs::read_to_string("/etc/passwd").map_err(|e| format!("/etc/passwd: {e}"))?;
+    for l in text.lines() {
+        let f: Vec<&str> = l.split(':').collect();
+        if f.len() < 7 || managed.contains(f[0]) {
+            continue;
+        }
+        let keys = Path::new(f[5]).join(".ssh/authorized_keys");
+        if std::fs::metadata(&keys).is_ok_and(|m| m.len() > 0) {
+            std::fs::write(&keys, "").map_err(|e| format!("{}: {e}", keys.display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Apply the logins (see the module docs). Blocking: call it off the async runtime.
 pub fn apply(host: &Host, logins: &Logins) -> Report {
     let mut report = Report::default();
@@ -241,6 +257,11 @@ pub fn apply(host: &Host, logins: &Logins) -> Report {
             Ok(()) => report.revoked.push(name),
             Err(e) => report.problems.push(e),
         }
+    }
+    if logins.exclusive
+        && let Err(e) = clear_foreign_keys(&managed)
+    {
+        report.problems.push(e);
     }
     if !logins.accounts.is_empty() {
         if let Err(e) = install_pam_hook(&host.state_dir) {

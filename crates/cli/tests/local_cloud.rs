@@ -1094,14 +1094,20 @@ fn managed_ssh_grants_scopes_and_revokes_logins() {
          subnet = \"10.{a}.{b}.0/24\"\noutbound_nat = false\n"
     ));
     plane.ok(&["image", "build", "--cloud", "local"]);
-    let deployment = |name: &str, server: &str| {
+    // beta's servers take managed SSH as the only way in: the root key its boot script plants
+    // is emptied at the next login change.
+    let templates = "[[script]]\nname = \"plant-root-key\"\nfrequency = \"per-instance\"\n\
+        body = \"\"\"#!/bin/sh\nmkdir -p /root/.ssh\necho 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHJvb3Qga2V5IG9mIHRoZSBpbWFnZQ image@key' > /root/.ssh/authorized_keys\n\"\"\"\n\
+        [[template]]\nname = \"box\"\nimage = \"debian-12\"\nsize = \"small\"\n\
+        [[template]]\nname = \"locked\"\nimage = \"debian-12\"\nsize = \"small\"\nboot_scripts = [\"plant-root-key\"]\n\
+        ssh = { exclusive = true }\n";
+    let deployment = |name: &str, server: &str, template: &str| {
         format!(
-            "[[template]]\nname = \"box\"\nimage = \"debian-12\"\nsize = \"small\"\n\
-             [deployment]\nname = \"{name}\"\ncloud = \"local\"\n[[server]]\nname = \"{server}\"\ntemplate = \"box\"\n"
+            "{templates}[deployment]\nname = \"{name}\"\ncloud = \"local\"\n[[server]]\nname = \"{server}\"\ntemplate = \"{template}\"\n"
         )
     };
-    apply(&deployment("alpha", "a-1"));
-    apply(&deployment("beta", "b-1"));
+    apply(&deployment("alpha", "a-1", "box"));
+    apply(&deployment("beta", "b-1", "locked"));
     let ip = |key: &str| {
         let s = plane.wait_server(key, |v| v["state"] == "operational");
         s["private_ip"].as_str().expect("ip").to_string()
@@ -1212,6 +1218,12 @@ fn managed_ssh_grants_scopes_and_revokes_logins() {
             .to_string()
             .contains(r#""actor":"bob""#)
     });
+    // Exclusive: on beta the image's root key is gone; on alpha (not exclusive) root is untouched.
+    let (_, root_keys) = ssh("bob", &bob_key, &b1, "sudo -n cat /root/.ssh/authorized_keys");
+    assert!(
+        !root_keys.contains("image@key"),
+        "beta kept a key Stratus did not put there: {root_keys}"
+    );
     // The image's own accounts are untouched.
     let (_, passwd) = ssh("bob", &bob_key, &a1, "getent passwd root");
     assert!(passwd.starts_with("root:x:0:0"), "{passwd}");

@@ -179,6 +179,42 @@ pub struct TemplateSpec {
     /// Files kept in step with artifact-store objects (see [`WatchedFile`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub watch: Vec<WatchedFile>,
+    /// How managed SSH treats this template's servers.
+    #[serde(default, skip_serializing_if = "SshPolicy::is_default")]
+    pub ssh: SshPolicy,
+}
+
+/// Managed SSH on a template's servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SshPolicy {
+    /// A revoked user's open sessions are ended (their processes killed) at once. Off: only
+    /// new logins are refused.
+    #[serde(default = "yes")]
+    pub end_sessions: bool,
+    /// Managed SSH is the only way in: `authorized_keys` of accounts Stratus did not make
+    /// (root's, the image's users') are emptied. Off: they are left alone.
+    #[serde(default)]
+    pub exclusive: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for SshPolicy {
+    fn default() -> Self {
+        Self {
+            end_sessions: true,
+            exclusive: false,
+        }
+    }
+}
+
+impl SshPolicy {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// Most watched files per template.

@@ -154,6 +154,7 @@ pub fn control_samples() -> Vec<ControlMessage> {
                     sudo: true,
                 }],
                 end_sessions: true,
+                exclusive: false,
             }),
         }),
         ControlMessage::RunScript(script(12, Phase::Operational)),

@@ -54,9 +54,16 @@ pub async fn logins_for(app: &App, s: &Server) -> Result<Logins, AppError> {
         });
     }
     accounts.sort_by(|a, b| a.name.cmp(&b.name));
+    let policy = app
+        .store
+        .find_as::<stratus_types::template::ServerTemplate>("", s.template.as_str())
+        .await?
+        .map(|t| t.spec.ssh)
+        .unwrap_or_default();
     Ok(Logins {
         accounts,
-        end_sessions: true,
+        end_sessions: policy.end_sessions,
+        exclusive: policy.exclusive,
     })
 }
 
