@@ -95,6 +95,8 @@ pub struct FileArray {
     pub inputs: Inputs,
     #[serde(default)]
     pub tags: Vec<Tag>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<stratus_types::server::Autoscale>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

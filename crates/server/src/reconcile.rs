@@ -30,7 +30,7 @@ use stratus_types::cloud::{Cloud, DriverKind};
 use stratus_types::deployment::Deployment;
 use stratus_types::run::{Phase, Run, RunStatus};
 use stratus_types::script::Script;
-use stratus_types::server::{Server, ServerArray, ServerState, StrandedReason};
+use stratus_types::server::{Autoscale, Server, ServerArray, ServerState, StrandedReason, VOTE_PREDICATE};
 use stratus_types::template::MetadataTokens;
 use stratus_types::template::ServerTemplate;
 use tracing::{info, warn};
@@ -505,6 +505,53 @@ async fn decommission_scripts_done(app: &App, s: &Server) -> Result<bool, AppErr
 }
 
 /// Launch missing members and decommission the oldest extra ones.
+/// Autoscaling by voting tags (see `Autoscale`): count the operational members' votes and move
+/// the desired count when they reach the threshold and the calm time has passed.
+async fn vote(
+    app: &App,
+    a: &mut ServerArray,
+    auto: Autoscale,
+    members: &[Server],
+    now: chrono::DateTime<Utc>,
+) -> Result<(), AppError> {
+    if a.last_scaled_at
+        .is_some_and(|t| (now - t).num_seconds() < i64::from(auto.calm_secs))
+    {
+        return Ok(());
+    }
+    let operational: Vec<&Server> = members.iter().filter(|m| m.state == ServerState::Operational).collect();
+    let votes = |v: &str| {
+        operational
+            .iter()
+            .filter(|m| {
+                m.tags
+                    .iter()
+                    .any(|t| t.namespace() == VOTE_PREDICATE.0 && t.predicate() == VOTE_PREDICATE.1 && t.value() == v)
+            })
+            .count()
+    };
+    let (grow, shrink) = (votes("grow"), votes("shrink"));
+    let Some(next) = auto.decide(a.spec.desired, a.spec.min, a.spec.max, operational.len(), grow, shrink) else {
+        return Ok(());
+    };
+    let from = a.spec.desired;
+    a.spec.desired = next;
+    a.last_scaled_at = Some(now);
+    let detail = serde_json::json!({
+        "from": from, "to": next, "members": operational.len(), "grow": grow, "shrink": shrink,
+        "threshold_percent": auto.threshold_percent,
+    });
+    let entry = audit(
+        &Actor::system(),
+        "array.autoscale",
+        format!("array/{}/{}", a.spec.deployment, a.spec.name),
+        detail,
+    );
+    app.store.commit(vec![Change::update(a, now), entry]).await?;
+    info!(array = %a.spec.name, from, to = next, grow, shrink, "autoscaled by votes");
+    Ok(())
+}
+
 async fn scale_arrays(app: &App) -> Result<(), AppError> {
     let arrays_all = app.store.list_all::<ServerArray>(&Query::default()).await?;
     if arrays_all.is_empty() {
@@ -524,8 +571,12 @@ async fn scale_arrays(app: &App) -> Result<(), AppError> {
             .into_iter()
             .filter(|s| s.array.as_ref() == Some(&a.spec.name) && s.state != ServerState::Decommissioning)
             .collect();
-        let want = a.spec.desired as usize;
         let now = Utc::now();
+        let mut a = a;
+        if let Some(auto) = a.spec.autoscale {
+            vote(app, &mut a, auto, &members, now).await?;
+        }
+        let want = a.spec.desired as usize;
         let result = if members.len() < want {
             let Some(dep) = app.store.find_as::<Deployment>("", a.spec.deployment.as_str()).await? else {
                 continue;

@@ -264,6 +264,59 @@ pub struct ArraySpec {
     pub inputs: Inputs,
     #[serde(default)]
     pub tags: Vec<Tag>,
+    /// Grow and shrink by the members' votes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<Autoscale>,
+}
+
+/// Autoscaling by voting tags, as RightScale did it: each operational member may vote with the
+/// tag `array:vote=grow` or `array:vote=shrink` (set by its own scripts through
+/// `stratus-agent tag add`, or by anyone through the API). When the share of members voting one
+/// way reaches `threshold_percent`, the array's desired count moves by `grow_by` / `shrink_by`,
+/// within min..max, and then waits `calm_secs` before it acts again. Growing wins a tie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Autoscale {
+    #[serde(default = "half")]
+    pub threshold_percent: u8,
+    #[serde(default = "five_minutes")]
+    pub calm_secs: u32,
+    #[serde(default = "one")]
+    pub grow_by: u32,
+    #[serde(default = "one")]
+    pub shrink_by: u32,
+}
+
+fn half() -> u8 {
+    51
+}
+fn five_minutes() -> u32 {
+    300
+}
+fn one() -> u32 {
+    1
+}
+
+/// The tag a member votes with.
+pub const VOTE_PREDICATE: (&str, &str) = ("array", "vote");
+
+impl Autoscale {
+    /// The desired count the votes ask for, if any: `grow` and `shrink` votes among `members`
+    /// operational members.
+    pub fn decide(&self, desired: u32, min: u32, max: u32, members: usize, grow: usize, shrink: usize) -> Option<u32> {
+        if members == 0 {
+            return None;
+        }
+        let reached = |votes: usize| votes * 100 >= members * usize::from(self.threshold_percent);
+        let next = if reached(grow) && grow > 0 {
+            desired.saturating_add(self.grow_by).min(max)
+        } else if reached(shrink) && shrink > 0 {
+            desired.saturating_sub(self.shrink_by).max(min)
+        } else {
+            return None;
+        };
+        (next != desired).then_some(next)
+    }
 }
 
 pub const ARRAY_MAX: u32 = 1000;
@@ -276,6 +329,17 @@ impl ArraySpec {
                 "max",
                 format!("{} is over the limit of {ARRAY_MAX}", self.max),
             ));
+        }
+        if let Some(a) = &self.autoscale {
+            if !(1..=100).contains(&a.threshold_percent) {
+                errs.push(FieldError::new("autoscale.threshold_percent", "must be 1-100"));
+            }
+            if a.grow_by == 0 || a.shrink_by == 0 {
+                errs.push(FieldError::new("autoscale", "grow_by and shrink_by must be at least 1"));
+            }
+            if a.calm_secs > 86_400 {
+                errs.push(FieldError::new("autoscale.calm_secs", "must be at most 86400"));
+            }
         }
         if self.min > self.max {
             errs.push(FieldError::new(
@@ -321,11 +385,32 @@ pub struct ServerArray {
     /// When set, new members launch from this image version instead of the template's image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_launch_image: Option<ImageRef>,
+    /// When autoscaling last changed the desired count (the calm time counts from here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scaled_at: Option<DateTime<Utc>>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn votes_decide_within_bounds() {
+        let a = Autoscale {
+            threshold_percent: 50,
+            calm_secs: 0,
+            grow_by: 2,
+            shrink_by: 1,
+        };
+        assert_eq!(a.decide(3, 1, 10, 4, 2, 0), Some(5), "half grow votes reach 50 %");
+        assert_eq!(a.decide(3, 1, 10, 4, 1, 0), None, "a quarter does not");
+        assert_eq!(a.decide(9, 1, 10, 4, 4, 0), Some(10), "never above max");
+        assert_eq!(a.decide(10, 1, 10, 4, 4, 0), None, "at max: nothing to do");
+        assert_eq!(a.decide(3, 1, 10, 4, 0, 2), Some(2));
+        assert_eq!(a.decide(1, 1, 10, 4, 0, 4), None, "at min: nothing to do");
+        assert_eq!(a.decide(3, 1, 10, 4, 2, 2), Some(5), "a tie grows");
+        assert_eq!(a.decide(3, 1, 10, 0, 0, 0), None, "no members, no votes");
+    }
     use ServerState::*;
     use proptest::prelude::*;
 

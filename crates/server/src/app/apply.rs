@@ -409,6 +409,7 @@ impl Planner {
             desired: f.desired,
             inputs: f.inputs.clone(),
             tags: f.tags.clone(),
+            autoscale: f.autoscale,
         };
         if let Err(e) = spec.validate() {
             self.errs.absorb(at, e);
@@ -440,6 +441,7 @@ impl Planner {
                     updated_at: self.now,
                     spec,
                     next_launch_image: None,
+                    last_scaled_at: None,
                 };
                 self.changes.push(Change::insert(&a));
                 self.record("array", &f.name, PlanAction::Create, vec![]);

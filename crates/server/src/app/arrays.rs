@@ -117,6 +117,7 @@ pub async fn create(app: &App, actor: &Actor, spec: &ArraySpec) -> Result<Server
             desired: spec.desired,
             inputs: spec.inputs.clone(),
             tags: spec.tags.clone(),
+            autoscale: spec.autoscale,
         }],
         ..Default::default()
     };
