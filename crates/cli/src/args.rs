@@ -296,6 +296,9 @@ pub enum ServerCmd {
         #[arg(long)]
         wait: bool,
     },
+    /// Launch a new server like this one, wait until it is operational, move its elastic IPs,
+    /// then terminate this one (if the new one strands, this one keeps serving).
+    Replace { server: String },
     /// Reboot the server's instance (same disk and addresses).
     Reboot { server: String },
     /// The end of the instance's console output (init and boot hooks).

@@ -186,6 +186,21 @@ pub async fn server(ctx: &Ctx, cmd: &ServerCmd) -> anyhow::Result<()> {
                 say!("terminating {server}; follow it with `stratus server show {server}`");
             }
         }
+        ServerCmd::Replace { server } => {
+            eprintln!("replacing {server}: launching its successor and waiting until it is operational...");
+            let r = c.post(&format!("/servers/{}/replace", seg(server)), &json!({})).await?;
+            if ctx.json {
+                show(true, &r);
+            } else {
+                let moved = r["addresses"].as_array().map_or(0, Vec::len);
+                say!(
+                    "{} replaced {} ({moved} elastic IP(s) moved); {} is terminating",
+                    r["new"].as_str().unwrap_or("?"),
+                    r["old"].as_str().unwrap_or("?"),
+                    r["old"].as_str().unwrap_or("?")
+                );
+            }
+        }
         ServerCmd::Tag { server, add, remove } => {
             let v = c
                 .post(

@@ -52,6 +52,23 @@ async fn terminate(
     Ok((StatusCode::ACCEPTED, Json(servers::terminate(&app, &c.0, &key).await?)))
 }
 
+/// Replace the server: launch a new one like it, wait until it is operational, move its
+/// elastic IPs, then terminate the old one. Answers when done (or when the new one strands:
+/// 409, and the old one keeps serving). The work goes on if the client goes away.
+#[utoipa::path(post, path = "/servers/{key}/replace", tag = "servers", params(("key" = String, Path)), responses((status = 200, body = crate::app::replace::Replacement), (status = 409, body = stratus_api::error::ErrorBody)))]
+async fn replace_server(
+    State(app): State<Arc<App>>,
+    c: Caller,
+    Path(key): Path<String>,
+) -> Result<Json<crate::app::replace::Replacement>, ApiError> {
+    let actor = c.0;
+    let job = tokio::spawn(async move { crate::app::replace::replace(&app, &actor, &key).await });
+    let result = job
+        .await
+        .map_err(|e| ApiError(crate::app::AppError::BadState(format!("the replacement stopped: {e}"))))?;
+    Ok(Json(result?))
+}
+
 /// Reboot the server's instance: same instance, disk and addresses; init and every-boot
 /// scripts run again.
 #[utoipa::path(post, path = "/servers/{key}/reboot", tag = "servers", params(("key" = String, Path)), responses((status = 200, body = Server), (status = 409, body = stratus_api::error::ErrorBody)))]
@@ -234,6 +251,7 @@ pub fn routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(cancel_run))
         .routes(routes!(list_rollouts, start_rollout))
         .routes(routes!(start_deploy))
+        .routes(routes!(replace_server))
         .routes(routes!(show_rollout))
         .routes(routes!(cancel_rollout))
 }
