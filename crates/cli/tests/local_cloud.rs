@@ -765,10 +765,12 @@ name = "local"
 driver = "local"
 regions = [{{ name = "local" }}]
 sizes = [{{ name = "small", cpus = 1, memory = "512MiB" }}]
+address_pools = [{{ name = "public", cidr = "10.{pool}.{b}.16/28" }}]
 [cloud.local]
 subnet = "10.{a}.{b}.0/24"
 outbound_nat = false
-"#
+"#,
+            pool = u16::from(a) + 50
         ),
     )
     .expect("write");
@@ -985,6 +987,64 @@ outbound_nat = false
         ["app-2", "app-3"],
         "the pool after the changes"
     );
+
+    // Replacement keeps an elastic IP answering: the load balancer itself is replaced while a
+    // client polls its elastic IP.
+    plane.ok(&["address", "allocate", "vip", "--cloud", "local"]);
+    plane.ok(&["address", "associate", "vip", "www/lb-1"]);
+    let vip = plane.json(&["address", "show", "vip"])["ip"]
+        .as_str()
+        .expect("ip")
+        .to_string();
+    let vip_addr = format!("http://{vip}:80/");
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while http(&vip_addr).is_none() {
+        assert!(std::time::Instant::now() < until, "the elastic IP never answered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let poller = {
+        let (stop, vip_addr) = (stop.clone(), vip_addr.clone());
+        std::thread::spawn(move || {
+            let mut log = vec![];
+            let started = std::time::Instant::now();
+            while !stop.load(Ordering::Relaxed) && log.len() < 5000 && started.elapsed() < Duration::from_secs(120) {
+                log.push((std::time::Instant::now(), http(&vip_addr).is_some()));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            log
+        })
+    };
+    let replaced = plane.ok(&["server", "replace", "www/lb-1"]);
+    assert!(replaced.contains("www/lb-1-r2 replaced www/lb-1"), "{replaced}");
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let log = poller.join().expect("poller");
+    // The longest stretch of failed requests: the switch-over.
+    let (mut longest, mut since) = (Duration::ZERO, None);
+    for (at, ok) in &log {
+        match (ok, since) {
+            (false, None) => since = Some(*at),
+            (true, Some(s)) => {
+                longest = longest.max(at.duration_since(s));
+                since = None;
+            }
+            _ => {}
+        }
+    }
+    let failed = log.iter().filter(|(_, ok)| !ok).count();
+    println!(
+        "replace the load balancer: {} requests to its elastic IP, {failed} failed, longest gap {longest:?}",
+        log.len()
+    );
+    assert!(
+        log.last().is_some_and(|(_, ok)| *ok),
+        "the elastic IP answers after the replacement"
+    );
+    assert!(longest <= Duration::from_secs(2), "the switch-over took {longest:?}");
+    let successor = plane.json(&["server", "show", "www/lb-1-r2"]);
+    assert_eq!(successor["public_ip"].as_str(), Some(vip.as_str()), "{successor}");
+    plane.wait_server("www/lb-1", |v| v["state"] == "terminated");
 }
 
 /// The README's main command: `stratus quickstart` brings the example up on real instances,
