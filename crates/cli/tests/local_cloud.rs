@@ -82,8 +82,10 @@ impl Plane {
         serde_json::from_str(&self.ok(&all)).expect("json")
     }
 
+    /// Poll a server until `want` holds (bounded: 120 s; several local-cloud tests run at once
+    /// on two cores, each building a Debian image, so boots can take a while).
     fn wait_server(&self, key: &str, want: impl Fn(&Value) -> bool) -> Value {
-        for _ in 0..300 {
+        for _ in 0..1200 {
             let v = self.json(&["server", "show", key]);
             if want(&v) {
                 return v;
