@@ -64,7 +64,8 @@ async fn download(http: &reqwest::Client, url: &str, a: &ArtifactRef, tmp: &Path
         .get(url)
         .send()
         .await
-        .map_err(|e| format!("cannot reach the artifact store: {}", crate::error_chain(&e)))?;
+        // Without the URL: it is a signed capability and the message goes into the run's output.
+        .map_err(|e| format!("cannot reach the artifact store: {}", crate::error_chain(&e.without_url())))?;
     if !resp.status().is_success() {
         let status = resp.status();
         let body = resp.text().await.unwrap_or_default();
@@ -85,7 +86,7 @@ async fn download(http: &reqwest::Client, url: &str, a: &ArtifactRef, tmp: &Path
     while let Some(chunk) = resp
         .chunk()
         .await
-        .map_err(|e| format!("the download was cut off: {}", crate::error_chain(&e)))?
+        .map_err(|e| format!("the download was cut off: {}", crate::error_chain(&e.without_url())))?
     {
         size += chunk.len() as u64;
         if size > a.size {
