@@ -65,7 +65,12 @@ async fn download(http: &reqwest::Client, url: &str, a: &ArtifactRef, tmp: &Path
         .send()
         .await
         // Without the URL: it is a signed capability and the message goes into the run's output.
-        .map_err(|e| format!("cannot reach the artifact store: {}", crate::error_chain(&e.without_url())))?;
+        .map_err(|e| {
+            format!(
+                "cannot reach the artifact store: {}",
+                crate::error_chain(&e.without_url())
+            )
+        })?;
     if !resp.status().is_success() {
         let status = resp.status();
         let body = resp.text().await.unwrap_or_default();

@@ -12,72 +12,20 @@
 //! The client sends one request every 10 ms (a new connection each) the whole time; every
 //! request that fails or gets a status other than 200 counts.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+#[path = "support/plane.rs"]
+mod plane;
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-struct Plane {
-    child: Child,
-    url: String,
-    data: PathBuf,
-}
-
-impl Drop for Plane {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Plane {
-    fn stratus(&self, args: &[&str]) -> String {
-        let out = Command::new(env!("CARGO_BIN_EXE_stratus"))
-            .args(args)
-            .env("STRATUS_URL", &self.url)
-            .env("STRATUS_DATA_DIR", &self.data)
-            .env("XDG_CONFIG_HOME", self.data.join("config"))
-            .env_remove("STRATUS_TOKEN")
-            .output()
-            .expect("run stratus");
-        assert!(
-            out.status.success(),
-            "stratus {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn server(&self, key: &str) -> serde_json::Value {
-        serde_json::from_str(&self.stratus(&["--json", "server", "show", key])).expect("json")
-    }
-
-    fn wait(&self, key: &str, state: &str) -> serde_json::Value {
-        for _ in 0..1200 {
-            let s = self.server(key);
-            if s["state"] == state {
-                return s;
-            }
-            assert_ne!(s["state"], "stranded", "{s}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("{key} never became {state}");
-    }
-}
+use plane::{Cleanup, Plane};
 
 /// Each request: when it ended, and the body of a 200 (none: it failed).
 type Log = Vec<(SystemTime, Option<String>)>;
-
-struct Cleanup(String, PathBuf);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        stratus_local::purge::purge(&self.0, Some(&self.1));
-    }
-}
 
 /// GET / with a fresh connection; the body of a 200.
 fn get(addr: &str) -> Option<String> {
@@ -107,26 +55,8 @@ fn main() {
         .expect("tmp");
     let data = tmp.path().join("data");
     std::fs::create_dir_all(&data).expect("data");
-    let _cleanup = Cleanup(
-        stratus_server::drivers::network_tag(&data, "local"),
-        data.join("local/clouds/local"),
-    );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_stratus"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&data)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("serve");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let url = loop {
-        let line = lines.next().expect("address").expect("line");
-        if let Some(rest) = line.strip_prefix("Stratus control plane listening on ") {
-            break rest.split_whitespace().next().expect("url").to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
-    let plane = Plane { child, url, data };
+    let _cleanup = Cleanup::for_cloud(&data, "local");
+    let plane = Plane::start(&data, &[]);
     let mut b = [0u8; 2];
     getrandom::fill(&mut b).expect("random");
     let cloud = tmp.path().join("cloud.toml");

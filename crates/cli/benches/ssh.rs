@@ -14,51 +14,14 @@
 //! servers with ssh in parallel instead measures the 2-core machine running a hundred ssh
 //! handshakes at once, not Stratus.)
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+#[path = "support/plane.rs"]
+mod plane;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Plane {
-    child: Child,
-    url: String,
-    data: PathBuf,
-}
-
-impl Drop for Plane {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Plane {
-    fn stratus(&self, args: &[&str]) -> String {
-        let out = Command::new(env!("CARGO_BIN_EXE_stratus"))
-            .args(args)
-            .env("STRATUS_URL", &self.url)
-            .env("STRATUS_DATA_DIR", &self.data)
-            .env("XDG_CONFIG_HOME", self.data.join("config"))
-            .env_remove("STRATUS_TOKEN")
-            .output()
-            .expect("run stratus");
-        assert!(
-            out.status.success(),
-            "stratus {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-struct Cleanup(String, PathBuf);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        stratus_local::purge::purge(&self.0, Some(&self.1));
-    }
-}
+use plane::{Cleanup, Plane};
 
 fn login(key: &Path, ip: &str) -> bool {
     Command::new("ssh")
@@ -162,33 +125,8 @@ fn main() {
         .expect("tmp");
     let data = tmp.path().join("data");
     std::fs::create_dir_all(&data).expect("data");
-    let _cleanup = Cleanup(
-        stratus_server::drivers::network_tag(&data, "local"),
-        data.join("local/clouds/local"),
-    );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_stratus"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--boot-deadline",
-            "900",
-            "--data-dir",
-        ])
-        .arg(&data)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("serve");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let url = loop {
-        let line = lines.next().expect("address").expect("line");
-        if let Some(rest) = line.strip_prefix("Stratus control plane listening on ") {
-            break rest.split_whitespace().next().expect("url").to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
-    let plane = Plane { child, url, data };
+    let _cleanup = Cleanup::for_cloud(&data, "local");
+    let plane = Plane::start(&data, &["--boot-deadline", "900"]);
     let mut b = [0u8; 1];
     getrandom::fill(&mut b).expect("random");
     let file = tmp.path().join("f.toml");
