@@ -219,7 +219,6 @@ async fn get(ctx: &Ctx, path: &str, output: Option<&Path>) -> anyhow::Result<()>
 /// `stratus deploy ARCHIVE --to SELECTOR`: upload a local archive if needed, then start the
 /// deploy rollout (and follow it with `--follow`).
 pub async fn deploy(ctx: &Ctx, a: &DeployArgs) -> anyhow::Result<()> {
-    let c = &ctx.client;
     let local = Path::new(&a.archive);
     let archive = if local.is_file() {
         let path = template_archive(ctx, a).await?;
@@ -239,25 +238,7 @@ pub async fn deploy(ctx: &Ctx, a: &DeployArgs) -> anyhow::Result<()> {
     if let Some(t) = a.timeout {
         body["timeout_secs"] = t.into();
     }
-    let ro = c.post("/deploys", &body).await?;
-    let id = ro["id"].as_str().unwrap_or_default().to_string();
-    let total = ro["runs"].as_array().map_or(0, Vec::len);
-    for s in ro["skipped"].as_array().into_iter().flatten() {
-        eprintln!("skipped {}", s.as_str().unwrap_or_default());
-    }
-    if !a.follow {
-        if ctx.json {
-            show(true, &ro);
-        } else {
-            say!("deploying {archive} to {total} servers (rollout {id}); follow it with `stratus rollouts show {id}`");
-        }
-        return Ok(());
-    }
-    eprintln!(
-        "deploying {archive}: rollout {id}, {total} servers, {} at a time",
-        ro["concurrency"]
-    );
-    super::runs::follow_rollout(c, &id).await
+    super::runs::launch_rollout(ctx, "/deploys", &body, a.follow, &format!("deploy of {archive}")).await
 }
 
 /// The one archive the selected servers' templates name (a local file is uploaded over it).

@@ -78,7 +78,6 @@ fn outcome(r: &Value) -> String {
 }
 
 async fn start_rollout(ctx: &Ctx, a: &RunArgs, selector: &str) -> anyhow::Result<()> {
-    let c = &ctx.client;
     let mut body = json!({ "script": a.script, "selector": selector, "max_errors": a.max_errors });
     if let Some(d) = &a.deployment {
         body["deployment"] = d.clone().into();
@@ -89,27 +88,43 @@ async fn start_rollout(ctx: &Ctx, a: &RunArgs, selector: &str) -> anyhow::Result
     if let Some(t) = a.timeout {
         body["timeout_secs"] = t.into();
     }
-    let ro = c.post("/rollouts", &body).await?;
+    launch_rollout(ctx, "/rollouts", &body, a.follow, "rollout").await
+}
+
+/// Start a rollout (`POST path`), say what it skipped, and follow it or say how to.
+/// `what` names it in the messages ("rollout", "deploy of www/site.tar.gz").
+pub(crate) async fn launch_rollout(
+    ctx: &Ctx,
+    path: &str,
+    body: &Value,
+    follow: bool,
+    what: &str,
+) -> anyhow::Result<()> {
+    let c = &ctx.client;
+    let ro = c.post(path, body).await?;
     let id = ro["id"].as_str().unwrap_or_default().to_string();
     let total = ro["runs"].as_array().map_or(0, Vec::len);
     for s in ro["skipped"].as_array().into_iter().flatten() {
         eprintln!("skipped {}", s.as_str().unwrap_or_default());
     }
-    if !a.follow {
+    if !follow {
         if ctx.json {
             show(true, &ro);
         } else {
-            say!("started rollout {id} on {total} servers; follow it with `stratus rollouts show {id}`");
+            say!("started {what} (rollout {id}) on {total} servers; follow it with `stratus rollouts show {id}`");
         }
         return Ok(());
     }
-    eprintln!("rollout {id}: {total} servers, {} at a time", ro["concurrency"]);
+    eprintln!(
+        "{what} (rollout {id}): {total} servers, {} at a time",
+        ro["concurrency"]
+    );
     follow_rollout(c, &id).await
 }
 
 /// Print each run's result as it finishes (with the end of a failure's output), then the
 /// totals; a rollout that did not fully succeed is an error.
-pub(crate) async fn follow_rollout(c: &Client, id: &str) -> anyhow::Result<()> {
+async fn follow_rollout(c: &Client, id: &str) -> anyhow::Result<()> {
     let mut reported: HashSet<String> = HashSet::new();
     let mut seen = Value::Null;
     loop {
