@@ -220,6 +220,39 @@ fn random_octet() -> u8 {
     b[0]
 }
 
+/// A scratch directory under /var/tmp, the control plane's data directory in it, and the
+/// clean-up of local cloud `cloud`'s host-side pieces (bound before the plane, so it runs after
+/// the plane is gone, and before the directory is).
+fn scratch(prefix: &str, cloud: &str) -> (tempfile::TempDir, PathBuf, Cleanup) {
+    let tmp = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in("/var/tmp")
+        .expect("tmp");
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    let cleanup = Cleanup {
+        tag: stratus_server::drivers::network_tag(&data, cloud),
+        state: data.join("local/clouds").join(cloud),
+    };
+    (tmp, data, cleanup)
+}
+
+/// Declare local cloud `name` on its own subnet `10.a.b.0/24` (no outbound NAT, one 512 MiB
+/// size), with `extra` lines in its `[[cloud]]` table (address pools).
+fn declare_local_cloud(plane: &Plane, dir: &Path, name: &str, (a, b): (u8, u8), extra: &str) {
+    let file = dir.join(format!("cloud-{name}.toml"));
+    std::fs::write(
+        &file,
+        format!(
+            "[[cloud]]\nname = \"{name}\"\ndriver = \"local\"\nregions = [{{ name = \"local\" }}]\n\
+             sizes = [{{ name = \"small\", cpus = 1, memory = \"512MiB\" }}]\n{extra}\n[cloud.local]\n\
+             subnet = \"10.{a}.{b}.0/24\"\noutbound_nat = false\n"
+        ),
+    )
+    .expect("write");
+    plane.ok(&["apply", "-f", file.to_str().expect("path")]);
+}
+
 #[test]
 fn a_server_on_the_local_cloud_is_a_real_instance_that_outlives_the_control_plane() {
     let tmp = tempfile::Builder::new()
@@ -467,36 +500,16 @@ template = "web"
 /// operational; a failing script strands its server with the exit code.
 #[test]
 fn the_agent_inside_a_debian_instance_boots_its_server() {
-    let tmp = tempfile::Builder::new()
-        .prefix("stratus-e2e-")
-        .tempdir_in("/var/tmp")
-        .expect("tmp");
-    let data = tmp.path().join("data");
-    std::fs::create_dir_all(&data).expect("data dir");
-    let _cleanup = Cleanup {
-        tag: stratus_server::drivers::network_tag(&data, "deb"),
-        state: data.join("local/clouds/deb"),
-    };
-    let (a, b) = (100 + random_octet() % 50, random_octet());
+    let (tmp, data, _cleanup) = scratch("stratus-e2e-", "deb");
     let plane = Plane::start(&data);
+    declare_local_cloud(
+        &plane,
+        tmp.path(),
+        "deb",
+        (100 + random_octet() % 50, random_octet()),
+        "",
+    );
     let file = tmp.path().join("deploy.toml");
-    std::fs::write(
-        &file,
-        format!(
-            r#"
-[[cloud]]
-name = "deb"
-driver = "local"
-regions = [{{ name = "here" }}]
-sizes = [{{ name = "small", cpus = 1, memory = "512MiB" }}]
-[cloud.local]
-subnet = "10.{a}.{b}.0/24"
-outbound_nat = false
-"#
-        ),
-    )
-    .expect("write");
-    plane.ok(&["apply", "-f", file.to_str().expect("path")]);
     // The real image path: debootstrap minbase (about 40 s).
     plane.ok(&[
         "image",
@@ -744,39 +757,16 @@ fn wait_run(plane: &Plane, id: &str, want: impl Fn(&Value) -> bool) -> Value {
 fn the_lb_and_app_example_keeps_serving_through_pool_changes() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
-    let tmp = tempfile::Builder::new()
-        .prefix("stratus-lb-")
-        .tempdir_in("/var/tmp")
-        .expect("tmp");
-    let data = tmp.path().join("data");
-    std::fs::create_dir_all(&data).expect("data dir");
-    let _cleanup = Cleanup {
-        tag: stratus_server::drivers::network_tag(&data, "local"),
-        state: data.join("local/clouds/local"),
-    };
+    let (tmp, data, _cleanup) = scratch("stratus-lb-", "local");
     let (a, b) = (150 + random_octet() % 50, random_octet());
     let plane = Plane::start(&data);
-    // The example's cloud is `local` (examples/local-cloud.toml); here on a subnet of its own.
-    let cloud = tmp.path().join("cloud.toml");
-    std::fs::write(
-        &cloud,
-        format!(
-            r#"
-[[cloud]]
-name = "local"
-driver = "local"
-regions = [{{ name = "local" }}]
-sizes = [{{ name = "small", cpus = 1, memory = "512MiB" }}]
-address_pools = [{{ name = "public", cidr = "10.{pool}.{b}.16/28" }}]
-[cloud.local]
-subnet = "10.{a}.{b}.0/24"
-outbound_nat = false
-"#,
-            pool = u16::from(a) + 50
-        ),
-    )
-    .expect("write");
-    plane.ok(&["apply", "-f", cloud.to_str().expect("path")]);
+    // The example's cloud is `local` (examples/local-cloud.toml); here on a subnet of its own,
+    // with an elastic-IP pool.
+    let pool = format!(
+        "address_pools = [{{ name = \"public\", cidr = \"10.{}.{b}.16/28\" }}]",
+        u16::from(a) + 50
+    );
+    declare_local_cloud(&plane, tmp.path(), "local", (a, b), &pool);
     // `stratus image build`: debian-12 with the default packages (nginx, haproxy, curl, ...).
     plane.ok(&["image", "build", "--cloud", "local"]);
     // The application, as the example's instructions upload it.
@@ -1133,28 +1123,20 @@ fn the_quickstart_brings_the_example_up_reuses_it_and_takes_it_down() {
 /// not; a revocation refuses the next login and ends the open session at once.
 #[test]
 fn managed_ssh_grants_scopes_and_revokes_logins() {
-    let tmp = tempfile::Builder::new()
-        .prefix("stratus-ssh-")
-        .tempdir_in("/var/tmp")
-        .expect("tmp");
-    let data = tmp.path().join("data");
-    std::fs::create_dir_all(&data).expect("data dir");
-    let _cleanup = Cleanup {
-        tag: stratus_server::drivers::network_tag(&data, "local"),
-        state: data.join("local/clouds/local"),
-    };
-    let (a, b) = (50 + random_octet() % 50, random_octet());
+    let (tmp, data, _cleanup) = scratch("stratus-ssh-", "local");
     let plane = Plane::start(&data);
+    declare_local_cloud(
+        &plane,
+        tmp.path(),
+        "local",
+        (50 + random_octet() % 50, random_octet()),
+        "",
+    );
     let file = tmp.path().join("f.toml");
     let apply = |text: &str| {
         std::fs::write(&file, text).expect("write");
         plane.ok(&["apply", "-f", file.to_str().expect("path")]);
     };
-    apply(&format!(
-        "[[cloud]]\nname = \"local\"\ndriver = \"local\"\nregions = [{{ name = \"local\" }}]\n\
-         sizes = [{{ name = \"small\", cpus = 1, memory = \"512MiB\" }}]\n[cloud.local]\n\
-         subnet = \"10.{a}.{b}.0/24\"\noutbound_nat = false\n"
-    ));
     plane.ok(&["image", "build", "--cloud", "local"]);
     // beta's servers take managed SSH as the only way in: the root key its boot script plants
     // is emptied at the next login change.
