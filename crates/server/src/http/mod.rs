@@ -88,6 +88,9 @@ pub fn router(app: Arc<App>) -> axum::Router {
         .merge(ui::routes())
         .fallback(error::not_found)
         .layer(DefaultBodyLimit::max(BODY_MAX))
-        .layer(TraceLayer::new_for_http())
+        // The span names the path, not the query: a signed fetch URL's query is a capability.
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<axum::body::Body>| {
+            tracing::debug_span!("request", method = %req.method(), path = %req.uri().path())
+        }))
         .with_state(app)
 }
