@@ -69,6 +69,24 @@ pub enum AgentMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// (v2) The answer to `PrepareImage`.
+    ImagePrepared(ImagePrepared),
+}
+
+/// How the preparation for an image capture went. Refused (`error` set): nothing was removed,
+/// the agent carries on. Done: what was removed, and the agent is about to go quiet.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImagePrepared {
+    /// Why the agent refused (a secret was found, a run is still going, a removal failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Files that hold a secret value (never the value): the reason for a refusal.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_found_in: Vec<String>,
+    /// What was removed or emptied, one line per kind (`ssh host keys: 6 files`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
 }
 
 /// What a managed account did.

@@ -43,6 +43,20 @@ pub enum ControlMessage {
     RequestFailed { request_id: u64, message: String },
     /// Sent when the control plane has sent nothing else for the heartbeat interval.
     Heartbeat { at: Timestamp },
+    /// (v2) Prepare this instance to be captured as an image (`stratus server rebundle`). The
+    /// agent answers with `ImagePrepared`. Having prepared, it has no identity left: it closes
+    /// the connection and waits, without reconnecting, to be stopped.
+    PrepareImage(PrepareImage),
+}
+
+/// What `PrepareImage` asks.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrepareImage {
+    /// Values that must not end up in the image (the server's secret inputs). If the file
+    /// system holds one, the agent refuses and changes nothing.
+    #[serde(default)]
+    pub secrets: Vec<crate::SecretString>,
 }
 
 /// The control plane accepts the connection.

@@ -105,8 +105,10 @@ mod script;
 mod secret;
 mod validate;
 
-pub use agent::{AccessKind, AgentMessage, Hello, Outcome, Output, RunFinished};
-pub use control::{ControlMessage, DesiredState, Generation, PeerServer, Refused, RefusedReason, Resume, Welcome};
+pub use agent::{AccessKind, AgentMessage, Hello, ImagePrepared, Outcome, Output, RunFinished};
+pub use control::{
+    ControlMessage, DesiredState, Generation, PeerServer, PrepareImage, Refused, RefusedReason, Resume, Welcome,
+};
 pub use file::{ArtifactRef, LoginAccount, Logins, ManagedFile, absolute_path_ok, account_name_ok};
 pub use frame::{ProtoError, QUOTE_MAX, decode_agent, decode_control, encode_agent, encode_control};
 pub use mask::{MASK, Masker};

@@ -53,3 +53,7 @@ pub const MAX_ACCOUNT_KEYS: usize = 32;
 pub const MAX_KEY_LINE: usize = 8 * 1024;
 /// Heartbeat intervals a `Welcome` may set, in seconds.
 pub const HEARTBEAT_SECS: std::ops::RangeInclusive<u32> = 1..=3600;
+/// Most secret values one `PrepareImage` carries.
+pub const MAX_SECRETS: usize = 256;
+/// Most paths or lines in an `ImagePrepared` list.
+pub const MAX_PREPARED_LINES: usize = 64;

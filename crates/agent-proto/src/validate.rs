@@ -126,6 +126,7 @@ impl AgentMessage {
                     None => Ok(()),
                 }
             }
+            Self::ImagePrepared(p) => p.validate(),
             Self::TagQuery { selector, .. } => {
                 let len = selector.to_string().len();
                 if len > MAX_SELECTOR {
@@ -225,7 +226,41 @@ impl ControlMessage {
                 servers.iter().enumerate().try_for_each(|(i, s)| s.validate(i))
             }
             Self::RequestFailed { message, .. } => text("message", message, MAX_MESSAGE),
+            Self::PrepareImage(p) => {
+                count("secrets", p.secrets.len(), MAX_SECRETS)?;
+                for (i, v) in p.secrets.iter().enumerate() {
+                    let at = format!("secrets[{i}]");
+                    if v.expose().is_empty() {
+                        return Err(invalid(at, "is empty"));
+                    }
+                    text(&at, v.expose(), MAX_ENV_VALUE)?;
+                }
+                Ok(())
+            }
         }
+    }
+}
+
+impl crate::ImagePrepared {
+    pub fn validate(&self) -> Checked {
+        if let Some(e) = &self.error {
+            text("error", e, MAX_MESSAGE)?;
+        }
+        count("secret_found_in", self.secret_found_in.len(), MAX_PREPARED_LINES)?;
+        for (i, p) in self.secret_found_in.iter().enumerate() {
+            short(&format!("secret_found_in[{i}]"), p, MAX_URL)?;
+        }
+        count("removed", self.removed.len(), MAX_PREPARED_LINES)?;
+        for (i, l) in self.removed.iter().enumerate() {
+            short(&format!("removed[{i}]"), l, MAX_NAME)?;
+        }
+        if self.error.is_none() && !self.secret_found_in.is_empty() {
+            return Err(invalid(
+                "secret_found_in",
+                "is set, but error is not: a secret found refuses the preparation",
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -176,6 +176,19 @@ fn revoke(host: &Host, name: &str, end_sessions: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// Remove a managed account for good (preparing an image): its processes, sudo, the account
+/// with its home directory and keys (`userdel --remove`), and its record.
+pub fn remove(host: &Host, name: &str) -> Result<(), String> {
+    set_sudo(host, name, false)?;
+    if passwd(name).is_some() {
+        let _ = run("pkill", &["-KILL", "-u", name]);
+        run("userdel", &["--remove", "--force", name])?;
+    }
+    let mut managed = host.managed();
+    managed.remove(name);
+    host.save(&managed)
+}
+
 /// The PAM files that get the session hook, and the line (marked, so it is added once).
 const PAM_FILES: &[&str] = &["/etc/pam.d/sshd", "/etc/pam.d/sudo"];
 const PAM_MARK: &str = "# stratus: report logins and sudo to the agent";

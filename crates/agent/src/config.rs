@@ -15,6 +15,9 @@ pub struct AgentConfig {
     pub request_wait: std::time::Duration,
     /// A CA certificate (PEM) to trust for the control plane, besides the system's.
     pub ca_file: Option<PathBuf>,
+    /// The file system an image preparation scans and cleans: `/` on an instance; a scratch
+    /// tree when the agent runs on a host for tests.
+    pub image_root: PathBuf,
 }
 
 impl AgentConfig {

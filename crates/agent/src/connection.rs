@@ -59,6 +59,10 @@ pub struct Agent {
     files: tokio::sync::Mutex<crate::files::Applied>,
     /// The current desired state's managed files, for the re-check worker.
     desired_files: Mutex<Vec<stratus_agent_proto::ManagedFile>>,
+    /// The instance is being (or was) prepared for an image capture: nothing new starts.
+    preparing: std::sync::atomic::AtomicBool,
+    /// The preparation is done: the connection ends and the agent goes quiet.
+    prepared: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Agent {
@@ -92,6 +96,8 @@ impl Agent {
             user_data: Mutex::new(None),
             files: Default::default(),
             desired_files: Mutex::default(),
+            preparing: Default::default(),
+            prepared: Default::default(),
         }))
     }
 
@@ -168,6 +174,16 @@ pub async fn run_forever(cfg: AgentConfig) -> Result<(), AgentError> {
                 return Ok(());
             }
             Err(e @ AgentError::Refused(RefusedReason::WrongServer, _)) => return Err(e),
+            Err(AgentError::Prepared) => {
+                // The answer is out; the identity goes last, then the agent waits to be
+                // stopped. Exiting would make the instance's init start it again, to enrol
+                // with a token already used.
+                if let Err(e) = std::fs::remove_dir_all(&agent.cfg.state_dir) {
+                    tracing::warn!(error = %e, "cannot remove the state directory");
+                }
+                tracing::info!("prepared for an image capture; waiting to be stopped");
+                std::future::pending::<()>().await;
+            }
             Err(e) => tracing::warn!(error = %e, "connection ended"),
             Ok(()) => failures = 0,
         }
@@ -269,6 +285,14 @@ async fn once(agent: &Arc<Agent>) -> Result<(), AgentError> {
     let mut tick = tokio::time::interval(heartbeat);
     loop {
         flush(agent, &mut ws, &mut cursors).await?;
+        if agent.prepared.load(std::sync::atomic::Ordering::SeqCst) {
+            // The preparation's answer was queued before the flag was set: send it, then go.
+            while let Ok((msg, _)) = requests.try_recv() {
+                send(&mut ws, msg).await?;
+            }
+            let _ = ws.close(None).await;
+            return Err(AgentError::Prepared);
+        }
         tokio::select! {
             msg = recv(&mut ws) => {
                 let msg = msg?;
@@ -376,6 +400,13 @@ async fn handle(
                 tokio::spawn(async move { execute(&agent, r).await });
             }
         }
+        ControlMessage::PrepareImage(p) => {
+            if agent.preparing.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                tracing::warn!("an image preparation is already under way; ignoring a second one");
+            } else {
+                tokio::spawn(prepare_image(agent.clone(), p));
+            }
+        }
         ControlMessage::Cancel { run } => cancel(agent, run)?,
         ControlMessage::AckFinished { run } => {
             agent.journal.close(run).map_err(|e| agent.state_err(e))?;
@@ -390,6 +421,79 @@ async fn handle(
         | ControlMessage::RequestFailed { .. } => {}
     }
     Ok(())
+}
+
+/// Prepare the instance for an image capture (see [`crate::prepare`]) and answer. A refusal
+/// changes nothing; success sets `prepared`, which ends the connection.
+async fn prepare_image(agent: Arc<Agent>, p: stratus_agent_proto::PrepareImage) {
+    let answer = match prepare_steps(&agent, p).await {
+        Ok(removed) => stratus_agent_proto::ImagePrepared {
+            removed,
+            ..Default::default()
+        },
+        Err((error, found)) => {
+            tracing::warn!(error = %error, "image preparation refused");
+            agent.preparing.store(false, std::sync::atomic::Ordering::SeqCst);
+            stratus_agent_proto::ImagePrepared {
+                error: Some(error),
+                secret_found_in: found,
+                removed: vec![],
+            }
+        }
+    };
+    let ok = answer.error.is_none();
+    let (tx, _rx) = oneshot::channel();
+    let _ = agent.requests.send((AgentMessage::ImagePrepared(answer), tx)).await;
+    if ok {
+        tracing::info!("prepared for an image capture");
+        agent.prepared.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    agent.changed.notify_one();
+}
+
+type Refusal = (String, Vec<String>);
+
+async fn prepare_steps(agent: &Agent, p: stratus_agent_proto::PrepareImage) -> Result<Vec<String>, Refusal> {
+    let running: Vec<RunId> = agent
+        .cancels
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .keys()
+        .copied()
+        .collect();
+    if let Some(run) = running.first() {
+        return Err((
+            format!("run {run} is still running; wait for it or cancel it, then rebundle"),
+            vec![],
+        ));
+    }
+    let target = crate::prepare::Target {
+        root: agent.cfg.image_root.clone(),
+        state_dir: agent.cfg.state_dir.clone(),
+        accounts: crate::accounts::Host::new(&agent.cfg.state_dir),
+    };
+    let scan_target = target.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        let secrets: Vec<&[u8]> = p.secrets.iter().map(|s| s.expose().as_bytes()).collect();
+        crate::prepare::scan(&scan_target.root, &scan_target.state_dir, &secrets)
+    })
+    .await
+    .map_err(|e| (format!("the scan failed: {e}"), vec![]))?
+    .map_err(|e| (format!("cannot scan the file system: {e}"), vec![]))?;
+    if !found.is_empty() {
+        return Err((
+            format!(
+                "a secret input's value is stored in {} file(s) ({}); the image would carry it. Have the boot                  scripts write it at every boot instead, or remove it, then rebundle",
+                found.len(),
+                found.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
+            ),
+            found,
+        ));
+    }
+    tokio::task::spawn_blocking(move || crate::prepare::clean(&target))
+        .await
+        .map_err(|e| (format!("the clean-up failed: {e}"), vec![]))?
+        .map_err(|e| (format!("the clean-up failed: {e}"), vec![]))
 }
 
 /// Stop a run: signal a running one; a boot run not yet started is recorded cancelled.
@@ -498,6 +602,9 @@ async fn recheck_worker(agent: Arc<Agent>) {
     let mut last: HashMap<String, std::time::Instant> = HashMap::new();
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
+        if agent.preparing.load(std::sync::atomic::Ordering::SeqCst) {
+            continue; // nothing is written (or cached) while the instance becomes an image
+        }
         let files = agent.desired_files.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let now = std::time::Instant::now();
         let due: Vec<_> = files
@@ -568,7 +675,9 @@ async fn boot_worker(agent: Arc<Agent>) {
                 let why = format!("not run: boot script {name} failed earlier in this boot");
                 return finish_without_running(&agent, r.run, Outcome::Cancelled, &why);
             }
-            if r.frequency == Frequency::PerInstance && agent.journal.per_instance_done(r.name.as_str()) {
+            if matches!(r.frequency, Frequency::PerInstance | Frequency::PerImage)
+                && agent.journal.per_instance_done(r.name.as_str())
+            {
                 let why = "already succeeded on this instance (per-instance)";
                 return finish_without_running(&agent, r.run, Outcome::Skipped, why);
             }
@@ -702,7 +811,10 @@ async fn try_execute(agent: &Arc<Agent>, r: &ScriptRun) -> Result<(), AgentError
         output_chunks: seq,
         output_bytes: bytes,
     };
-    if succeeded(&finished) && r.frequency == Frequency::PerInstance && r.phase == stratus_types::run::Phase::Boot {
+    if succeeded(&finished)
+        && matches!(r.frequency, Frequency::PerInstance | Frequency::PerImage)
+        && r.phase == stratus_types::run::Phase::Boot
+    {
         agent
             .journal
             .mark_per_instance(r.name.as_str())

@@ -40,6 +40,7 @@ pub mod fetch;
 pub mod files;
 pub mod journal;
 pub mod local;
+pub mod prepare;
 pub mod runner;
 pub mod tls;
 
@@ -64,10 +65,11 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/stratus-agent";
 
 const USAGE: &str = "usage:
   stratus-agent [--state-dir DIR] [--metadata-url URL | --user-data FILE] [--ca-file PEM]
-                [--request-wait SECS]
+                [--request-wait SECS] [--image-root DIR]
       run the agent (default: state in /var/lib/stratus-agent, identity from the metadata
       service at http://169.254.169.254; https/wss trust the system's CAs and --ca-file;
-      tag commands wait 30 s for a connection)
+      tag commands wait 30 s for a connection; an image preparation cleans / unless
+      --image-root names another tree)
   stratus-agent [--state-dir DIR] tag add TAG... | remove TAG... | list | query SELECTOR [--json]
       change or read this server's tags, or find servers of its deployment by tag (talks to
       the running agent; inside scripts STRATUS_AGENT_SOCKET names it)
@@ -92,6 +94,9 @@ pub enum AgentError {
     Refused(stratus_agent_proto::RefusedReason, String),
     #[error("protocol: {0}")]
     Protocol(String),
+    /// The instance was prepared for an image capture: the agent has no identity left.
+    #[error("prepared for an image capture")]
+    Prepared,
     #[error("state directory {path}: {source}")]
     State {
         path: String,
@@ -109,6 +114,7 @@ pub fn main(args: &[std::ffi::OsString]) -> std::process::ExitCode {
         user_data_file: None,
         request_wait: connection::REQUEST_WAIT,
         ca_file: None,
+        image_root: "/".into(),
     };
     let args: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
     let mut state_given = false;
@@ -129,6 +135,7 @@ pub fn main(args: &[std::ffi::OsString]) -> std::process::ExitCode {
                 Ok(())
             }),
             "--ca-file" => value("--ca-file").map(|v| cfg.ca_file = Some(v.into())),
+            "--image-root" => value("--image-root").map(|v| cfg.image_root = v.into()),
             "--user-data" => value("--user-data").map(|v| {
                 cfg.user_data_file = Some(v.into());
                 cfg.metadata_url = None;

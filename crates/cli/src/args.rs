@@ -193,6 +193,16 @@ pub enum ImageCmd {
     Build(ImageBuildArgs),
     /// Import a root file system tarball (tar, tar.gz, tar.zst) into a local cloud.
     Import(ImageImportArgs),
+    /// Every version of an image: where it came from, whether it is stale (its template
+    /// changed since the capture) and who uses it.
+    Versions { name: String },
+    /// Delete captured versions older than the newest N (and their native images), except
+    /// those an array or a live server still uses.
+    Gc {
+        name: String,
+        #[arg(long)]
+        keep: u32,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -299,6 +309,23 @@ pub enum ServerCmd {
     /// Launch a new server like this one, wait until it is operational, move its elastic IPs,
     /// then terminate this one (if the new one strands, this one keeps serving).
     Replace { server: String },
+    /// Capture the server as a new image version for an array's next launches. Its agent
+    /// first removes the instance's identity, keys, logs and histories (and refuses, changing
+    /// nothing, if a secret input's value is stored in a file); then the server leaves its
+    /// load balancers and is stopped, captured and terminated.
+    Rebundle {
+        server: String,
+        /// The array (in the server's deployment) whose next launches boot from the image.
+        #[arg(long = "for")]
+        array: String,
+        /// The multi-cloud image to add the version to (default TEMPLATE-bundle).
+        #[arg(long)]
+        image: Option<String>,
+        /// What becomes of the server: `terminate`, or `relaunch` (a fresh server of the same
+        /// name; an array member is replaced by its array anyway).
+        #[arg(long, default_value = "terminate", value_parser = ["terminate", "relaunch"])]
+        then: String,
+    },
     /// Reboot the server's instance (same disk and addresses).
     Reboot { server: String },
     /// The end of the instance's console output (init and boot hooks).
@@ -331,6 +358,14 @@ pub enum ArrayCmd {
     },
     Delete {
         array: String,
+    },
+    /// Build the array's image afresh: launch a builder from the template as it is now, wait
+    /// until it is operational, and rebundle it for the array (what a stale image needs).
+    Rebundle {
+        array: String,
+        /// The multi-cloud image to add the version to (default TEMPLATE-bundle).
+        #[arg(long)]
+        image: Option<String>,
     },
 }
 

@@ -193,6 +193,63 @@ pub async fn images(driver: &dyn CloudDriver, base: &LaunchRequest) {
     );
 }
 
+/// A stopped instance is captured as an image that launches; a running one is refused; a
+/// deleted image is gone, and deleting it again succeeds.
+pub async fn capture(driver: &dyn CloudDriver, base: &LaunchRequest, timeout: Duration) {
+    let inst = driver.launch(fresh(base)).await.expect("launch");
+    wait_for(driver, &inst.id, InstanceState::Running, timeout).await;
+    assert!(
+        matches!(
+            driver.capture_image(&inst.id, "conformance").await,
+            Err(CloudError::WrongState { .. })
+        ),
+        "a running instance is not captured"
+    );
+    assert!(matches!(
+        driver.capture_image("i-missing", "conformance").await,
+        Err(CloudError::NoSuchInstance(_))
+    ));
+    driver.stop(&inst.id).await.expect("stop");
+    assert_eq!(
+        wait_for(driver, &inst.id, InstanceState::Stopped, timeout).await,
+        InstanceState::Stopped
+    );
+    assert!(
+        matches!(
+            driver.capture_image(&inst.id, "bad\nname").await,
+            Err(CloudError::Invalid(_))
+        ),
+        "a name with a control character is refused"
+    );
+    let image = driver.capture_image(&inst.id, "conformance").await.expect("capture");
+    assert_ne!(image.native_id, base.native_image);
+    assert!(driver.image_exists(&image.native_id).await.expect("image_exists"));
+    assert_eq!(
+        driver.describe(&inst.id).await.expect("describe").map(|i| i.state),
+        Some(InstanceState::Stopped),
+        "the captured instance stays stopped"
+    );
+    let from_image = driver
+        .launch(LaunchRequest {
+            native_image: image.native_id.clone(),
+            ..fresh(base)
+        })
+        .await
+        .expect("launch from the captured image");
+    assert_eq!(
+        wait_for(driver, &from_image.id, InstanceState::Running, timeout).await,
+        InstanceState::Running
+    );
+    driver.terminate(&from_image.id).await.expect("terminate");
+    driver.terminate(&inst.id).await.expect("terminate");
+    driver.delete_image(&image.native_id).await.expect("delete image");
+    assert!(!driver.image_exists(&image.native_id).await.expect("image_exists"));
+    driver
+        .delete_image(&image.native_id)
+        .await
+        .expect("deleting twice succeeds");
+}
+
 /// A reboot keeps the instance, its address, and brings it back to running.
 pub async fn reboot(driver: &dyn CloudDriver, base: &LaunchRequest, timeout: Duration) {
     let inst = driver.launch(fresh(base)).await.expect("launch");
@@ -222,4 +279,5 @@ pub async fn run_all(driver: &dyn CloudDriver, base: &LaunchRequest, public_ip: 
     stop_start(driver, base, timeout).await;
     bad_requests_are_refused(driver, base).await;
     addresses_move(driver, base, public_ip, timeout).await;
+    capture(driver, base, timeout).await;
 }

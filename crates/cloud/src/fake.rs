@@ -16,7 +16,7 @@ use stratus_types::cloud::DriverKind;
 use stratus_types::tag::Tag;
 use stratus_types::template::FirewallRule;
 
-use crate::{CloudDriver, CloudError, Instance, InstanceState, LaunchRequest, USER_DATA_MAX};
+use crate::{CapturedImage, CloudDriver, CloudError, Instance, InstanceState, LaunchRequest, USER_DATA_MAX};
 
 #[derive(Debug, Default)]
 struct State {
@@ -26,6 +26,10 @@ struct State {
     next: u32,
     fail_next_launch: Option<String>,
     capacity: Option<usize>,
+    /// Images made by `capture_image`, by id, with the instance they came from.
+    captured: BTreeMap<String, String>,
+    /// Images deleted by `delete_image`: they no longer exist.
+    deleted: std::collections::BTreeSet<String>,
 }
 
 #[derive(Debug, Default)]
@@ -89,9 +93,9 @@ impl FakeCloud {
     }
 }
 
-/// The fake cloud has every image but those whose id starts with `missing`.
-fn fake_image_exists(id: &str) -> bool {
-    !id.is_empty() && !id.starts_with("missing")
+/// The fake cloud has every image but those whose id starts with `missing` and those deleted.
+fn fake_image_exists(st: &State, id: &str) -> bool {
+    !id.is_empty() && !id.starts_with("missing") && !st.deleted.contains(id)
 }
 
 #[async_trait]
@@ -104,10 +108,10 @@ impl CloudDriver for FakeCloud {
         if req.user_data.len() > USER_DATA_MAX {
             return Err(CloudError::UserDataTooLarge(req.user_data.len()));
         }
-        if !fake_image_exists(&req.native_image) {
+        let mut st = self.lock();
+        if !fake_image_exists(&st, &req.native_image) {
             return Err(CloudError::NoSuchImage(req.native_image));
         }
-        let mut st = self.lock();
         if let Some(msg) = st.fail_next_launch.take() {
             return Err(CloudError::Refused(msg));
         }
@@ -270,7 +274,40 @@ impl CloudDriver for FakeCloud {
     }
 
     async fn image_exists(&self, native_id: &str) -> Result<bool, CloudError> {
-        Ok(fake_image_exists(native_id))
+        Ok(fake_image_exists(&self.lock(), native_id))
+    }
+
+    async fn capture_image(&self, instance_id: &str, name: &str) -> Result<CapturedImage, CloudError> {
+        if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+            return Err(CloudError::Invalid(format!(
+                "image name {:?} must be 1-128 characters without control characters",
+                stratus_types::name::truncate(name)
+            )));
+        }
+        self.with_instance(instance_id, |i| match i.state {
+            InstanceState::Stopped => Ok(()),
+            s => Err(CloudError::WrongState {
+                id: i.id.clone(),
+                state: s,
+                action: "capture an image",
+                needs: "stopped",
+            }),
+        })?;
+        let mut st = self.lock();
+        st.next += 1;
+        let native_id = format!("fake-img-{:08x}", st.next);
+        st.captured.insert(native_id.clone(), instance_id.to_string());
+        Ok(CapturedImage {
+            native_id,
+            size_bytes: None,
+        })
+    }
+
+    async fn delete_image(&self, native_id: &str) -> Result<(), CloudError> {
+        let mut st = self.lock();
+        st.captured.remove(native_id);
+        st.deleted.insert(native_id.to_string());
+        Ok(())
     }
 
     fn as_any(&self) -> &dyn std::any::Any {

@@ -71,6 +71,14 @@ pub struct Instance {
     pub launched_at: DateTime<Utc>,
 }
 
+/// An image made from an instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapturedImage {
+    pub native_id: String,
+    /// The image's size when the cloud says (the local cloud: bytes of its tree).
+    pub size_bytes: Option<u64>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CloudError {
     #[error("the cloud refused the request: {0}")]
@@ -126,6 +134,14 @@ pub trait CloudDriver: Send + Sync + std::fmt::Debug {
     async fn console_output(&self, instance_id: &str, max: usize) -> Result<String, CloudError>;
     /// Whether `native_id` names an image this cloud can launch.
     async fn image_exists(&self, native_id: &str) -> Result<bool, CloudError>;
+    /// Capture a stopped instance's file system as a new image (EC2's `CreateImage`), labelled
+    /// `name`. The instance must be stopped, so nothing writes while it is copied; it stays
+    /// stopped. Preparing the file system (removing identity, keys, logs) is the caller's job,
+    /// done on the instance before it was stopped.
+    async fn capture_image(&self, instance_id: &str, name: &str) -> Result<CapturedImage, CloudError>;
+    /// Delete an image [`CloudDriver::capture_image`] made (EC2's `DeregisterImage` and its
+    /// snapshots). Deleting an image that is already gone succeeds.
+    async fn delete_image(&self, native_id: &str) -> Result<(), CloudError>;
     /// The driver as `Any`, for driver-specific operations (building local images).
     fn as_any(&self) -> &dyn std::any::Any;
 }

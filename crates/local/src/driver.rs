@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use chrono::Utc;
-use stratus_cloud::{CloudDriver, CloudError, Instance, InstanceState, LaunchRequest, USER_DATA_MAX};
+use stratus_cloud::{CapturedImage, CloudDriver, CloudError, Instance, InstanceState, LaunchRequest, USER_DATA_MAX};
 use stratus_types::cloud::DriverKind;
 use stratus_types::tag::Tag;
 use stratus_types::template::FirewallRule;
@@ -618,6 +618,51 @@ impl CloudDriver for LocalCloud {
 
     async fn image_exists(&self, native_id: &str) -> Result<bool, CloudError> {
         Ok(self.shared.images.get(native_id).is_some())
+    }
+
+    async fn capture_image(&self, instance_id: &str, name: &str) -> Result<CapturedImage, CloudError> {
+        let s = &self.shared;
+        let lock = s.lock_for(instance_id);
+        let _g = lock.lock().await;
+        let rec = s.record(instance_id)?;
+        let state = s.observe(&rec).state;
+        if state != InstanceState::Stopped {
+            return Err(CloudError::WrongState {
+                id: instance_id.into(),
+                state,
+                action: "capture an image",
+                needs: "stopped",
+            });
+        }
+        let p = s.paths(instance_id);
+        // `stop` unmounted it; a host reboot in between leaves it unmounted too.
+        inst::unmount_root(&p).map_err(api)?;
+        let image = s
+            .images
+            .capture(name, &rec.image, instance_id, &p.upper())
+            .await
+            .map_err(|e| match e {
+                crate::image::ImageError::InvalidSpec { problem, .. } => CloudError::Invalid(problem),
+                e => api(e),
+            })?;
+        Ok(CapturedImage {
+            native_id: image.id,
+            size_bytes: Some(image.size_bytes),
+        })
+    }
+
+    async fn delete_image(&self, native_id: &str) -> Result<(), CloudError> {
+        let s = &self.shared;
+        if s.images.get(native_id).is_none() {
+            return Ok(());
+        }
+        if let Some(user) = s.read().values().find(|r| r.image == native_id) {
+            return Err(CloudError::Invalid(format!(
+                "image {native_id} is the root file system of instance {}; terminate it first",
+                user.id
+            )));
+        }
+        s.images.remove(native_id).map_err(api)
     }
 
     fn as_any(&self) -> &dyn std::any::Any {

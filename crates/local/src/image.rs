@@ -78,6 +78,11 @@ pub enum ImageSource {
         file_name: String,
         sha256: String,
     },
+    /// Captured from a stopped instance: its image (`base`) with its own changes on top.
+    Capture {
+        base: String,
+        instance: String,
+    },
 }
 
 /// One image of the store, as recorded in its `image.json`.
@@ -233,6 +238,67 @@ impl ImageStore {
             .await
             .map_err(|e| io_err("import task failed")(std::io::Error::other(e)))?
         };
+        self.finish(tmp, made.await, &id, name, source, &quiet).await
+    }
+
+    /// Captures an instance: its image `base` with the instance's overlay upper layer `upper` on
+    /// top, flattened into a new self-contained image (so removing `base` later never breaks
+    /// it). The instance must be stopped, its overlay unmounted. The two layers are mounted
+    /// read-only as one overlay (which applies the upper layer's deletions) and copied with
+    /// `cp -a`; the tree then gets the same generalization as an import (no SSH host keys, an
+    /// empty machine-id and hostname). Ids of captured images are random: two captures are
+    /// two images even if their trees happen to be equal.
+    pub async fn capture(
+        &self,
+        name: &str,
+        base: &str,
+        instance: &str,
+        upper: &Path,
+    ) -> Result<LocalImage, ImageError> {
+        check_name(name)?;
+        let lower = self.rootfs(base)?;
+        let id = format!("img-{}", fsutil::random_hex()?);
+        tracing::info!(image_id = %id, base, instance, "capturing instance");
+        let tmp = TmpDir::create(&self.dir)?;
+        let rootfs = tmp.path().join("rootfs");
+        let view = tmp.path().join("view");
+        let source = ImageSource::Capture {
+            base: base.to_owned(),
+            instance: instance.to_owned(),
+        };
+        let made = async {
+            for d in [&rootfs, &view] {
+                std::fs::create_dir(d).map_err(io_err(format!("cannot create {}", d.display())))?;
+            }
+            // Upper first: overlayfs reads the leftmost lower layer first. No upperdir: read-only.
+            let opts = format!("lowerdir={}:{}", upper.display(), lower.display());
+            crate::init::mount("overlay", &view, "overlay", rustix::mount::MountFlags::RDONLY, &opts)
+                .map_err(io_err("cannot mount the instance's layers for capture"))?;
+            let copied = crate::cmd::run(
+                "cp",
+                &[
+                    std::ffi::OsStr::new("-a"),
+                    std::ffi::OsStr::new("--"),
+                    view.join(".").as_os_str(),
+                    rootfs.as_os_str(),
+                ],
+                None,
+            )
+            .await;
+            let unmounted = rustix::mount::unmount(&view, rustix::mount::UnmountFlags::DETACH);
+            copied.map_err(|e| ImageError::BuildFailed {
+                step: "copy".into(),
+                status: "failed".into(),
+                output_tail: e.to_string(),
+            })?;
+            unmounted.map_err(|e| io_err("cannot unmount the capture view")(e.into()))?;
+            std::fs::remove_dir(&view).map_err(io_err("cannot remove the capture view"))?;
+            let rootfs = rootfs.clone();
+            tokio::task::spawn_blocking(move || build::generalize(&rootfs))
+                .await
+                .map_err(|e| io_err("capture task failed")(std::io::Error::other(e)))?
+        };
+        let quiet = |_: &str| {};
         self.finish(tmp, made.await, &id, name, source, &quiet).await
     }
 

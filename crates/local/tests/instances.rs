@@ -338,3 +338,62 @@ async fn an_instance_whose_image_vanished_fails_to_start_cleanly() {
     assert!(matches!(err, CloudError::StartFailed(_)), "{err}");
     assert!(err.to_string().contains(&t.image), "{err}");
 }
+
+/// A capture flattens the image and the instance's own changes, deletions included, into a new
+/// image that launches with exactly that tree; the base image is untouched; and an image in use
+/// is not deleted.
+#[tokio::test]
+async fn a_capture_holds_the_instances_changes_and_deletions() {
+    let t = TestCloud::new().await;
+    let inst = t.cloud.launch(t.request("golden")).await.expect("launch");
+    let (_, before) = t.exec(&inst.id, "ls /etc | head -1");
+    let victim = before.trim().to_string();
+    assert!(!victim.is_empty());
+    let golden_id = t.exec(&inst.id, "cat /etc/machine-id").1;
+    t.exec(
+        &inst.id,
+        &format!("mkdir -p /opt/app && echo built > /opt/app/out && rm -rf /etc/{victim} && sync"),
+    );
+    t.cloud.stop(&inst.id).await.expect("stop");
+    let image = t.cloud.capture_image(&inst.id, "golden-v1").await.expect("capture");
+    assert!(image.size_bytes.is_some_and(|b| b > 0));
+    let child = t.cloud.launch(t.request("child")).await;
+    let from = t
+        .cloud
+        .launch(stratus_cloud::LaunchRequest {
+            native_image: image.native_id.clone(),
+            ..t.request("from-image")
+        })
+        .await
+        .expect("launch from the capture");
+    assert_eq!(t.exec(&from.id, "cat /opt/app/out").1.trim(), "built");
+    assert_eq!(
+        t.exec(&from.id, &format!("test -e /etc/{victim} && echo there || echo gone"))
+            .1
+            .trim(),
+        "gone",
+        "a deletion in the instance is a deletion in the image"
+    );
+    assert_ne!(
+        t.exec(&from.id, "cat /etc/machine-id").1,
+        golden_id,
+        "generalized: the new instance has its own machine id"
+    );
+    // The base image is as it was.
+    let child = child.expect("launch from the base");
+    assert_eq!(
+        t.exec(&child.id, &format!("test -e /etc/{victim} && echo there || echo gone"))
+            .1
+            .trim(),
+        "there"
+    );
+    assert!(matches!(
+        t.cloud.delete_image(&image.native_id).await,
+        Err(CloudError::Invalid(m)) if m.contains("terminate it first")
+    ));
+    for id in [&inst.id, &from.id, &child.id] {
+        t.cloud.terminate(id).await.expect("terminate");
+    }
+    t.cloud.delete_image(&image.native_id).await.expect("delete");
+    assert!(!t.cloud.image_exists(&image.native_id).await.expect("exists"));
+}

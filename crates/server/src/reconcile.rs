@@ -165,9 +165,18 @@ async fn simulated_runs(app: &App, s: &Server, phase: Phase) -> Result<Vec<Chang
         Phase::Decommission => &template.spec.decommission_scripts,
         Phase::Operational => return Ok(vec![]),
     };
+    let baked = match phase {
+        Phase::Boot => crate::app::rebundle::baked_into(app, s).await?,
+        _ => Default::default(),
+    };
     let mut out = vec![];
     for name in list {
         if let Some(script) = app.store.find_as::<Script>("", name.as_str()).await? {
+            if script.spec.frequency == stratus_types::script::Frequency::PerImage
+                && baked.get(name) == Some(&script.spec.body_hash())
+            {
+                continue; // baked into the image it boots from
+            }
             out.push(Change::insert(&run_record(
                 s,
                 &script,
@@ -294,13 +303,24 @@ async fn decommission(
     let now = Utc::now();
     let mut changes = vec![];
     let driver = driver?;
-    if s.instance_id.is_some() && driver.kind() == DriverKind::Fake && app.settings.simulate_agents {
-        changes.extend(simulated_runs(app, &s, Phase::Decommission).await?);
-    } else if s.instance_id.is_some() && !decommission_scripts_done(app, &s).await? {
-        return Ok(());
+    // A server prepared for a rebundle has no agent identity left: no decommission scripts.
+    let capturing = s
+        .rebundle
+        .as_ref()
+        .is_some_and(|r| r.step == stratus_types::server::RebundleStep::Prepared);
+    let simulated = driver.kind() == DriverKind::Fake && app.settings.simulate_agents;
+    if s.instance_id.is_some() && !capturing {
+        if simulated {
+            changes.extend(simulated_runs(app, &s, Phase::Decommission).await?);
+        } else if !decommission_scripts_done(app, &s).await? {
+            return Ok(());
+        }
     }
     if s.instance_id.is_some() && !drained(app, &s).await? {
         return Ok(());
+    }
+    if capturing && !crate::app::rebundle::capture(app, &mut s, &*driver).await? {
+        return Ok(()); // still stopping
     }
     // The recorded instance, plus any launched for this server but not recorded (a launch
     // that raced a termination): nothing may be left running and billing.

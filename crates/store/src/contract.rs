@@ -64,6 +64,7 @@ pub fn server(n: &str, deployment: &str, tags: &[&str]) -> Server {
         operational_at: None,
         decommissioning_since: None,
         terminated_at: None,
+        rebundle: None,
     }
 }
 

@@ -38,9 +38,28 @@ pub struct ImageSpec {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Provenance {
     pub source_server: ServerId,
+    /// `deployment/name` of the source server, for people.
+    #[serde(default)]
+    pub source_name: String,
+    /// The array the image was made for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub array: Option<Name>,
     pub template: Name,
+    /// The template's content hash when the source server was launched: the image is stale
+    /// once the template's hash is another.
     pub template_hash: String,
     pub captured_at: DateTime<Utc>,
+    /// The image and version the source server booted from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<crate::server::ImageRef>,
+    /// Per-image scripts the source server ran to the end, with their
+    /// [`crate::script::ScriptSpec::body_hash`]: an instance of this image skips them while
+    /// the hash still matches.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub baked: BTreeMap<Name, String>,
+    /// The image's size when the cloud reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]

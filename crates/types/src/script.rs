@@ -15,8 +15,13 @@ pub const RESERVED_PREFIX: &str = "stratus-";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Frequency {
-    /// Once in an instance's life (again after a rebundle, since that is a new instance).
+    /// Once in an instance's life (again after a rebundle, since that is a new instance). Such
+    /// a script must be idempotent: on a rebundled image it finds its work (partly) done.
     PerInstance,
+    /// Once per image: like `per-instance`, but skipped on an instance booted from a rebundled
+    /// image whose source server ran this very script (same body, inputs and frequency) to
+    /// the end. The heavy steps (building, unpacking) belong here.
+    PerImage,
     /// On every boot, including reboots.
     EveryBoot,
     /// Only when somebody runs it.
@@ -47,6 +52,19 @@ pub struct ScriptSpec {
     pub inputs: Vec<InputDecl>,
     #[serde(default = "on_demand")]
     pub frequency: Frequency,
+}
+
+impl ScriptSpec {
+    /// What decides whether a run of this script on one server is worth as much as on another:
+    /// SHA-256 (hex) over its body, inputs and frequency. A rebundled image records it for the
+    /// per-image scripts it has baked in.
+    pub fn body_hash(&self) -> String {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(b"stratus-script-v1\0");
+        h.update(serde_json::to_vec(&(&self.body, &self.inputs, self.frequency)).unwrap_or_default());
+        hex::encode(h.finalize())
+    }
 }
 
 fn on_demand() -> Frequency {

@@ -193,6 +193,73 @@ pub struct Server {
     pub decommissioning_since: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub terminated_at: Option<DateTime<Utc>>,
+    /// A rebundle of this server (`stratus server rebundle`), while it goes and after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebundle: Option<Rebundle>,
+}
+
+/// What happens to a rebundled server once its image is captured: its identity is gone, so it
+/// cannot simply carry on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AfterRebundle {
+    /// It is terminated (an array member is then replaced by its array, from the new image).
+    #[default]
+    Terminate,
+    /// It is terminated and a new server of the same name, template, inputs and tags is
+    /// launched in its place (from the image it had; an array member from its array's).
+    Relaunch,
+}
+
+/// Where a rebundle stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RebundleStep {
+    /// The agent was asked to prepare the instance; the server still serves.
+    Preparing,
+    /// The agent refused (a secret in the file system, a run going): nothing changed.
+    Refused,
+    /// Prepared: the server leaves its load balancers, its instance is stopped and captured.
+    Prepared,
+    /// The image version exists and is the array's next-launch image.
+    Captured,
+    /// The capture failed after the preparation; the server is terminated all the same.
+    Failed,
+}
+
+/// A server's rebundle: the request and how it went.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Rebundle {
+    /// The array whose next launches use the image.
+    pub array: Name,
+    /// The multi-cloud image that gets the new version.
+    pub image: Name,
+    pub then: AfterRebundle,
+    pub requested_by: String,
+    pub requested_at: DateTime<Utc>,
+    pub step: RebundleStep,
+    /// What the preparation removed, one line per kind.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
+    /// Files holding a secret value (a refusal's reason).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_found_in: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prepared_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub captured_at: Option<DateTime<Utc>>,
+    /// The image version made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+}
+
+impl Rebundle {
+    /// Still under way (a second rebundle of the server is refused meanwhile).
+    pub fn in_progress(&self) -> bool {
+        matches!(self.step, RebundleStep::Preparing | RebundleStep::Prepared)
+    }
 }
 
 /// Why a state change was refused.

@@ -134,6 +134,52 @@ pub async fn image(ctx: &Ctx, cmd: &ImageCmd) -> anyhow::Result<()> {
     let c = &ctx.client;
     let (name, v) = match cmd {
         ImageCmd::Catalog(cmd) => return catalog(ctx, &IMAGE, cmd).await,
+        ImageCmd::Versions { name } => {
+            let v = c.get(&format!("/images/{}/versions", seg(name)), &[]).await?;
+            if ctx.json {
+                show(true, &v);
+                return Ok(());
+            }
+            let rows: Vec<Value> = v
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(version_row)
+                .collect();
+            list(
+                false,
+                &rows,
+                &[
+                    ("VERSION", "/version"),
+                    ("CLOUDS", "/clouds"),
+                    ("SOURCE", "/source"),
+                    ("CREATED", "/created"),
+                    ("STATUS", "/status"),
+                    ("USED BY", "/used_by"),
+                ],
+            );
+            return Ok(());
+        }
+        ImageCmd::Gc { name, keep } => {
+            let v = c
+                .post(&format!("/images/{}/gc", seg(name)), &json!({ "keep": keep }))
+                .await?;
+            if ctx.json {
+                show(true, &v);
+            } else {
+                let nums = |k: &str| {
+                    v[k].as_array()
+                        .map(|a| a.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", "))
+                        .unwrap_or_default()
+                };
+                say!("image {name}: removed versions [{}]", nums("removed"));
+                if v["kept_in_use"].as_array().is_some_and(|a| !a.is_empty()) {
+                    say!("kept in use: [{}]", nums("kept_in_use"));
+                }
+            }
+            return Ok(());
+        }
         ImageCmd::Build(a) => {
             eprintln!(
                 "building image {} on cloud {} with debootstrap (a minute or two the first time; cached after)...",
@@ -168,13 +214,56 @@ pub async fn image(ctx: &Ctx, cmd: &ImageCmd) -> anyhow::Result<()> {
         let cloud = match cmd {
             ImageCmd::Build(a) => &a.cloud,
             ImageCmd::Import(a) => &a.cloud,
-            ImageCmd::Catalog(_) => unreachable!("returned above"),
+            ImageCmd::Catalog(_) | ImageCmd::Versions { .. } | ImageCmd::Gc { .. } => unreachable!("returned above"),
         };
         let native = v["clouds"][cloud.as_str()]["native_id"].as_str().unwrap_or("?");
         let version = v["versions"].as_array().map_or(0, Vec::len);
         say!("image {name} (version {version}) on cloud {cloud}: {native}");
     }
     Ok(())
+}
+
+/// One row of `stratus image versions`.
+fn version_row(v: &Value) -> Value {
+    let p = &v["provenance"];
+    let source = if p.is_object() {
+        format!(
+            "{} ({} {})",
+            p["source_name"].as_str().unwrap_or("?"),
+            p["template"].as_str().unwrap_or("?"),
+            p["template_hash"]
+                .as_str()
+                .unwrap_or("")
+                .chars()
+                .take(8)
+                .collect::<String>()
+        )
+    } else {
+        "registered".into()
+    };
+    let mut status = vec![];
+    if v["current"].as_bool() == Some(true) {
+        status.push("current".to_string());
+    }
+    if v["stale"].as_bool() == Some(true) {
+        status.push(format!("STALE: {}", v["note"].as_str().unwrap_or("template changed")));
+    }
+    let clouds: Vec<String> = v["clouds"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, n)| format!("{k}={}", n["native_id"].as_str().unwrap_or("?")))
+                .collect()
+        })
+        .unwrap_or_default();
+    json!({
+        "version": v["version"],
+        "clouds": clouds.join(" "),
+        "source": source,
+        "created": v["created_at"].as_str().unwrap_or("").chars().take(19).collect::<String>(),
+        "status": status.join(", "),
+        "used_by": v["used_by"].as_array().map(|a| a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(", ")).unwrap_or_default(),
+    })
 }
 
 pub async fn catalog(ctx: &Ctx, kind: &KindInfo, cmd: &CatalogCmd) -> anyhow::Result<()> {

@@ -201,6 +201,22 @@ pub async fn server(ctx: &Ctx, cmd: &ServerCmd) -> anyhow::Result<()> {
                 );
             }
         }
+        ServerCmd::Rebundle {
+            server,
+            array,
+            image,
+            then,
+        } => {
+            eprintln!(
+                "rebundling {server} for array {array}: preparing the instance, then capturing it (this takes a while)..."
+            );
+            let mut body = json!({ "array": array, "then": then });
+            if let Some(i) = image {
+                body["image"] = i.clone().into();
+            }
+            let r = c.post(&format!("/servers/{}/rebundle", seg(server)), &body).await?;
+            report_rebundle(ctx, &r);
+        }
         ServerCmd::Tag { server, add, remove } => {
             let v = c
                 .post(
@@ -260,8 +276,43 @@ pub async fn array(ctx: &Ctx, cmd: &ArrayCmd) -> anyhow::Result<()> {
             c.delete(&format!("/arrays/{d}/{n}")).await?;
             say!("deleted array {array}");
         }
+        ArrayCmd::Rebundle { array, image } => {
+            let (d, n) = split_array(array)?;
+            eprintln!("rebuilding the image of {array}: launching a builder from the template, then rebundling it...");
+            let mut body = json!({});
+            if let Some(i) = image {
+                body["image"] = i.clone().into();
+            }
+            let r = c.post(&format!("/arrays/{d}/{n}/rebundle"), &body).await?;
+            report_rebundle(ctx, &r);
+        }
     }
     Ok(())
+}
+
+fn report_rebundle(ctx: &Ctx, r: &Value) {
+    if ctx.json {
+        show(true, r);
+        return;
+    }
+    let size = r["size_bytes"]
+        .as_u64()
+        .map_or_else(String::new, |b| format!(", {:.0} MB", b as f64 / 1e6));
+    say!(
+        "{} captured as image {} version {} ({}{size}) in {:.1} s; array {} launches from it now",
+        r["server"].as_str().unwrap_or("?"),
+        r["image"].as_str().unwrap_or("?"),
+        r["version"],
+        r["native_id"].as_str().unwrap_or("?"),
+        r["seconds"].as_f64().unwrap_or(0.0),
+        r["array"].as_str().unwrap_or("?"),
+    );
+    for line in r["removed"].as_array().into_iter().flatten() {
+        say!("  removed {}", line.as_str().unwrap_or("?"));
+    }
+    if let Some(n) = r["relaunched"].as_str() {
+        say!("relaunched as {n}; follow it with `stratus server show {n}`");
+    }
 }
 
 /// `stratus ssh SERVER [-- COMMAND]`: log in as the signed-in user's own account (managed SSH)

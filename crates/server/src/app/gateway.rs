@@ -376,9 +376,17 @@ async fn new_boot_runs(app: &App, s: &Server, include: impl Fn(Frequency) -> boo
     {
         out.push(run);
     }
+    // A rebundled image has the per-image scripts its source ran baked in: skipped while
+    // unchanged.
+    let baked = if include(Frequency::PerImage) {
+        super::rebundle::baked_into(app, s).await?
+    } else {
+        Default::default()
+    };
     for name in &template.spec.boot_scripts {
         if let Some(script) = app.store.find_as::<Script>("", name.as_str()).await?
             && include(script.spec.frequency)
+            && !(script.spec.frequency == Frequency::PerImage && baked.get(name) == Some(&script.spec.body_hash()))
         {
             out.push(super::runs::queued(s, &script, Phase::Boot, "system"));
         }

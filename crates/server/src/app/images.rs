@@ -130,3 +130,172 @@ async fn register(
     .await?;
     super::resolve::named::<Image>(&*app.store, name.as_str()).await
 }
+
+/// One version of an image, with what the control plane knows about it now.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct VersionView {
+    #[serde(flatten)]
+    pub version: stratus_types::image::ImageVersion,
+    /// The image's current version (what `clouds` holds).
+    pub current: bool,
+    /// A captured version whose template has changed since (another content hash): servers
+    /// launched from it run scripts that are no longer the template's. Rebuild it with
+    /// `stratus array rebundle`.
+    pub stale: bool,
+    /// Why it is stale, or that its template is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// Arrays that launch from it (`deployment/array`) and live servers running it.
+    pub used_by: Vec<String>,
+}
+
+/// Every version of an image, oldest first.
+pub async fn versions(app: &App, actor: &Actor, name: &str) -> Result<Vec<VersionView>, AppError> {
+    use stratus_store::TypedStore;
+    actor.require(super::OBSERVER)?;
+    let image = super::resolve::named::<Image>(&*app.store, name).await?;
+    let users = users_of(app, &image).await?;
+    let mut out = vec![];
+    for v in &image.versions {
+        let (stale, note) = match &v.provenance {
+            None => (false, None),
+            Some(p) => {
+                match app
+                    .store
+                    .find_as::<stratus_types::template::ServerTemplate>("", p.template.as_str())
+                    .await?
+                {
+                    None => (true, Some(format!("template {} no longer exists", p.template))),
+                    Some(t) if t.content_hash != p.template_hash => (
+                        true,
+                        Some(format!(
+                            "template {} changed since the capture (now version {})",
+                            p.template, t.version
+                        )),
+                    ),
+                    Some(_) => (false, None),
+                }
+            }
+        };
+        out.push(VersionView {
+            current: v.version == image.current_version(),
+            stale,
+            note,
+            used_by: users.get(&v.version).cloned().unwrap_or_default(),
+            version: v.clone(),
+        });
+    }
+    Ok(out)
+}
+
+/// Per version: the arrays whose next-launch image it is and the live servers launched from it.
+async fn users_of(app: &App, image: &Image) -> Result<std::collections::BTreeMap<u32, Vec<String>>, AppError> {
+    use stratus_store::{Query, TypedStore};
+    let mut users: std::collections::BTreeMap<u32, Vec<String>> = Default::default();
+    for a in app
+        .store
+        .list_all::<stratus_types::server::ServerArray>(&Query::default())
+        .await?
+    {
+        if let Some(r) = &a.next_launch_image
+            && r.image == image.spec.name
+        {
+            users
+                .entry(r.version)
+                .or_default()
+                .push(format!("array {}/{}", a.spec.deployment, a.spec.name));
+        }
+    }
+    let q = Query {
+        live_only: true,
+        ..Default::default()
+    };
+    for s in app.store.list_all::<stratus_types::server::Server>(&q).await? {
+        if s.image == image.spec.name {
+            users
+                .entry(s.image_version)
+                .or_default()
+                .push(format!("server {}/{}", s.deployment, s.name));
+        }
+    }
+    Ok(users)
+}
+
+/// What `POST /images/{name}/gc` takes.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GcRequest {
+    /// How many of the newest captured versions to keep (at least 1).
+    pub keep: u32,
+}
+
+/// What a garbage collection did.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct GcResult {
+    /// Versions deleted, with their native images.
+    pub removed: Vec<u32>,
+    /// Versions kept because an array or a live server uses them, although older than `keep`.
+    pub kept_in_use: Vec<u32>,
+}
+
+/// Delete the captured versions of an image older than the newest `keep`, with their native
+/// images on every cloud, except versions still in use (an array's next-launch image, a live
+/// server's). Versions that were not captured (base images registered by hand or built) are
+/// never collected: their native images may be shared.
+pub async fn gc(app: &App, actor: &Actor, name: &str, req: &GcRequest) -> Result<GcResult, AppError> {
+    actor.require(super::OPERATOR)?;
+    if req.keep == 0 {
+        return Err(AppError::invalid(
+            "keep",
+            "must be at least 1 (the current version is always kept)",
+        ));
+    }
+    let mut image = super::resolve::named::<Image>(&*app.store, name).await?;
+    let users = users_of(app, &image).await?;
+    let captured: Vec<u32> = image
+        .versions
+        .iter()
+        .filter(|v| v.provenance.is_some())
+        .map(|v| v.version)
+        .collect();
+    let old = captured.len().saturating_sub(req.keep as usize);
+    let current = image.current_version();
+    let mut result = GcResult {
+        removed: vec![],
+        kept_in_use: vec![],
+    };
+    for &v in &captured[..old] {
+        if users.contains_key(&v) || v == current {
+            result.kept_in_use.push(v);
+            continue;
+        }
+        let version = image.version(v).cloned().expect("listed above");
+        for (cloud, native) in &version.clouds {
+            let driver = app.drivers.for_cloud(&*app.store, cloud).await?;
+            driver
+                .delete_image(&native.native_id)
+                .await
+                .map_err(|source| AppError::Cloud {
+                    context: format!("deleting image {} (version {v}) on cloud {cloud}", native.native_id),
+                    source,
+                })?;
+        }
+        result.removed.push(v);
+    }
+    if result.removed.is_empty() {
+        return Ok(result);
+    }
+    image.versions.retain(|v| !result.removed.contains(&v.version));
+    let now = chrono::Utc::now();
+    app.commit(vec![
+        stratus_store::Change::update(&mut image, now),
+        audit(
+            actor,
+            "image.gc",
+            format!("image/{name}"),
+            serde_json::json!({ "keep": req.keep, "removed": result.removed, "kept_in_use": result.kept_in_use }),
+        ),
+    ])
+    .await?;
+    Ok(result)
+}

@@ -21,6 +21,7 @@ pub mod gateway;
 pub mod images;
 pub mod lb;
 pub mod logins;
+pub mod rebundle;
 pub mod replace;
 pub mod resolve;
 pub mod rollouts;

@@ -186,6 +186,7 @@ pub fn build_server(
         operational_at: None,
         decommissioning_since: None,
         terminated_at: None,
+        rebundle: None,
     })
 }
 

@@ -241,6 +241,10 @@ async fn handle(app: &App, gw: &mut gateway::Session, msg: AgentMessage) -> Resu
             gateway::file_status(app, gw, &path, &sha256, applied, error.as_deref()).await?;
             None
         }
+        AgentMessage::ImagePrepared(answer) => {
+            crate::app::rebundle::prepared(app, gw.server, &answer).await?;
+            None
+        }
         AgentMessage::Hello(_) => return Err(AppError::Forbidden("hello twice".into())),
     })
 }

@@ -269,6 +269,29 @@ async fn import_image(
     Ok(Json(crate::app::images::import(&app, &c.0, &name, &r).await?))
 }
 
+/// Every version of an image, oldest first: provenance, whether it is stale (its template
+/// changed since the capture) and who uses it.
+#[utoipa::path(get, path = "/images/{name}/versions", tag = "images", params(("name" = String, Path)), responses((status = 200, body = Vec<crate::app::images::VersionView>)))]
+async fn image_versions(
+    State(app): State<Arc<App>>,
+    c: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<crate::app::images::VersionView>>, ApiError> {
+    Ok(Json(crate::app::images::versions(&app, &c.0, &name).await?))
+}
+
+/// Delete the image's captured versions older than the newest `keep`, except those in use,
+/// with their native images.
+#[utoipa::path(post, path = "/images/{name}/gc", tag = "images", params(("name" = String, Path)), request_body = crate::app::images::GcRequest, responses((status = 200, body = crate::app::images::GcResult)))]
+async fn image_gc(
+    State(app): State<Arc<App>>,
+    c: Caller,
+    Path(name): Path<String>,
+    Body(r): Body<crate::app::images::GcRequest>,
+) -> Result<Json<crate::app::images::GcResult>, ApiError> {
+    Ok(Json(crate::app::images::gc(&app, &c.0, &name, &r).await?))
+}
+
 /// The audit log, newest first.
 #[utoipa::path(get, path = "/audit", tag = "audit", params(AuditParams), responses((status = 200, body = Vec<AuditEntry>)))]
 async fn audit_log(
@@ -300,4 +323,6 @@ pub fn routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(audit_log))
         .routes(routes!(build_image))
         .routes(routes!(import_image))
+        .routes(routes!(image_versions))
+        .routes(routes!(image_gc))
 }

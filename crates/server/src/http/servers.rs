@@ -69,6 +69,43 @@ async fn replace_server(
     Ok(Json(result?))
 }
 
+/// Rebundle the server for an array: its agent prepares the instance (refusing, with nothing
+/// changed, if a secret input's value is in its file system), it leaves its load balancers,
+/// its instance is stopped and captured as a new version of the image, which becomes the
+/// array's next-launch image, and the server is terminated (or relaunched). Answers when done.
+/// The work goes on if the client goes away.
+#[utoipa::path(post, path = "/servers/{key}/rebundle", tag = "servers", params(("key" = String, Path)), request_body = crate::app::rebundle::RebundleRequest, responses((status = 200, body = crate::app::rebundle::Rebundled), (status = 409, body = stratus_api::error::ErrorBody)))]
+async fn rebundle_server(
+    State(app): State<Arc<App>>,
+    c: Caller,
+    Path(key): Path<String>,
+    Body(r): Body<crate::app::rebundle::RebundleRequest>,
+) -> Result<Json<crate::app::rebundle::Rebundled>, ApiError> {
+    let actor = c.0;
+    let job = tokio::spawn(async move { crate::app::rebundle::rebundle(&app, &actor, &key, &r).await });
+    let result = job
+        .await
+        .map_err(|e| ApiError(crate::app::AppError::BadState(format!("the rebundle stopped: {e}"))))?;
+    Ok(Json(result?))
+}
+
+/// Rebuild the array's image: launch a builder from the template as it is now (on the
+/// template's own image), wait until it is operational, and rebundle it for the array.
+#[utoipa::path(post, path = "/arrays/{deployment}/{name}/rebundle", tag = "arrays", params(("deployment" = String, Path), ("name" = String, Path)), request_body = crate::app::rebundle::RebuildRequest, responses((status = 200, body = crate::app::rebundle::Rebundled), (status = 409, body = stratus_api::error::ErrorBody)))]
+async fn rebundle_array(
+    State(app): State<Arc<App>>,
+    c: Caller,
+    Path((d, n)): Path<(String, String)>,
+    Body(r): Body<crate::app::rebundle::RebuildRequest>,
+) -> Result<Json<crate::app::rebundle::Rebundled>, ApiError> {
+    let actor = c.0;
+    let job = tokio::spawn(async move { crate::app::rebundle::rebuild(&app, &actor, &d, &n, &r).await });
+    let result = job
+        .await
+        .map_err(|e| ApiError(crate::app::AppError::BadState(format!("the rebuild stopped: {e}"))))?;
+    Ok(Json(result?))
+}
+
 /// Reboot the server's instance: same instance, disk and addresses; init and every-boot
 /// scripts run again.
 #[utoipa::path(post, path = "/servers/{key}/reboot", tag = "servers", params(("key" = String, Path)), responses((status = 200, body = Server), (status = 409, body = stratus_api::error::ErrorBody)))]
@@ -252,6 +289,8 @@ pub fn routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(list_rollouts, start_rollout))
         .routes(routes!(start_deploy))
         .routes(routes!(replace_server))
+        .routes(routes!(rebundle_server))
+        .routes(routes!(rebundle_array))
         .routes(routes!(show_rollout))
         .routes(routes!(cancel_rollout))
 }

@@ -1,0 +1,461 @@
+//! Preparing an instance to be captured as an image (`stratus server rebundle`).
+//!
+//! An image made from a running server must not carry what belongs to that one instance or
+//! to nobody at all: a second instance booted from it would share the first one's identity,
+//! keys and secrets. The agent does the preparation, on the instance, because only there is
+//! the file system a cloud snapshots (EC2's `CreateImage`) within reach. Two steps:
+//!
+//! 1. **Scan.** Every regular file of the root file system (one device: `/proc`, `/sys`,
+//!    `/dev`, `/run` and other mounts are not part of the image) is searched for the secret
+//!    values the control plane sent (the server's `cred:` inputs), and so is every file name.
+//!    If one is found the preparation is refused with the files' paths, never the value, and
+//!    nothing is changed: the server keeps running as it was. A boot script that writes a
+//!    secret into a file should write it again at every boot instead (an every-boot or
+//!    per-instance script), so the image does not need it.
+//! 2. **Clean.** Removed or emptied, each reported as one line:
+//!    - the agent's identity: its credential, run journal, artifact cache and socket (the
+//!      whole state directory, last, after the answer is sent);
+//!    - SSH host keys (`/etc/ssh/ssh_host_*`: the next instance makes its own);
+//!    - managed SSH accounts (`userdel -r`), their sudoers files and so their authorized keys;
+//!    - the machine id (`/etc/machine-id` emptied, `/var/lib/dbus/machine-id` removed);
+//!    - logs: rotated ones (`*.gz`, `*.1`, `*.old`) removed, the rest truncated to zero, the
+//!      journal's files removed;
+//!    - shell and tool histories of root and of every home directory;
+//!    - cloud-init's per-instance cache and its copy of the user-data (`/var/lib/cloud`);
+//!    - temporary files (`/tmp`, `/var/tmp`).
+//!
+//! Accounts, keys and files the image had before Stratus are left alone; so is everything a
+//! script installed (the point of the image).
+
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use stratus_agent_proto::limits::MAX_PREPARED_LINES;
+
+/// Where to prepare: `/` on an instance, a scratch tree in tests.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub root: PathBuf,
+    /// The agent's state directory (skipped by the scan; removed by the caller at the end).
+    pub state_dir: PathBuf,
+    /// Managed accounts to remove (from `accounts.json`).
+    pub accounts: crate::accounts::Host,
+}
+
+/// Files larger than this are read in pieces of this size (with an overlap, so a secret cut
+/// by a piece boundary is still found).
+const CHUNK: usize = 1024 * 1024;
+
+/// The files (by path, escaped for printing) under `root` whose content or name holds one of
+/// `secrets`, at most [`MAX_PREPARED_LINES`]. Only `root`'s own device is searched, symbolic
+/// links are not followed, `skip` is not entered.
+pub fn scan(root: &Path, skip: &Path, secrets: &[&[u8]]) -> std::io::Result<Vec<String>> {
+    let secrets: Vec<&[u8]> = secrets.iter().copied().filter(|s| !s.is_empty()).collect();
+    if secrets.is_empty() {
+        return Ok(vec![]);
+    }
+    let finder = aho_corasick::AhoCorasick::new(&secrets).map_err(std::io::Error::other)?;
+    let overlap = secrets.iter().map(|s| s.len()).max().unwrap_or(1) - 1;
+    let device = std::fs::symlink_metadata(root)?.dev();
+    let mut found = vec![];
+    let mut stack = vec![root.to_path_buf()];
+    let mut buf = vec![0u8; CHUNK + overlap];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue; // vanished while we looked
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if meta.dev() != device || path == skip {
+                continue;
+            }
+            let name_hit = finder.is_match(entry.file_name().as_encoded_bytes());
+            let hit = name_hit
+                || (meta.is_file() && holds(&finder, &path, &mut buf, overlap).unwrap_or(false))
+                || (meta.is_symlink()
+                    && std::fs::read_link(&path).is_ok_and(|t| finder.is_match(t.as_os_str().as_encoded_bytes())));
+            if hit {
+                found.push(printable(root, &path));
+                if found.len() >= MAX_PREPARED_LINES {
+                    return Ok(found);
+                }
+            }
+            if meta.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+fn holds(finder: &aho_corasick::AhoCorasick, path: &Path, buf: &mut [u8], overlap: usize) -> std::io::Result<bool> {
+    let mut f = std::fs::File::open(path)?;
+    let mut kept = 0;
+    loop {
+        let n = f.read(&mut buf[kept..])?;
+        if n == 0 {
+            return Ok(false);
+        }
+        let end = kept + n;
+        if finder.is_match(&buf[..end]) {
+            return Ok(true);
+        }
+        // Keep the tail that could be the start of a secret cut by this read.
+        let tail = overlap.min(end);
+        buf.copy_within(end - tail..end, 0);
+        kept = tail;
+    }
+}
+
+/// `/etc/app.conf` for `ROOT/etc/app.conf`, escaped so a hostile file name prints on one line.
+fn printable(root: &Path, path: &Path) -> String {
+    let rel = path.strip_prefix(root).unwrap_or(path);
+    let shown: String = format!("/{}", rel.display()).escape_debug().collect();
+    shown.chars().take(1024).collect()
+}
+
+/// Clean `t` (see the module docs); the lines say what went. The state directory is left to
+/// the caller, which removes it after it has sent the answer.
+pub fn clean(t: &Target) -> Result<Vec<String>, String> {
+    let mut lines = vec![];
+    let root = &t.root;
+    let mut say = |what: &str, n: usize| {
+        if n > 0 {
+            lines.push(format!("{what}: {n}"));
+        }
+    };
+    // Managed accounts first: `userdel -r` also takes their home directories and keys.
+    let managed = t.accounts.managed();
+    for name in &managed {
+        crate::accounts::remove(&t.accounts, name)?;
+    }
+    say("managed SSH accounts", managed.len());
+    say(
+        "ssh host keys",
+        remove_matching(&root.join("etc/ssh"), |n| n.starts_with("ssh_host_"))?,
+    );
+    let mut ids = 0;
+    if truncate(&root.join("etc/machine-id"))? {
+        ids += 1;
+    }
+    ids += remove_file(&root.join("var/lib/dbus/machine-id"))?;
+    say("machine ids", ids);
+    say("log files", clean_logs(&root.join("var/log"))?);
+    let mut homes = vec![root.join("root")];
+    if let Ok(entries) = std::fs::read_dir(root.join("home")) {
+        homes.extend(entries.flatten().map(|e| e.path()));
+    }
+    let mut histories = 0;
+    for home in homes {
+        for name in HISTORIES {
+            histories += remove_file(&home.join(name))?;
+        }
+    }
+    say("shell histories", histories);
+    let mut cloud = 0;
+    for d in ["instance", "instances", "data", "sem", "handlers"] {
+        cloud += remove_any(&root.join("var/lib/cloud").join(d))?;
+    }
+    say("cloud-init instance data", cloud);
+    let mut tmp = 0;
+    for d in ["tmp", "var/tmp"] {
+        tmp += remove_matching(&root.join(d), |_| true)?;
+    }
+    say("temporary files", tmp);
+    Ok(lines)
+}
+
+/// What shells and tools leave in a home directory.
+const HISTORIES: [&str; 9] = [
+    ".bash_history",
+    ".zsh_history",
+    ".python_history",
+    ".lesshst",
+    ".viminfo",
+    ".mysql_history",
+    ".psql_history",
+    ".sqlite_history",
+    ".wget-hsts",
+];
+
+fn remove_file(path: &Path) -> Result<usize, String> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.is_dir() => std::fs::remove_file(path)
+            .map(|()| 1)
+            .map_err(|e| format!("cannot remove {}: {e}", path.display())),
+        _ => Ok(0),
+    }
+}
+
+fn remove_any(path: &Path) -> Result<usize, String> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path)
+            .map(|()| 1)
+            .map_err(|e| format!("cannot remove {}: {e}", path.display())),
+        Ok(_) => remove_file(path),
+        Err(_) => Ok(0),
+    }
+}
+
+/// Remove the entries of `dir` whose names `which` accepts. `dir` itself stays.
+fn remove_matching(dir: &Path, which: impl Fn(&str) -> bool) -> Result<usize, String> {
+    if !real_dir(dir) {
+        return Ok(0);
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(0);
+    };
+    let mut n = 0;
+    for e in entries.flatten() {
+        if which(&e.file_name().to_string_lossy()) {
+            n += remove_any(&e.path())?;
+        }
+    }
+    Ok(n)
+}
+
+/// Empty a regular file (not through a symbolic link); true if there was one.
+fn truncate(path: &Path) -> Result<bool, String> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_file() => {
+            if m.len() > 0 {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .truncate(true)
+                    .open(path)
+                    .map_err(|e| format!("cannot empty {}: {e}", path.display()))?;
+            }
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// A directory, not a symbolic link to one (which could lead out of the tree).
+fn real_dir(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
+}
+
+fn is_rotated(name: &str) -> bool {
+    let ext = name.rsplit_once('.').map(|(_, e)| e);
+    matches!(ext, Some("gz" | "xz" | "bz2" | "zst" | "old")) || ext.is_some_and(|e| e.parse::<u32>().is_ok())
+}
+
+/// Rotated logs and the journal's files go; every other log is truncated (a daemon may hold
+/// it open, and packages expect the files to exist).
+fn clean_logs(dir: &Path) -> Result<usize, String> {
+    let mut n = 0;
+    if !real_dir(dir) {
+        return Ok(0);
+    }
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let path = e.path();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            let name = e.file_name().to_string_lossy().into_owned();
+            if meta.is_dir() {
+                if path == dir.join("journal") {
+                    n += remove_matching(&path, |_| true)?;
+                } else {
+                    stack.push(path);
+                }
+            } else if meta.is_file() {
+                if is_rotated(&name) {
+                    n += remove_file(&path)?;
+                } else if meta.len() > 0 {
+                    truncate(&path)?;
+                    n += 1;
+                }
+            }
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree() -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        for (path, content) in [
+            ("etc/ssh/ssh_host_ed25519_key", "KEY"),
+            ("etc/ssh/ssh_host_ed25519_key.pub", "PUB"),
+            ("etc/ssh/sshd_config", "Port 22"),
+            ("etc/machine-id", "0123456789abcdef"),
+            ("var/lib/dbus/machine-id", "0123456789abcdef"),
+            ("var/log/syslog", "lines"),
+            ("var/log/syslog.1", "older"),
+            ("var/log/nginx/access.log.2.gz", "gz"),
+            ("var/log/nginx/access.log", "GET /"),
+            ("var/log/journal/abc/system.journal", "j"),
+            ("root/.bash_history", "echo hi"),
+            ("home/alice/.python_history", "import os"),
+            ("home/alice/notes.txt", "kept"),
+            ("var/lib/cloud/instances/i-1/user-data.txt", "token"),
+            ("var/lib/cloud/scripts/per-boot/keep.sh", "kept"),
+            ("tmp/build/obj.o", "o"),
+            ("var/tmp/x", "x"),
+            ("opt/app/bin", "the work"),
+        ] {
+            let p = r.join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, content).unwrap();
+        }
+        t
+    }
+
+    fn target(t: &tempfile::TempDir) -> Target {
+        let state_dir = t.path().join("var/lib/stratus-agent");
+        std::fs::create_dir_all(&state_dir).unwrap();
+        Target {
+            root: t.path().to_path_buf(),
+            accounts: crate::accounts::Host::new(&state_dir),
+            state_dir,
+        }
+    }
+
+    #[test]
+    fn clean_removes_instance_state_and_keeps_the_work() {
+        let t = tree();
+        let lines = clean(&target(&t)).unwrap();
+        let r = t.path();
+        for gone in [
+            "etc/ssh/ssh_host_ed25519_key",
+            "etc/ssh/ssh_host_ed25519_key.pub",
+            "var/lib/dbus/machine-id",
+            "var/log/syslog.1",
+            "var/log/nginx/access.log.2.gz",
+            "var/log/journal/abc",
+            "root/.bash_history",
+            "home/alice/.python_history",
+            "var/lib/cloud/instances",
+            "tmp/build",
+            "var/tmp/x",
+        ] {
+            assert!(!r.join(gone).exists(), "{gone} is removed");
+        }
+        for empty in ["etc/machine-id", "var/log/syslog", "var/log/nginx/access.log"] {
+            assert_eq!(
+                std::fs::read(r.join(empty)).unwrap(),
+                b"",
+                "{empty} is emptied, not removed"
+            );
+        }
+        for kept in [
+            "etc/ssh/sshd_config",
+            "home/alice/notes.txt",
+            "opt/app/bin",
+            "var/lib/cloud/scripts/per-boot/keep.sh",
+            "tmp",
+        ] {
+            assert!(r.join(kept).exists(), "{kept} is kept");
+        }
+        assert!(lines.contains(&"ssh host keys: 2".to_string()), "{lines:?}");
+        assert!(lines.contains(&"shell histories: 2".to_string()), "{lines:?}");
+        // Cleaning twice finds nothing more to remove and does not fail.
+        let again = clean(&target(&t)).unwrap();
+        assert!(!again.iter().any(|l| l.starts_with("ssh host keys")), "{again:?}");
+    }
+
+    #[test]
+    fn clean_does_not_follow_symbolic_links_out_of_the_tree() {
+        let t = tree();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("precious"), "keep me").unwrap();
+        std::fs::remove_dir_all(t.path().join("var/tmp")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), t.path().join("var/tmp")).unwrap();
+        std::fs::remove_file(t.path().join("etc/machine-id")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("precious"), t.path().join("etc/machine-id")).unwrap();
+        clean(&target(&t)).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(outside.path().join("precious")).unwrap(),
+            "keep me",
+            "nothing outside the tree is touched"
+        );
+    }
+
+    #[test]
+    fn scan_finds_secrets_in_content_names_and_across_chunks() {
+        let t = tree();
+        let r = t.path();
+        let secret = b"s3cr3t-value-xyz";
+        std::fs::write(r.join("etc/app.conf"), b"password = s3cr3t-value-xyz\n").unwrap();
+        // Across the boundary of the first read (CHUNK + the overlap of 15 bytes).
+        let mut big = vec![b'a'; CHUNK + 10];
+        big.extend_from_slice(secret);
+        big.extend_from_slice(&[b'b'; 100]);
+        std::fs::write(r.join("opt/app/big.bin"), &big).unwrap();
+        std::fs::write(r.join("opt/s3cr3t-value-xyz"), b"").unwrap();
+        std::fs::create_dir_all(r.join("var/lib/stratus-agent")).unwrap();
+        std::fs::write(r.join("var/lib/stratus-agent/journal"), secret).unwrap();
+        let found = scan(r, &r.join("var/lib/stratus-agent"), &[secret]).unwrap();
+        assert_eq!(
+            found,
+            vec!["/etc/app.conf", "/opt/app/big.bin", "/opt/s3cr3t-value-xyz"],
+            "the state directory is skipped"
+        );
+        assert!(scan(r, &r.join("x"), &[b"not-there-anywhere"]).unwrap().is_empty());
+        assert!(
+            scan(r, &r.join("x"), &[b""]).unwrap().is_empty(),
+            "empty secrets match nothing"
+        );
+    }
+
+    #[test]
+    fn hostile_file_names_print_on_one_line() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("a\nb-secret"), b"").unwrap();
+        let found = scan(t.path(), &t.path().join("x"), &[b"secret"]).unwrap();
+        assert_eq!(found, vec!["/a\\nb-secret"]);
+    }
+
+    proptest::proptest! {
+        /// Whatever the piece size and wherever the secret sits, the search in pieces finds
+        /// exactly what a search of the whole file finds.
+        #[test]
+        fn pieces_find_what_the_whole_finds(
+            data in proptest::collection::vec(0u8..4, 0..400),
+            secret in proptest::collection::vec(0u8..4, 1..12),
+            at in proptest::option::of(0usize..400),
+            chunk in 1usize..64,
+        ) {
+            let mut data = data;
+            if let Some(at) = at {
+                let at = at.min(data.len());
+                data.splice(at..at, secret.iter().copied());
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("f");
+            std::fs::write(&file, &data).unwrap();
+            let finder = aho_corasick::AhoCorasick::new([&secret]).unwrap();
+            let overlap = secret.len() - 1;
+            let mut buf = vec![0u8; chunk + overlap];
+            let whole = data.windows(secret.len()).any(|w| w == secret.as_slice());
+            proptest::prop_assert_eq!(holds(&finder, &file, &mut buf, overlap).unwrap(), whole);
+            if at.is_some() {
+                proptest::prop_assert!(whole);
+            }
+        }
+    }
+
+    #[test]
+    fn rotated_logs() {
+        for r in ["syslog.1", "x.log.2.gz", "a.old", "b.xz"] {
+            assert!(is_rotated(r), "{r}");
+        }
+        for k in ["syslog", "access.log", "dpkg.log", "lastlog"] {
+            assert!(!is_rotated(k), "{k}");
+        }
+    }
+}
