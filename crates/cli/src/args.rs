@@ -391,6 +391,10 @@ pub struct RunArgs {
     /// Kill the script after this many seconds (default: no limit).
     #[arg(long)]
     pub timeout: Option<u64>,
+    /// With --on: NAME=VALUE for this run only, overriding the server's (VALUE as in files:
+    /// text, `cred:NAME`, `env:NAME`, `artifact:BUCKET/KEY`).
+    #[arg(long = "input", short = 'i', conflicts_with = "tag")]
+    pub inputs: Vec<String>,
     /// Print the output as it arrives (for a rollout: each server's result as it finishes)
     /// and exit with the result.
     #[arg(long, short)]

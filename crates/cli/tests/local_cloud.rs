@@ -79,7 +79,8 @@ impl Plane {
     fn json(&self, args: &[&str]) -> Value {
         let mut all = vec!["--json"];
         all.extend_from_slice(args);
-        serde_json::from_str(&self.ok(&all)).expect("json")
+        let out = self.ok(&all);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("stratus {args:?}: not JSON ({e}):\n{out}"))
     }
 
     /// Poll a server until `want` holds (bounded: 120 s; several local-cloud tests run at once
@@ -1346,4 +1347,284 @@ fn managed_ssh_grants_scopes_and_revokes_logins() {
     ]);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(ssh("bob", &bob_key, &a1, "true").0, 255, "a removed key came back");
+}
+
+/// Seconds from a server's launch to operational.
+fn boot_secs(s: &Value) -> f64 {
+    let t = |k: &str| {
+        chrono::DateTime::parse_from_rfc3339(s[k].as_str().unwrap_or_else(|| panic!("{k}: {s}"))).expect("time")
+    };
+    (t("operational_at") - t("launched_at")).as_seconds_f64()
+}
+
+/// The live servers of an array, by name.
+fn members(plane: &Plane, deployment: &str, array: &str) -> Vec<Value> {
+    let all = plane.json(&["server", "list", "--deployment", deployment, "--all-pages"]);
+    let mut m: Vec<Value> = all
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|s| s["array"] == array && s["state"] != "terminated")
+        .collect();
+    m.sort_by_key(|s| s["name"].as_str().unwrap_or_default().to_string());
+    m
+}
+
+/// Poll until the array has `n` members, all operational (bounded: 180 s).
+fn members_when(plane: &Plane, deployment: &str, array: &str, n: usize) -> Vec<Value> {
+    for _ in 0..1800 {
+        let m = members(plane, deployment, array);
+        if m.len() == n && m.iter().all(|s| s["state"] == "operational") {
+            return m;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "array {array} never had {n} operational members: {:?}",
+        members(plane, deployment, array)
+    );
+}
+
+/// Rebundling on real instances: a server whose boot builds something heavy becomes its array's
+/// image; the capture holds the work but no secret, agent identity, host keys, histories or
+/// logs; a secret left in a file refuses the rebundle and changes nothing; members launched
+/// from the image skip the heavy step (their idempotent per-instance script sees the work is
+/// there); the array scales by command and by its members' votes.
+#[test]
+fn a_rebundled_image_boots_without_its_heavy_step_and_holds_no_secret() {
+    let (tmp, data, _cleanup) = scratch("stratus-rb-", "rb");
+    let plane = Plane::start(&data);
+    declare_local_cloud(
+        &plane,
+        tmp.path(),
+        "rb",
+        (100 + random_octet() % 50, random_octet()),
+        "",
+    );
+    plane.ok(&[
+        "image",
+        "build",
+        "--cloud",
+        "rb",
+        "--name",
+        "debian",
+        "--package",
+        "procps,openssh-server",
+    ]);
+    let secret = format!("db-{:02x}{:02x}-s3cr3t", random_octet(), random_octet());
+    let cred = tmp.path().join("cred");
+    std::fs::write(&cred, &secret).expect("write");
+    plane.ok(&[
+        "credential",
+        "create",
+        "db-pass",
+        "--value-file",
+        cred.to_str().expect("path"),
+    ]);
+    let file = tmp.path().join("rb.toml");
+    std::fs::write(
+        &file,
+        r##"
+[[script]]
+name = "build-dataset"
+frequency = "per-image"
+body = """#!/bin/sh
+set -e
+mkdir -p /opt/dataset
+i=0
+while [ $i -lt 300 ]; do head -c 262144 /dev/urandom | sha256sum; i=$((i+1)); done > /opt/dataset/index
+echo built > /opt/dataset/done
+echo "dataset built"
+"""
+
+[[script]]
+name = "start-app"
+frequency = "per-instance"
+inputs = [{ name = "DB_PASSWORD", kind = "cred" }]
+body = """#!/bin/sh
+set -e
+if [ -f /opt/dataset/done ]; then echo "dataset already built"; else echo "no dataset"; exit 1; fi
+printf '%s' "$DB_PASSWORD" > /run/app.secret
+echo "app started on $(hostname)" >> /var/log/app.log
+echo "ls /opt" >> /root/.bash_history
+"""
+
+[[script]]
+name = "leak"
+frequency = "on-demand"
+inputs = [{ name = "DB_PASSWORD", kind = "cred" }]
+body = """#!/bin/sh
+printf 'password=%s\\n' "$DB_PASSWORD" > /etc/leak.conf
+"""
+
+[[script]]
+name = "unleak"
+frequency = "on-demand"
+body = """#!/bin/sh
+rm -f /etc/leak.conf
+"""
+
+[[script]]
+name = "vote"
+frequency = "on-demand"
+inputs = [{ name = "HOW", default = "shrink" }]
+body = """#!/bin/sh
+set -e
+for h in grow shrink; do stratus-agent tag remove array:vote=$h 2>/dev/null || true; done
+stratus-agent tag add array:vote=$HOW
+"""
+
+[[template]]
+name = "worker"
+image = "debian"
+size = "small"
+boot_scripts = ["build-dataset", "start-app"]
+operational_scripts = ["leak", "unleak", "vote"]
+inputs = { DB_PASSWORD = "cred:db-pass" }
+default_tags = ["app:role=worker"]
+
+[deployment]
+name = "rb"
+cloud = "rb"
+
+[[server]]
+name = "golden"
+template = "worker"
+
+[[array]]
+name = "workers"
+template = "worker"
+min = 1
+max = 3
+desired = 1
+autoscale = { threshold_percent = 60, calm_secs = 0 }
+"##,
+    )
+    .expect("write");
+    plane.ok(&["apply", "-f", file.to_str().expect("path")]);
+    let settled = |v: &Value| matches!(v["state"].as_str(), Some("operational" | "stranded"));
+    let golden = plane.wait_server("rb/golden", settled);
+    assert_eq!(golden["state"], "operational", "{golden}");
+    let base_boot = boot_secs(&golden);
+    let first = members_when(&plane, "rb", "workers", 1);
+    assert_eq!(
+        first[0]["image"], "debian",
+        "before a rebundle members boot from the base image"
+    );
+
+    // A secret in a file: refused, nothing changed, the value never shown.
+    plane.ok(&["run", "leak", "--on", "rb/golden", "--follow"]);
+    let (ok, out) = plane.stratus(&["server", "rebundle", "rb/golden", "--for", "workers"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("/etc/leak.conf") && out.contains("nothing changed"),
+        "{out}"
+    );
+    assert!(!out.contains(&secret), "{out}");
+    assert_eq!(plane.json(&["server", "show", "rb/golden"])["state"], "operational");
+
+    plane.ok(&["run", "unleak", "--on", "rb/golden", "--follow"]);
+    let r = plane.json(&["server", "rebundle", "rb/golden", "--for", "workers"]);
+    assert_eq!(
+        (r["image"].as_str(), r["version"].as_u64()),
+        (Some("worker-bundle"), Some(1)),
+        "{r}"
+    );
+    let removed = r["removed"].to_string();
+    for kind in ["ssh host keys", "log files", "shell histories"] {
+        assert!(removed.contains(kind), "{kind}: {r}");
+    }
+    eprintln!(
+        "rebundle: {:.1} s, {} MB",
+        r["seconds"].as_f64().unwrap_or(0.0),
+        r["size_bytes"].as_u64().unwrap_or(0) / 1_000_000
+    );
+    assert_eq!(plane.json(&["server", "show", "rb/golden"])["state"], "terminated");
+
+    // The captured tree: the work is there; no secret, identity, keys, history or log lines.
+    let rootfs = data
+        .join("local/images")
+        .join(r["native_id"].as_str().expect("native id"))
+        .join("rootfs");
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("opt/dataset/done")).expect("the work is in the image"),
+        "built\n"
+    );
+    let grep = Command::new("grep")
+        .args(["-r", "-l", "-F", "--binary-files=text", "-e", &secret])
+        .arg(&rootfs)
+        .output()
+        .expect("grep");
+    assert_eq!(
+        grep.status.code(),
+        Some(1),
+        "the secret is in the image: {}",
+        String::from_utf8_lossy(&grep.stdout)
+    );
+    assert!(!rootfs.join("var/lib/stratus-agent").exists(), "no agent identity");
+    assert!(!rootfs.join("root/.bash_history").exists());
+    let keys: Vec<_> = std::fs::read_dir(rootfs.join("etc/ssh"))
+        .expect("etc/ssh")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("ssh_host_"))
+        .collect();
+    assert!(keys.is_empty(), "no SSH host keys: {keys:?}");
+    assert_eq!(std::fs::read(rootfs.join("etc/machine-id")).expect("machine-id"), b"");
+    assert_eq!(std::fs::read(rootfs.join("var/log/app.log")).expect("app.log"), b"");
+
+    // By command: two more members, from the image; the heavy step is skipped.
+    plane.ok(&["array", "scale", "rb/workers", "3"]);
+    let m = members_when(&plane, "rb", "workers", 3);
+    let fresh: Vec<&Value> = m.iter().filter(|s| s["image"] == "worker-bundle").collect();
+    assert_eq!(fresh.len(), 2, "{m:?}");
+    for s in &fresh {
+        let key = format!("rb/{}", s["name"].as_str().expect("name"));
+        let runs = plane.json(&["runs", "list", "--server", &key]);
+        let boot: Vec<&str> = runs
+            .as_array()
+            .expect("runs")
+            .iter()
+            .filter(|r| r["phase"] == "boot")
+            .map(|r| r["script"].as_str().unwrap_or("?"))
+            .collect();
+        assert_eq!(boot, ["start-app"], "{key}: {runs}");
+        let out = runs[0]["output"].as_str().unwrap_or_default();
+        assert!(out.contains("dataset already built"), "{out}");
+        assert!(!out.contains(&secret), "{out}");
+        eprintln!(
+            "boot to operational: base image {base_boot:.1} s, rebundled image {:.1} s ({key})",
+            boot_secs(s)
+        );
+    }
+    // By command, down: the oldest (the base-image member) goes first.
+    plane.ok(&["array", "scale", "rb/workers", "2"]);
+    let m = members_when(&plane, "rb", "workers", 2);
+    assert!(m.iter().all(|s| s["image"] == "worker-bundle"), "{m:?}");
+    // By votes: both vote to shrink (100 % ≥ 60 %): down to min 1, and no further.
+    // (A member may be decommissioned the moment its vote is in, before its run reports: the
+    // rollout's own result is not the point.)
+    let _ = plane.stratus(&[
+        "run",
+        "vote",
+        "--tag",
+        "app:role=worker",
+        "--deployment",
+        "rb",
+        "--follow",
+    ]);
+    let m = members_when(&plane, "rb", "workers", 1);
+    // The one left votes to grow: 1 of 1; then 1 of 2 is under 60 %: it stops at 2.
+    let last = format!("rb/{}", m[0]["name"].as_str().expect("name"));
+    plane.ok(&["run", "vote", "--on", &last, "--follow", "-i", "HOW=grow"]);
+    members_when(&plane, "rb", "workers", 2);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        members(&plane, "rb", "workers").len(),
+        2,
+        "the vote share fell under the threshold"
+    );
+    let audit = plane.ok(&["audit", "--action", "array.autoscale"]);
+    assert!(audit.contains("array.autoscale"), "{audit}");
+    plane.ok(&["array", "scale", "rb/workers", "1"]);
 }

@@ -539,6 +539,11 @@ async fn vote(
     {
         return Ok(());
     }
+    // Not while the last change is still under way (members booting or missing): the votes of
+    // an array that has not settled would move it again before the new members could vote.
+    if members.len() != a.spec.desired as usize || members.iter().any(|m| m.state != ServerState::Operational) {
+        return Ok(());
+    }
     let operational: Vec<&Server> = members.iter().filter(|m| m.state == ServerState::Operational).collect();
     let votes = |v: &str| {
         operational

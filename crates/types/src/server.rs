@@ -340,7 +340,9 @@ pub struct ArraySpec {
 /// tag `array:vote=grow` or `array:vote=shrink` (set by its own scripts through
 /// `stratus-agent tag add`, or by anyone through the API). When the share of members voting one
 /// way reaches `threshold_percent`, the array's desired count moves by `grow_by` / `shrink_by`,
-/// within min..max, and then waits `calm_secs` before it acts again. Growing wins a tie.
+/// within min..max, and then waits `calm_secs` before it acts again. Growing wins a tie. Votes
+/// count only while the array has settled (as many members as desired, all operational): an
+/// array still launching or stranded does not move again on the votes of part of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Autoscale {

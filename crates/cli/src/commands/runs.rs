@@ -24,6 +24,16 @@ pub async fn start(ctx: &Ctx, a: &RunArgs) -> anyhow::Result<()> {
     if let Some(t) = a.timeout {
         body["timeout_secs"] = t.into();
     }
+    let mut inputs = serde_json::Map::new();
+    for i in &a.inputs {
+        let (k, v) = i
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--input {i:?}: give NAME=VALUE"))?;
+        inputs.insert(k.to_string(), v.into());
+    }
+    if !inputs.is_empty() {
+        body["inputs"] = inputs.into();
+    }
     let run = c.post("/runs", &body).await?;
     let id = run["id"].as_str().unwrap_or_default().to_string();
     if !a.follow {

@@ -207,9 +207,11 @@ pub async fn server(ctx: &Ctx, cmd: &ServerCmd) -> anyhow::Result<()> {
             image,
             then,
         } => {
-            eprintln!(
-                "rebundling {server} for array {array}: preparing the instance, then capturing it (this takes a while)..."
-            );
+            if !ctx.json {
+                eprintln!(
+                    "rebundling {server} for array {array}: preparing the instance, then capturing it (this takes a while)..."
+                );
+            }
             let mut body = json!({ "array": array, "then": then });
             if let Some(i) = image {
                 body["image"] = i.clone().into();
@@ -278,7 +280,11 @@ pub async fn array(ctx: &Ctx, cmd: &ArrayCmd) -> anyhow::Result<()> {
         }
         ArrayCmd::Rebundle { array, image } => {
             let (d, n) = split_array(array)?;
-            eprintln!("rebuilding the image of {array}: launching a builder from the template, then rebundling it...");
+            if !ctx.json {
+                eprintln!(
+                    "rebuilding the image of {array}: launching a builder from the template, then rebundling it..."
+                );
+            }
             let mut body = json!({});
             if let Some(i) = image {
                 body["image"] = i.clone().into();
