@@ -388,6 +388,7 @@ fn control_messages_outside_the_limits_are_refused() {
     }
     let message = "m".repeat(MAX_MESSAGE + 1);
     invalid_agent_file_status(&message);
+    invalid_image_preparation(&message);
 
     let welcome = |heartbeat_secs| {
         ControlMessage::Welcome(Welcome {
@@ -455,4 +456,39 @@ fn invalid_agent_file_status(long: &str) {
     ] {
         invalid_agent(msg, field);
     }
+}
+
+/// `PrepareImage` and `ImagePrepared`: bounded lists, no empty secret, no control characters
+/// in a path (a hostile file name is escaped by the agent before it is sent), and a found
+/// secret only with a refusal.
+fn invalid_image_preparation(long: &str) {
+    let prepare = |secrets: Vec<&str>| {
+        ControlMessage::PrepareImage(PrepareImage {
+            secrets: secrets.into_iter().map(SecretString::new).collect(),
+        })
+    };
+    invalid_control(prepare(vec!["ok", ""]), "secrets[1]");
+    invalid_control(prepare(vec!["x"; MAX_SECRETS + 1]), "secrets");
+    let big = "s".repeat(MAX_ENV_VALUE + 1);
+    invalid_control(prepare(vec![&big]), "secrets[0]");
+    encode_control(&prepare(vec!["fine"; 3])).expect("within the limits");
+
+    let answer = |error: Option<&str>, found: Vec<&str>, removed: Vec<&str>| {
+        AgentMessage::ImagePrepared(ImagePrepared {
+            error: error.map(str::to_string),
+            secret_found_in: found.into_iter().map(str::to_string).collect(),
+            removed: removed.into_iter().map(str::to_string).collect(),
+        })
+    };
+    invalid_agent(answer(Some(long), vec![], vec![]), "error");
+    invalid_agent(answer(Some("e"), vec!["/a\nb"], vec![]), "secret_found_in[0]");
+    invalid_agent(
+        answer(Some("e"), vec!["/x"; MAX_PREPARED_LINES + 1], vec![]),
+        "secret_found_in",
+    );
+    invalid_agent(answer(None, vec![], vec![""]), "removed[0]");
+    invalid_agent(answer(None, vec![], vec!["l"; MAX_PREPARED_LINES + 1]), "removed");
+    invalid_agent(answer(None, vec!["/etc/app.conf"], vec![]), "secret_found_in");
+    encode_agent(&answer(Some("refused"), vec!["/etc/app.conf"], vec![])).expect("a refusal");
+    encode_agent(&answer(None, vec![], vec!["ssh host keys: 6"])).expect("done");
 }

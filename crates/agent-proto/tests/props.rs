@@ -251,6 +251,18 @@ fn agent_message() -> impl Strategy<Value = AgentMessage> {
                 error,
             }
         }),
+        (
+            prop::option::of(text()),
+            prop::collection::vec(abs_path(), 0..4),
+            prop::collection::vec(short(), 0..4)
+        )
+            .prop_map(|(error, found, removed)| {
+                AgentMessage::ImagePrepared(ImagePrepared {
+                    secret_found_in: if error.is_some() { found } else { vec![] },
+                    error,
+                    removed,
+                })
+            }),
     ]
 }
 
@@ -327,6 +339,9 @@ fn control_message() -> impl Strategy<Value = ControlMessage> {
         ),
         (any::<u64>(), text()).prop_map(|(request_id, message)| ControlMessage::RequestFailed { request_id, message }),
         time().prop_map(|at| ControlMessage::Heartbeat { at }),
+        prop::collection::vec("[^\\x00]{1,40}", 0..4).prop_map(|secrets| ControlMessage::PrepareImage(PrepareImage {
+            secrets: secrets.iter().map(|s| SecretString::new(s)).collect(),
+        })),
     ]
 }
 

@@ -197,11 +197,16 @@ async fn launch_with_agent(
     let fake = driver.as_any().downcast_ref::<FakeCloud>().expect("fake");
     let ud = dir.join(format!("{name}.user-data"));
     std::fs::write(&ud, fake.request(&instance).expect("request").user_data).expect("write");
+    // An image preparation cleans this scratch tree, never the host's own root.
+    let root = dir.join(format!("{name}.root"));
+    std::fs::create_dir_all(&root).expect("image root");
     let child = Command::new(env!("CARGO_BIN_EXE_stratus-agent"))
         .arg("--user-data")
         .arg(&ud)
         .arg("--state-dir")
         .arg(dir.join(format!("{name}.state")))
+        .arg("--image-root")
+        .arg(&root)
         .spawn()
         .expect("spawn the agent");
     (id, Agent(child))
@@ -934,4 +939,89 @@ async fn a_watched_file_follows_its_object_and_is_put_back_when_it_drifts() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(restored, "{:?}", std::fs::read_to_string(&target));
+}
+
+/// `stratus server rebundle` through the real agent: a secret value in the image's tree refuses
+/// it and changes nothing; without it the agent cleans the tree (host keys, histories, logs),
+/// answers, removes its own state and stays quiet, and the server is captured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_prepares_its_instance_for_a_rebundle_and_refuses_to_bundle_a_secret() {
+    let (running, api, dir) = setup().await;
+    let (id, mut agent) = launch_with_agent(&running, &api, dir.path(), "golden", "good").await;
+    wait(&api, &id, |s| s["state"] == "operational").await;
+    let v = api
+        .call(
+            reqwest::Method::POST,
+            "/arrays",
+            Some(serde_json::json!({ "name": "goods", "deployment": "d", "template": "good", "max": 2, "desired": 0 })),
+        )
+        .await;
+    assert!(v.get("error").is_none(), "{v}");
+    let root = dir.path().join("golden.root");
+    for (path, content) in [
+        ("etc/ssh/ssh_host_ed25519_key", "PRIVATE"),
+        ("etc/machine-id", "0123456789abcdef0123456789abcdef"),
+        ("root/.bash_history", "mysql -p"),
+        ("var/log/app.log", "started"),
+        ("opt/app/data", "the work"),
+        ("etc/app.conf", "password = s3cr3t-value\n"),
+    ] {
+        let p = root.join(path);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("dir");
+        std::fs::write(p, content).expect("write");
+    }
+    let rebundle = || {
+        api.call(
+            reqwest::Method::POST,
+            "/servers/d%2Fgolden/rebundle",
+            Some(serde_json::json!({ "array": "goods" })),
+        )
+    };
+    let refused = rebundle().await;
+    let msg = refused["error"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{refused}"));
+    assert!(
+        msg.contains("/etc/app.conf") && msg.contains("nothing changed"),
+        "{msg}"
+    );
+    assert!(!msg.contains("s3cr3t-value"), "{msg}");
+    assert!(
+        root.join("etc/ssh/ssh_host_ed25519_key").exists(),
+        "nothing was removed"
+    );
+    assert!(dir.path().join("golden.state/credential").exists());
+    assert_eq!(wait(&api, &id, |_| true).await["state"], "operational");
+
+    std::fs::remove_file(root.join("etc/app.conf")).expect("rm");
+    let done = rebundle().await;
+    assert_eq!(done["version"], 1, "{done}");
+    assert!(done["removed"].to_string().contains("ssh host keys: 1"), "{done}");
+    for gone in ["etc/ssh/ssh_host_ed25519_key", "root/.bash_history"] {
+        assert!(!root.join(gone).exists(), "{gone}");
+    }
+    assert_eq!(std::fs::read(root.join("etc/machine-id")).expect("machine-id"), b"");
+    assert_eq!(std::fs::read(root.join("var/log/app.log")).expect("log"), b"");
+    assert_eq!(
+        std::fs::read_to_string(root.join("opt/app/data")).expect("kept"),
+        "the work"
+    );
+    // Its identity is gone, and it does not try to come back: it waits to be stopped.
+    for _ in 0..100 {
+        if !dir.path().join("golden.state").exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !dir.path().join("golden.state").exists(),
+        "the state directory is removed"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        agent.0.try_wait().expect("wait").is_none(),
+        "the agent waits, it does not exit"
+    );
+    assert!(!dir.path().join("golden.state").exists(), "and does not enrol again");
+    assert_eq!(wait(&api, &id, |_| true).await["state"], "terminated");
 }

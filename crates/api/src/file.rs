@@ -97,6 +97,9 @@ pub struct FileArray {
     pub tags: Vec<Tag>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscale: Option<stratus_types::server::Autoscale>,
+    /// `oldest` (default) or `newest`: which members go first when the array shrinks.
+    #[serde(default, skip_serializing_if = "stratus_types::server::ScaleIn::is_default")]
+    pub scale_in: stratus_types::server::ScaleIn,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -641,7 +641,7 @@ async fn scale_arrays(app: &App) -> Result<(), AppError> {
             }
             app.store.commit(changes).await
         } else if members.len() > want {
-            members.sort_by_key(|m| m.created_at);
+            a.spec.scale_in.order(&mut members);
             let extra = members.len() - want;
             let mut changes = vec![];
             for mut m in members.into_iter().take(extra) {

@@ -334,6 +334,39 @@ pub struct ArraySpec {
     /// Grow and shrink by the members' votes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscale: Option<Autoscale>,
+    /// Which members go first when the array shrinks.
+    #[serde(default, skip_serializing_if = "ScaleIn::is_default")]
+    pub scale_in: ScaleIn,
+}
+
+/// Which members an array decommissions first when it shrinks. Members that are not serving
+/// (booting, stranded) always go before operational ones; among the rest, this decides.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ScaleIn {
+    /// The longest-running first (they are the furthest from the current template and image).
+    #[default]
+    Oldest,
+    /// The most recent first (keeps the proven members; undoes a scale-up).
+    Newest,
+}
+
+impl ScaleIn {
+    pub fn is_default(&self) -> bool {
+        *self == Self::Oldest
+    }
+
+    /// Order members so that those to go first come first.
+    pub fn order(self, members: &mut [Server]) {
+        members.sort_by(|x, y| {
+            let serving = (x.state == ServerState::Operational).cmp(&(y.state == ServerState::Operational));
+            let age = match self {
+                Self::Oldest => x.created_at.cmp(&y.created_at),
+                Self::Newest => y.created_at.cmp(&x.created_at),
+            };
+            serving.then(age).then_with(|| x.name.cmp(&y.name))
+        });
+    }
 }
 
 /// Autoscaling by voting tags, as RightScale did it: each operational member may vote with the
@@ -510,6 +543,45 @@ mod tests {
             if a != Terminated { prop_assert!(a.can_move_to(Terminated)); }
             prop_assert!(!a.can_move_to(a), "no self-loops");
         }
+    }
+
+    fn member(name: &str, state: ServerState, minutes_ago: i64) -> Server {
+        let at = Utc::now() - chrono::TimeDelta::minutes(minutes_ago);
+        serde_json::from_value(serde_json::json!({
+            "id": ServerId::new(), "revision": 1, "name": name, "deployment": "d",
+            "template": "t", "cloud": "c", "region": "r", "image": "i", "image_version": 1,
+            "native_image": "n", "size": "s", "template_version": 1, "template_hash": "h",
+            "state": state, "inputs": {}, "tags": [], "login_user": "root",
+            "created_at": at, "updated_at": at,
+        }))
+        .expect("a server")
+    }
+
+    #[test]
+    fn scale_in_takes_members_that_do_not_serve_first_then_by_age() {
+        let mut m = vec![
+            member("old", Operational, 30),
+            member("new", Operational, 1),
+            member("stuck", Stranded, 5),
+            member("mid", Operational, 10),
+            member("booting", Booting, 0),
+        ];
+        let names = |m: &[Server]| m.iter().map(|s| s.name.to_string()).collect::<Vec<_>>();
+        ScaleIn::Oldest.order(&mut m);
+        assert_eq!(names(&m), ["stuck", "booting", "old", "mid", "new"]);
+        ScaleIn::Newest.order(&mut m);
+        assert_eq!(names(&m), ["booting", "stuck", "new", "mid", "old"]);
+        let spec: ArraySpec = toml::from_str(
+            "name = \"a\"\ndeployment = \"d\"\ntemplate = \"t\"\nmax = 3\ndesired = 1\nscale_in = \"newest\"",
+        )
+        .expect("parses");
+        assert_eq!(spec.scale_in, ScaleIn::Newest);
+        assert!(
+            toml::from_str::<ArraySpec>(
+                "name = \"a\"\ndeployment = \"d\"\ntemplate = \"t\"\nmax = 3\ndesired = 1\nscale_in = \"random\""
+            )
+            .is_err()
+        );
     }
 
     #[test]

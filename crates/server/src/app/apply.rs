@@ -410,6 +410,7 @@ impl Planner {
             inputs: f.inputs.clone(),
             tags: f.tags.clone(),
             autoscale: f.autoscale,
+            scale_in: f.scale_in,
         };
         if let Err(e) = spec.validate() {
             self.errs.absorb(at, e);

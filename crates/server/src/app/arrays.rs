@@ -118,6 +118,7 @@ pub async fn create(app: &App, actor: &Actor, spec: &ArraySpec) -> Result<Server
             inputs: spec.inputs.clone(),
             tags: spec.tags.clone(),
             autoscale: spec.autoscale,
+            scale_in: spec.scale_in,
         }],
         ..Default::default()
     };
