@@ -340,7 +340,7 @@ fn control_message() -> impl Strategy<Value = ControlMessage> {
         (any::<u64>(), text()).prop_map(|(request_id, message)| ControlMessage::RequestFailed { request_id, message }),
         time().prop_map(|at| ControlMessage::Heartbeat { at }),
         prop::collection::vec("[^\\x00]{1,40}", 0..4).prop_map(|secrets| ControlMessage::PrepareImage(PrepareImage {
-            secrets: secrets.iter().map(|s| SecretString::new(s)).collect(),
+            secrets: secrets.into_iter().map(SecretString::new).collect(),
         })),
     ]
 }
