@@ -111,6 +111,35 @@ fn the_local_cloud_examples_are_valid() {
     assert!(!out.status.success() && err.contains("debian-12"), "{err}");
 }
 
+/// `examples/rebundle.toml` plans cleanly where its cloud, image and credential exist (here a
+/// fake cloud named like the local one stands in).
+#[test]
+fn the_rebundle_example_is_valid() {
+    let s = Served::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let stand_in = dir.path().join("stand-in.toml");
+    std::fs::write(
+        &stand_in,
+        "[[cloud]]\nname = \"local\"\ndriver = \"fake\"\nregions = [{ name = \"local\" }]\n\
+         sizes = [{ name = \"small\", cpus = 1, memory = \"512MiB\" }]\n\
+         [[image]]\nname = \"debian-12\"\n[image.clouds.local]\nnative_id = \"debian-12-base\"\n",
+    )
+    .expect("write");
+    s.stdout(&["apply", "-f", stand_in.to_str().expect("path")]);
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "example-secret").expect("write");
+    s.stdout(&[
+        "credential",
+        "create",
+        "db-pass",
+        "--value-file",
+        secret.to_str().expect("path"),
+    ]);
+    let dry = s.stdout(&["apply", "-f", "examples/rebundle.toml", "--dry-run"]);
+    assert!(dry.contains("to create"), "{dry}");
+    assert!(dry.contains("workers") && dry.contains("build-dataset"), "{dry}");
+}
+
 #[test]
 fn apply_is_idempotent_and_dry_run_changes_nothing() {
     let s = Served::start();
