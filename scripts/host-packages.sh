@@ -11,6 +11,7 @@
 #   openssl          test certificates for the agent over TLS (tests)
 #   haproxy          checks the load-balancer configuration Stratus renders (tests)
 #   chromium, chromium-driver  the real browser the dashboard tests drive (tests)
+#   postgresql       a real PostgreSQL server for the PostgreSQL store's tests (tests)
 set -euo pipefail
 packages=(debootstrap busybox-static nftables iproute2 util-linux zstd tar "$@")
 missing=()

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Run every test of the workspace. This is the README's test command and what CI runs.
 # It installs what the tests need on a fresh Debian 12 machine with Rust: the local cloud's
-# host packages (the end-to-end tests start real instances, so they run as root) and an EC2
-# metadata client that is not ours.
+# host packages (the end-to-end tests start real instances, so they run as root), an EC2
+# metadata client that is not ours, and a private PostgreSQL server (scripts/test-postgres.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/host-packages.sh python3-botocore openssl haproxy chromium chromium-driver fonts-dejavu-core openssh-client
+bash scripts/host-packages.sh python3-botocore openssl haproxy chromium chromium-driver fonts-dejavu-core openssh-client \
+    postgresql postgresql-client
+STRATUS_TEST_POSTGRES="$(bash scripts/test-postgres.sh)"
+export STRATUS_TEST_POSTGRES
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/stratus-target}"
 if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install --locked cargo-nextest

@@ -1,4 +1,5 @@
-//! Stratus state: the [`Datastore`] contract and its SQLite implementation.
+//! Stratus state: the [`Datastore`] contract, its SQLite implementation (the embedded default)
+//! and its PostgreSQL one (for several replicas).
 //!
 //! The app layer sees typed resources; backends see [`Record`]s: the columns a backend indexes
 //! and queries (kind, id, scope, name, state, liveness, revision, tags) plus the whole value as
@@ -10,10 +11,12 @@
 //! concurrency), so two writers racing on one resource cannot silently lose an update, and an
 //! audit entry is written in the same transaction as the change it records.
 
+mod postgres;
 mod record;
 mod sqlite;
 mod typed;
 
+pub use postgres::PostgresStore;
 pub use record::{AuditQuery, Change, Kind, Page, Query, Record, Sealed};
 pub use sqlite::SqliteStore;
 pub use typed::{Resource, TemplateVersion, TypedStore};

@@ -63,18 +63,27 @@ impl SqliteStore {
     }
 }
 
-fn time(s: &str) -> DateTime<Utc> {
+pub(crate) fn time(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
         .unwrap_or_default()
 }
 
-fn ts(t: &DateTime<Utc>) -> String {
+pub(crate) fn ts(t: &DateTime<Utc>) -> String {
     // Fixed width so that text order is time order.
     t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
-fn record(row: &SqliteRow) -> Result<Record, StoreError> {
+/// A `resources` row as a [`Record`], for any backend whose rows decode text and 64-bit
+/// integers (the schemas are column for column the same).
+pub(crate) fn record<R>(row: &R) -> Result<Record, StoreError>
+where
+    R: Row,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<String>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
     let kind_s: String = row.get("kind");
     let id: String = row.get("id");
     let kind = Kind::parse(&kind_s).ok_or_else(|| StoreError::UnknownKind {
@@ -103,12 +112,31 @@ fn record(row: &SqliteRow) -> Result<Record, StoreError> {
     })
 }
 
+/// An audit row as an entry (both backends).
+pub(crate) fn audit_entry<R>(r: &R) -> AuditEntry
+where
+    R: Row,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    String: for<'x> sqlx::Decode<'x, R::Database> + sqlx::Type<R::Database>,
+{
+    let id: String = r.get("id");
+    let detail: String = r.get("detail");
+    AuditEntry {
+        id: id.parse().unwrap_or_default(),
+        at: time(&r.get::<String, _>("at")),
+        actor: r.get("actor"),
+        action: r.get("action"),
+        target: r.get("target"),
+        detail: serde_json::from_str(&detail).unwrap_or_default(),
+    }
+}
+
 /// SQLite GLOB with `*` and `?` as in tag patterns; `[` is escaped as a one-character class.
 fn glob_pattern(p: &str) -> String {
     p.replace('[', "[[]")
 }
 
-const COLUMNS: &str = "kind, id, scope, name, live, state, revision, created_at, updated_at, body";
+pub(crate) const COLUMNS: &str = "kind, id, scope, name, live, state, revision, created_at, updated_at, body";
 
 #[async_trait]
 impl Datastore for SqliteStore {
@@ -119,7 +147,7 @@ impl Datastore for SqliteStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(db)?;
-        row.as_ref().map(record).transpose()
+        row.as_ref().map(record::<SqliteRow>).transpose()
     }
 
     async fn find(&self, kind: Kind, scope: &str, name: &str) -> Result<Option<Record>, StoreError> {
@@ -130,7 +158,7 @@ impl Datastore for SqliteStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(db)?;
-        row.as_ref().map(record).transpose()
+        row.as_ref().map(record::<SqliteRow>).transpose()
     }
 
     async fn list(&self, kind: Kind, q: &Query) -> Result<Page, StoreError> {
@@ -168,7 +196,7 @@ impl Datastore for SqliteStore {
         let limit = q.effective_limit();
         b.push(" ORDER BY id LIMIT ").push_bind(i64::from(limit) + 1);
         let rows = b.build().fetch_all(&self.pool).await.map_err(db)?;
-        let mut items = rows.iter().map(record).collect::<Result<Vec<_>, _>>()?;
+        let mut items = rows.iter().map(record::<SqliteRow>).collect::<Result<Vec<_>, _>>()?;
         let next = if items.len() > limit as usize {
             items.truncate(limit as usize);
             items.last().map(|r| r.id.clone())
@@ -225,20 +253,7 @@ impl Datastore for SqliteStore {
         let limit = if q.limit == 0 { 100 } else { q.limit.min(1000) };
         b.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(limit));
         let rows = b.build().fetch_all(&self.pool).await.map_err(db)?;
-        rows.iter()
-            .map(|r| {
-                let id: String = r.get("id");
-                let detail: String = r.get("detail");
-                Ok(AuditEntry {
-                    id: id.parse().unwrap_or_default(),
-                    at: time(&r.get::<String, _>("at")),
-                    actor: r.get("actor"),
-                    action: r.get("action"),
-                    target: r.get("target"),
-                    detail: serde_json::from_str(&detail).unwrap_or_default(),
-                })
-            })
-            .collect()
+        Ok(rows.iter().map(audit_entry).collect())
     }
 
     async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
@@ -325,7 +340,7 @@ async fn apply(tx: &mut sqlx::Transaction<'static, Sqlite>, change: Change) -> R
     }
 }
 
-fn is_unique_violation(e: &sqlx::Error) -> bool {
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
 
