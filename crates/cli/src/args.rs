@@ -103,6 +103,11 @@ pub struct ServeArgs {
     /// The largest artifact object accepted, in bytes (default 5 GiB).
     #[arg(long, default_value_t = stratus_types::artifact::OBJECT_MAX_DEFAULT)]
     pub artifact_max: u64,
+    /// Keep the state in PostgreSQL (`postgres://USER:PASSWORD@HOST/DB`, `?sslmode=verify-full`
+    /// for TLS) instead of SQLite in the data directory; replicas share it. Prefer the
+    /// environment variable: a command line is visible to every user of the machine.
+    #[arg(long, env = "STRATUS_STORE", hide_env_values = true)]
+    pub store: Option<String>,
 }
 
 #[derive(Debug, Args)]

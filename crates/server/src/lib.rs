@@ -53,6 +53,9 @@ pub struct Config {
     pub simulate_agents: bool,
     /// The largest artifact object accepted.
     pub artifact_max: u64,
+    /// A PostgreSQL URL to keep the state in (several replicas share it); `None`: SQLite in
+    /// the data directory.
+    pub store_url: Option<String>,
 }
 
 impl Config {
@@ -69,6 +72,7 @@ impl Config {
             instance_agent: None,
             simulate_agents: true,
             artifact_max: stratus_types::artifact::OBJECT_MAX_DEFAULT,
+            store_url: None,
         }
     }
 }
@@ -140,6 +144,33 @@ fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The configured store: PostgreSQL when a URL is given, else SQLite in the data directory.
+async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn stratus_store::Datastore>> {
+    Ok(match &config.store_url {
+        Some(url) => {
+            let shown = stratus_store::redact_url(url);
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                anyhow::bail!(
+                    "the store URL {shown} is not a postgres:// URL (without one, the state is kept in SQLite in the data directory)"
+                );
+            }
+            let store = stratus_store::PostgresStore::connect(url, 16)
+                .await
+                .with_context(|| format!("cannot open the PostgreSQL store {shown}"))?;
+            info!(store = %shown, "state in PostgreSQL");
+            Arc::new(store)
+        }
+        None => {
+            let db = config.data_dir.join("stratus.db");
+            Arc::new(
+                SqliteStore::open(&db)
+                    .await
+                    .with_context(|| format!("cannot open the database {}", db.display()))?,
+            )
+        }
+    })
+}
+
 /// Open state, create the first admin if needed, bind, and start serving and reconciling.
 pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     prepare_data_dir(&config.data_dir)?;
@@ -150,17 +181,11 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         .canonicalize()
         .with_context(|| format!("cannot resolve {}", config.data_dir.display()))?;
     let keys = KeyRing::load_or_create(&config.data_dir.join("master.key"))?;
-    let db = config.data_dir.join("stratus.db");
-    let store = SqliteStore::open(&db)
-        .await
-        .with_context(|| format!("cannot open the database {}", db.display()))?;
+    let inner = open_store(&config).await?;
     let servers_changed = watch::ServerChanges::default();
     let (changes, _) = tokio::sync::broadcast::channel(1024);
-    let store: Arc<dyn stratus_store::Datastore> = Arc::new(watch::Watched::new(
-        Arc::new(store),
-        servers_changed.clone(),
-        changes.clone(),
-    ));
+    let store: Arc<dyn stratus_store::Datastore> =
+        Arc::new(watch::Watched::new(inner, servers_changed.clone(), changes.clone()));
     let token_file = config.data_dir.join(ADMIN_TOKEN_FILE);
     let created_admin = app::users::bootstrap_admin(&*store, |token| write_private(&token_file, token))
         .await

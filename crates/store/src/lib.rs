@@ -27,6 +27,55 @@ pub mod contract;
 use async_trait::async_trait;
 use stratus_types::audit::AuditEntry;
 
+/// A database URL fit for logs and errors: the password (in the user part or a `password=`
+/// parameter) replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_string();
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+        if let Some((userinfo, host)) = authority.rsplit_once('@')
+            && let Some((user, _)) = userinfo.split_once(':')
+        {
+            out = format!("{scheme}://{user}:***@{host}{tail}");
+        }
+    }
+    if let Some((head, query)) = out.clone().split_once('?') {
+        let query: Vec<String> = query
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => kv.to_string(),
+            })
+            .collect();
+        out = format!("{head}?{}", query.join("&"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_never_survive() {
+        for (url, want) in [
+            ("postgres://u:secret@db:5432/s", "postgres://u:***@db:5432/s"),
+            (
+                "postgres://u:p%40ss@db/s?sslmode=require",
+                "postgres://u:***@db/s?sslmode=require",
+            ),
+            (
+                "postgres://u@db/s?password=secret&sslmode=verify-full",
+                "postgres://u@db/s?password=***&sslmode=verify-full",
+            ),
+            ("postgres://db/s", "postgres://db/s"),
+            ("postgres://u:a@b@db/s", "postgres://u:***@db/s"),
+        ] {
+            assert_eq!(redact_url(url), want);
+        }
+    }
+}
+
 /// What can go wrong in the store. Conflicts and staleness are the caller's to handle; the rest
 /// are the backend failing.
 #[derive(Debug, thiserror::Error)]
