@@ -11,6 +11,7 @@
 //! concurrency), so two writers racing on one resource cannot silently lose an update, and an
 //! audit entry is written in the same transaction as the change it records.
 
+pub mod migrate;
 mod postgres;
 mod record;
 mod sqlite;
@@ -103,6 +104,8 @@ pub enum StoreError {
     Db(#[source] sqlx::Error),
     #[error("database migration failed")]
     Migrate(#[source] sqlx::migrate::MigrateError),
+    #[error("the target store already holds {0} rows; state is copied into an empty database only")]
+    NotEmpty(u64),
 }
 
 /// The contract every backend keeps. `tests/contract.rs` holds the suite each one must pass.

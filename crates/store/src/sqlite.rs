@@ -49,6 +49,11 @@ impl SqliteStore {
         Self::with_options(opts, 1).await
     }
 
+    /// The pool, for the store migration.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
     async fn with_options(opts: SqliteConnectOptions, max: u32) -> Result<Self, StoreError> {
         let pool = SqlitePoolOptions::new()
             .max_connections(max)

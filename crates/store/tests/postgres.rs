@@ -119,14 +119,115 @@ async fn two_replicas_share_one_database() {
 /// retried for the pool's 10 s acquire timeout first).
 #[tokio::test]
 async fn bad_urls_are_refused() {
-    for url in [
-        "mysql://x@127.0.0.1/db",
-        "not a url",
-        "postgres://postgres@127.0.0.1:1/none",
-    ] {
+    for url in ["mysql://x@127.0.0.1/db", "postgres://postgres@127.0.0.1:1/none"] {
         let started = std::time::Instant::now();
         let e = PostgresStore::connect(url, 1).await.expect_err(url);
         assert!(!e.to_string().is_empty());
         assert!(started.elapsed() < std::time::Duration::from_secs(30), "{url}");
     }
+}
+
+/// `stratus admin migrate-store`'s copy: everything a SQLite control plane holds reads the same
+/// from PostgreSQL afterwards (resources, tag selectors, sealed values, audit, settings), and a
+/// second copy into the now non-empty database is refused and changes nothing.
+#[tokio::test]
+async fn a_sqlite_control_plane_moves_to_postgres_whole() {
+    use stratus_store::{AuditQuery, Kind, Query, Sealed};
+    use stratus_types::audit::AuditEntry;
+    use stratus_types::server::Server;
+    let dir = tempfile::tempdir().expect("tmp");
+    let from = stratus_store::SqliteStore::open(&dir.path().join("s.db"))
+        .await
+        .expect("sqlite");
+    let dep = contract::deployment("prod");
+    let mut changes = vec![Change::insert(&dep)];
+    for i in 0..30 {
+        let tags: &[&str] = if i % 3 == 0 {
+            &["lb:pool=www", "role:tier=web"]
+        } else {
+            &["role:tier=db"]
+        };
+        changes.push(Change::insert(&contract::server(&format!("s-{i}"), "prod", tags)));
+    }
+    changes.push(Change::PutSealed {
+        id: "cred-1".into(),
+        sealed: Sealed {
+            key_id: "k1".into(),
+            nonce: vec![7; 24],
+            ciphertext: vec![1, 2, 3, 255],
+        },
+    });
+    for action in ["server.launch", "credential.create", "server.terminate"] {
+        changes.push(Change::Audit(AuditEntry {
+            id: stratus_types::AuditId::new(),
+            at: chrono::Utc::now(),
+            actor: "admin".into(),
+            action: action.into(),
+            target: "server/prod/s-1".into(),
+            detail: serde_json::json!({ "n": 1 }),
+        }));
+    }
+    from.commit(changes).await.expect("populate");
+    from.init_setting("instance_id", "abc-123").await.expect("setting");
+
+    let dbs = Databases::new();
+    let url = dbs.fresh().await;
+    let to = PostgresStore::connect(&url, 4).await.expect("postgres");
+    let copied = stratus_store::migrate::sqlite_to_postgres(&from, &to)
+        .await
+        .expect("migrate");
+    assert_eq!(
+        (
+            copied.resources,
+            copied.tags,
+            copied.secrets,
+            copied.audit,
+            copied.settings
+        ),
+        (31, 40, 1, 3, 1)
+    );
+
+    for kind in Kind::ALL {
+        let q = Query {
+            limit: 1000,
+            ..Default::default()
+        };
+        let (a, b) = (
+            from.list(kind, &q).await.expect("a"),
+            to.list(kind, &q).await.expect("b"),
+        );
+        assert_eq!(a.items, b.items, "{kind:?}");
+    }
+    let web = Query {
+        selector: Some("lb:pool=www,role:tier=web".parse().expect("selector")),
+        limit: 1000,
+        ..Default::default()
+    };
+    let names = |p: stratus_store::Page| {
+        p.items
+            .iter()
+            .map(|r| {
+                serde_json::from_value::<Server>(r.body.clone())
+                    .expect("server")
+                    .name
+                    .to_string()
+            })
+            .collect::<Vec<_>>()
+    };
+    let want = names(from.list(Kind::Server, &web).await.expect("a"));
+    assert_eq!(want.len(), 10);
+    assert_eq!(names(to.list(Kind::Server, &web).await.expect("b")), want);
+    assert_eq!(
+        to.sealed("cred-1").await.expect("b"),
+        from.sealed("cred-1").await.expect("a")
+    );
+    let q = AuditQuery::default();
+    assert_eq!(to.audit(&q).await.expect("b"), from.audit(&q).await.expect("a"));
+    assert_eq!(to.setting("instance_id").await.expect("b").as_deref(), Some("abc-123"));
+
+    let again = stratus_store::migrate::sqlite_to_postgres(&from, &to).await;
+    assert!(matches!(again, Err(StoreError::NotEmpty(_))), "{again:?}");
+    assert_eq!(to.audit(&q).await.expect("b").len(), 3, "nothing was added");
+    drop(to);
+    dbs.drop_all().await;
 }
