@@ -84,6 +84,21 @@ pub enum Command {
     Artifact(ArtifactCmd),
     /// The audit log, newest first.
     Audit(AuditArgs),
+    /// Operator tasks on the control plane's own state (run on its machine).
+    #[command(subcommand)]
+    Admin(AdminCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCmd {
+    /// Copy a stopped control plane's SQLite state (DATA_DIR/stratus.db) into an empty
+    /// PostgreSQL database, then start `stratus serve --store` on it (copy master.key too:
+    /// credentials stay sealed under it).
+    MigrateStore {
+        /// The PostgreSQL database (`postgres://USER:PASSWORD@HOST/DB`); prefer STRATUS_STORE.
+        #[arg(long, env = "STRATUS_STORE", hide_env_values = true)]
+        to: String,
+    },
 }
 
 #[derive(Debug, Args)]

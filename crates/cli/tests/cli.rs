@@ -21,10 +21,15 @@ struct Served {
 
 impl Served {
     fn start() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(tempfile::tempdir().expect("tempdir"), &[])
+    }
+
+    /// `stratus serve` on `dir` with `extra` arguments.
+    fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Self {
         let mut child = Std::new(assert_cmd::cargo::cargo_bin("stratus"))
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir.path())
+            .args(extra)
             .env("STRATUS_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -53,6 +58,13 @@ impl Served {
             }
         });
         Self { child, url, dir, log }
+    }
+
+    /// Stop serving; the data directory is the caller's.
+    fn stop(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"))
     }
 
     fn cmd(&self) -> Command {
@@ -93,6 +105,47 @@ impl Drop for Served {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A fresh database on the tests' PostgreSQL server (scripts/test-postgres.sh), dropped on drop.
+struct PgDatabase {
+    name: String,
+    url: String,
+}
+
+impl PgDatabase {
+    fn new() -> Self {
+        let server = std::env::var("STRATUS_TEST_POSTGRES")
+            .expect("STRATUS_TEST_POSTGRES is not set: run the tests with scripts/test.sh, which starts PostgreSQL");
+        let mut b = [0u8; 6];
+        getrandom::fill(&mut b).expect("random");
+        let name = format!("stratus_t_{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>());
+        psql(&server, &format!("CREATE DATABASE \"{name}\""));
+        let (root, _) = server.rsplit_once('/').expect("a URL with a database");
+        Self {
+            url: format!("{root}/{name}"),
+            name,
+        }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        if let Ok(server) = std::env::var("STRATUS_TEST_POSTGRES") {
+            psql(
+                &server,
+                &format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name),
+            );
+        }
+    }
+}
+
+fn psql(url: &str, sql: &str) {
+    let ok = Std::new("psql")
+        .args(["-X", "-q", url, "-c", sql])
+        .status()
+        .expect("psql");
+    assert!(ok.success(), "{sql}");
 }
 
 #[test]
@@ -138,6 +191,81 @@ fn the_rebundle_example_is_valid() {
     let dry = s.stdout(&["apply", "-f", "examples/rebundle.toml", "--dry-run"]);
     assert!(dry.contains("to create"), "{dry}");
     assert!(dry.contains("workers") && dry.contains("build-dataset"), "{dry}");
+}
+
+/// `stratus admin migrate-store`: a SQLite control plane's state, copied into PostgreSQL, is
+/// what `stratus serve --store` serves next (servers, credentials, the same admin token); the
+/// database password never shows; a second copy and bad URLs are refused.
+#[test]
+fn a_sqlite_control_plane_moves_to_postgres() {
+    let pg = PgDatabase::new();
+    // Trust authentication ignores the password, which lets the test look for it in output.
+    let url = pg.url.replacen("postgres@", "postgres:hunter2-pw@", 1);
+    assert!(url.contains("hunter2-pw"), "{url}");
+    let s = Served::start();
+    s.stdout(&["apply", "-f", "examples/quickstart.toml"]);
+    s.wait_operational("example/app-1");
+    let secret = s.dir.path().join("secret");
+    std::fs::write(&secret, "moved-secret").expect("write");
+    s.stdout(&[
+        "credential",
+        "create",
+        "moved",
+        "--value-file",
+        secret.to_str().expect("path"),
+    ]);
+    let servers = s.stdout(&["--json", "server", "list"]);
+    let dir = s.stop();
+    let migrate = |to: &str| {
+        Command::cargo_bin("stratus")
+            .expect("binary")
+            .args(["admin", "migrate-store", "--to", to])
+            .env("STRATUS_DATA_DIR", dir.path())
+            .output()
+            .expect("run")
+    };
+    for bad in [
+        "mysql://x@127.0.0.1/db",
+        "postgres://postgres:hunter2-pw@127.0.0.1:1/none",
+    ] {
+        let out = migrate(bad);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{bad}");
+        assert!(!err.contains("hunter2-pw"), "the password never shows: {err}");
+    }
+    let out = migrate(&url);
+    let said = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("copied") && said.contains("sealed credential values"),
+        "{said}"
+    );
+    assert!(!said.contains("hunter2-pw"), "{said}");
+    let again = migrate(&url);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success() && err.contains("empty database"), "{err}");
+
+    let p = Served::start_in(dir, &["--store", &url]);
+    assert_eq!(p.stdout(&["--json", "server", "list"]), servers, "the same servers");
+    assert!(p.stdout(&["credential", "list"]).contains("moved"));
+    assert!(p.stdout(&["whoami"]).contains("admin"), "the same admin token");
+    // The state is in PostgreSQL now: a server launched here is there.
+    p.stdout(&["server", "launch", "app-3", "-d", "example", "-t", "nginx-app"]);
+    p.wait_operational("example/app-3");
+    // Its stderr is read to the end, which comes when it stops.
+    let log = p.log.clone();
+    drop(p.stop());
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = log.lock().expect("log").clone();
+        if text.contains("state in PostgreSQL") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = text;
+    assert!(log.contains("state in PostgreSQL"), "{log}");
+    assert!(!log.contains("hunter2-pw"), "{log}");
 }
 
 #[test]

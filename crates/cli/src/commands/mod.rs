@@ -50,6 +50,9 @@ fn connect(cli: &Cli) -> anyhow::Result<Ctx> {
 pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Serve(a) => serve::serve(data_dir(&cli), a).await,
+        Command::Admin(crate::args::AdminCmd::MigrateStore { to }) => {
+            serve::migrate_store(data_dir(&cli), to, cli.json).await
+        }
         Command::Quickstart(a) => serve::quickstart(data_dir(&cli), a, cli.json).await,
         Command::Login(a) => login(&cli, a).await,
         Command::Apply(a) => apply::apply(&connect(&cli)?, a).await,

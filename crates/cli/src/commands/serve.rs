@@ -22,6 +22,48 @@ fn server_config(data_dir: &std::path::Path, listen: std::net::SocketAddr) -> an
     Ok(config)
 }
 
+/// `stratus admin migrate-store --to URL`: the data directory's SQLite state into an empty
+/// PostgreSQL database (see `stratus_store::migrate`).
+pub async fn migrate_store(data_dir: PathBuf, to: &str, json: bool) -> anyhow::Result<()> {
+    let shown = stratus_store::redact_url(to);
+    if !(to.starts_with("postgres://") || to.starts_with("postgresql://")) {
+        anyhow::bail!("--to {shown} is not a postgres:// URL");
+    }
+    let db = data_dir.join("stratus.db");
+    if !db.is_file() {
+        anyhow::bail!(
+            "there is no SQLite state at {}; give the control plane's --data-dir",
+            db.display()
+        );
+    }
+    let from = stratus_store::SqliteStore::open(&db)
+        .await
+        .with_context(|| format!("cannot open {}", db.display()))?;
+    let target = stratus_store::PostgresStore::connect(to, 2)
+        .await
+        .with_context(|| format!("cannot open {shown}"))?;
+    let n = stratus_store::migrate::sqlite_to_postgres(&from, &target)
+        .await
+        .with_context(|| format!("cannot copy the state into {shown}"))?;
+    if json {
+        crate::output::show(true, &serde_json::to_value(&n)?);
+    } else {
+        say!(
+            "copied {} resources ({} tags), {} sealed credential values, {} audit entries and {} settings into {shown}",
+            n.resources,
+            n.tags,
+            n.secrets,
+            n.audit,
+            n.settings
+        );
+        say!(
+            "next: stop using {}, give every replica this data directory's master.key, and run `stratus serve --store` (STRATUS_STORE) on it",
+            db.display()
+        );
+    }
+    Ok(())
+}
+
 pub async fn serve(data_dir: PathBuf, a: &ServeArgs) -> anyhow::Result<()> {
     let mut config = server_config(&data_dir, a.listen)?;
     config.public_url = a.public_url.clone();
