@@ -107,47 +107,6 @@ impl Drop for Served {
     }
 }
 
-/// A fresh database on the tests' PostgreSQL server (scripts/test-postgres.sh), dropped on drop.
-struct PgDatabase {
-    name: String,
-    url: String,
-}
-
-impl PgDatabase {
-    fn new() -> Self {
-        let server = std::env::var("STRATUS_TEST_POSTGRES")
-            .expect("STRATUS_TEST_POSTGRES is not set: run the tests with scripts/test.sh, which starts PostgreSQL");
-        let mut b = [0u8; 6];
-        getrandom::fill(&mut b).expect("random");
-        let name = format!("stratus_t_{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>());
-        psql(&server, &format!("CREATE DATABASE \"{name}\""));
-        let (root, _) = server.rsplit_once('/').expect("a URL with a database");
-        Self {
-            url: format!("{root}/{name}"),
-            name,
-        }
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        if let Ok(server) = std::env::var("STRATUS_TEST_POSTGRES") {
-            psql(
-                &server,
-                &format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name),
-            );
-        }
-    }
-}
-
-fn psql(url: &str, sql: &str) {
-    let ok = Std::new("psql")
-        .args(["-X", "-q", url, "-c", sql])
-        .status()
-        .expect("psql");
-    assert!(ok.success(), "{sql}");
-}
-
 #[test]
 fn the_local_cloud_examples_are_valid() {
     let s = Served::start();
@@ -198,7 +157,9 @@ fn the_rebundle_example_is_valid() {
 /// database password never shows; a second copy and bad URLs are refused.
 #[test]
 fn a_sqlite_control_plane_moves_to_postgres() {
-    let pg = PgDatabase::new();
+    let pg = tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(stratus_store::testing::TestDatabase::create());
     // Trust authentication ignores the password, which lets the test look for it in output.
     let url = pg.url.replacen("postgres@", "postgres:hunter2-pw@", 1);
     assert!(url.contains("hunter2-pw"), "{url}");

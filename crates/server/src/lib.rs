@@ -7,11 +7,12 @@
 
 pub mod app;
 pub mod blobs;
+pub mod cluster;
 pub mod crypto;
 pub mod drivers;
 pub mod http;
 pub mod reconcile;
-pub mod watch;
+mod watch;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -144,8 +145,9 @@ fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The configured store: PostgreSQL when a URL is given, else SQLite in the data directory.
-async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn stratus_store::Datastore>> {
+/// The configured store: PostgreSQL when a URL is given (and this process a replica of a
+/// cluster), else SQLite in the data directory.
+async fn open_store(config: &Config) -> anyhow::Result<(Arc<dyn stratus_store::Datastore>, cluster::Cluster)> {
     Ok(match &config.store_url {
         Some(url) => {
             let shown = stratus_store::redact_url(url);
@@ -157,16 +159,16 @@ async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn stratus_store::Da
             let store = stratus_store::PostgresStore::connect(url, 16)
                 .await
                 .with_context(|| format!("cannot open the PostgreSQL store {shown}"))?;
-            info!(store = %shown, "state in PostgreSQL");
-            Arc::new(store)
+            let pg = store.cluster();
+            info!(store = %shown, replica = pg.replica(), "state in PostgreSQL");
+            (Arc::new(store), cluster::Cluster::postgres(pg))
         }
         None => {
             let db = config.data_dir.join("stratus.db");
-            Arc::new(
-                SqliteStore::open(&db)
-                    .await
-                    .with_context(|| format!("cannot open the database {}", db.display()))?,
-            )
+            let store = SqliteStore::open(&db)
+                .await
+                .with_context(|| format!("cannot open the database {}", db.display()))?;
+            (Arc::new(store), cluster::Cluster::single())
         }
     })
 }
@@ -181,7 +183,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         .canonicalize()
         .with_context(|| format!("cannot resolve {}", config.data_dir.display()))?;
     let keys = KeyRing::load_or_create(&config.data_dir.join("master.key"))?;
-    let inner = open_store(&config).await?;
+    let (inner, cluster) = open_store(&config).await?;
     let servers_changed = watch::ServerChanges::default();
     let (changes, _) = tokio::sync::broadcast::channel(1024);
     let store: Arc<dyn stratus_store::Datastore> =
@@ -224,17 +226,20 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         servers_changed,
         changes,
         drained_at: Default::default(),
+        cluster,
+        rollout_drivers: Default::default(),
     });
     let mut tasks = vec![];
     let router = http::router(app.clone());
     app.drivers.serve_on_gateways(router.clone(), addr);
+    if app.cluster.pg().is_some() {
+        tasks.push(tokio::spawn(cluster::listen(app.clone())));
+        tasks.push(tokio::spawn(cluster::elect(app.clone(), url.clone())));
+    }
     if config.reconcile {
-        tasks.push(tokio::spawn(reconcile::run(app.clone())));
-        tasks.push(tokio::spawn(app::lb::sync(app.clone())));
-        // Load balancers connected before a restart get their configuration checked at once.
-        app.servers_changed.notify_one();
-        // Rollouts a previous process left running go on where they stand.
-        app::rollouts::resume_all(&app).await;
+        // The orchestrator, the load-balancer sync and the rollouts (those a previous process
+        // left running go on where they stand), while this process leads.
+        tasks.push(tokio::spawn(cluster::supervise(app.clone())));
     }
     let server = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).await {

@@ -461,7 +461,7 @@ async fn decommission_scripts_done(app: &App, s: &Server) -> Result<bool, AppErr
     let left = chrono::Duration::from_std(timeout).unwrap_or_default() - (now - since);
     // An agent that is gone (its instance died) and has started nothing is given a short grace
     // to reconnect (a control plane that just restarted), not the whole timeout.
-    let absent = !app.agents.is_connected(s.id)
+    let absent = !app.agent_connected(s.id).await
         && now - since > chrono::Duration::from_std(AGENT_GRACE.min(timeout)).unwrap_or_default()
         && runs.iter().all(|r| r.status == RunStatus::Queued);
     if left <= chrono::Duration::zero() || absent {
@@ -499,7 +499,7 @@ async fn decommission_scripts_done(app: &App, s: &Server) -> Result<bool, AppErr
         return Ok(true);
     };
     // Sent once; an agent that reconnects without it gets it again on its hello.
-    if next.status == RunStatus::Queued && next.sent_at.is_none() && app.agents.is_connected(s.id) {
+    if next.status == RunStatus::Queued && next.sent_at.is_none() && app.agent_connected(s.id).await {
         let script = app.store.find_as::<Script>("", next.script.as_str()).await?;
         if let Some(script) = script {
             let timeout_secs = left.num_seconds().max(1) as u64;

@@ -11,6 +11,7 @@
 //! concurrency), so two writers racing on one resource cannot silently lose an update, and an
 //! audit entry is written in the same transaction as the change it records.
 
+pub mod cluster;
 pub mod migrate;
 mod postgres;
 mod record;
@@ -24,6 +25,8 @@ pub use typed::{Resource, TemplateVersion, TypedStore};
 
 #[cfg(any(test, feature = "contract"))]
 pub mod contract;
+#[cfg(any(test, feature = "contract"))]
+pub mod testing;
 
 use async_trait::async_trait;
 use stratus_types::audit::AuditEntry;

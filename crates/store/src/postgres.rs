@@ -29,9 +29,21 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 /// How often a batch is retried after a deadlock or serialization failure.
 const RETRIES: u32 = 5;
 
-#[derive(Debug)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// For new connections outside the pool (leadership); never printed.
+    url: String,
+    /// This store instance, in its change notes (a replica ignores its own).
+    origin: String,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("url", &crate::redact_url(&self.url))
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
+    }
 }
 
 fn db(e: sqlx::Error) -> StoreError {
@@ -58,13 +70,53 @@ impl PostgresStore {
             .await
             .map_err(db)?;
         MIGRATOR.run(&pool).await.map_err(StoreError::Migrate)?;
-        Ok(Self { pool })
+        let mut b = [0u8; 8];
+        getrandom::fill(&mut b).map_err(|e| StoreError::Db(sqlx::Error::Protocol(e.to_string())))?;
+        Ok(Self {
+            pool,
+            url: url.to_string(),
+            origin: b.iter().map(|x| format!("{x:02x}")).collect(),
+        })
     }
 
     /// The pool, for tests and the store migration.
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
+
+    /// This store as one replica of a cluster (its id is the store's origin).
+    pub fn cluster(&self) -> crate::cluster::PgCluster {
+        crate::cluster::PgCluster::new(self.pool.clone(), self.url.clone(), self.origin.clone())
+    }
+}
+
+/// What a batch wrote, for other replicas.
+fn change_note(origin: &str, changes: &[Change]) -> Option<String> {
+    use crate::cluster::{ChangeNote, NOTE_MAX};
+    let written: Vec<(String, String)> = changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Put { record, .. } => Some((record.kind.as_str().to_string(), record.id.clone())),
+            Change::Delete { kind, id, .. } => Some((kind.as_str().to_string(), id.clone())),
+            _ => None,
+        })
+        .collect();
+    if written.is_empty() {
+        return None;
+    }
+    let mut note = ChangeNote {
+        origin: origin.to_string(),
+        ..Default::default()
+    };
+    if written.len() <= NOTE_MAX {
+        note.changes = written;
+    } else {
+        let mut kinds: Vec<String> = written.into_iter().map(|(k, _)| k).collect();
+        kinds.sort();
+        kinds.dedup();
+        note.many = kinds;
+    }
+    serde_json::to_string(&note).ok()
 }
 
 /// A tag pattern (`*` any run, `?` one character) as a `LIKE` pattern with `\` as the escape.
@@ -169,6 +221,15 @@ impl Datastore for PostgresStore {
                 let mut tx = self.pool.begin().await.map_err(db)?;
                 for change in changes.iter().cloned() {
                     apply(&mut tx, change).await?;
+                }
+                // Delivered to listeners when (and only if) the transaction commits.
+                if let Some(note) = change_note(&self.origin, &changes) {
+                    sqlx::query("SELECT pg_notify($1, $2)")
+                        .bind(crate::cluster::CHANGES_CHANNEL)
+                        .bind(note)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db)?;
                 }
                 tx.commit().await.map_err(db)
             }

@@ -3,77 +3,29 @@
 //! has to show: writers on separate connections (replicas) racing on one resource, and a
 //! second store migrating the same database at once.
 
-use std::sync::Mutex;
-
-use sqlx::Connection;
 use stratus_store::contract;
+use stratus_store::testing::TestDatabase;
 use stratus_store::{Change, Datastore, PostgresStore, StoreError, TypedStore};
 use stratus_types::deployment::Deployment;
 
-/// The server's URL; the tests are not skipped without it.
-fn server_url() -> String {
-    std::env::var("STRATUS_TEST_POSTGRES").expect(
-        "STRATUS_TEST_POSTGRES is not set: run the tests with scripts/test.sh, which starts a private PostgreSQL \
-         server (scripts/test-postgres.sh) and sets it",
-    )
-}
-
-/// Fresh databases `stratus_t_<random>`, dropped by `drop_all` (and by the next
-/// scripts/test-postgres.sh if a test dies first).
-struct Databases {
-    made: Mutex<Vec<String>>,
-}
-
-impl Databases {
-    fn new() -> Self {
-        Self { made: Mutex::default() }
-    }
-
-    async fn fresh(&self) -> String {
-        let mut b = [0u8; 8];
-        getrandom::fill(&mut b).expect("random");
-        let name = format!("stratus_t_{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>());
-        let mut admin = sqlx::PgConnection::connect(&server_url()).await.expect("connect");
-        // The name is ours (hex digits), not input.
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-            .execute(&mut admin)
-            .await
-            .expect("create database");
-        self.made.lock().expect("lock").push(name.clone());
-        let base = server_url();
-        let (root, _) = base.rsplit_once('/').expect("a URL with a database");
-        format!("{root}/{name}")
-    }
-
-    async fn drop_all(&self) {
-        let names = std::mem::take(&mut *self.made.lock().expect("lock"));
-        let mut admin = sqlx::PgConnection::connect(&server_url()).await.expect("connect");
-        for n in names {
-            sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE \"{n}\" WITH (FORCE)")))
-                .execute(&mut admin)
-                .await
-                .expect("drop database");
-        }
-    }
-}
-
 #[tokio::test]
 async fn contract_on_postgres() {
-    let dbs = Databases::new();
+    let dbs = std::sync::Mutex::new(vec![]);
     contract::run_all(|| async {
-        let url = dbs.fresh().await;
-        Box::new(PostgresStore::connect(&url, 4).await.expect("connect")) as Box<dyn Datastore>
+        let db = TestDatabase::create().await;
+        let store = PostgresStore::connect(&db.url, 4).await.expect("connect");
+        dbs.lock().expect("lock").push(db);
+        Box::new(store) as Box<dyn Datastore>
     })
     .await;
-    dbs.drop_all().await;
 }
 
 /// Two stores on one database, as two replicas: each sees the other's writes, and of two
 /// updates of the same revision exactly one wins; concurrent first starts migrate once.
 #[tokio::test]
 async fn two_replicas_share_one_database() {
-    let dbs = Databases::new();
-    let url = dbs.fresh().await;
+    let db = TestDatabase::create().await;
+    let url = db.url.clone();
     let (a, b) = tokio::join!(PostgresStore::connect(&url, 4), PostgresStore::connect(&url, 4));
     let (a, b) = (a.expect("replica a"), b.expect("replica b"));
     let d = contract::deployment("shared");
@@ -112,7 +64,6 @@ async fn two_replicas_share_one_database() {
         "{results:?}"
     );
     drop((a, b));
-    dbs.drop_all().await;
 }
 
 /// A bad URL or an unreachable server is a clear error, not a hang (a server that is down is
@@ -170,8 +121,8 @@ async fn a_sqlite_control_plane_moves_to_postgres_whole() {
     from.commit(changes).await.expect("populate");
     from.init_setting("instance_id", "abc-123").await.expect("setting");
 
-    let dbs = Databases::new();
-    let url = dbs.fresh().await;
+    let db = TestDatabase::create().await;
+    let url = db.url.clone();
     let to = PostgresStore::connect(&url, 4).await.expect("postgres");
     let copied = stratus_store::migrate::sqlite_to_postgres(&from, &to)
         .await
@@ -229,5 +180,4 @@ async fn a_sqlite_control_plane_moves_to_postgres_whole() {
     assert!(matches!(again, Err(StoreError::NotEmpty(_))), "{again:?}");
     assert_eq!(to.audit(&q).await.expect("b").len(), 3, "nothing was added");
     drop(to);
-    dbs.drop_all().await;
 }

@@ -74,11 +74,14 @@ impl Hub {
         key
     }
 
-    pub fn unregister(&self, server: ServerId, key: u64) {
+    /// Unregister this connection; false if a newer one had replaced it already.
+    pub fn unregister(&self, server: ServerId, key: u64) -> bool {
         let mut a = self.lock();
         if a.get(&server).is_some_and(|(k, _)| *k == key) {
             a.remove(&server);
+            return true;
         }
+        false
     }
 
     /// Push to the server's agent; false when it is not connected.
@@ -196,7 +199,7 @@ pub async fn start_run(app: &App, actor: &super::Actor, req: &StartRun) -> Resul
         ),
     ])
     .await?;
-    if !app.agents.push(server.id, ControlMessage::RunScript(sr)).await {
+    if !app.push_agent(server.id, ControlMessage::RunScript(sr)).await {
         let mut r = run.clone();
         r.status = RunStatus::Failed;
         r.finished_at = Some(Utc::now());
@@ -491,10 +494,10 @@ pub async fn desired_changed(app: &App, server: ServerId) {
             }
             break;
         }
-        if app.agents.is_connected(server) {
+        if app.agent_connected(server).await {
             let mut session = Session::new(server);
             let desired = desired_state(app, &mut session).await?;
-            app.agents.push(server, ControlMessage::DesiredState(desired)).await;
+            app.push_agent(server, ControlMessage::DesiredState(desired)).await;
         }
         Ok(())
     };

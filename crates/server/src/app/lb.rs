@@ -263,7 +263,7 @@ async fn sync_once(app: &App, sent: &mut HashMap<ServerId, String>) -> Result<()
     let lbs = balancers(app).await?;
     sent.retain(|id, _| lbs.iter().any(|s| s.id == *id));
     for lb in lbs {
-        if !app.agents.is_connected(lb.id) {
+        if !app.agent_connected(lb.id).await {
             // It gets the configuration with its desired state at its next hello.
             sent.remove(&lb.id);
             continue;
@@ -288,7 +288,7 @@ pub async fn in_step(app: &App, member: &Server) -> Result<bool, AppError> {
     for lb in balancers(app).await? {
         if lb.deployment != member.deployment
             || lb_tag(&lb, "balances") != Some(pool)
-            || !app.agents.is_connected(lb.id)
+            || !app.agent_connected(lb.id).await
         {
             continue;
         }

@@ -71,6 +71,11 @@ pub struct App {
     /// When each terminating load-balancer member was first seen drained (see
     /// `reconcile::drained`).
     pub drained_at: std::sync::Mutex<std::collections::HashMap<stratus_types::ServerId, std::time::Instant>>,
+    /// How this control plane shares the work with other replicas (see `crate::cluster`).
+    pub cluster: crate::cluster::Cluster,
+    /// The rollouts this process drives (the leader's).
+    pub rollout_drivers:
+        std::sync::Mutex<std::collections::HashMap<stratus_types::RolloutId, tokio::task::JoinHandle<()>>>,
 }
 
 /// Behaviour knobs, from the server configuration.

@@ -154,7 +154,7 @@ pub async fn rebundle(app: &App, actor: &Actor, key: &str, req: &RebundleRequest
     };
     let driver = app.drivers.for_cloud(&*app.store, &s.cloud).await?;
     let simulated = driver.kind() == DriverKind::Fake && app.settings.simulate_agents;
-    if !simulated && !app.agents.is_connected(s.id) {
+    if !simulated && !app.agent_connected(s.id).await {
         return Err(AppError::BadState(format!(
             "the agent of {skey} is not connected; it prepares the instance, so try again when it is"
         )));

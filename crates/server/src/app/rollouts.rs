@@ -223,8 +223,30 @@ pub(crate) async fn launch(app: &Arc<App>, actor: &Actor, p: Planned) -> Result<
     changes.push(Change::insert(&rollout));
     changes.push(audit(actor, p.action, format!("rollout/{id}"), detail));
     app.commit(changes).await?;
-    tokio::spawn(drive(app.clone(), id));
+    // The leader drives rollouts; another replica's commit reaches it as a change note.
+    if app.cluster.is_leader() {
+        start_driver(app, id);
+    }
     Ok(rollout)
+}
+
+/// Drive `id` here unless a driver already does.
+fn start_driver(app: &Arc<App>, id: RolloutId) {
+    let mut driven = app.rollout_drivers.lock().unwrap_or_else(|e| e.into_inner());
+    driven.retain(|_, t| !t.is_finished());
+    if driven.contains_key(&id) {
+        return;
+    }
+    driven.insert(id, tokio::spawn(drive(app.clone(), id)));
+}
+
+/// Stop every driver of this process (the leadership went elsewhere; the new leader resumes
+/// the rollouts from the store).
+pub fn stop_all(app: &App) {
+    let mut driven = app.rollout_drivers.lock().unwrap_or_else(|e| e.into_inner());
+    for (_, t) in driven.drain() {
+        t.abort();
+    }
 }
 
 /// At most the first few skipped servers, for an error message.
@@ -305,7 +327,7 @@ pub async fn resume_all(app: &Arc<App>) {
     match app.store.list_all::<Rollout>(&q).await {
         Ok(list) => {
             for r in list {
-                tokio::spawn(drive(app.clone(), r.id));
+                start_driver(app, r.id);
             }
         }
         Err(e) => tracing::warn!(error = %e, "cannot resume rollouts"),
@@ -437,7 +459,7 @@ impl Driver {
             if cancelled {
                 for run_id in &self.in_flight {
                     if let Some(r) = app.store.get_as::<Run>(&run_id.to_string()).await? {
-                        app.agents.push(r.server, ControlMessage::Cancel { run: *run_id }).await;
+                        app.push_agent(r.server, ControlMessage::Cancel { run: *run_id }).await;
                     }
                 }
             } else {
@@ -530,7 +552,7 @@ async fn dispatch(app: &App, r: &Run, timeout_secs: Option<u64>) -> Result<(), S
         Ok(None) => return Err(format!("script {} no longer exists", r.script)),
         Err(e) => return Err(e.to_string()),
     };
-    if app.agents.push(server.id, ControlMessage::RunScript(sr)).await {
+    if app.push_agent(server.id, ControlMessage::RunScript(sr)).await {
         Ok(())
     } else {
         Err("the server's agent is not connected".into())

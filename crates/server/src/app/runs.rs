@@ -180,12 +180,12 @@ async fn try_cancel(app: &App, actor: &Actor, id: &str) -> Result<Run, AppError>
                 super::audit(actor, "run.cancel", target, serde_json::json!({})),
             ])
             .await?;
-            app.agents.push(r.server, ControlMessage::Cancel { run: r.id }).await;
+            app.push_agent(r.server, ControlMessage::Cancel { run: r.id }).await;
             app.run_ended();
             Ok(r)
         }
         _ => {
-            if !app.agents.push(r.server, ControlMessage::Cancel { run: r.id }).await {
+            if !app.push_agent(r.server, ControlMessage::Cancel { run: r.id }).await {
                 return Err(AppError::BadState(format!(
                     "the agent of server {}/{} is not connected; run {id} can be cancelled once it reconnects",
                     r.deployment, r.server_name

@@ -119,7 +119,7 @@ pub async fn file_changed(app: &App, s: &Server, path: &str) -> Result<(), AppEr
         detail,
     );
     app.commit(vec![Change::insert(&run), entry]).await?;
-    if !app.agents.push(s.id, ControlMessage::RunScript(sr)).await {
+    if !app.push_agent(s.id, ControlMessage::RunScript(sr)).await {
         // Not connected after all: it gets the run at its next hello (sent runs are resent).
         tracing::info!(server = %s.name, run = %run.id, "the agent is not connected; the run waits for it");
     }

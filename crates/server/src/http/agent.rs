@@ -139,6 +139,7 @@ async fn session(app: Arc<App>, a: AgentCaller, mut socket: WebSocket) {
     tracing::info!(server = %server.name, agent = %hello.agent_version, "agent connected");
     let (tx, mut pushed) = tokio::sync::mpsc::channel(64);
     let key = app.agents.register(server.id, tx);
+    app.agent_claimed(server.id, true).await;
     let dead_after = Duration::from_secs(u64::from(DEFAULT_HEARTBEAT_SECS * DEAD_AFTER_HEARTBEATS));
     loop {
         let msg = tokio::select! {
@@ -189,7 +190,9 @@ async fn session(app: Arc<App>, a: AgentCaller, mut socket: WebSocket) {
             break;
         }
     }
-    app.agents.unregister(server.id, key);
+    if app.agents.unregister(server.id, key) {
+        app.agent_claimed(server.id, false).await;
+    }
     tracing::info!(server = %server.name, "agent disconnected");
 }
 
