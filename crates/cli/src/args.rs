@@ -123,6 +123,11 @@ pub struct ServeArgs {
     /// environment variable: a command line is visible to every user of the machine.
     #[arg(long, env = "STRATUS_STORE", hide_env_values = true)]
     pub store: Option<String>,
+    /// Keep artifact bytes in an S3 bucket: `s3://BUCKET[/PREFIX][?endpoint=URL&region=R&style=path|virtual]`
+    /// (credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the other usual AWS
+    /// sources) instead of DATA_DIR/artifacts. Replicas must share one.
+    #[arg(long, env = "STRATUS_ARTIFACTS")]
+    pub artifacts: Option<String>,
 }
 
 #[derive(Debug, Args)]

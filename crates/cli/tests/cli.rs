@@ -26,7 +26,26 @@ impl Served {
 
     /// `stratus serve` on `dir` with `extra` arguments.
     fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Self {
-        let mut child = Std::new(assert_cmd::cargo::cargo_bin("stratus"))
+        let cmd = Std::new(assert_cmd::cargo::cargo_bin("stratus"));
+        Self::spawn(cmd, dir, extra)
+    }
+
+    /// `stratus serve` in a mount namespace of its own whose /etc/hosts is `hosts` (names a
+    /// test resolves without touching the machine's), with `env` set.
+    fn start_with_hosts(dir: tempfile::TempDir, hosts: &Path, env: &[(&str, &str)], extra: &[&str]) -> Self {
+        let mut cmd = Std::new("unshare");
+        cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg("mount --bind \"$0\" /etc/hosts && exec \"$@\"")
+            .arg(hosts)
+            .arg(assert_cmd::cargo::cargo_bin("stratus"));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Self::spawn(cmd, dir, extra)
+    }
+
+    fn spawn(mut cmd: Std, dir: tempfile::TempDir, extra: &[&str]) -> Self {
+        let mut child = cmd
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir.path())
             .args(extra)
@@ -227,6 +246,83 @@ fn a_sqlite_control_plane_moves_to_postgres() {
     let log = text;
     assert!(log.contains("state in PostgreSQL"), "{log}");
     assert!(!log.contains("hunter2-pw"), "{log}");
+}
+
+/// `stratus serve --artifacts s3://…?style=virtual`: the bucket in the host name, as on AWS,
+/// against a real S3 server (SeaweedFS; scripts/test-s3.sh) that the control plane reaches as
+/// BUCKET.s3.stratus.test, a name only its own mount namespace resolves. Objects go up, come
+/// back whole, and reach instances through signed URLs.
+#[test]
+fn artifacts_in_s3_with_virtual_hosted_requests() {
+    let endpoint = std::env::var("STRATUS_TEST_S3")
+        .expect("STRATUS_TEST_S3 is not set: run the tests with scripts/test.sh, which starts an S3 server");
+    let port = endpoint.rsplit_once(':').expect("port").1.to_string();
+    let mut b = [0u8; 5];
+    getrandom::fill(&mut b).expect("random");
+    let bucket = format!("stratus-v-{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>());
+    // The bucket, through SeaweedFS's filer (S3 port + 3).
+    let filer = format!("http://127.0.0.1:{}", port.parse::<u16>().expect("port") + 3);
+    let ok = Std::new("curl")
+        .args([
+            "-sf",
+            "-o",
+            "/dev/null",
+            "-X",
+            "POST",
+            &format!("{filer}/buckets/{bucket}/"),
+        ])
+        .status()
+        .expect("curl");
+    assert!(ok.success());
+    let dir = tempfile::tempdir().expect("tmp");
+    let hosts = dir.path().join("hosts");
+    std::fs::write(
+        &hosts,
+        format!("127.0.0.1 localhost\n127.0.0.1 {bucket}.s3.stratus.test\n"),
+    )
+    .expect("hosts");
+    let url = format!("s3://{bucket}/stratus?endpoint=http://s3.stratus.test:{port}&style=virtual");
+    let s = Served::start_with_hosts(
+        tempfile::tempdir().expect("tmp"),
+        &hosts,
+        &[
+            ("AWS_ACCESS_KEY_ID", "stratus-test-key"),
+            ("AWS_SECRET_ACCESS_KEY", "stratus-test-secret-0123456789"),
+        ],
+        &["--artifacts", &url],
+    );
+    s.stdout(&["artifact", "mb", "apps"]);
+    let file = dir.path().join("site.tar.gz");
+    let body: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_be_bytes()).collect();
+    std::fs::write(&file, &body).expect("write");
+    s.stdout(&["artifact", "put", file.to_str().expect("path"), "apps/site.tar.gz"]);
+    let back = dir.path().join("back");
+    s.stdout(&[
+        "artifact",
+        "get",
+        "apps/site.tar.gz",
+        "-o",
+        back.to_str().expect("path"),
+    ]);
+    assert_eq!(std::fs::read(&back).expect("read"), body, "the same bytes back");
+    let u: serde_json::Value =
+        serde_json::from_str(&s.stdout(&["--json", "artifact", "url", "apps/site.tar.gz"])).expect("json");
+    let fetched = Std::new("curl")
+        .args(["-sf", u["url"].as_str().expect("url")])
+        .output()
+        .expect("curl");
+    assert!(fetched.status.success());
+    assert_eq!(fetched.stdout, body, "an instance's signed URL reads it");
+    s.stdout(&["artifact", "rm", "apps/site.tar.gz"]);
+    drop(s);
+    let _ = Std::new("curl")
+        .args([
+            "-s",
+            "-X",
+            "DELETE",
+            &format!("{filer}/buckets/{bucket}/?recursive=true"),
+        ])
+        .status();
 }
 
 #[test]

@@ -62,12 +62,128 @@ pub struct Blobs {
     max: u64,
 }
 
+/// Where blobs live: `s3://BUCKET[/PREFIX][?endpoint=URL&region=R&style=path|virtual]`.
+/// Credentials come from the usual AWS sources of the environment (`AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, web identity, instance metadata), never from
+/// the URL, so the URL can be logged and shown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Location {
+    pub bucket: String,
+    pub prefix: String,
+    /// An S3-compatible endpoint (`http://127.0.0.1:8333`); AWS when absent.
+    pub endpoint: Option<String>,
+    pub region: String,
+    /// Virtual-hosted requests (`BUCKET.host/key`, AWS's default) or path-style
+    /// (`host/BUCKET/key`, most self-hosted servers).
+    pub virtual_hosted: bool,
+}
+
+impl S3Location {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| format!("{url:?} is not an s3:// URL"))?;
+        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (bucket, prefix) = path.split_once('/').unwrap_or((path, ""));
+        let bucket_ok = (3..=63).contains(&bucket.len())
+            && bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+            && !bucket.starts_with(['-', '.'])
+            && !bucket.ends_with(['-', '.']);
+        if !bucket_ok {
+            return Err(format!(
+                "{bucket:?} is not an S3 bucket name (3-63 of a-z, 0-9, '-', '.')"
+            ));
+        }
+        if prefix.split('/').any(|s| s == "..") || prefix.contains('\0') {
+            return Err("the prefix may not contain '..'".into());
+        }
+        let mut loc = Self {
+            bucket: bucket.to_string(),
+            prefix: prefix.trim_matches('/').to_string(),
+            endpoint: None,
+            region: "us-east-1".into(),
+            virtual_hosted: true,
+        };
+        let mut style_given = false;
+        for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+            let (k, v) = kv.split_once('=').ok_or_else(|| format!("{kv:?}: give KEY=VALUE"))?;
+            match k {
+                "endpoint" if v.starts_with("http://") || v.starts_with("https://") => {
+                    loc.endpoint = Some(v.trim_end_matches('/').to_string())
+                }
+                "endpoint" => return Err(format!("endpoint {v:?} is not an http(s) URL")),
+                "region" if !v.is_empty() && v.len() <= 64 => loc.region = v.to_string(),
+                "style" if v == "path" || v == "virtual" => {
+                    loc.virtual_hosted = v == "virtual";
+                    style_given = true;
+                }
+                _ => {
+                    return Err(format!(
+                        "unknown or bad option {k:?} (endpoint, region, style=path|virtual)"
+                    ));
+                }
+            }
+        }
+        // A self-hosted endpoint without a stated style: path-style, what they all speak.
+        if loc.endpoint.is_some() && !style_given {
+            loc.virtual_hosted = false;
+        }
+        Ok(loc)
+    }
+}
+
 impl Blobs {
     /// Blobs in a local directory (created if missing).
     pub fn local(dir: &Path, max: u64) -> Result<Self, BlobError> {
         std::fs::create_dir_all(dir)?;
         let fs = LocalFileSystem::new_with_prefix(dir)?;
         Ok(Self::new(Arc::new(fs), max))
+    }
+
+    /// Blobs in an S3 bucket (see [`S3Location`]), with credentials from the environment.
+    pub fn s3(loc: &S3Location, max: u64) -> Result<Self, BlobError> {
+        Self::s3_with(loc, max, None)
+    }
+
+    /// Blobs in an S3 bucket with this access key (tests; a control plane takes the
+    /// environment's).
+    pub fn s3_with(loc: &S3Location, max: u64, key: Option<(&str, &str)>) -> Result<Self, BlobError> {
+        use object_store::aws::AmazonS3Builder;
+        let mut b = AmazonS3Builder::from_env();
+        if let Some((id, secret)) = key {
+            b = b.with_access_key_id(id).with_secret_access_key(secret);
+        }
+        let mut b = b
+            .with_bucket_name(&loc.bucket)
+            .with_region(&loc.region)
+            .with_virtual_hosted_style_request(loc.virtual_hosted);
+        if let Some(e) = &loc.endpoint {
+            let endpoint = if loc.virtual_hosted {
+                // The bucket is part of the host: `http://BUCKET.host:port`.
+                let (scheme, host) = e.split_once("://").unwrap_or(("https", e));
+                format!("{scheme}://{}.{host}", loc.bucket)
+            } else {
+                e.clone()
+            };
+            b = b.with_endpoint(endpoint).with_allow_http(e.starts_with("http://"));
+        }
+        let s3: Arc<dyn ObjectStore> = Arc::new(b.build()?);
+        let store: Arc<dyn ObjectStore> = if loc.prefix.is_empty() {
+            s3
+        } else {
+            Arc::new(object_store::prefix::PrefixStore::new(s3, loc.prefix.as_str()))
+        };
+        Ok(Self::new(store, max))
+    }
+
+    /// Check the backend answers (a listing of the blob prefix), for a clear error at start.
+    pub async fn check(&self) -> Result<(), BlobError> {
+        use futures_util::TryStreamExt;
+        let mut l = self.store.list(Some(&BlobPath::from("blobs")));
+        l.try_next().await?;
+        Ok(())
     }
 
     pub fn new(store: Arc<dyn ObjectStore>, max: u64) -> Self {
@@ -179,6 +295,14 @@ impl Blobs {
         }
     }
 
+    /// How many entries are under `prefix` (`uploads`, `blobs`): tests check nothing is left.
+    #[doc(hidden)]
+    pub async fn count(&self, prefix: &str) -> Result<usize, BlobError> {
+        use futures_util::TryStreamExt;
+        let all: Vec<_> = self.store.list(Some(&BlobPath::from(prefix))).try_collect().await?;
+        Ok(all.len())
+    }
+
     /// Write a payload directly (used by tests to damage a blob).
     #[doc(hidden)]
     pub async fn overwrite_for_test(&self, sha256: &str, bytes: Bytes) -> Result<(), BlobError> {
@@ -206,6 +330,48 @@ mod tests {
 
     fn uploads_left(dir: &Path) -> usize {
         std::fs::read_dir(dir.join("uploads")).map(|d| d.count()).unwrap_or(0)
+    }
+
+    #[test]
+    fn s3_locations_parse_and_bad_ones_are_refused() {
+        let l = S3Location::parse("s3://artifacts/stratus/prod?endpoint=http://127.0.0.1:8333&region=eu-1").unwrap();
+        assert_eq!(
+            (
+                l.bucket.as_str(),
+                l.prefix.as_str(),
+                l.endpoint.as_deref(),
+                l.region.as_str(),
+                l.virtual_hosted
+            ),
+            (
+                "artifacts",
+                "stratus/prod",
+                Some("http://127.0.0.1:8333"),
+                "eu-1",
+                false
+            ),
+            "a self-hosted endpoint defaults to path-style"
+        );
+        assert!(
+            S3Location::parse("s3://artifacts").unwrap().virtual_hosted,
+            "AWS: virtual-hosted"
+        );
+        let v = S3Location::parse("s3://b-1?endpoint=https://s3.example&style=virtual").unwrap();
+        assert!(v.virtual_hosted);
+        for bad in [
+            "http://bucket",
+            "s3://",
+            "s3://UPPER",
+            "s3://a",
+            "s3://bucket/../x",
+            "s3://bucket?endpoint=ftp://x",
+            "s3://bucket?style=sideways",
+            "s3://bucket?secret=x",
+            "s3://bucket?novalue",
+            "s3://-bucket",
+        ] {
+            assert!(S3Location::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[tokio::test]

@@ -57,6 +57,12 @@ pub struct Config {
     /// A PostgreSQL URL to keep the state in (several replicas share it); `None`: SQLite in
     /// the data directory.
     pub store_url: Option<String>,
+    /// Where artifact bytes live: an `s3://` URL (see `blobs::S3Location`); `None`: the data
+    /// directory's `artifacts/`.
+    pub artifacts: Option<String>,
+    /// An S3 access key (id, secret) for `artifacts` instead of the environment's AWS
+    /// credentials (when embedding the control plane; `stratus serve` takes the environment).
+    pub artifacts_key: Option<(String, String)>,
 }
 
 impl Config {
@@ -74,6 +80,8 @@ impl Config {
             simulate_agents: true,
             artifact_max: stratus_types::artifact::OBJECT_MAX_DEFAULT,
             store_url: None,
+            artifacts: None,
+            artifacts_key: None,
         }
     }
 }
@@ -173,6 +181,26 @@ async fn open_store(config: &Config) -> anyhow::Result<(Arc<dyn stratus_store::D
     })
 }
 
+/// The artifact backend: an S3 bucket when configured, else the data directory.
+async fn open_blobs(config: &Config) -> anyhow::Result<blobs::Blobs> {
+    let Some(url) = &config.artifacts else {
+        return blobs::Blobs::local(&config.data_dir.join("artifacts"), config.artifact_max)
+            .context("cannot open the artifact store");
+    };
+    let loc = blobs::S3Location::parse(url).map_err(|e| anyhow::anyhow!("--artifacts: {e}"))?;
+    let key = config
+        .artifacts_key
+        .as_ref()
+        .map(|(id, secret)| (id.as_str(), secret.as_str()));
+    let b = blobs::Blobs::s3_with(&loc, config.artifact_max, key)
+        .with_context(|| format!("cannot open the artifact store {url}"))?;
+    b.check()
+        .await
+        .with_context(|| format!("the artifact store {url} does not answer (credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the other usual AWS sources)"))?;
+    info!(artifacts = %url, "artifacts in S3");
+    Ok(b)
+}
+
 /// Open state, create the first admin if needed, bind, and start serving and reconciling.
 pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     prepare_data_dir(&config.data_dir)?;
@@ -220,8 +248,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         poke: Default::default(),
         run_finished: tokio::sync::watch::Sender::new(0),
         settings,
-        blobs: blobs::Blobs::local(&config.data_dir.join("artifacts"), config.artifact_max)
-            .context("cannot open the artifact store")?,
+        blobs: open_blobs(&config).await?,
         artifact_lock: Default::default(),
         servers_changed,
         changes,

@@ -71,6 +71,7 @@ pub async fn serve(data_dir: PathBuf, a: &ServeArgs) -> anyhow::Result<()> {
     config.decommission_timeout = Duration::from_secs(a.decommission_timeout);
     config.artifact_max = a.artifact_max;
     config.store_url = a.store.clone();
+    config.artifacts = a.artifacts.clone();
     let running = stratus_server::start(config).await?;
     if running.created_admin {
         say!(
