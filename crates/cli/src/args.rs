@@ -128,6 +128,10 @@ pub struct ServeArgs {
     /// sources) instead of DATA_DIR/artifacts. Replicas must share one.
     #[arg(long, env = "STRATUS_ARTIFACTS")]
     pub artifacts: Option<String>,
+    /// A CA certificate (PEM file) that signed the HTTPS public URL's certificate: it goes into
+    /// every instance's user-data, and agents trust it besides the system's CAs.
+    #[arg(long)]
+    pub agent_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -63,6 +63,9 @@ pub struct Config {
     /// An S3 access key (id, secret) for `artifacts` instead of the environment's AWS
     /// credentials (when embedding the control plane; `stratus serve` takes the environment).
     pub artifacts_key: Option<(String, String)>,
+    /// A CA certificate (PEM) agents trust for the public URL besides the system's (it goes into
+    /// each instance's user-data).
+    pub agent_ca_pem: Option<String>,
 }
 
 impl Config {
@@ -82,6 +85,7 @@ impl Config {
             store_url: None,
             artifacts: None,
             artifacts_key: None,
+            agent_ca_pem: None,
         }
     }
 }
@@ -235,6 +239,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         boot_deadline: config.boot_deadline,
         decommission_timeout: config.decommission_timeout,
         reconcile_interval: config.reconcile_interval,
+        agent_ca_pem: config.agent_ca_pem.clone(),
     };
     let app = Arc::new(App {
         store,

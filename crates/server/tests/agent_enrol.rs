@@ -132,3 +132,26 @@ async fn user_data_holds_no_secret_but_the_enrolment_token() {
         ud["enrolment_token"].as_str().expect("token")
     );
 }
+
+/// `stratus serve --agent-ca`: the CA goes into every instance's user-data (for an HTTPS public
+/// URL signed by a private CA); without it, the user-data has no `ca_pem`.
+#[tokio::test]
+async fn an_agent_ca_travels_in_the_user_data() {
+    let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    let t = TestServer::start_with(|c| {
+        c.simulate_agents = false;
+        c.agent_ca_pem = Some(pem.into());
+    })
+    .await;
+    common::example_credential(&t, "stats-password-xyz").await;
+    let (s, plan) = t.apply_toml(common::EXAMPLE, false).await;
+    assert_eq!(s, StatusCode::OK, "{plan}");
+    let (_, ud) = common::agent::booting(&t, "app-9", "app").await;
+    assert_eq!(ud["ca_pem"], pem, "{ud}");
+    let plain = TestServer::start_with(|c| c.simulate_agents = false).await;
+    common::example_credential(&plain, "stats-password-xyz").await;
+    let (s, plan) = plain.apply_toml(common::EXAMPLE, false).await;
+    assert_eq!(s, StatusCode::OK, "{plan}");
+    let (_, ud) = common::agent::booting(&plain, "app-9", "app").await;
+    assert!(ud.get("ca_pem").is_none(), "{ud}");
+}

@@ -72,6 +72,16 @@ pub async fn serve(data_dir: PathBuf, a: &ServeArgs) -> anyhow::Result<()> {
     config.artifact_max = a.artifact_max;
     config.store_url = a.store.clone();
     config.artifacts = a.artifacts.clone();
+    if let Some(ca) = &a.agent_ca {
+        let pem = std::fs::read_to_string(ca).with_context(|| format!("cannot read {}", ca.display()))?;
+        if !pem.contains("-----BEGIN CERTIFICATE-----") || pem.len() > 8 * 1024 {
+            anyhow::bail!(
+                "--agent-ca {}: give one PEM certificate of at most 8 KiB (it travels in the 16 KiB user-data)",
+                ca.display()
+            );
+        }
+        config.agent_ca_pem = Some(pem);
+    }
     let running = stratus_server::start(config).await?;
     if running.created_admin {
         say!(

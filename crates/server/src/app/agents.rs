@@ -130,12 +130,16 @@ fn same(a: &str, b: &str) -> bool {
 /// The user-data the orchestrator writes for a server's instance.
 pub fn user_data(app: &App, server: &Server, url: &str) -> Vec<u8> {
     let token = app.keys.enrolment_token(&server.id.to_string());
-    serde_json::to_vec(&serde_json::json!({
+    let mut ud = serde_json::json!({
         "stratus_url": url,
         "server_id": server.id,
         "enrolment_token": token,
-    }))
-    .unwrap_or_default()
+    });
+    // A private CA the agent gateway's certificate chains to (`stratus serve --agent-ca`).
+    if let Some(ca) = &app.settings.agent_ca_pem {
+        ud["ca_pem"] = ca.clone().into();
+    }
+    serde_json::to_vec(&ud).unwrap_or_default()
 }
 
 pub async fn enrol(app: &App, req: &EnrolRequest) -> Result<Enrolled, AppError> {

@@ -94,6 +94,9 @@ pub struct AppSettings {
     pub decommission_timeout: Duration,
     /// How often reconcilers run when nothing pokes them.
     pub reconcile_interval: Duration,
+    /// A CA certificate (PEM) put in every instance's user-data, for an HTTPS public URL whose
+    /// certificate a private CA signed.
+    pub agent_ca_pem: Option<String>,
 }
 
 impl App {
