@@ -1,11 +1,15 @@
 //! API throughput: creating servers and listing 10,000 of them, on an in-process control plane
-//! with its SQLite store on disk.
+//! with its SQLite store on disk, or PostgreSQL.
 //!
 //!     cargo bench -p stratus-server --bench api
+//!     STRATUS_BENCH_STORE=postgres cargo bench -p stratus-server --bench api
 //!
 //! Knobs (environment): STRATUS_BENCH_SERVERS (default 10000), STRATUS_BENCH_CONCURRENCY
 //! (default 16). The orchestrator is off so the figures are the API and store alone; clients
 //! are on the same machine over loopback and compete for the same 2 cores.
+
+#[path = "support/store.rs"]
+mod store;
 
 use std::time::{Duration, Instant};
 
@@ -96,6 +100,7 @@ async fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = stratus_server::Config::new(dir.path(), "127.0.0.1:0".parse().expect("addr"));
     config.reconcile = false;
+    let (_db, store) = store::choose(&mut config).await;
     let running = stratus_server::start(config).await.expect("start");
     let token = std::fs::read_to_string(&running.admin_token_file)
         .expect("token")
@@ -118,7 +123,7 @@ async fn main() {
     assert!(r.status().is_success(), "apply: {}", r.text().await.unwrap_or_default());
 
     println!(
-        "stratus API benchmark: {servers} servers, {conc} concurrent clients, SQLite on disk ({})",
+        "stratus API benchmark: {servers} servers, {conc} concurrent clients, {store} ({})",
         dir.path().display()
     );
     let (h, t, b) = (http.clone(), token.clone(), base.clone());

@@ -2,6 +2,7 @@
 //! rollouts with different concurrency limits.
 //!
 //!     STRATUS_BENCH_AGENTS=1000 cargo bench -p stratus-server --bench rollout
+//!     STRATUS_BENCH_STORE=postgres STRATUS_BENCH_AGENTS=1000 cargo bench -p stratus-server --bench rollout
 //!
 //! The control plane runs in this process (fake cloud, its simulated agent off, SQLite on
 //! disk). The agents run in a child process (this program again, with `--agents`): each one
@@ -13,6 +14,9 @@
 //!
 //! Knobs (environment): STRATUS_BENCH_AGENTS (default 1000), STRATUS_BENCH_CONCURRENCY (a
 //! comma-separated list, default `10,100,1000`; values above the fleet are skipped).
+
+#[path = "support/store.rs"]
+mod store;
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -83,6 +87,7 @@ async fn control_plane() {
     let mut config = stratus_server::Config::new(dir.path(), "127.0.0.1:0".parse().expect("addr"));
     config.simulate_agents = false;
     config.boot_deadline = Duration::from_secs(3600);
+    let (_db, store) = store::choose(&mut config).await;
     let running = stratus_server::start(config).await.expect("start");
     let token = std::fs::read_to_string(&running.admin_token_file)
         .expect("token")
@@ -99,7 +104,7 @@ async fn control_plane() {
         .await
         .expect("apply");
     assert!(r.status().is_success(), "apply: {}", r.text().await.unwrap_or_default());
-    println!("stratus rollout benchmark: {n} simulated agents, SQLite on disk");
+    println!("stratus rollout benchmark: {n} simulated agents, {store}");
 
     // The fleet: n servers, launched on the fake cloud, waiting for their agents.
     let t0 = Instant::now();
