@@ -102,7 +102,7 @@ fn main() {
     std::fs::write(
         &cfg,
         format!(
-            "global\n  maxconn 20000\ndefaults\n  mode tcp\n  timeout connect 1s\n  timeout client 1h\n  \
+            "global\n  maxconn 8000\ndefaults\n  mode tcp\n  timeout connect 1s\n  timeout client 1h\n  \
              timeout server 1h\n  retries 3\n  option redispatch\nfrontend fe\n  bind 127.0.0.1:{plb}\n  \
              default_backend be\nbackend be\n  balance roundrobin\n  \
              server a 127.0.0.1:{pa} check inter 200ms fall 1 rise 2\n  \
@@ -129,6 +129,16 @@ fn main() {
         .to_string();
     let base = format!("{public}/api/v1");
     let http = reqwest::Client::new();
+    // HAProxy answers once it started and its health checks found a replica.
+    bench_rt.block_on(async {
+        for _ in 0..200 {
+            if http.get(format!("{base}/health")).send().await.is_ok_and(|r| r.status().is_success()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("HAProxy never answered");
+    });
     bench_rt.block_on(async {
         let doc = stratus_api::file::parse(CATALOG, stratus_api::file::Format::Toml, "bench", None).expect("catalog");
         let r = http
