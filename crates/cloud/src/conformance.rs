@@ -125,22 +125,23 @@ pub async fn addresses_move(driver: &dyn CloudDriver, base: &LaunchRequest, ip: 
             .and_then(|i| i.public_ip),
         Some(ip)
     );
-    assert_eq!(
+    // The first instance no longer has it (on EC2 it may get an address of its own back).
+    assert_ne!(
         driver
             .describe(&a.id)
             .await
             .expect("describe")
             .and_then(|i| i.public_ip),
-        None
+        Some(ip)
     );
     driver.disassociate_address(ip).await.expect("disassociate");
-    assert_eq!(
+    assert_ne!(
         driver
             .describe(&b.id)
             .await
             .expect("describe")
             .and_then(|i| i.public_ip),
-        None
+        Some(ip)
     );
     driver.terminate(&a.id).await.expect("terminate");
     driver.terminate(&b.id).await.expect("terminate");

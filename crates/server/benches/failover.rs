@@ -132,7 +132,12 @@ fn main() {
     // HAProxy answers once it started and its health checks found a replica.
     bench_rt.block_on(async {
         for _ in 0..200 {
-            if http.get(format!("{base}/health")).send().await.is_ok_and(|r| r.status().is_success()) {
+            if http
+                .get(format!("{base}/health"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
