@@ -132,6 +132,16 @@ pub trait CloudDriver: Send + Sync + std::fmt::Debug {
     /// The end of the instance's console output (EC2's `GetConsoleOutput`): what its init and
     /// boot hooks printed, at most `max` bytes, newest last.
     async fn console_output(&self, instance_id: &str, max: usize) -> Result<String, CloudError>;
+    /// A new public address from the cloud itself (EC2's `AllocateAddress`), for clouds that
+    /// hand out their own; `None`: the control plane picks one from the cloud's address pools.
+    async fn allocate_address(&self) -> Result<Option<IpAddr>, CloudError> {
+        Ok(None)
+    }
+    /// Give back an address [`CloudDriver::allocate_address`] handed out (nothing to do for
+    /// pool addresses).
+    async fn release_address(&self, _ip: IpAddr) -> Result<(), CloudError> {
+        Ok(())
+    }
     /// Whether `native_id` names an image this cloud can launch.
     async fn image_exists(&self, native_id: &str) -> Result<bool, CloudError>;
     /// Capture a stopped instance's file system as a new image (EC2's `CreateImage`), labelled

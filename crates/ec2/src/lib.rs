@@ -39,6 +39,9 @@ use stratus_types::cloud::DriverKind;
 use stratus_types::tag::Tag;
 use stratus_types::template::{FirewallRule, Protocol};
 
+/// The SDK, for callers that look at the cloud directly (tests).
+pub use aws_sdk_ec2 as sdk;
+
 /// The tag that says which Stratus server an instance is.
 pub const SERVER_TAG: &str = "stratus:server";
 
@@ -227,7 +230,7 @@ impl Ec2Cloud {
     }
 
     /// Allocate a new elastic IP (in the VPC domain).
-    pub async fn allocate_address(&self) -> Result<IpAddr, CloudError> {
+    pub async fn allocate_eip(&self) -> Result<IpAddr, CloudError> {
         let out = self
             .client
             .allocate_address()
@@ -241,7 +244,7 @@ impl Ec2Cloud {
     }
 
     /// Give an elastic IP back.
-    pub async fn release_address(&self, ip: IpAddr) -> Result<(), CloudError> {
+    pub async fn release_eip(&self, ip: IpAddr) -> Result<(), CloudError> {
         let (alloc, assoc) = self.allocation(ip).await?;
         if let Some(a) = assoc {
             self.client
@@ -727,6 +730,17 @@ impl CloudDriver for Ec2Cloud {
             .find(|i| text.is_char_boundary(*i))
             .unwrap_or(text.len());
         Ok(text[start..].to_string())
+    }
+
+    async fn allocate_address(&self) -> Result<Option<IpAddr>, CloudError> {
+        self.allocate_eip().await.map(Some)
+    }
+
+    async fn release_address(&self, ip: IpAddr) -> Result<(), CloudError> {
+        match self.release_eip(ip).await {
+            Err(CloudError::Invalid(_)) => Ok(()), // already gone
+            other => other,
+        }
     }
 
     async fn image_exists(&self, native_id: &str) -> Result<bool, CloudError> {

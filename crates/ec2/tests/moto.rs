@@ -65,9 +65,14 @@ fn request(ami: &str) -> LaunchRequest {
 async fn passes_the_driver_conformance_suite() {
     let c = cloud().await;
     let ami = some_ami(&c).await;
-    let eip = c.allocate_address().await.expect("allocate an elastic IP");
+    let eip = c
+        .allocate_address()
+        .await
+        .expect("allocate an elastic IP")
+        .expect("EC2 hands out its own");
     conformance::run_all(&c, &request(&ami), eip, T).await;
     c.release_address(eip).await.expect("release");
+    c.release_address(eip).await.expect("releasing twice");
 }
 
 #[tokio::test]

@@ -23,7 +23,11 @@ use tokio::sync::{Mutex, MutexGuard};
 use crate::app::AppError;
 
 /// The drivers this build can make; clouds using others are refused when they are declared.
+#[cfg(not(feature = "ec2"))]
 pub const AVAILABLE: &[DriverKind] = &[DriverKind::Fake, DriverKind::Local];
+/// The drivers this build can make; clouds using others are refused when they are declared.
+#[cfg(feature = "ec2")]
+pub const AVAILABLE: &[DriverKind] = &[DriverKind::Fake, DriverKind::Local, DriverKind::Ec2];
 
 /// A cloud's driver, made once on first use.
 type DriverCell = tokio::sync::OnceCell<Arc<dyn CloudDriver>>;
@@ -52,6 +56,8 @@ pub struct Drivers {
     /// Per local cloud: the control plane's URL as its instances reach it, and the listener
     /// serving it (none when the main listener's wildcard address already covers the gateway).
     gateways: std::sync::Mutex<HashMap<Name, Gateway>>,
+    /// Opens the credentials clouds name (an EC2 cloud's access key).
+    keys: Option<crate::crypto::KeyRing>,
 }
 
 /// A local cloud's way to the control plane: the URL its instances use, and the listener
@@ -76,7 +82,14 @@ impl Drivers {
             local,
             gateway_api: std::sync::OnceLock::new(),
             gateways: std::sync::Mutex::default(),
+            keys: None,
         }
+    }
+
+    /// With the key ring that opens credentials clouds name.
+    pub fn with_keys(mut self, keys: crate::crypto::KeyRing) -> Self {
+        self.keys = Some(keys);
+        self
     }
 
     /// Make the API reachable from every local cloud's instances, from now on: `listen` is
@@ -149,10 +162,55 @@ impl Drivers {
                 self.listen_on_gateway(cloud, local.network().gateway()).await?;
                 Ok(Arc::new(local))
             }
+            #[cfg(feature = "ec2")]
+            DriverKind::Ec2 => self.open_ec2(store, &c).await,
+            #[allow(unreachable_patterns)]
             other => Err(AppError::BadState(format!(
-                "cloud {cloud} uses the {other:?} driver, which this build of Stratus does not include yet"
+                "cloud {cloud} uses the {other:?} driver, which this build of Stratus does not include (build it with `--features ec2`)"
             ))),
         }
+    }
+
+    /// An EC2 cloud: its one region, its endpoint, and its access key (a Stratus credential
+    /// `ID:SECRET`, or the environment's AWS sources).
+    #[cfg(feature = "ec2")]
+    async fn open_ec2(&self, store: &dyn Datastore, c: &Cloud) -> Result<Arc<dyn CloudDriver>, AppError> {
+        let region = c
+            .spec
+            .regions
+            .first()
+            .map(|r| r.name.clone())
+            .ok_or_else(|| AppError::BadState(format!("cloud {} has no region", c.spec.name)))?;
+        let key = match c.spec.ec2.as_ref().and_then(|e| e.credential.as_ref()) {
+            None => None,
+            Some(cred) => {
+                let keys = self
+                    .keys
+                    .as_ref()
+                    .ok_or_else(|| AppError::BadState("no key ring to open credentials with".into()))?;
+                let record =
+                    crate::app::resolve::named::<stratus_types::credential::Credential>(store, cred.as_str()).await?;
+                let sealed = store
+                    .sealed(&record.id.to_string())
+                    .await?
+                    .ok_or_else(|| AppError::not_found("credential value", cred.as_str()))?;
+                let secret = keys.open(&record.id.to_string(), &sealed)?;
+                let (id, secret) = secret.expose().trim().split_once(':').ok_or_else(|| {
+                    AppError::BadState(format!(
+                        "credential {cred} of cloud {} is not ACCESS_KEY_ID:SECRET_ACCESS_KEY",
+                        c.spec.name
+                    ))
+                })?;
+                Some((id.to_string(), secret.to_string()))
+            }
+        };
+        let cloud = stratus_ec2::Ec2Cloud::new(stratus_ec2::Ec2Config {
+            endpoint: c.spec.endpoint.clone(),
+            region,
+            key,
+        })
+        .await;
+        Ok(Arc::new(cloud))
     }
 
     async fn open_local(&self, c: &Cloud) -> Result<LocalCloud, AppError> {

@@ -248,7 +248,9 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
             data_dir: config.data_dir.clone(),
             init,
             agent: config.instance_agent.clone(),
-        })),
+        }))
+        // A second handle on the same key file: the drivers open the credentials clouds name.
+        .with_keys(KeyRing::load_or_create(&config.data_dir.join("master.key"))?),
         agents: Default::default(),
         poke: Default::default(),
         run_finished: tokio::sync::watch::Sender::new(0),

@@ -53,6 +53,20 @@ pub struct CloudSpec {
     /// Settings of a `local` cloud (instances on the control plane's machine).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local: Option<LocalSettings>,
+    /// Settings of an `ec2` cloud.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ec2: Option<Ec2Settings>,
+}
+
+/// How an `ec2` cloud is reached. An EC2 cloud is one region (declare one cloud per region);
+/// `endpoint` names an EC2-compatible endpoint, or AWS's own when absent.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Ec2Settings {
+    /// A Stratus credential holding `ACCESS_KEY_ID:SECRET_ACCESS_KEY`; without one, the usual
+    /// AWS sources of the control plane's environment (variables, profile, instance profile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<Name>,
 }
 
 /// How a `local` cloud's network is set up on the host.
@@ -208,6 +222,26 @@ impl CloudSpec {
                         "a local cloud's pools are IPv4",
                     ));
                 }
+            }
+        }
+        if self.ec2.is_some() && self.driver != DriverKind::Ec2 {
+            errs.push(FieldError::new(
+                "ec2",
+                "only a cloud with driver \"ec2\" takes ec2 settings",
+            ));
+        }
+        if self.driver == DriverKind::Ec2 {
+            if self.regions.len() > 1 {
+                errs.push(FieldError::new(
+                    "regions",
+                    "an ec2 cloud is one region; declare a cloud per region",
+                ));
+            }
+            if !self.address_pools.is_empty() {
+                errs.push(FieldError::new(
+                    "address_pools",
+                    "an ec2 cloud's elastic IPs come from EC2 (AllocateAddress), not from pools",
+                ));
             }
         }
         if self.description.len() > 4096 {

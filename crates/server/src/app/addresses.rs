@@ -18,6 +18,27 @@ use super::{Actor, App, AppError, OBSERVER, OPERATOR, audit};
 pub async fn allocate(app: &App, actor: &Actor, spec: &AddressSpec) -> Result<Address, AppError> {
     actor.require(OPERATOR)?;
     let cloud = named::<Cloud>(&*app.store, spec.cloud.as_str()).await?;
+    // Clouds that hand out their own addresses (EC2's elastic IPs) are asked first.
+    if cloud.spec.address_pools.is_empty() && spec.pool.is_none() {
+        let driver = app.drivers.for_cloud(&*app.store, &cloud.spec.name).await?;
+        let given = driver.allocate_address().await.map_err(|source| AppError::Cloud {
+            context: format!("allocating an address on cloud {}", cloud.spec.name),
+            source,
+        })?;
+        if let Some(ip) = given {
+            let a = new_address(spec, "cloud".parse().expect("a valid name"), ip);
+            let target = format!("address/{}", spec.name);
+            let done = app
+                .commit(vec![Change::insert(&a), audit(actor, "address.allocate", target, spec)])
+                .await;
+            if let Err(e) = done {
+                // Not recorded (a taken name): give the address back rather than leak it.
+                let _ = driver.release_address(ip).await;
+                return Err(e);
+            }
+            return Ok(a);
+        }
+    }
     let pool =
         match &spec.pool {
             Some(p) => cloud.spec.address_pools.iter().find(|x| &x.name == p).ok_or_else(|| {
@@ -44,22 +65,26 @@ pub async fn allocate(app: &App, actor: &Actor, spec: &AddressSpec) -> Result<Ad
             pool.name, cloud.spec.name
         ))
     })?;
+    let a = new_address(spec, pool.name.clone(), ip);
+    let target = format!("address/{}", spec.name);
+    app.commit(vec![Change::insert(&a), audit(actor, "address.allocate", target, spec)])
+        .await?;
+    Ok(a)
+}
+
+fn new_address(spec: &AddressSpec, pool: stratus_types::Name, ip: IpAddr) -> Address {
     let now = Utc::now();
-    let a = Address {
+    Address {
         id: AddressId::new(),
         revision: 1,
         created_at: now,
         updated_at: now,
         name: spec.name.clone(),
         cloud: spec.cloud.clone(),
-        pool: pool.name.clone(),
+        pool,
         ip,
         server: None,
-    };
-    let target = format!("address/{}", spec.name);
-    app.commit(vec![Change::insert(&a), audit(actor, "address.allocate", target, spec)])
-        .await?;
-    Ok(a)
+    }
 }
 
 pub async fn show(app: &App, actor: &Actor, name: &str) -> Result<Address, AppError> {
@@ -178,6 +203,12 @@ pub async fn release(app: &App, actor: &Actor, name: &str) -> Result<(), AppErro
             "address {name} is associated; disassociate it first"
         )));
     }
+    // An address the cloud handed out goes back to it (a no-op for pool addresses).
+    let driver = app.drivers.for_cloud(&*app.store, &a.cloud).await?;
+    driver.release_address(a.ip).await.map_err(|source| AppError::Cloud {
+        context: format!("releasing {} on cloud {}", a.ip, a.cloud),
+        source,
+    })?;
     app.commit(vec![
         Change::delete(&a),
         audit(actor, "address.release", format!("address/{name}"), ()),

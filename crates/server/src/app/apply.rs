@@ -71,8 +71,18 @@ impl Planner {
             self.errs.push(FieldError::new(
                 format!("cloud {}.driver", spec.name),
                 format!(
-                    "the {:?} driver is not part of this build of Stratus yet; use \"fake\"",
+                    "the {:?} driver is not part of this build of Stratus (build it with `--features ec2`)",
                     spec.driver
+                ),
+            ));
+        }
+        if let Some(c) = spec.ec2.as_ref().and_then(|e| e.credential.as_ref())
+            && !self.catalog.credentials.contains(c)
+        {
+            self.errs.push(FieldError::new(
+                format!("cloud {}.ec2.credential", spec.name),
+                format!(
+                    "no credential named {c}; create it with `stratus credential create {c}` (ACCESS_KEY_ID:SECRET)"
                 ),
             ));
         }
