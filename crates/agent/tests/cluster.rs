@@ -36,11 +36,16 @@ frequency = "on-demand"
 inputs = [{ name = "N", default = "0" }]
 body = "#!/bin/sh\necho \"hello $N\"\n"
 
+[[script]]
+name = "slow"
+frequency = "on-demand"
+body = "#!/bin/sh\necho start\nsleep 4\necho end\n"
+
 [[template]]
 name = "t"
 image = "img"
 boot_scripts = ["boot"]
-operational_scripts = ["hello"]
+operational_scripts = ["hello", "slow"]
 
 [deployment]
 name = "d"
@@ -322,6 +327,14 @@ fn two_replicas_share_the_work_and_survive_the_loss_of_one() {
         2
     );
 
+    // A run in flight when the replica holding the agent dies: started, its first output in.
+    let slow = api.post(other, "/runs", json!({ "script": "slow", "server": id }));
+    let slow_id = slow["id"].as_str().unwrap_or_else(|| panic!("{slow}")).to_string();
+    until("the slow run's first output", Duration::from_secs(20), || {
+        let r = api.get(other, &format!("/runs/{slow_id}"));
+        r["output"].as_str().is_some_and(|o| o.contains("start")).then_some(())
+    });
+
     // The replica holding the agent dies; the agent comes back through HAProxy to the other.
     let killed = Instant::now();
     let (dead, survivor) = if holder_is_a {
@@ -342,14 +355,26 @@ fn two_replicas_share_the_work_and_survive_the_loss_of_one() {
         back.as_secs_f64(),
         killed.elapsed().as_secs_f64()
     );
+    // The run in flight finished on the agent meanwhile; its output arrived exactly once.
+    let r = until("the slow run's end", Duration::from_secs(30), || {
+        let r = api.get(&survivor.url, &format!("/runs/{slow_id}"));
+        (r["status"] == "succeeded" || r["status"] == "failed").then_some(r)
+    });
+    assert_eq!(r["status"], "succeeded", "{r}");
+    let out = r["output"].as_str().unwrap_or_default();
+    assert_eq!(
+        (out.matches("start").count(), out.matches("end").count()),
+        (1, 1),
+        "nothing lost, nothing twice: {out:?}"
+    );
     let r = run_hello(&api, &survivor.url, &id, 2);
     assert_eq!(r["status"], "succeeded", "{r}");
     assert!(r["output"].as_str().is_some_and(|o| o.contains("hello 2")), "{r}");
     let runs = api.get(&survivor.url, &format!("/runs?server={id}"));
     assert_eq!(
         runs["items"].as_array().map_or(0, Vec::len),
-        3,
-        "boot + two runs, nothing lost: {runs}"
+        4,
+        "boot + three runs, nothing lost: {runs}"
     );
     // The survivor's orchestrator works: one more member.
     let v = api.post(&survivor.url, "/arrays/d/pool/scale", json!({ "desired": 3 }));
