@@ -439,22 +439,20 @@ pub async fn local(running: &stratus_server::Running, c: &Client, a: &Quickstart
     // Operational members join the load balancer's rotation a moment later (its configuration
     // is pushed and reloaded): the URL printed below answers when it is printed.
     if let Some(u) = &lb_url {
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(2))
-            .build()?;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let ok = http.get(u).send().await.is_ok_and(|r| r.status().is_success());
             if ok {
                 break;
             }
-            if std::time::Instant::now() > deadline {
+            if Instant::now() > deadline {
                 say!(
                     "warning: the load balancer at {u} does not answer yet; see `stratus server console` of its server"
                 );
                 break;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
     say!();
