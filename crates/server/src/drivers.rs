@@ -18,7 +18,7 @@ use stratus_local::{LocalCloud, LocalConfig};
 use stratus_store::Datastore;
 use stratus_types::Name;
 use stratus_types::cloud::{Cloud, DriverKind};
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::Mutex;
 
 use crate::app::AppError;
 
@@ -48,7 +48,6 @@ pub struct Drivers {
     made: Mutex<HashMap<Name, Arc<DriverCell>>>,
     /// The subnets of the local clouds opened so far (two may not overlap on one host).
     subnets: std::sync::Mutex<HashMap<Name, ipnet::Ipv4Net>>,
-    addresses: Mutex<()>,
     local: Option<LocalBase>,
     /// The API, served again on each local cloud's gateway address so its instances reach
     /// the control plane (set once the router exists), and the port to prefer.
@@ -78,7 +77,6 @@ impl Drivers {
         Self {
             made: Mutex::default(),
             subnets: std::sync::Mutex::default(),
-            addresses: Mutex::default(),
             local,
             gateway_api: std::sync::OnceLock::new(),
             gateways: std::sync::Mutex::default(),
@@ -275,11 +273,6 @@ impl Drivers {
             task.abort();
         }
         Ok(())
-    }
-
-    /// Held while allocating an elastic IP.
-    pub async fn address_lock(&self) -> MutexGuard<'_, ()> {
-        self.addresses.lock().await
     }
 }
 

@@ -256,7 +256,6 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         run_finished: tokio::sync::watch::Sender::new(0),
         settings,
         blobs: open_blobs(&config).await?,
-        artifact_lock: Default::default(),
         servers_changed,
         changes,
         drained_at: Default::default(),

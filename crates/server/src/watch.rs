@@ -109,4 +109,7 @@ impl Datastore for Watched {
     async fn init_setting(&self, key: &str, value: &str) -> Result<String, StoreError> {
         self.inner.init_setting(key, value).await
     }
+    async fn lock(&self, name: &str) -> Result<stratus_store::StoreLock, StoreError> {
+        self.inner.lock(name).await
+    }
 }

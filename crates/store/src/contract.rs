@@ -283,6 +283,25 @@ pub async fn settings_are_set_once(store: &dyn Datastore) {
     assert_eq!(store.init_setting("k", "second").await.expect("init"), "first");
 }
 
+/// A named lock is held by one holder at a time, other names are independent, and dropping
+/// the guard releases it.
+pub async fn locks_exclude(store: &dyn Datastore) {
+    use std::time::Duration;
+    let held = store.lock("addresses:aws").await.expect("lock");
+    let again = tokio::time::timeout(Duration::from_millis(300), store.lock("addresses:aws")).await;
+    assert!(again.is_err(), "a held lock is not taken twice");
+    let other = tokio::time::timeout(Duration::from_secs(5), store.lock("artifact-blobs"))
+        .await
+        .expect("another name is free")
+        .expect("lock");
+    drop(other);
+    drop(held);
+    let _back = tokio::time::timeout(Duration::from_secs(5), store.lock("addresses:aws"))
+        .await
+        .expect("released when the guard dropped")
+        .expect("lock");
+}
+
 /// Run every contract check; `fresh` makes a new empty store for each.
 pub async fn run_all<F, Fut>(fresh: F)
 where
@@ -298,4 +317,5 @@ where
     selector_patterns_are_literal_except_wildcards(&*fresh().await).await;
     sealed_and_audit(&*fresh().await).await;
     settings_are_set_once(&*fresh().await).await;
+    locks_exclude(&*fresh().await).await;
 }

@@ -130,4 +130,24 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     async fn setting(&self, key: &str) -> Result<Option<String>, StoreError>;
     /// Set a setting only if it has none yet; returns the value now stored.
     async fn init_setting(&self, key: &str, value: &str) -> Result<String, StoreError>;
+    /// Hold the lock `name` until the returned guard drops: across every control plane sharing
+    /// the store (PostgreSQL: an advisory lock in a transaction of its own; SQLite: this
+    /// process, the only one). For short read-decide-commit sections such as handing out an
+    /// elastic IP or deleting a blob no object uses.
+    async fn lock(&self, name: &str) -> Result<StoreLock, StoreError>;
+}
+
+/// A held [`Datastore::lock`]; dropping it releases the lock.
+pub struct StoreLock(#[allow(dead_code)] Box<dyn Send>);
+
+impl StoreLock {
+    pub fn new(held: impl Send + 'static) -> Self {
+        Self(Box::new(held))
+    }
+}
+
+impl std::fmt::Debug for StoreLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreLock")
+    }
 }

@@ -119,6 +119,33 @@ fn change_note(origin: &str, changes: &[Change]) -> Option<String> {
     serde_json::to_string(&note).ok()
 }
 
+/// A held advisory lock: its transaction, rolled back (and so the lock released) as soon as
+/// the guard drops, not whenever the pool next uses the connection.
+struct PgLock(Option<sqlx::Transaction<'static, Postgres>>);
+
+impl Drop for PgLock {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move {
+                let _ = tx.rollback().await;
+            });
+        }
+    }
+}
+
+/// The advisory lock key of a named lock: FNV-1a over the name, in a space apart from the
+/// leadership's key.
+fn lock_key(name: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in b"stratus-lock:".iter().chain(name.as_bytes()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h as i64
+}
+
 /// A tag pattern (`*` any run, `?` one character) as a `LIKE` pattern with `\` as the escape.
 fn like_pattern(p: &str) -> String {
     let mut out = String::with_capacity(p.len());
@@ -291,6 +318,19 @@ impl Datastore for PostgresStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(db)
+    }
+
+    async fn lock(&self, name: &str) -> Result<crate::StoreLock, StoreError> {
+        // A transaction-scoped advisory lock: it goes when the transaction does (the guard
+        // drops, rolling it back, or its connection dies with a killed replica).
+        let key = lock_key(name);
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(key)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        Ok(crate::StoreLock::new(PgLock(Some(tx))))
     }
 
     async fn init_setting(&self, key: &str, value: &str) -> Result<String, StoreError> {

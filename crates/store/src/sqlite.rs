@@ -23,6 +23,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 pub struct SqliteStore {
     pool: SqlitePool,
     write: Mutex<()>,
+    /// Named locks ([`Datastore::lock`]): one process uses a SQLite store.
+    locks: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<Mutex<()>>>>,
 }
 
 fn db(e: sqlx::Error) -> StoreError {
@@ -64,6 +66,7 @@ impl SqliteStore {
         Ok(Self {
             pool,
             write: Mutex::new(()),
+            locks: Default::default(),
         })
     }
 }
@@ -267,6 +270,17 @@ impl Datastore for SqliteStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(db)
+    }
+
+    async fn lock(&self, name: &str) -> Result<crate::StoreLock, StoreError> {
+        let m = self
+            .locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(name.to_string())
+            .or_default()
+            .clone();
+        Ok(crate::StoreLock::new(m.lock_owned().await))
     }
 
     async fn init_setting(&self, key: &str, value: &str) -> Result<String, StoreError> {

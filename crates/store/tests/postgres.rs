@@ -63,6 +63,15 @@ async fn two_replicas_share_one_database() {
             .all(|r| matches!(r, Err(StoreError::Conflict { .. }))),
         "{results:?}"
     );
+    // A lock held through one replica's store holds the other's back until it is dropped.
+    let held = a.lock("addresses:aws").await.expect("lock");
+    let waited = tokio::time::timeout(std::time::Duration::from_millis(300), b.lock("addresses:aws")).await;
+    assert!(waited.is_err(), "the other replica waits");
+    drop(held);
+    let _got = tokio::time::timeout(std::time::Duration::from_secs(5), b.lock("addresses:aws"))
+        .await
+        .expect("released across replicas")
+        .expect("lock");
     drop((a, b));
 }
 

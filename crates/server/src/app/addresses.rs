@@ -13,8 +13,8 @@ use stratus_types::server::ServerState;
 use super::resolve::named;
 use super::{Actor, App, AppError, OBSERVER, OPERATOR, audit};
 
-/// Pick a free address of the pool and record it. Allocations are serialised by a lock in this
-/// control plane (one replica; several replicas will need the store to arbitrate).
+/// Pick a free address of the pool and record it. Allocations of a cloud's pool addresses are
+/// serialised by a store lock, across replicas.
 pub async fn allocate(app: &App, actor: &Actor, spec: &AddressSpec) -> Result<Address, AppError> {
     actor.require(OPERATOR)?;
     let cloud = named::<Cloud>(&*app.store, spec.cloud.as_str()).await?;
@@ -50,7 +50,8 @@ pub async fn allocate(app: &App, actor: &Actor, spec: &AddressSpec) -> Result<Ad
                 })?
             }
         };
-    let _guard = app.drivers.address_lock().await;
+    // Across replicas: two allocations never pick the same free address.
+    let _guard = app.store.lock(&format!("addresses:{}", cloud.spec.name)).await?;
     let taken: Vec<IpAddr> = app
         .store
         .list_all::<Address>(&Query::default())

@@ -155,7 +155,7 @@ where
     let stored = staged.stored.clone();
     // The blob is kept and the catalogue switched under one lock, which the sweep of unreferenced
     // blobs also takes: a blob is never deleted between "it is there" and "an object refers to it".
-    let _guard = app.artifact_lock.lock().await;
+    let _guard = app.store.lock(BLOB_LOCK).await?;
     app.blobs.keep(&staged).await?;
     let now = Utc::now();
     let (obj, old) = match app.store.find_as::<Object>(b.name.as_str(), key).await? {
@@ -202,7 +202,12 @@ where
     Ok(obj)
 }
 
-/// Delete the blob if no object refers to it (the caller holds `artifact_lock`). A failure is
+/// Keeping a blob and switching an object to it, and sweeping unreferenced blobs, take this
+/// store lock: across replicas, a blob is never deleted between "it is there" and "an object
+/// refers to it".
+const BLOB_LOCK: &str = "artifact-blobs";
+
+/// Delete the blob if no object refers to it (the caller holds [`BLOB_LOCK`]). A failure is
 /// logged, not returned: the object write it follows has happened.
 async fn sweep(app: &App, sha256: &str) {
     let q = Query {
@@ -237,7 +242,7 @@ pub async fn get(app: &App, actor: &Actor, bucket: &str, key: &str) -> Result<(O
 pub async fn delete(app: &App, actor: &Actor, bucket: &str, key: &str) -> Result<(), AppError> {
     actor.require(OPERATOR)?;
     key_ok(key)?;
-    let _guard = app.artifact_lock.lock().await;
+    let _guard = app.store.lock(BLOB_LOCK).await?;
     let o = object(app, bucket, key).await?;
     let entry = audit(actor, "object.delete", format!("object/{bucket}/{key}"), &o.sha256);
     app.commit(vec![Change::delete(&o), entry]).await?;

@@ -61,9 +61,6 @@ pub struct App {
     pub settings: AppSettings,
     /// The artifact store's bytes.
     pub blobs: crate::blobs::Blobs,
-    /// Serialises switching an object to a blob with deleting unreferenced blobs (one replica;
-    /// several will need the store to arbitrate, like address allocation).
-    pub artifact_lock: tokio::sync::Mutex<()>,
     /// Notified after every commit that wrote a server (see `crate::watch`).
     pub servers_changed: crate::watch::ServerChanges,
     /// Committed changes, for live views (see `crate::watch`).
