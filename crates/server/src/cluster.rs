@@ -128,9 +128,35 @@ impl App {
     }
 }
 
+/// The background work running here; stopped when dropped, so that aborting [`supervise`]
+/// (a control plane stopping) stops what it started too.
+struct Work {
+    app: Arc<App>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Work {
+    fn stop(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        crate::app::rollouts::stop_all(&self.app);
+    }
+}
+
+impl Drop for Work {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// Run the leader's background work while this replica leads (always, without a cluster).
 pub async fn supervise(app: Arc<App>) {
     let mut leads = app.cluster.leader.subscribe();
+    let mut work = Work {
+        app: app.clone(),
+        tasks: vec![],
+    };
     loop {
         if !*leads.borrow_and_update() {
             if leads.changed().await.is_err() {
@@ -142,7 +168,7 @@ pub async fn supervise(app: Arc<App>) {
             replica = app.cluster.replica(),
             "leading: orchestrator, load-balancer sync and rollouts run here"
         );
-        let tasks = [
+        work.tasks = vec![
             tokio::spawn(crate::reconcile::run(app.clone())),
             tokio::spawn(crate::app::lb::sync(app.clone())),
         ];
@@ -158,10 +184,7 @@ pub async fn supervise(app: Arc<App>) {
             replica = app.cluster.replica(),
             "no longer leading; background work stops here"
         );
-        for t in tasks {
-            t.abort();
-        }
-        crate::app::rollouts::stop_all(&app);
+        work.stop();
     }
 }
 
