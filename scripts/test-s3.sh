@@ -31,7 +31,7 @@ JSON
         -master.port.grpc=$((port + 11)) -volume.port.grpc=$((port + 12)) -filer.port.grpc=$((port + 13)) \
         -filer -s3 -s3.port="$port" -s3.port.grpc=$((port + 14)) -s3.config="$dir/s3.json" \
         -s3.domainName=s3.stratus.test \
-        -volume.max=0 -master.volumeSizeLimitMB=64 >"$dir/weed.log" 2>&1 &
+        -volume.max=0 -master.volumeSizeLimitMB=64 -volume.minFreeSpace=256MiB >"$dir/weed.log" 2>&1 &
     for _ in $(seq 1 120); do
         up && break
         sleep 0.5

@@ -222,6 +222,9 @@ impl Blobs {
         let mut hash = Sha256::new();
         let mut size = 0u64;
         let mut body = std::pin::pin!(body);
+        // A writer that was shut down (its upload attempted) must not be aborted: the backend
+        // cleans up a failed upload itself, and `abort` after `shutdown` panics.
+        let mut shut = false;
         let result: Result<(), BlobError> = async {
             while let Some(chunk) = body.next().await {
                 let chunk = chunk.map_err(|e| BlobError::Body(e.to_string()))?;
@@ -232,12 +235,15 @@ impl Blobs {
                 hash.update(&chunk);
                 writer.write_all(&chunk).await?;
             }
+            shut = true;
             writer.shutdown().await?;
             Ok(())
         }
         .await;
         if let Err(e) = result {
-            let _ = writer.abort().await;
+            if !shut {
+                let _ = writer.abort().await;
+            }
             let _ = self.store.delete(&upload).await;
             return Err(e);
         }

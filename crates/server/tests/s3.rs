@@ -183,3 +183,16 @@ async fn a_bad_artifact_location_stops_the_start_with_a_clear_error() {
         assert!(format!("{e:#}").contains(want), "{url}: {e:#}");
     }
 }
+
+/// An upload the server refuses (here: a wrong secret) is an error for the upload, and the
+/// control plane carries on (a failed upload is not aborted a second time, which panicked).
+#[tokio::test]
+async fn an_upload_the_server_refuses_is_an_error_not_a_crash() {
+    let bucket = Bucket::create().await;
+    let b = Blobs::s3_with(&location(&bucket.0), 1 << 20, Some((KEY.0, "not-the-secret"))).expect("s3");
+    let e = b
+        .put_bytes(bytes::Bytes::from_static(b"refused"), None)
+        .await
+        .expect_err("refused");
+    assert!(matches!(e, BlobError::Backend(_) | BlobError::Io(_)), "{e}");
+}
