@@ -281,6 +281,19 @@ fn api<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(e: E
     }
 }
 
+/// A failed call about one instance: "no such instance" when EC2 says so, else as [`api`].
+fn for_instance<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
+    id: &str,
+) -> impl FnOnce(E) -> CloudError + '_ {
+    move |e| {
+        if not_found(&e) {
+            CloudError::NoSuchInstance(id.into())
+        } else {
+            api(e)
+        }
+    }
+}
+
 fn not_found<E: ProvideErrorMetadata>(e: &E) -> bool {
     matches!(
         e.code(),
@@ -537,13 +550,7 @@ impl CloudDriver for Ec2Cloud {
             .send()
             .await
             .map(drop)
-            .map_err(|e| {
-                if not_found(&e) {
-                    CloudError::NoSuchInstance(instance_id.into())
-                } else {
-                    api(e)
-                }
-            })
+            .map_err(for_instance(instance_id))
     }
 
     async fn start(&self, instance_id: &str) -> Result<(), CloudError> {
@@ -553,13 +560,7 @@ impl CloudDriver for Ec2Cloud {
             .send()
             .await
             .map(drop)
-            .map_err(|e| {
-                if not_found(&e) {
-                    CloudError::NoSuchInstance(instance_id.into())
-                } else {
-                    api(e)
-                }
-            })
+            .map_err(for_instance(instance_id))
     }
 
     async fn reboot(&self, instance_id: &str) -> Result<(), CloudError> {
@@ -595,13 +596,7 @@ impl CloudDriver for Ec2Cloud {
                 .instance_ids(instance_id)
                 .send()
                 .await
-                .map_err(|e| {
-                    if not_found(&e) {
-                        CloudError::NoSuchInstance(instance_id.into())
-                    } else {
-                        api(e)
-                    }
-                })?;
+                .map_err(for_instance(instance_id))?;
         }
         // Its own security group goes too, once nothing uses it (best effort: on AWS the
         // instance takes a while to let go of it; the next termination call retries).
@@ -636,13 +631,7 @@ impl CloudDriver for Ec2Cloud {
             .send()
             .await
             .map(drop)
-            .map_err(|e| {
-                if not_found(&e) {
-                    CloudError::NoSuchInstance(instance_id.into())
-                } else {
-                    api(e)
-                }
-            })
+            .map_err(for_instance(instance_id))
     }
 
     async fn disassociate_address(&self, ip: IpAddr) -> Result<(), CloudError> {
@@ -713,13 +702,7 @@ impl CloudDriver for Ec2Cloud {
             .latest(true)
             .send()
             .await
-            .map_err(|e| {
-                if not_found(&e) {
-                    CloudError::NoSuchInstance(instance_id.into())
-                } else {
-                    api(e)
-                }
-            })?;
+            .map_err(for_instance(instance_id))?;
         let text = out
             .output()
             .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())

@@ -56,7 +56,7 @@ pub struct Drivers {
     /// serving it (none when the main listener's wildcard address already covers the gateway).
     gateways: std::sync::Mutex<HashMap<Name, Gateway>>,
     /// Opens the credentials clouds name (an EC2 cloud's access key).
-    keys: Option<crate::crypto::KeyRing>,
+    keys: Option<Arc<crate::crypto::KeyRing>>,
 }
 
 /// A local cloud's way to the control plane: the URL its instances use, and the listener
@@ -85,7 +85,7 @@ impl Drivers {
     }
 
     /// With the key ring that opens credentials clouds name.
-    pub fn with_keys(mut self, keys: crate::crypto::KeyRing) -> Self {
+    pub fn with_keys(mut self, keys: Arc<crate::crypto::KeyRing>) -> Self {
         self.keys = Some(keys);
         self
     }

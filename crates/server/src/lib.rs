@@ -31,7 +31,7 @@ use crate::crypto::KeyRing;
 use crate::drivers::{Drivers, LocalBase};
 
 /// How to run the control plane.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
@@ -66,6 +66,27 @@ pub struct Config {
     /// A CA certificate (PEM) agents trust for the public URL besides the system's (it goes into
     /// each instance's user-data).
     pub agent_ca_pem: Option<String>,
+}
+
+/// Shown without secrets: the store URL's password and the S3 secret are redacted.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("data_dir", &self.data_dir)
+            .field("listen", &self.listen)
+            .field("public_url", &self.public_url)
+            .field("store_url", &self.store_url.as_deref().map(stratus_store::redact_url))
+            .field("artifacts", &self.artifacts)
+            .field(
+                "artifacts_key",
+                &self
+                    .artifacts_key
+                    .as_ref()
+                    .map(|(id, _)| format!("{id} (secret hidden)")),
+            )
+            .field("simulate_agents", &self.simulate_agents)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Config {
@@ -214,7 +235,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         .data_dir
         .canonicalize()
         .with_context(|| format!("cannot resolve {}", config.data_dir.display()))?;
-    let keys = KeyRing::load_or_create(&config.data_dir.join("master.key"))?;
+    let keys = Arc::new(KeyRing::load_or_create(&config.data_dir.join("master.key"))?);
     let (inner, cluster) = open_store(&config).await?;
     let servers_changed = watch::ServerChanges::default();
     let (changes, _) = tokio::sync::broadcast::channel(1024);
@@ -243,14 +264,14 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     };
     let app = Arc::new(App {
         store,
-        keys,
+        keys: keys.clone(),
         drivers: Drivers::new(config.instance_init.clone().map(|init| LocalBase {
             data_dir: config.data_dir.clone(),
             init,
             agent: config.instance_agent.clone(),
         }))
-        // A second handle on the same key file: the drivers open the credentials clouds name.
-        .with_keys(KeyRing::load_or_create(&config.data_dir.join("master.key"))?),
+        // The drivers open the credentials clouds name.
+        .with_keys(keys.clone()),
         agents: Default::default(),
         poke: Default::default(),
         run_finished: tokio::sync::watch::Sender::new(0),
@@ -289,4 +310,20 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         created_admin,
         tasks,
     })
+}
+
+#[cfg(test)]
+mod config_tests {
+    #[test]
+    fn debug_never_shows_secrets() {
+        let mut c = super::Config::new("/tmp/x", "127.0.0.1:0".parse().expect("addr"));
+        c.store_url = Some("postgres://u:db-pass-77@db/s".into());
+        c.artifacts_key = Some(("AKIA1".into(), "s3-secret-88".into()));
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("db-pass-77") && !shown.contains("s3-secret-88"),
+            "{shown}"
+        );
+        assert!(shown.contains("AKIA1"), "{shown}");
+    }
 }

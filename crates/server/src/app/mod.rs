@@ -49,7 +49,7 @@ use crate::drivers::Drivers;
 #[derive(Debug)]
 pub struct App {
     pub store: Arc<dyn Datastore>,
-    pub keys: KeyRing,
+    pub keys: Arc<KeyRing>,
     pub drivers: Drivers,
     /// The agents connected to this control plane.
     pub agents: gateway::Hub,

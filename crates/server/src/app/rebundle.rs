@@ -275,21 +275,7 @@ pub async fn rebundle(app: &App, actor: &Actor, key: &str, req: &RebundleRequest
 
 /// A server like `old` under its name, launched now (its template as it is now).
 async fn relaunch(app: &App, actor: &Actor, old: &Server) -> Result<String, AppError> {
-    let spec = ServerSpec {
-        name: old.name.clone(),
-        deployment: old.deployment.clone(),
-        template: old.template.clone(),
-        cloud: Some(old.cloud.clone()),
-        region: Some(old.region.clone()),
-        size: None,
-        inputs: old.inputs.clone(),
-        tags: old
-            .tags
-            .iter()
-            .filter(|t| !(t.namespace() == "array" && t.predicate() == "vote"))
-            .cloned()
-            .collect(),
-    };
+    let spec = super::replace::spec_like(old, old.name.clone());
     let s = super::servers::launch(app, actor, &spec).await?;
     Ok(format!("{}/{}", s.deployment, s.name))
 }

@@ -33,6 +33,26 @@ pub struct Replacement {
     pub addresses: Vec<String>,
 }
 
+/// The launch request for a server like `old`, named `name`: its deployment, template (as it
+/// is now), cloud, region, inputs and tags, minus its array vote.
+pub(crate) fn spec_like(old: &Server, name: Name) -> ServerSpec {
+    ServerSpec {
+        name,
+        deployment: old.deployment.clone(),
+        template: old.template.clone(),
+        cloud: Some(old.cloud.clone()),
+        region: Some(old.region.clone()),
+        size: None,
+        inputs: old.inputs.clone(),
+        tags: old
+            .tags
+            .iter()
+            .filter(|t| !(t.namespace() == "array" && t.predicate() == "vote"))
+            .cloned()
+            .collect(),
+    }
+}
+
 /// `web-1` → `web-1-r2`, `web-1-r2` → `web-1-r3`; the first free one.
 async fn next_name(app: &App, s: &Server) -> Result<Name, AppError> {
     let name = s.name.as_str();
@@ -75,21 +95,7 @@ pub async fn replace(app: &App, actor: &Actor, key: &str) -> Result<Replacement,
             "{old_key} is a member of array {array}: the array replaces its members (terminate this one, or scale)"
         )));
     }
-    let spec = ServerSpec {
-        name: next_name(app, &old).await?,
-        deployment: old.deployment.clone(),
-        template: old.template.clone(),
-        cloud: Some(old.cloud.clone()),
-        region: Some(old.region.clone()),
-        size: None,
-        inputs: old.inputs.clone(),
-        tags: old
-            .tags
-            .iter()
-            .filter(|t| !(t.namespace() == "array" && t.predicate() == "vote"))
-            .cloned()
-            .collect(),
-    };
+    let spec = spec_like(&old, next_name(app, &old).await?);
     let new = super::servers::launch(app, actor, &spec).await?;
     let new_key = format!("{}/{}", new.deployment, new.name);
     app.commit(vec![audit(
