@@ -304,8 +304,9 @@ async fn an_agent_restarted_mid_run_reports_it_interrupted_and_never_runs_it_twi
     let v = api.call(reqwest::Method::POST, "/templates", Some(tpl)).await;
     assert!(v.get("error").is_none(), "{v}");
     let (id, agent) = launch_with_agent(&running, &api, dir.path(), "web-4", "once").await;
-    // Wait until the script runs, then kill the agent in the middle of it.
-    for _ in 0..200 {
+    // Wait until the script runs, then kill the agent in the middle of it (bounded: 60 s; on a
+    // loaded machine 5 s was too short, and the agent was killed before the script started).
+    for _ in 0..2400 {
         if std::fs::read_to_string(&count).is_ok_and(|c| !c.is_empty()) {
             break;
         }
