@@ -24,7 +24,9 @@
 //! ```
 //!
 //! `body_file` paths are relative to the file and are read by the CLI; the control plane only
-//! ever receives the parsed document. Unknown fields are errors, reported with their path.
+//! ever receives the parsed document. They must stay beneath the file's directory: absolute
+//! paths, `..` and symbolic links that resolve outside it are refused (a file from someone else
+//! must not upload the reader's own files as script bodies; see `read_beneath`). Unknown fields are errors, reported with their path.
 
 use std::path::Path;
 
@@ -180,23 +182,89 @@ fn inline_body_files(value: &mut serde_json::Value, path: &str, base: Option<&Pa
             return Err(invalid("give either body or body_file, not both"));
         }
         let base = base.ok_or_else(|| invalid("body_file needs the file to be read from disk"))?;
-        let full = base.join(&file);
-        let meta = std::fs::metadata(&full).map_err(|source| FileError::Io {
-            path: path.into(),
-            file: file.clone(),
-            source,
-        })?;
-        if meta.len() > stratus_types::script::SCRIPT_BODY_MAX as u64 {
-            return Err(invalid("the script file is larger than 1 MiB"));
-        }
-        let body = std::fs::read_to_string(&full).map_err(|source| FileError::Io {
-            path: path.into(),
-            file,
-            source,
+        let body = read_beneath(base, &file).map_err(|e| match e {
+            BodyFileError::Refused(why) => invalid(&why),
+            BodyFileError::Io(source) => FileError::Io {
+                path: path.into(),
+                file: shown(&file),
+                source,
+            },
         })?;
         obj.insert("body".into(), serde_json::Value::String(body));
     }
     Ok(())
+}
+
+/// Why a `body_file` could not be inlined.
+enum BodyFileError {
+    Refused(String),
+    Io(std::io::Error),
+}
+
+/// Read `file`, a path relative to `base`, refusing anything that leaves `base`.
+///
+/// A deployment file is often written by someone other than the person who applies it (a
+/// repository, a colleague), and what `body_file` names is uploaded as a script body others can
+/// read. So the path must be relative, without `..`, and what it finally resolves to (after
+/// every symbolic link, which a repository can carry) must be a regular file beneath `base`'s own
+/// resolved directory: `body_file = "/root/.config/stratus/cli.toml"`, `"../../etc/shadow"` and
+/// `x.sh -> ~/.ssh/id_ed25519` are all refused, and nothing is read. A FIFO or device is
+/// refused too, so a hostile file cannot block or flood the reader.
+fn read_beneath(base: &Path, file: &str) -> Result<String, BodyFileError> {
+    use std::io::Read;
+    use std::path::Component;
+    let refused = |why: &str| BodyFileError::Refused(why.to_string());
+    let rel = Path::new(file);
+    if file.is_empty() || file.contains('\0') {
+        return Err(refused("must be a path"));
+    }
+    if !rel
+        .components()
+        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(refused(
+            "must be a path relative to the deployment file's directory, without `..`",
+        ));
+    }
+    let root = std::fs::canonicalize(base).map_err(BodyFileError::Io)?;
+    let full = std::fs::canonicalize(root.join(rel)).map_err(BodyFileError::Io)?;
+    if !full.starts_with(&root) {
+        return Err(refused(
+            "is a symbolic link out of the deployment file's directory; copy the script beside the file",
+        ));
+    }
+    // The type is checked before opening (opening a FIFO blocks) and again on the open file.
+    if !std::fs::metadata(&full).map_err(BodyFileError::Io)?.is_file() {
+        return Err(refused("is not a regular file"));
+    }
+    let mut f = std::fs::File::open(&full).map_err(BodyFileError::Io)?;
+    let meta = f.metadata().map_err(BodyFileError::Io)?;
+    if !meta.is_file() {
+        return Err(refused("is not a regular file"));
+    }
+    let max = stratus_types::script::SCRIPT_BODY_MAX as u64;
+    if meta.len() > max {
+        return Err(refused("the script file is larger than 1 MiB"));
+    }
+    let mut body = String::new();
+    // Read at most one byte past the limit, in case the file grew since `metadata`.
+    (&mut f)
+        .take(max + 1)
+        .read_to_string(&mut body)
+        .map_err(BodyFileError::Io)?;
+    if body.len() as u64 > max {
+        return Err(refused("the script file is larger than 1 MiB"));
+    }
+    Ok(body)
+}
+
+/// An attacker-written name, bounded and without control characters, for an error message.
+fn shown(name: &str) -> String {
+    let mut s: String = name.chars().take(200).flat_map(char::escape_debug).collect();
+    if name.chars().count() > 200 {
+        s.push('…');
+    }
+    s
 }
 
 impl DeploymentFile {
@@ -347,23 +415,113 @@ tags = ["lb:pool=www"]
         assert!(e.to_string().contains("need a [deployment]"), "{e}");
     }
 
+    /// A scratch directory with a deployment directory `dep/` and a secret beside it.
+    struct Scratch(std::path::PathBuf);
+
+    impl Scratch {
+        fn new(tag: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("stratus-file-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(dir.join("dep/scripts")).unwrap();
+            std::fs::create_dir_all(dir.join("private")).unwrap();
+            std::fs::write(dir.join("private/cli.toml"), "token = \"stratus_SECRET\"\n").unwrap();
+            Self(dir)
+        }
+        fn dep(&self) -> std::path::PathBuf {
+            self.0.join("dep")
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn with_body_file(path: &str) -> String {
+        format!("[[script]]\nname = \"x\"\nbody_file = {path:?}\n")
+    }
+
     #[test]
     fn body_file_is_read_relative_to_the_file() {
-        let dir = std::env::temp_dir().join(format!("stratus-file-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("x.sh"), "echo from file\n").unwrap();
-        let text = "[[script]]\nname = \"x\"\nbody_file = \"x.sh\"\n";
-        let f = parse(text, Format::Toml, "d.toml", Some(&dir)).unwrap();
+        let s = Scratch::new("ok");
+        std::fs::write(s.dep().join("x.sh"), "echo from file\n").unwrap();
+        std::fs::write(s.dep().join("scripts/y.sh"), "echo nested\n").unwrap();
+        let f = parse(&with_body_file("x.sh"), Format::Toml, "d.toml", Some(&s.dep())).unwrap();
         assert_eq!(f.scripts[0].body, "echo from file\n");
-        assert!(parse(text, Format::Toml, "d.toml", None).is_err());
-        let missing = "[[script]]\nname = \"x\"\nbody_file = \"nope.sh\"\n";
+        let f = parse(
+            &with_body_file("./scripts/y.sh"),
+            Format::Toml,
+            "d.toml",
+            Some(&s.dep()),
+        )
+        .unwrap();
+        assert_eq!(f.scripts[0].body, "echo nested\n");
+        // A link that stays inside the directory is fine.
+        std::os::unix::fs::symlink("scripts/y.sh", s.dep().join("link.sh")).unwrap();
+        let f = parse(&with_body_file("link.sh"), Format::Toml, "d.toml", Some(&s.dep())).unwrap();
+        assert_eq!(f.scripts[0].body, "echo nested\n");
+        assert!(parse(&with_body_file("x.sh"), Format::Toml, "d.toml", None).is_err());
+        let e = parse(&with_body_file("nope.sh"), Format::Toml, "d.toml", Some(&s.dep())).unwrap_err();
+        assert!(e.to_string().contains("nope.sh"), "{e}");
+    }
+
+    #[test]
+    fn body_file_never_reads_outside_the_file_directory() {
+        let s = Scratch::new("hostile");
+        let secret = s.0.join("private/cli.toml");
+        std::os::unix::fs::symlink(&secret, s.dep().join("abs-link.sh")).unwrap();
+        std::os::unix::fs::symlink("../private/cli.toml", s.dep().join("rel-link.sh")).unwrap();
+        std::os::unix::fs::symlink(s.0.join("private"), s.dep().join("linkdir")).unwrap();
+        std::os::unix::fs::symlink("../../private", s.dep().join("scripts/up")).unwrap();
+        let hostile = [
+            secret.display().to_string(),
+            "../private/cli.toml".into(),
+            "scripts/../../private/cli.toml".into(),
+            "abs-link.sh".into(),
+            "rel-link.sh".into(),
+            "linkdir/cli.toml".into(),
+            "scripts/up/cli.toml".into(),
+            "/etc/passwd".into(),
+            "".into(),
+        ];
+        for path in hostile {
+            let e = parse(&with_body_file(&path), Format::Toml, "d.toml", Some(&s.dep()))
+                .expect_err(&format!("{path:?} must be refused"));
+            let shown = format!("{e} {e:?}");
+            assert!(!shown.contains("stratus_SECRET"), "{path:?}: {shown}");
+            assert!(shown.contains("body_file"), "{path:?} names the field: {shown}");
+        }
+    }
+
+    #[test]
+    fn body_file_refuses_special_and_oversized_files() {
+        let s = Scratch::new("special");
+        let status = std::process::Command::new("mkfifo")
+            .arg(s.dep().join("fifo.sh"))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        // A FIFO would block a reader forever: it is refused from its type, without opening it
+        // for long (nothing writes to it, so a read would hang this test).
+        let e = parse(&with_body_file("fifo.sh"), Format::Toml, "d.toml", Some(&s.dep()));
+        assert!(e.unwrap_err().to_string().contains("not a regular file"));
+        let e = parse(&with_body_file("scripts"), Format::Toml, "d.toml", Some(&s.dep())).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        std::fs::write(
+            s.dep().join("big.sh"),
+            "#".repeat(stratus_types::script::SCRIPT_BODY_MAX + 1),
+        )
+        .unwrap();
+        let e = parse(&with_body_file("big.sh"), Format::Toml, "d.toml", Some(&s.dep())).unwrap_err();
+        assert!(e.to_string().contains("larger than 1 MiB"), "{e}");
+        let long = "a/".repeat(5000);
+        let e = parse(&with_body_file(&long), Format::Toml, "d.toml", Some(&s.dep())).unwrap_err();
         assert!(
-            parse(missing, Format::Toml, "d.toml", Some(&dir))
-                .unwrap_err()
-                .to_string()
-                .contains("nope.sh")
+            e.to_string().len() < 2000,
+            "the error stays small: {} bytes",
+            e.to_string().len()
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

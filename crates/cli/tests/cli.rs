@@ -486,6 +486,49 @@ fn malformed_files_name_the_problem() {
     );
 }
 
+/// A deployment file (or a `script put -f` file) written by someone else cannot make the person
+/// applying it upload their own files: `body_file` stays beneath the file's directory.
+#[test]
+fn body_file_cannot_reach_outside_the_file_directory() {
+    let s = Served::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = dir.path().join("cli.toml");
+    std::fs::write(&secret, "token = \"stratus_TOPSECRET_token\"\n").expect("write");
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(repo.join("scripts")).expect("mkdir");
+    std::os::unix::fs::symlink(&secret, repo.join("scripts/setup.sh")).expect("symlink");
+    std::os::unix::fs::symlink("..", repo.join("up")).expect("symlink");
+    let deployment = repo.join("deploy.toml");
+    let script = repo.join("script.toml");
+    for target in [
+        secret.display().to_string(),
+        "../cli.toml".into(),
+        "scripts/setup.sh".into(),
+        "up/cli.toml".into(),
+    ] {
+        std::fs::write(
+            &deployment,
+            format!("[[script]]\nname = \"setup\"\nbody_file = {target:?}\n"),
+        )
+        .expect("write");
+        std::fs::write(&script, format!("name = \"setup\"\nbody_file = {target:?}\n")).expect("write");
+        for args in [vec!["apply", "-f"], vec!["script", "put", "-f"]] {
+            let file = if args[0] == "apply" { &deployment } else { &script };
+            let out = s.cmd().args(&args).arg(file).output().expect("run");
+            let all = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(!out.status.success(), "{args:?} {target}: {all}");
+            assert!(all.contains("body_file"), "{args:?} {target}: {all}");
+            assert!(!all.contains("TOPSECRET"), "{args:?} {target}: {all}");
+        }
+    }
+    let listed = s.stdout(&["script", "list", "--json"]);
+    assert!(!listed.contains("setup"), "nothing was uploaded: {listed}");
+}
+
 #[test]
 fn the_sandbox_quickstart_up_again_and_down() {
     let dir = tempfile::tempdir().expect("tempdir");
