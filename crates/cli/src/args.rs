@@ -411,6 +411,10 @@ pub struct RunArgs {
     /// With --tag: only servers of this deployment.
     #[arg(long, requires = "tag")]
     pub deployment: Option<String>,
+    /// With --tag and no --deployment: run on matching servers of every deployment (without it,
+    /// a selector matching servers of several deployments is refused).
+    #[arg(long, requires = "tag", conflicts_with = "deployment")]
+    pub all_deployments: bool,
     /// With --tag: how many servers run the script at a time (default 10).
     #[arg(long, requires = "tag")]
     pub concurrency: Option<u32>,
@@ -458,6 +462,10 @@ pub struct DeployArgs {
     /// Only servers of this deployment.
     #[arg(long)]
     pub deployment: Option<String>,
+    /// Without --deployment: deploy to matching servers of every deployment (without it, a
+    /// selector matching servers of several deployments is refused).
+    #[arg(long, conflicts_with = "deployment")]
+    pub all_deployments: bool,
     /// Servers deploying at a time (default 1: one server out of rotation at a time).
     #[arg(long)]
     pub concurrency: Option<u32>,

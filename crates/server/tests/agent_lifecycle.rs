@@ -190,19 +190,51 @@ async fn an_agent_tags_its_own_server_and_queries_its_deployment() {
     assert_eq!(s, StatusCode::CREATED, "{v}");
 
     let tag = |s: &str| Tag::parse(s).expect("tag");
+    // Namespaces that decide what other servers do are the users': an agent can neither add
+    // nor remove them, and a change naming one is refused whole.
+    for (add, remove) in [
+        (vec!["app:role=primary", "lb:pool=admin"], vec![]),
+        (vec![], vec!["lb:pool=www"]),
+        (vec!["lb:check=/always-ok"], vec![]),
+        (vec!["lb:balances=www"], vec![]),
+        (vec!["stratus:managed=no"], vec![]),
+        (vec!["array:desired=50"], vec![]),
+    ] {
+        send(
+            &mut wa,
+            AgentMessage::TagChange {
+                request_id: 6,
+                add: add.iter().map(|t| tag(t)).collect(),
+                remove: remove.iter().map(|t| tag(t)).collect(),
+            },
+        )
+        .await;
+        match recv_work(&mut wa).await {
+            ControlMessage::RequestFailed { request_id, message } => {
+                assert_eq!(request_id, 6);
+                let reserved = add.iter().chain(&remove).find(|t| !t.starts_with("app:")).unwrap();
+                assert!(message.contains(reserved), "{message}");
+            }
+            other => panic!("{add:?} {remove:?}: {other:?}"),
+        }
+    }
+    let server = t.get(&format!("/servers/{}", a.id)).await;
+    assert_eq!(server["tags"], json!(["lb:pool=www"]), "nothing changed");
+
     send(
         &mut wa,
         AgentMessage::TagChange {
             request_id: 7,
-            add: vec![tag("app:role=primary")],
-            remove: vec![tag("lb:pool=www")],
+            add: vec![tag("app:role=primary"), tag("array:vote=grow")],
+            remove: vec![],
         },
     )
     .await;
+    let expected = vec![tag("app:role=primary"), tag("array:vote=grow"), tag("lb:pool=www")];
     match recv_work(&mut wa).await {
         ControlMessage::TagChangeResult { request_id, tags } => {
             assert_eq!(request_id, 7);
-            assert_eq!(tags, vec![tag("app:role=primary")]);
+            assert_eq!(tags, expected);
         }
         other => panic!("{other:?}"),
     }
@@ -210,18 +242,24 @@ async fn an_agent_tags_its_own_server_and_queries_its_deployment() {
     match recv_work(&mut wa).await {
         ControlMessage::DesiredState(d) => {
             assert_eq!(d.generation, Generation(2));
-            assert_eq!(d.tags, vec![tag("app:role=primary")]);
+            assert_eq!(d.tags, expected);
         }
         other => panic!("{other:?}"),
     }
-    let server = t.get(&format!("/servers/{}", a.id)).await;
-    assert_eq!(server["tags"], json!(["app:role=primary"]));
     assert!(
         t.audit("action=server.tag")
             .await
             .iter()
             .any(|e| e["actor"] == "agent:example/app-43")
     );
+    // A user takes it out of the pool.
+    let (s, v) = t
+        .post(&format!("/servers/{}/tags", a.id), json!({ "remove": ["lb:pool=www"] }))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(matches!(recv_work(&mut wa).await, ControlMessage::DesiredState(_)));
+    let server = t.get(&format!("/servers/{}", a.id)).await;
+    assert_eq!(server["tags"], json!(["app:role=primary", "array:vote=grow"]));
 
     send(
         &mut wa,
@@ -526,6 +564,66 @@ async fn rollout_requests_are_checked() {
         )
         .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
+}
+
+/// Tags such as `lb:pool=www` are the same in every deployment: a rollout or a deploy without a
+/// deployment never reaches servers of several deployments unless asked to.
+#[tokio::test]
+async fn a_rollout_by_tag_does_not_reach_other_deployments_silently() {
+    let t = start().await;
+    let (_a, _wa) = operational(&t, "app-70", "ops").await;
+    let (s, v) = t
+        .post("/deployments", json!({ "name": "staging", "cloud": "sandbox" }))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = t
+        .post(
+            "/servers",
+            json!({ "name": "app-71", "deployment": "staging", "template": "ops" }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let _ = t.post("/buckets", json!({ "name": "www" })).await;
+    let resp = t
+        .http
+        .put(format!("{}/api/v1/buckets/www/object?key=site.tar.gz", t.url))
+        .bearer_auth(&t.token)
+        .body(b"not looked at before the selection".to_vec())
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(resp.status(), StatusCode::OK);
+    for (path, body) in [
+        ("/rollouts", json!({ "script": "status", "selector": "lb:pool=www" })),
+        (
+            "/deploys",
+            json!({ "archive": "www/site.tar.gz", "selector": "lb:pool=www" }),
+        ),
+    ] {
+        let (s, v) = t.post(path, body.clone()).await;
+        common::assert_error(s, &v, StatusCode::BAD_REQUEST, "invalid_input");
+        let message = v.to_string();
+        assert!(
+            message.contains("2 deployments") && message.contains("example") && message.contains("staging"),
+            "{path}: {v}"
+        );
+    }
+    assert!(t.list_all("/rollouts").await.is_empty(), "nothing was started");
+    // Named, or asked for all: it runs.
+    let (s, v) = t
+        .post(
+            "/rollouts",
+            json!({ "script": "status", "selector": "lb:pool=www", "deployment": "example" }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = t
+        .post(
+            "/rollouts",
+            json!({ "script": "status", "selector": "lb:pool=www", "all_deployments": true }),
+        )
+        .await;
+    assert!(s != StatusCode::BAD_REQUEST && s != StatusCode::FORBIDDEN, "{s} {v}");
 }
 
 #[tokio::test]

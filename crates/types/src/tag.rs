@@ -119,7 +119,25 @@ impl Tag {
     pub fn value(&self) -> &str {
         &self.value
     }
+
+    /// Whether a server's own agent may add or remove this tag. Namespaces that decide what
+    /// *other* servers do are reserved for users (through the API or a template): `lb` (pool
+    /// membership, ports and health checks: an agent that could set them would steer its load
+    /// balancer's traffic), `stratus` (the control plane's own) and `array`, except the
+    /// `array:vote` tag members vote with ([`AGENT_WRITABLE_IN_RESERVED`]).
+    /// Compared without regard to case, so `LB:pool` is reserved too (nothing reads it, but it
+    /// would look like the real thing to a person).
+    pub fn agent_may_set(&self) -> bool {
+        let ns = self.namespace.to_ascii_lowercase();
+        !RESERVED_FOR_USERS.contains(&ns.as_str())
+            || AGENT_WRITABLE_IN_RESERVED.contains(&(ns.as_str(), self.predicate.as_str()))
+    }
 }
+
+/// Tag namespaces a server's agent cannot change on its own server (see [`Tag::agent_may_set`]).
+pub const RESERVED_FOR_USERS: &[&str] = &["lb", "stratus", "array"];
+/// The `namespace:predicate` pairs of reserved namespaces that agents may still set.
+pub const AGENT_WRITABLE_IN_RESERVED: &[(&str, &str)] = &[("array", "vote")];
 
 impl fmt::Display for Tag {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -316,6 +334,23 @@ mod tests {
 
     fn tags(list: &[&str]) -> Vec<Tag> {
         list.iter().map(|t| Tag::parse(t).unwrap()).collect()
+    }
+
+    #[test]
+    fn agents_may_not_set_reserved_namespaces() {
+        let t = |s: &str| Tag::parse(s).unwrap();
+        for reserved in [
+            "lb:pool=www",
+            "lb:check=/",
+            "stratus:x=y",
+            "array:desired=9",
+            "LB:pool=www",
+        ] {
+            assert!(!t(reserved).agent_may_set(), "{reserved}");
+        }
+        for free in ["array:vote=grow", "app:role=primary", "lbx:pool=www", "lb2:check=/"] {
+            assert!(t(free).agent_may_set(), "{free}");
+        }
     }
 
     #[test]

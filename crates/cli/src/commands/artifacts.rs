@@ -232,6 +232,9 @@ pub async fn deploy(ctx: &Ctx, a: &DeployArgs) -> anyhow::Result<()> {
     if let Some(d) = &a.deployment {
         body["deployment"] = d.clone().into();
     }
+    if a.all_deployments {
+        body["all_deployments"] = true.into();
+    }
     if let Some(n) = a.concurrency {
         body["concurrency"] = n.into();
     }

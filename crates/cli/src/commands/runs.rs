@@ -92,6 +92,9 @@ async fn start_rollout(ctx: &Ctx, a: &RunArgs, selector: &str) -> anyhow::Result
     if let Some(d) = &a.deployment {
         body["deployment"] = d.clone().into();
     }
+    if a.all_deployments {
+        body["all_deployments"] = true.into();
+    }
     if let Some(n) = a.concurrency {
         body["concurrency"] = n.into();
     }

@@ -162,6 +162,10 @@ pub struct StartDeploy {
     pub selector: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployment: Option<String>,
+    /// Without `deployment`, a selector that matches servers of several deployments is refused
+    /// unless this is true.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all_deployments: bool,
     /// At most this many servers at a time (default 1: one server out of rotation at a time).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<u32>,
@@ -180,7 +184,8 @@ pub async fn start(app: &Arc<App>, actor: &Actor, req: &StartDeploy) -> Result<R
         AppError::BadState(m) => AppError::Missing(m),
         other => other,
     })?;
-    let (deployment, servers) = super::rollouts::select(app, &req.selector, req.deployment.as_deref()).await?;
+    let (deployment, servers) =
+        super::rollouts::select(app, &req.selector, req.deployment.as_deref(), req.all_deployments).await?;
     let mut runs = vec![];
     let mut skipped = vec![];
     for s in &servers {

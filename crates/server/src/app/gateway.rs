@@ -623,8 +623,24 @@ pub async fn file_status(
 }
 
 /// `stratus-agent tag add/remove`: the agent changes its own server's tags (audited as the
-/// agent). An agent may change any tag of its own server and none of another's.
+/// agent). An agent may change its own server's tags, except those of the namespaces reserved
+/// for users (`lb`, `stratus`, `array` but `array:vote`: see [`Tag::agent_may_set`]), and none
+/// of another's. A change naming a reserved tag is refused whole and changes nothing.
 pub async fn tag_change(app: &App, session: &Session, add: &[Tag], remove: &[Tag]) -> Result<Vec<Tag>, AppError> {
+    let reserved: Vec<String> = add
+        .iter()
+        .chain(remove)
+        .filter(|t| !t.agent_may_set())
+        .map(ToString::to_string)
+        .collect();
+    if !reserved.is_empty() {
+        return Err(AppError::Forbidden(format!(
+            "an agent cannot change {}: the namespaces {} are set by users (the template's \
+             default_tags or `stratus server tag`), only array:vote is the agent's",
+            reserved.join(", "),
+            stratus_types::tag::RESERVED_FOR_USERS.join(", ")
+        )));
+    }
     let s: Server = server_of(app, session.server).await?;
     let actor = super::Actor {
         name: format!("agent:{}/{}", s.deployment, s.name),

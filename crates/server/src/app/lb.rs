@@ -8,9 +8,17 @@
 //! |---|---|---|
 //! | load balancer | `lb:balances=POOL` | balances the pool POOL |
 //! | load balancer | `lb:listen=PORT` | listens on PORT (default 80) |
+//! | load balancer | `lb:check=/PATH` | HAProxy's health check path for the pool |
 //! | app server | `lb:pool=POOL` | is a member of POOL |
 //! | app server | `lb:port=PORT` | serves on PORT (default 80) |
-//! | app server | `lb:check=/PATH` | HAProxy's health check path (default `/`) |
+//! | app server | `lb:check=/PATH` | the check path it asks for (see below) |
+//!
+//! **Health checks** are one per pool and belong to the load balancer: its own `lb:check` wins.
+//! Without one, the members' `lb:check` is used only when every member asks for the same path;
+//! when they disagree the pool is checked at `/` and the disagreement is reported — no member
+//! decides how the others are checked. The `lb` namespace is reserved for users: a server's
+//! own agent cannot set or remove `lb:` tags (see `Tag::agent_may_set`), so a compromised
+//! instance can neither join a pool nor change how one is checked.
 //!
 //! A pool's members are the *operational* servers of the load balancer's deployment tagged
 //! `lb:pool=POOL`; a booting, stranded, decommissioning or terminated server is not one. The
@@ -72,7 +80,6 @@ pub struct Member {
     pub name: String,
     pub ip: IpAddr,
     pub port: u16,
-    pub check: String,
 }
 
 /// What a load balancer serves: its pool, port and members.
@@ -80,6 +87,8 @@ pub struct Member {
 pub struct Pool {
     pub name: String,
     pub listen: u16,
+    /// The health-check path of every member (see the module docs).
+    pub check: String,
     pub members: Vec<Member>,
 }
 
@@ -126,7 +135,12 @@ fn pool(lb: &Server, name: &str, servers: &[Server]) -> Result<(Pool, Vec<String
         ));
     }
     let listen = port(lb_tag(lb, "listen"), "listen")?;
+    let lb_check = match lb_tag(lb, "check") {
+        Some(c) if !check_path(c) => return Err(format!("lb:check={c:?} is not a usable path")),
+        other => other,
+    };
     let mut members = vec![];
+    let mut asked = std::collections::BTreeSet::new();
     let mut left_out = vec![];
     for s in servers {
         if s.deployment != lb.deployment || s.state != ServerState::Operational || lb_tag(s, "pool") != Some(name) {
@@ -142,22 +156,37 @@ fn pool(lb: &Server, name: &str, servers: &[Server]) -> Result<(Pool, Vec<String
             check_path(&check),
             identifier(s.name.as_str()),
         ) {
-            (Ok(port), true, true) => members.push(Member {
-                name: s.name.to_string(),
-                ip,
-                port,
-                check,
-            }),
+            (Ok(port), true, true) => {
+                asked.insert(check);
+                members.push(Member {
+                    name: s.name.to_string(),
+                    ip,
+                    port,
+                })
+            }
             (Err(e), _, _) => left_out.push(format!("{}: {e}", s.name)),
             (_, false, _) => left_out.push(format!("{}: lb:check={check:?} is not a usable path", s.name)),
             (_, _, false) => left_out.push(format!("{}: the name cannot be an HAProxy server name", s.name)),
         }
     }
     members.sort_by(|a, b| a.name.cmp(&b.name));
+    let check = match (lb_check, asked.len()) {
+        (Some(c), _) => c.to_string(),
+        (None, 1) => asked.pop_first().unwrap_or_else(|| "/".into()),
+        (None, 0) => "/".into(),
+        (None, _) => {
+            left_out.push(format!(
+                "members disagree on lb:check ({}); the pool is checked at / — set lb:check on the load balancer",
+                asked.into_iter().collect::<Vec<_>>().join(", ")
+            ));
+            "/".into()
+        }
+    };
     Ok((
         Pool {
             name: name.to_string(),
             listen,
+            check,
             members,
         },
         left_out,
@@ -190,9 +219,7 @@ pub fn render(lb: &str, pool: &Pool) -> String {
         port = pool.listen
     );
     let _ = writeln!(c, "backend {}\n    balance roundrobin", pool.name);
-    // One check path per backend: the first member's (they serve the same application).
-    let check = pool.members.first().map_or("/", |m| m.check.as_str());
-    let _ = writeln!(c, "    option httpchk GET {check}");
+    let _ = writeln!(c, "    option httpchk GET {}", pool.check);
     c.push_str("    default-server inter 1s fall 2 rise 1\n");
     for m in &pool.members {
         let addr = match m.ip {
@@ -329,7 +356,12 @@ mod tests {
         use ServerState::*;
         let lb = server("lb-1", Operational, "10.0.0.1", &["lb:balances=www", "lb:listen=8000"]);
         let servers = vec![
-            server("app-2", Operational, "10.0.0.3", &["lb:pool=www", "lb:port=8080"]),
+            server(
+                "app-2",
+                Operational,
+                "10.0.0.3",
+                &["lb:pool=www", "lb:port=8080", "lb:check=/health"],
+            ),
             server(
                 "app-1",
                 Operational,
@@ -365,6 +397,44 @@ mod tests {
         if let Some(r) = pool_of(&hostile, &servers) {
             assert!(r.is_err());
         }
+    }
+
+    /// No member decides how the others are checked: the load balancer's own `lb:check` wins,
+    /// and members that disagree get the default, reported.
+    #[test]
+    fn the_health_check_belongs_to_the_load_balancer() {
+        use ServerState::*;
+        let member = |name: &str, ip: &str, check: Option<&str>| {
+            let mut tags = vec!["lb:pool=www".to_string()];
+            tags.extend(check.map(|c| format!("lb:check={c}")));
+            let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
+            server(name, Operational, ip, &tags)
+        };
+        let agreeing = vec![
+            member("app-1", "10.0.0.2", Some("/health")),
+            member("app-2", "10.0.0.3", Some("/health")),
+        ];
+        let plain_lb = server("lb-1", Operational, "10.0.0.1", &["lb:balances=www"]);
+        let (pool, left_out) = pool_of(&plain_lb, &agreeing).unwrap().unwrap();
+        assert_eq!((pool.check.as_str(), left_out.len()), ("/health", 0));
+        // A member (listed first by name) asking for a path the others do not: the default.
+        let mut disagreeing = agreeing.clone();
+        disagreeing.push(member("aaa", "10.0.0.4", Some("/always-200")));
+        let (pool, left_out) = pool_of(&plain_lb, &disagreeing).unwrap().unwrap();
+        assert_eq!(pool.check, "/");
+        assert_eq!(pool.members.len(), 3);
+        assert!(left_out.iter().any(|w| w.contains("disagree")), "{left_out:?}");
+        // A member without lb:check asks for the default `/`, which disagrees with /health.
+        let mut mixed = agreeing.clone();
+        mixed.push(member("app-3", "10.0.0.5", None));
+        assert_eq!(pool_of(&plain_lb, &mixed).unwrap().unwrap().0.check, "/");
+        // The load balancer's own tag wins over every member's.
+        let lb = server("lb-1", Operational, "10.0.0.1", &["lb:balances=www", "lb:check=/ready"]);
+        let (pool, _) = pool_of(&lb, &disagreeing).unwrap().unwrap();
+        assert_eq!(pool.check, "/ready");
+        assert!(render("web/lb-1", &pool).contains("option httpchk GET /ready\n"));
+        let bad = server("lb-1", Operational, "10.0.0.1", &["lb:balances=www", "lb:check=nope"]);
+        assert!(pool_of(&bad, &agreeing).unwrap().is_err());
     }
 
     /// HAProxy itself accepts what is rendered (`haproxy -c`), with members and without.

@@ -49,6 +49,10 @@ pub struct StartRollout {
     /// Only servers of this deployment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployment: Option<String>,
+    /// Without `deployment`, a selector that matches servers of several deployments is refused
+    /// unless this is true (a rollout never reaches another deployment silently).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all_deployments: bool,
     /// Runs at a time (default 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<u32>,
@@ -68,7 +72,7 @@ pub async fn start(app: &Arc<App>, actor: &Actor, req: &StartRollout) -> Result<
         .find_as::<Script>("", script_name.as_str())
         .await?
         .ok_or_else(|| AppError::not_found("script", script_name.as_str()))?;
-    let (deployment, matched) = select(app, &req.selector, req.deployment.as_deref()).await?;
+    let (deployment, matched) = select(app, &req.selector, req.deployment.as_deref(), req.all_deployments).await?;
     let mut offers = std::collections::HashMap::new();
     let mut runs = vec![];
     let mut skipped = vec![];
@@ -113,10 +117,15 @@ pub async fn start(app: &Arc<App>, actor: &Actor, req: &StartRollout) -> Result<
 
 /// The live servers a selector picks (of one deployment, when given), in deployment and name
 /// order; at most [`MAX_SERVERS`].
+///
+/// Without a deployment, servers of several deployments are picked only when the caller asked
+/// for that (`all_deployments`): tags such as `lb:pool=www` are commonly the same in staging and
+/// production, and a deploy meant for one must not reach the other unnoticed.
 pub(crate) async fn select(
     app: &App,
     selector: &str,
     deployment: Option<&str>,
+    all_deployments: bool,
 ) -> Result<(Option<Name>, Vec<Server>), AppError> {
     let selector = Selector::parse(selector).map_err(|e| AppError::invalid("selector", e.to_string()))?;
     let deployment = match deployment {
@@ -136,6 +145,21 @@ pub(crate) async fn select(
         .filter(|s| selector.matches(&s.tags))
         .collect();
     matched.sort_by(|a, b| (&a.deployment, &a.name).cmp(&(&b.deployment, &b.name)));
+    if deployment.is_none() && !all_deployments {
+        let mut spans: Vec<&str> = matched.iter().map(|s| s.deployment.as_str()).collect();
+        spans.dedup();
+        if spans.len() > 1 {
+            return Err(AppError::invalid(
+                "deployment",
+                format!(
+                    "the selector matches servers of {} deployments ({}); name one with `deployment` \
+                     (--deployment), or set `all_deployments` (--all-deployments) to reach them all",
+                    spans.len(),
+                    spans.join(", ")
+                ),
+            ));
+        }
+    }
     if matched.len() > MAX_SERVERS {
         return Err(AppError::invalid(
             "selector",
