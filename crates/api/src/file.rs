@@ -524,6 +524,20 @@ tags = ["lb:pool=www"]
         );
     }
 
+    /// YAML aliases cannot blow a small file up into a huge document (a "billion laughs").
+    #[test]
+    fn yaml_alias_bombs_are_refused() {
+        let mut text = String::from("a0: &a0 [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
+        for i in 1..12 {
+            let p = i - 1;
+            text.push_str(&format!("a{i}: &a{i} [*a{p},*a{p},*a{p},*a{p},*a{p},*a{p},*a{p},*a{p}]\n"));
+        }
+        text.push_str("deployment: { name: d, inputs: { X: *a11 } }\n");
+        assert!(text.len() < 1000);
+        let e = parse(&text, Format::Yaml, "bomb.yaml", None).unwrap_err();
+        assert!(e.to_string().len() < 2000, "{e}");
+    }
+
     #[test]
     fn oversized_files_are_refused() {
         let big = "#".repeat(FILE_MAX + 1);
