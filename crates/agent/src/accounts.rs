@@ -37,8 +37,8 @@
 //! when signalled), and in non-exclusive mode sshd would still read every account's own
 //! `~/.ssh/authorized_keys`, so a removed key could live on there. Writing by descriptor with
 //! the rules above keeps sshd's defaults, which every image has, and is safe against whatever
-//! the user plants. `useradd --create-home` and `userdel --remove` act on homes under
-//! `/home`, which only root can change.
+//! the user plants. `useradd --create-home` makes homes under `/home`, which only root can
+//! change; removing an account removes its home by descriptor too.
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
@@ -269,17 +269,40 @@ fn revoke(host: &Host, name: &str, end_sessions: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// Remove a managed account for good (preparing an image): its processes, sudo, the account
-/// with its home directory and keys (`userdel --remove`), and its record.
+/// Remove a managed account for good (preparing an image): its processes, sudo, its home
+/// directory with its keys, its mail, the account (`userdel`), and its record. The home and
+/// mail are removed by descriptor (no link the user planted is followed; a home that is not a
+/// directory of the account's own is left alone) rather than by `userdel --remove`, whose
+/// removal walks paths.
 pub fn remove(host: &Host, name: &str) -> Result<(), String> {
     set_sudo(host, name, false)?;
-    if passwd(host, name).is_some() {
+    if let Some(a) = passwd(host, name) {
         let _ = run("pkill", &["-KILL", "-u", name]);
-        run("userdel", &["--remove", "--force", name])?;
+        remove_home(&a)?;
+        if let Ok(mail) = crate::safe_fs::open_dir(Path::new("/var/mail")) {
+            let _ = crate::safe_fs::remove(mail.as_fd(), OsStr::new(name));
+        }
+        run("userdel", &["--force", name])?;
     }
     let mut managed = host.managed();
     managed.remove(name);
     host.save(&managed)
+}
+
+/// Remove the account's home directory if it is a directory the account owns.
+fn remove_home(a: &Account) -> Result<(), String> {
+    let (Some(parent), Some(name)) = (a.home.parent(), a.home.file_name()) else {
+        return Ok(());
+    };
+    let Ok(parent) = crate::safe_fs::open_dir(parent) else {
+        return Ok(());
+    };
+    match crate::safe_fs::kind(parent.as_fd(), name) {
+        Ok(Some((FileType::Directory, st))) if st.st_uid == a.uid => crate::safe_fs::remove_all(parent.as_fd(), name)
+            .map(drop)
+            .map_err(|e| format!("cannot remove {}: {e}", a.home.display())),
+        _ => Ok(()),
+    }
 }
 
 /// The PAM files that get the session hook, and the line (marked, so it is added once).

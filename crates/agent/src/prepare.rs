@@ -16,7 +16,8 @@
 //!    - the agent's identity: its credential, run journal, artifact cache and socket (the
 //!      whole state directory, last, after the answer is sent);
 //!    - SSH host keys (`/etc/ssh/ssh_host_*`: the next instance makes its own);
-//!    - managed SSH accounts (`userdel -r`), their sudoers files and so their authorized keys;
+//!    - managed SSH accounts (`userdel`), their home directories, sudoers files and so their
+//!      authorized keys;
 //!    - the machine id (`/etc/machine-id` emptied, `/var/lib/dbus/machine-id` removed);
 //!    - logs: rotated ones (`*.gz`, `*.1`, `*.old`) removed, the rest truncated to zero, the
 //!      journal's files removed;
@@ -151,7 +152,7 @@ pub fn clean(t: &Target) -> Result<Vec<String>, String> {
             lines.push(format!("{what}: {n}"));
         }
     };
-    // Managed accounts first: `userdel -r` also takes their home directories and keys.
+    // Managed accounts first, with their home directories and keys.
     let managed = t.accounts.managed();
     for name in &managed {
         crate::accounts::remove(&t.accounts, name)?;
@@ -214,7 +215,7 @@ fn remove_matching(root: BorrowedFd<'_>, dir: &str, which: impl Fn(&str) -> bool
     for name in crate::safe_fs::list(d.as_fd()).unwrap_or_default() {
         if which(&name.to_string_lossy()) {
             n += usize::from(
-                remove_all_at(d.as_fd(), &name)
+                crate::safe_fs::remove_all(d.as_fd(), &name)
                     .map_err(|e| format!("cannot remove /{dir}/{}: {e}", name.to_string_lossy()))?,
             );
         }
@@ -258,7 +259,7 @@ fn clean_log_dir(dir: BorrowedFd<'_>, depth: usize) -> Result<usize, String> {
             };
             if depth == 0 && name == "journal" {
                 for f in crate::safe_fs::list(sub.as_fd()).unwrap_or_default() {
-                    n += usize::from(remove_all_at(sub.as_fd(), &f)?);
+                    n += usize::from(crate::safe_fs::remove_all(sub.as_fd(), &f)?);
                 }
             } else {
                 n += clean_log_dir(sub.as_fd(), depth + 1)?;
@@ -272,20 +273,6 @@ fn clean_log_dir(dir: BorrowedFd<'_>, depth: usize) -> Result<usize, String> {
         }
     }
     Ok(n)
-}
-
-/// Remove an entry of a directory descriptor, a directory with everything in it (Rust's
-/// `remove_dir_all` opens each level without following links), through `/proc/self/fd`.
-fn remove_all_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool, String> {
-    match crate::safe_fs::kind(dir, name).map_err(|e| e.to_string())? {
-        None => Ok(false),
-        Some((FileType::Directory, _)) => {
-            use std::os::fd::AsRawFd;
-            let path = Path::new("/proc/self/fd").join(dir.as_raw_fd().to_string()).join(name);
-            std::fs::remove_dir_all(&path).map(|()| true).map_err(|e| e.to_string())
-        }
-        Some(_) => crate::safe_fs::remove(dir, name).map_err(|e| e.to_string()),
-    }
 }
 
 /// The largest `/etc/passwd` the clean-up reads.

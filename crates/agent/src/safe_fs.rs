@@ -319,3 +319,19 @@ pub fn list(dir: BorrowedFd<'_>) -> io::Result<Vec<OsString>> {
     }
     Ok(out)
 }
+
+/// Remove `name` from `dir`, a directory with everything in it, nothing outside `dir` touched
+/// (Rust's `remove_dir_all` opens each level with `O_NOFOLLOW` and removes links as names;
+/// it is reached through this process's descriptor of `dir`, so no path is resolved again).
+/// True if something was there.
+pub fn remove_all(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool, String> {
+    match kind(dir, name).map_err(|e| e.to_string())? {
+        None => Ok(false),
+        Some((FileType::Directory, _)) => {
+            use std::os::fd::AsRawFd;
+            let path = Path::new("/proc/self/fd").join(dir.as_raw_fd().to_string()).join(name);
+            std::fs::remove_dir_all(&path).map(|()| true).map_err(|e| e.to_string())
+        }
+        Some(_) => remove(dir, name).map_err(|e| e.to_string()),
+    }
+}

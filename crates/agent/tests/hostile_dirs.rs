@@ -526,3 +526,38 @@ fn preparing_an_image_cleans_every_accounts_history_and_follows_no_planted_link(
     assert!(r.join("home/alice/notes").exists());
     assert!(lines.iter().any(|l| l == "shell histories: 4"), "{lines:?}");
 }
+
+/// Removing a managed account (before an image is captured) removes its home without following
+/// what its user planted there, and leaves a home that is a link alone.
+#[test]
+fn removing_an_account_removes_its_home_and_nothing_it_links_to() {
+    let s = Sentinel::new();
+    let scratch = tempfile::tempdir().expect("tmp");
+    std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let u = User::new(None);
+    let parent = scratch.path().join("users");
+    std::fs::create_dir(&parent).expect("mkdir");
+    let v = User::new(Some(&parent.join("home")));
+    u.own(&parent);
+    std::os::unix::fs::symlink(&s.dir, &v.home).expect("ln");
+    v.own(&v.home);
+    for (name, plant) in [("dir-link", s.dir.clone()), ("file-link", s.file.clone())] {
+        let p = u.home.join(name);
+        std::os::unix::fs::symlink(&plant, &p).expect("ln");
+        u.own(&p);
+    }
+    std::fs::create_dir_all(u.home.join("deep/er")).expect("mkdir");
+    std::os::unix::fs::symlink(&s.dir, u.home.join("deep/er/link")).expect("ln");
+    std::fs::hard_link(&s.file, u.home.join("deep/hard")).expect("ln");
+    mkfifo(&u.home.join("deep/fifo"));
+    let host = host(scratch.path(), &[&u, &v], &[&u, &v]);
+    for user in [&u, &v] {
+        let (h, name) = (host.clone(), user.name.clone());
+        bounded("remove", move || accounts::remove(&h, &name)).expect("removed");
+        s.assert_intact(&format!("removing {}", user.name));
+    }
+    assert!(!u.home.exists(), "the home is gone");
+    let passwd = std::fs::read_to_string("/etc/passwd").expect("passwd");
+    assert!(!passwd.contains(&format!("{}:", u.name)), "the account is gone");
+    assert!(host.managed().is_empty());
+}
