@@ -168,7 +168,7 @@ fn ssh_dir(a: &Account) -> Result<OwnedFd, String> {
     if let Some((kind, _)) = crate::safe_fs::kind(home_fd.as_fd(), name).map_err(at)?
         && kind != FileType::Directory
     {
-        rustix::fs::renameat(&home_fd, name, &home_fd, ".ssh.not-a-directory").map_err(|e| at(e.into()))?;
+        put_aside(home_fd.as_fd(), ".ssh.not-a-directory").map_err(at)?;
     }
     match rustix::fs::mkdirat(&home_fd, name, Mode::from_raw_mode(0o700)) {
         Ok(()) | Err(rustix::io::Errno::EXIST) => {}
@@ -187,6 +187,17 @@ fn ssh_dir(a: &Account) -> Result<OwnedFd, String> {
     Ok(ssh)
 }
 
+/// Move a `~/.ssh` that is not a directory out of sshd's way: renamed to `aside`, or removed
+/// if that name is taken by something it cannot replace (a directory the user made there
+/// must not keep a link's keys readable).
+fn put_aside(home: std::os::fd::BorrowedFd<'_>, aside: &str) -> std::io::Result<()> {
+    let name = OsStr::new(".ssh");
+    match rustix::fs::renameat(home, name, home, aside) {
+        Ok(()) => Ok(()),
+        Err(_) => crate::safe_fs::remove(home, name).map(drop),
+    }
+}
+
 fn write_keys(host: &Host, name: &str, keys: &[String]) -> Result<(), String> {
     let a = passwd(host, name).ok_or_else(|| format!("account {name} has no passwd entry"))?;
     let ssh = ssh_dir(&a)?;
@@ -201,11 +212,12 @@ fn write_keys(host: &Host, name: &str, keys: &[String]) -> Result<(), String> {
         mode: 0o600,
     };
     let file = a.home.join(".ssh").join(AUTHORIZED_KEYS);
-    crate::safe_fs::replace(ssh.as_fd(), OsStr::new(AUTHORIZED_KEYS), text.as_bytes(), owner)
-        .map_err(|e| format!("{}: {e}", file.display()))?;
+    // The second file first: a first one the user turned into a directory (which fails the
+    // rename below) must not leave keys in the second.
     crate::safe_fs::remove(ssh.as_fd(), OsStr::new(AUTHORIZED_KEYS2))
-        .map(drop)
-        .map_err(|e| format!("{}2: {e}", file.display()))
+        .map_err(|e| format!("{}2: {e}", file.display()))?;
+    crate::safe_fs::replace(ssh.as_fd(), OsStr::new(AUTHORIZED_KEYS), text.as_bytes(), owner)
+        .map_err(|e| format!("{}: {e}", file.display()))
 }
 
 fn set_sudo(host: &Host, name: &str, sudo: bool) -> Result<(), String> {
@@ -382,7 +394,7 @@ fn clear_keys(a: &Account) -> Result<(), String> {
             None => return Ok(()),
         },
         Some(_) => {
-            return rustix::fs::renameat(&home, name, &home, ".ssh.stratus-disabled").map_err(|e| at(e.into()));
+            return put_aside(home.as_fd(), ".ssh.stratus-disabled").map_err(at);
         }
     };
     for file in [AUTHORIZED_KEYS, AUTHORIZED_KEYS2] {

@@ -227,7 +227,7 @@ fn planted_links_and_fifos_in_a_login_users_ssh_directory_change_nothing_outside
 
     // Each plant, then a re-apply (as every agent does when a key is added).
     type Plant = fn(&User, &Sentinel);
-    let plants: [(&str, Plant); 9] = [
+    let plants: [(&str, Plant); 10] = [
         ("the old temporary name -> the sentinel", |u, s| {
             let p = u.ssh().join(".authorized_keys.stratus-new");
             std::os::unix::fs::symlink(&s.file, &p).expect("ln");
@@ -268,6 +268,15 @@ fn planted_links_and_fifos_in_a_login_users_ssh_directory_change_nothing_outside
             mkfifo(&u.ssh());
             u.own(&u.ssh());
         }),
+        (
+            "~/.ssh -> the sentinel directory, its aside name taken by a directory",
+            |u, s| {
+                clear(&u.ssh());
+                std::fs::create_dir(u.home.join(".ssh.not-a-directory")).expect("mkdir");
+                std::os::unix::fs::symlink(&s.dir, u.ssh()).expect("ln");
+                u.own(&u.ssh());
+            },
+        ),
         ("~/.ssh a hard link to the sentinel", |u, s| {
             clear(&u.ssh());
             std::fs::hard_link(&s.file, u.ssh()).expect("ln");
@@ -305,6 +314,16 @@ fn planted_links_and_fifos_in_a_login_users_ssh_directory_change_nothing_outside
     s.assert_intact("revoke");
     let left = std::fs::read_to_string(&keys).expect("keys");
     assert!(!left.contains("ssh-ed25519"), "no key is left: {left}");
+
+    // Revoked again with authorized_keys made a directory and a key in authorized_keys2.
+    clear(&keys);
+    std::fs::create_dir(&keys).expect("mkdir");
+    let second = u.ssh().join("authorized_keys2");
+    std::fs::write(&second, format!("{KEY}\n")).expect("write");
+    u.own(&second);
+    apply("revoke again", &host, logins(&[], false));
+    assert!(!second.exists(), "no key is left in authorized_keys2");
+    s.assert_intact("revoke again");
 }
 
 #[test]
