@@ -101,10 +101,13 @@ fn walk(root: BorrowedFd<'_>, path: &Path, create: Option<u32>) -> io::Result<Ow
                     _ => return Err(io::Error::from(Errno::NOTDIR)),
                 }
                 links += 1;
-                if links > MAX_LINKS || !trusted(here)? {
+                if links > MAX_LINKS {
+                    return Err(io::Error::from(Errno::LOOP));
+                }
+                if !trusted(here)? {
                     return Err(io::Error::other(format!(
                         "{} is a symbolic link in a directory another user can change; it is not followed",
-                        Path::new(&name).display()
+                        Path::new(&name).display().to_string().escape_debug()
                     )));
                 }
                 let target = rustix::fs::readlinkat(here, name.as_os_str(), Vec::new())?;
@@ -333,5 +336,56 @@ pub fn remove_all(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool, String> {
             std::fs::remove_dir_all(&path).map(|()| true).map_err(|e| e.to_string())
         }
         Some(_) => remove(dir, name).map_err(|e| e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{PermissionsExt, symlink};
+
+    fn inode(fd: &OwnedFd) -> u64 {
+        rustix::fs::fstat(fd).expect("fstat").st_ino
+    }
+
+    fn ino(p: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p).expect("metadata").ino()
+    }
+
+    /// Links only root could have made are followed; beneath a root, absolute links and `..`
+    /// stay inside; a link in a directory others can write to, or a loop, is refused.
+    #[test]
+    fn walks_follow_only_links_root_made_and_stay_beneath_the_root() {
+        let t = tempfile::tempdir().expect("tmp");
+        let r = t.path();
+        std::fs::create_dir_all(r.join("usr/home/alice")).expect("mkdir");
+        std::fs::create_dir_all(r.join("open")).expect("mkdir");
+        std::fs::set_permissions(r.join("open"), std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+        symlink("usr/home", r.join("home")).expect("ln");
+        symlink("/usr/home", r.join("abs")).expect("ln");
+        symlink("../../../../../../..", r.join("up")).expect("ln");
+        symlink(r.join("usr"), r.join("open/link")).expect("ln");
+        symlink("loop", r.join("loop")).expect("ln");
+        let root = rustix::fs::open(r, dir_flags(), Mode::empty()).expect("root");
+        let at = |p: &str| open_dir_beneath(root.as_fd(), Path::new(p));
+        assert_eq!(
+            inode(&at("home/alice").expect("relative link")),
+            ino(&r.join("usr/home/alice"))
+        );
+        assert_eq!(
+            inode(&at("abs/alice").expect("absolute link")),
+            ino(&r.join("usr/home/alice"))
+        );
+        assert_eq!(inode(&at("up").expect("clamped")), ino(r), "`..` stops at the root");
+        assert_eq!(inode(&at("/../../usr").expect("clamped")), ino(&r.join("usr")));
+        let e = at("open/link").expect_err("a link in a world-writable directory");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert!(at("loop").is_err(), "a loop ends");
+        assert!(at("missing").is_err());
+        // Whole paths from `/` too, making what is missing.
+        let made = r.join("usr/home/alice/new/deeper");
+        let fd = open_dir_creating(&made, 0o755).expect("made");
+        assert_eq!(inode(&fd), ino(&made));
     }
 }
