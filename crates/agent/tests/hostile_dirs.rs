@@ -84,6 +84,21 @@ impl Sentinel {
 
 static USERS: AtomicUsize = AtomicUsize::new(0);
 
+/// The tests that make accounts run one at a time (each test is a process of its own under
+/// nextest): `useradd`, `usermod` and `userdel` lock `/etc/passwd` and fail rather than wait
+/// long when another holds it. Taken first in a test, so it is released after its accounts
+/// are removed.
+fn accounts_lock() -> std::fs::File {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(std::env::temp_dir().join("stratus-agent-hostile-dirs.lock"))
+        .expect("lock file");
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).expect("flock");
+    f
+}
+
 /// A real account on this host, removed (with its home) when dropped.
 struct User {
     name: String,
@@ -216,6 +231,7 @@ const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostileDirectoriesTestKe
 
 #[test]
 fn planted_links_and_fifos_in_a_login_users_ssh_directory_change_nothing_outside() {
+    let _lock = accounts_lock();
     let s = Sentinel::new();
     let scratch = tempfile::tempdir().expect("tmp");
     let u = User::new(None);
@@ -328,6 +344,7 @@ fn planted_links_and_fifos_in_a_login_users_ssh_directory_change_nothing_outside
 
 #[test]
 fn exclusive_mode_empties_other_accounts_keys_without_following_their_links() {
+    let _lock = accounts_lock();
     let s = Sentinel::new();
     let scratch = tempfile::tempdir().expect("tmp");
     let managed = User::new(None);
@@ -366,6 +383,7 @@ fn exclusive_mode_empties_other_accounts_keys_without_following_their_links() {
 
 #[test]
 fn a_home_directory_replaced_by_a_link_is_not_followed() {
+    let _lock = accounts_lock();
     let s = Sentinel::new();
     let scratch = tempfile::tempdir().expect("tmp");
     std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
@@ -550,6 +568,7 @@ fn preparing_an_image_cleans_every_accounts_history_and_follows_no_planted_link(
 /// what its user planted there, and leaves a home that is a link alone.
 #[test]
 fn removing_an_account_removes_its_home_and_nothing_it_links_to() {
+    let _lock = accounts_lock();
     let s = Sentinel::new();
     let scratch = tempfile::tempdir().expect("tmp");
     std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
