@@ -22,13 +22,14 @@
 //! hard link to `/etc/shadow` as `authorized_keys`, a FIFO). Every write the agent makes there
 //! goes through [`crate::safe_fs`]: the home directory is opened by descriptor without
 //! following a link the user could have made; `~/.ssh` is opened with `O_NOFOLLOW` (anything
-//! that is not a directory is renamed aside to `.ssh.not-a-directory` and a fresh one made),
+//! that is not a directory is renamed aside to `.ssh.not-a-directory`, or removed if that name
+//! is taken, and a fresh one made),
 //! owned and moded with `fchown`/`fchmod` on that descriptor; `authorized_keys` is a new file
 //! created with `O_EXCL` under a random name in that directory and renamed over the old name,
 //! so a planted link or hard link is replaced, never written through. `authorized_keys2`
 //! (which sshd also reads) is removed for managed accounts: they have exactly their listed
 //! keys. `exclusive` empties other accounts' keys the same way (a new empty file renamed over
-//! the old one; a `~/.ssh` that is a link is put aside as `.ssh.stratus-disabled`).
+//! the old one; a `~/.ssh` that is not a directory is put aside as `.ssh.stratus-disabled`).
 //!
 //! Decision: the keys stay in `~/.ssh/authorized_keys` rather than a root-owned
 //! `AuthorizedKeysFile` (`/etc/ssh/stratus_keys/%u`). That file would keep root out of home
@@ -37,7 +38,9 @@
 //! when signalled), and in non-exclusive mode sshd would still read every account's own
 //! `~/.ssh/authorized_keys`, so a removed key could live on there. Writing by descriptor with
 //! the rules above keeps sshd's defaults, which every image has, and is safe against whatever
-//! the user plants. `useradd --create-home` makes homes under `/home`, which only root can
+//! the user plants. (With keys in the home, a login user can add a key of their own to it
+//! between two applies; the next apply — any change of users, roles or keys — rewrites it,
+//! and a revocation removes both key files.) `useradd --create-home` makes homes under `/home`, which only root can
 //! change; removing an account removes its home by descriptor too.
 
 use std::collections::BTreeSet;
