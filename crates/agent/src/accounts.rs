@@ -40,8 +40,9 @@
 //! the rules above keeps sshd's defaults, which every image has, and is safe against whatever
 //! the user plants. (With keys in the home, a login user can add a key of their own to it
 //! between two applies; the next apply — any change of users, roles or keys — rewrites it,
-//! and a revocation removes both key files.) `useradd --create-home` makes homes under `/home`, which only root can
-//! change; removing an account removes its home by descriptor too.
+//! and a revocation removes both key files.) `useradd --create-home` makes homes under
+//! `/home`, which only root can change; removing an account removes its home by descriptor
+//! too.
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
