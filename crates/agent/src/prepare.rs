@@ -36,15 +36,17 @@
 //! the root), histories are removed with `unlinkat` (the name goes, never what a link points
 //! to), logs are truncated through a descriptor opened without following a link or blocking
 //! on a FIFO, and a log with other hard links is replaced by a new empty file instead, so
-//! the other names keep their content. The scan reads only regular files, opened the same way.
+//! the other names keep their content. The scan walks directories by descriptor too (a
+//! directory swapped for a link while it looks is not entered) and reads only regular files,
+//! opened the same way.
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use rustix::fs::{FileType, Mode, OFlags};
 
@@ -74,35 +76,55 @@ pub fn scan(root: &Path, skip: &Path, secrets: &[&[u8]]) -> std::io::Result<Vec<
     }
     let finder = aho_corasick::AhoCorasick::new(&secrets).map_err(std::io::Error::other)?;
     let overlap = secrets.iter().map(|s| s.len()).max().unwrap_or(1) - 1;
-    let device = std::fs::symlink_metadata(root)?.dev();
+    let root_fd = rustix::fs::open(
+        root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let device = rustix::fs::fstat(&root_fd)?.st_dev;
     let mut found = vec![];
-    let mut stack = vec![root.to_path_buf()];
+    // Directories still to search: the descriptor of their parent (shared) and their name,
+    // opened only when searched (without following a link), so few descriptors are open.
+    let mut stack: Vec<(Rc<OwnedFd>, std::ffi::OsString, PathBuf)> = vec![];
     let mut buf = vec![0u8; CHUNK + overlap];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue; // vanished while we looked
+    let mut next = Some((root_fd, root.to_path_buf()));
+    loop {
+        let (dir, dir_path) = match next.take() {
+            Some(d) => d,
+            None => {
+                let Some((parent, name, path)) = stack.pop() else { break };
+                match crate::safe_fs::open_subdir(parent.as_fd(), &name) {
+                    Ok(Some(fd)) => (fd, path),
+                    _ => continue, // vanished, or swapped for something else while we looked
+                }
+            }
         };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+        let dir = Rc::new(dir);
+        for name in crate::safe_fs::list(dir.as_fd()).unwrap_or_default() {
+            let path = dir_path.join(&name);
+            let Ok(Some((kind, st))) = crate::safe_fs::kind(dir.as_fd(), &name) else {
                 continue;
             };
-            if meta.dev() != device || path == skip {
+            if st.st_dev != device || path == skip {
                 continue;
             }
-            let name_hit = finder.is_match(entry.file_name().as_encoded_bytes());
-            let hit = name_hit
-                || (meta.is_file() && holds(&finder, &path, &mut buf, overlap).unwrap_or(false))
-                || (meta.is_symlink()
-                    && std::fs::read_link(&path).is_ok_and(|t| finder.is_match(t.as_os_str().as_encoded_bytes())));
+            let hit = finder.is_match(name.as_bytes())
+                || (kind == FileType::RegularFile
+                    && crate::safe_fs::open_regular(dir.as_fd(), &name)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|f| holds_in(&finder, f, &mut buf, overlap).unwrap_or(false)))
+                || (kind == FileType::Symlink
+                    && rustix::fs::readlinkat(dir.as_fd(), name.as_os_str(), Vec::new())
+                        .is_ok_and(|t| finder.is_match(t.as_bytes())));
             if hit {
                 found.push(printable(root, &path));
                 if found.len() >= MAX_PREPARED_LINES {
                     return Ok(found);
                 }
             }
-            if meta.is_dir() {
-                stack.push(path);
+            if kind == FileType::Directory {
+                stack.push((dir.clone(), name, path));
             }
         }
     }
@@ -110,14 +132,18 @@ pub fn scan(root: &Path, skip: &Path, secrets: &[&[u8]]) -> std::io::Result<Vec<
     Ok(found)
 }
 
+#[cfg(test)]
 fn holds(finder: &aho_corasick::AhoCorasick, path: &Path, buf: &mut [u8], overlap: usize) -> std::io::Result<bool> {
-    // Only a regular file: not through a link, and a FIFO put in its place must not block.
-    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
-    let fd = rustix::fs::open(path, flags, Mode::empty())?;
-    if FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode) != FileType::RegularFile {
-        return Ok(false);
-    }
-    let mut f = std::fs::File::from(fd);
+    holds_in(finder, std::fs::File::open(path)?, buf, overlap)
+}
+
+/// Whether the file holds one of the secrets, read in pieces of the buffer's size.
+fn holds_in(
+    finder: &aho_corasick::AhoCorasick,
+    mut f: std::fs::File,
+    buf: &mut [u8],
+    overlap: usize,
+) -> std::io::Result<bool> {
     let mut kept = 0;
     loop {
         let n = f.read(&mut buf[kept..])?;
