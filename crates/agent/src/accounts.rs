@@ -14,10 +14,43 @@
 //!
 //! sshd is started (host keys made if missing) when there is an account to log in to and no
 //! sshd runs: a local instance's init runs only what its boot scripts start.
+//!
+//! ## Writing in a home directory the account's user controls
+//!
+//! A login user owns their home and `~/.ssh` and may plant anything there (a link to
+//! `/etc/ld.so.preload` named like the agent's temporary file, `~/.ssh -> /etc/sudoers.d`, a
+//! hard link to `/etc/shadow` as `authorized_keys`, a FIFO). Every write the agent makes there
+//! goes through [`crate::safe_fs`]: the home directory is opened by descriptor without
+//! following a link the user could have made; `~/.ssh` is opened with `O_NOFOLLOW` (anything
+//! that is not a directory is renamed aside to `.ssh.not-a-directory`, or removed if that name
+//! is taken, and a fresh one made),
+//! owned and moded with `fchown`/`fchmod` on that descriptor; `authorized_keys` is a new file
+//! created with `O_EXCL` under a random name in that directory and renamed over the old name,
+//! so a planted link or hard link is replaced, never written through. `authorized_keys2`
+//! (which sshd also reads) is removed for managed accounts: they have exactly their listed
+//! keys. `exclusive` empties other accounts' keys the same way (a new empty file renamed over
+//! the old one; a `~/.ssh` that is not a directory is put aside as `.ssh.stratus-disabled`).
+//!
+//! Decision: the keys stay in `~/.ssh/authorized_keys` rather than a root-owned
+//! `AuthorizedKeysFile` (`/etc/ssh/stratus_keys/%u`). That file would keep root out of home
+//! directories entirely, but it needs a change to the image's sshd configuration (whose
+//! `Include` of `sshd_config.d` an image may lack, and which a running sshd only reads again
+//! when signalled), and in non-exclusive mode sshd would still read every account's own
+//! `~/.ssh/authorized_keys`, so a removed key could live on there. Writing by descriptor with
+//! the rules above keeps sshd's defaults, which every image has, and is safe against whatever
+//! the user plants. (With keys in the home, a login user can add a key of their own to it
+//! between two applies; the next apply — any change of users, roles or keys — rewrites it,
+//! and a revocation removes both key files.) `useradd --create-home` makes homes under
+//! `/home`, which only root can change; removing an account removes its home by descriptor
+//! too.
 
 use std::collections::BTreeSet;
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use rustix::fs::{FileType, Mode};
 
 use stratus_agent_proto::{LoginAccount, Logins};
 
@@ -36,6 +69,13 @@ pub struct Host {
     pub state_dir: PathBuf,
     /// `/etc/sudoers.d`.
     pub sudoers_dir: PathBuf,
+    /// `/etc/passwd`: where accounts' ids and homes are read (`useradd` and friends always
+    /// act on the system's).
+    pub passwd: PathBuf,
+    /// The PAM files that get the session hook.
+    pub pam_files: Vec<PathBuf>,
+    /// The sshd binary started when none runs.
+    pub sshd: PathBuf,
 }
 
 impl Host {
@@ -43,6 +83,9 @@ impl Host {
         Self {
             state_dir: state_dir.to_path_buf(),
             sudoers_dir: PathBuf::from("/etc/sudoers.d"),
+            passwd: PathBuf::from("/etc/passwd"),
+            pam_files: PAM_FILES.iter().map(PathBuf::from).collect(),
+            sshd: PathBuf::from("/usr/sbin/sshd"),
         }
     }
 
@@ -83,35 +126,101 @@ fn run(program: &str, args: &[&str]) -> Result<String, String> {
     }
 }
 
-/// The account's passwd entry: (uid, gid, home), if it exists.
-fn passwd(name: &str) -> Option<(u32, u32, PathBuf)> {
-    let text = std::fs::read_to_string("/etc/passwd").ok()?;
-    text.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.len() >= 7 && f[0] == name)
-            .then(|| (f[2].parse().ok(), f[3].parse().ok(), PathBuf::from(f[5])))
-            .and_then(|(u, g, h)| Some((u?, g?, h)))
-    })
+/// An account's passwd entry.
+struct Account {
+    name: String,
+    uid: u32,
+    gid: u32,
+    home: PathBuf,
 }
 
-fn write_keys(name: &str, keys: &[String]) -> Result<(), String> {
-    let (uid, gid, home) = passwd(name).ok_or_else(|| format!("account {name} has no passwd entry"))?;
-    let ssh = home.join(".ssh");
-    std::fs::create_dir_all(&ssh).map_err(|e| format!("{}: {e}", ssh.display()))?;
-    let file = ssh.join("authorized_keys");
-    let tmp = ssh.join(".authorized_keys.stratus-new");
+/// The accounts of a passwd file (lines that do not parse are skipped).
+fn accounts(passwd: &Path) -> Result<Vec<Account>, String> {
+    let text = std::fs::read_to_string(passwd).map_err(|e| format!("{}: {e}", passwd.display()))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() >= 7).then_some(())?;
+            Some(Account {
+                name: f[0].to_string(),
+                uid: f[2].parse().ok()?,
+                gid: f[3].parse().ok()?,
+                home: PathBuf::from(f[5]),
+            })
+        })
+        .collect())
+}
+
+/// The account's passwd entry, if it exists.
+fn passwd(host: &Host, name: &str) -> Option<Account> {
+    accounts(&host.passwd).ok()?.into_iter().find(|a| a.name == name)
+}
+
+const AUTHORIZED_KEYS: &str = "authorized_keys";
+/// sshd's second default `AuthorizedKeysFile`.
+const AUTHORIZED_KEYS2: &str = "authorized_keys2";
+
+/// The account's `~/.ssh`, opened by descriptor (see the module docs): the home directory
+/// without a link its user could have made; `.ssh` made if missing, a non-directory there put
+/// aside first; owned by the account, 0700, through the descriptor.
+fn ssh_dir(a: &Account) -> Result<OwnedFd, String> {
+    let home = &a.home;
+    let at = |e: std::io::Error| format!("{}/.ssh: {e}", home.display());
+    let home_fd = crate::safe_fs::open_dir(home).map_err(|e| format!("the home directory {}: {e}", home.display()))?;
+    let name = OsStr::new(".ssh");
+    if let Some((kind, _)) = crate::safe_fs::kind(home_fd.as_fd(), name).map_err(at)?
+        && kind != FileType::Directory
+    {
+        put_aside(home_fd.as_fd(), ".ssh.not-a-directory").map_err(at)?;
+    }
+    match rustix::fs::mkdirat(&home_fd, name, Mode::from_raw_mode(0o700)) {
+        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+        Err(e) => return Err(at(e.into())),
+    }
+    let ssh = crate::safe_fs::open_subdir(home_fd.as_fd(), name)
+        .map_err(at)?
+        .ok_or_else(|| at(std::io::ErrorKind::NotFound.into()))?;
+    rustix::fs::fchown(
+        &ssh,
+        Some(rustix::fs::Uid::from_raw(a.uid)),
+        Some(rustix::fs::Gid::from_raw(a.gid)),
+    )
+    .and_then(|()| rustix::fs::fchmod(&ssh, Mode::from_raw_mode(0o700)))
+    .map_err(|e| at(e.into()))?;
+    Ok(ssh)
+}
+
+/// Move a `~/.ssh` that is not a directory out of sshd's way: renamed to `aside`, or removed
+/// if that name is taken by something it cannot replace (a directory the user made there
+/// must not keep a link's keys readable).
+fn put_aside(home: std::os::fd::BorrowedFd<'_>, aside: &str) -> std::io::Result<()> {
+    let name = OsStr::new(".ssh");
+    match rustix::fs::renameat(home, name, home, aside) {
+        Ok(()) => Ok(()),
+        Err(_) => crate::safe_fs::remove(home, name).map(drop),
+    }
+}
+
+fn write_keys(host: &Host, name: &str, keys: &[String]) -> Result<(), String> {
+    let a = passwd(host, name).ok_or_else(|| format!("account {name} has no passwd entry"))?;
+    let ssh = ssh_dir(&a)?;
     let mut text = String::from("# Managed by Stratus: this file is rewritten when the user's keys change.\n");
     for k in keys {
         text.push_str(k.trim());
         text.push('\n');
     }
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(&tmp, text)
-        .and_then(|()| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)))
-        .and_then(|()| std::os::unix::fs::chown(&tmp, Some(uid), Some(gid)))
-        .and_then(|()| std::fs::set_permissions(&ssh, std::fs::Permissions::from_mode(0o700)))
-        .and_then(|()| std::os::unix::fs::chown(&ssh, Some(uid), Some(gid)))
-        .and_then(|()| std::fs::rename(&tmp, &file))
+    let owner = crate::safe_fs::Owner {
+        uid: a.uid,
+        gid: a.gid,
+        mode: 0o600,
+    };
+    let file = a.home.join(".ssh").join(AUTHORIZED_KEYS);
+    // The second file first: a first one the user turned into a directory (which fails the
+    // rename below) must not leave keys in the second.
+    crate::safe_fs::remove(ssh.as_fd(), OsStr::new(AUTHORIZED_KEYS2))
+        .map_err(|e| format!("{}2: {e}", file.display()))?;
+    crate::safe_fs::replace(ssh.as_fd(), OsStr::new(AUTHORIZED_KEYS), text.as_bytes(), owner)
         .map_err(|e| format!("{}: {e}", file.display()))
 }
 
@@ -137,7 +246,7 @@ fn set_sudo(host: &Host, name: &str, sudo: bool) -> Result<(), String> {
 }
 
 fn grant(host: &Host, managed: &mut BTreeSet<String>, a: &LoginAccount) -> Result<(), String> {
-    if passwd(&a.name).is_none() {
+    if passwd(host, &a.name).is_none() {
         run(
             "useradd",
             &[
@@ -159,13 +268,13 @@ fn grant(host: &Host, managed: &mut BTreeSet<String>, a: &LoginAccount) -> Resul
     }
     // No password (key logins only), not locked, a login shell.
     run("usermod", &["--password", "*", "--shell", "/bin/bash", &a.name])?;
-    write_keys(&a.name, &a.keys)?;
+    write_keys(host, &a.name, &a.keys)?;
     set_sudo(host, &a.name, a.sudo)
 }
 
 fn revoke(host: &Host, name: &str, end_sessions: bool) -> Result<(), String> {
-    if passwd(name).is_some() {
-        write_keys(name, &[])?;
+    if passwd(host, name).is_some() {
+        write_keys(host, name, &[])?;
         run("usermod", &["--lock", "--shell", "/usr/sbin/nologin", name])?;
     }
     set_sudo(host, name, false)?;
@@ -176,17 +285,40 @@ fn revoke(host: &Host, name: &str, end_sessions: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// Remove a managed account for good (preparing an image): its processes, sudo, the account
-/// with its home directory and keys (`userdel --remove`), and its record.
+/// Remove a managed account for good (preparing an image): its processes, sudo, its home
+/// directory with its keys, its mail, the account (`userdel`), and its record. The home and
+/// mail are removed by descriptor (no link the user planted is followed; a home that is not a
+/// directory of the account's own is left alone) rather than by `userdel --remove`, whose
+/// removal walks paths.
 pub fn remove(host: &Host, name: &str) -> Result<(), String> {
     set_sudo(host, name, false)?;
-    if passwd(name).is_some() {
+    if let Some(a) = passwd(host, name) {
         let _ = run("pkill", &["-KILL", "-u", name]);
-        run("userdel", &["--remove", "--force", name])?;
+        remove_home(&a)?;
+        if let Ok(mail) = crate::safe_fs::open_dir(Path::new("/var/mail")) {
+            let _ = crate::safe_fs::remove(mail.as_fd(), OsStr::new(name));
+        }
+        run("userdel", &["--force", name])?;
     }
     let mut managed = host.managed();
     managed.remove(name);
     host.save(&managed)
+}
+
+/// Remove the account's home directory if it is a directory the account owns.
+fn remove_home(a: &Account) -> Result<(), String> {
+    let (Some(parent), Some(name)) = (a.home.parent(), a.home.file_name()) else {
+        return Ok(());
+    };
+    let Ok(parent) = crate::safe_fs::open_dir(parent) else {
+        return Ok(());
+    };
+    match crate::safe_fs::kind(parent.as_fd(), name) {
+        Ok(Some((FileType::Directory, st))) if st.st_uid == a.uid => crate::safe_fs::remove_all(parent.as_fd(), name)
+            .map(drop)
+            .map_err(|e| format!("cannot remove {}: {e}", a.home.display())),
+        _ => Ok(()),
+    }
 }
 
 /// The PAM files that get the session hook, and the line (marked, so it is added once).
@@ -195,34 +327,35 @@ const PAM_MARK: &str = "# stratus: report logins and sudo to the agent";
 
 /// Make sshd and sudo report managed accounts' sessions to the agent (`pam_exec`, optional:
 /// a report can never stop a login). Idempotent.
-fn install_pam_hook(state_dir: &Path) -> Result<(), String> {
+fn install_pam_hook(host: &Host) -> Result<(), String> {
+    let state_dir = &host.state_dir;
     let me = std::env::current_exe().map_err(|e| format!("cannot find the agent's own path: {e}"))?;
     let line = format!(
         "{PAM_MARK}\nsession optional pam_exec.so quiet {} --state-dir {} access-event\n",
         me.display(),
         state_dir.display()
     );
-    for file in PAM_FILES {
+    for file in &host.pam_files {
         let Ok(text) = std::fs::read_to_string(file) else {
             continue; // sudo not installed: nothing to hook
         };
         if text.contains(PAM_MARK) {
             continue;
         }
-        let tmp = format!("{file}.stratus-new");
+        let tmp = file.with_extension("stratus-new");
         std::fs::write(
             &tmp,
             format!("{text}{}{line}", if text.ends_with('\n') { "" } else { "\n" }),
         )
         .and_then(|()| std::fs::rename(&tmp, file))
-        .map_err(|e| format!("{file}: {e}"))?;
+        .map_err(|e| format!("{}: {e}", file.display()))?;
     }
     Ok(())
 }
 
 /// Start sshd if it is installed and not running.
-fn ensure_sshd() -> Result<(), String> {
-    if !Path::new("/usr/sbin/sshd").exists() {
+fn ensure_sshd(host: &Host) -> Result<(), String> {
+    if !host.sshd.exists() {
         return Err("openssh-server is not installed on this image; logins cannot work".into());
     }
     if run("pgrep", &["-x", "sshd"]).is_ok() {
@@ -230,21 +363,57 @@ fn ensure_sshd() -> Result<(), String> {
     }
     run("ssh-keygen", &["-A"])?;
     std::fs::create_dir_all("/run/sshd").map_err(|e| format!("/run/sshd: {e}"))?;
-    run("/usr/sbin/sshd", &[]).map(drop)
+    run(&host.sshd.to_string_lossy(), &[]).map(drop)
 }
 
-/// Empty the `authorized_keys` of every account Stratus did not make (`exclusive`).
-fn clear_foreign_keys(managed: &BTreeSet<String>) -> Result<(), String> {
-    let text = std::fs::read_to_string("/etc/passwd").map_err(|e| format!("/etc/passwd: {e}"))?;
-    for l in text.lines() {
-        let f: Vec<&str> = l.split(':').collect();
-        if f.len() < 7 || managed.contains(f[0]) {
-            continue;
+/// Empty the `authorized_keys` of every account Stratus did not make (`exclusive`), each
+/// problem reported and the rest done.
+fn clear_foreign_keys(host: &Host, managed: &BTreeSet<String>) -> Result<(), String> {
+    let problems: Vec<String> = accounts(&host.passwd)?
+        .iter()
+        .filter(|a| !managed.contains(&a.name))
+        .filter_map(|a| clear_keys(a).err())
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+/// Leave an account no key sshd would read (see the module docs): its key files are replaced
+/// by empty ones, a `~/.ssh` that is not a directory is put aside.
+fn clear_keys(a: &Account) -> Result<(), String> {
+    let at = |e: std::io::Error| format!("{}/.ssh: {e}", a.home.display());
+    let home = match crate::safe_fs::open_dir(&a.home) {
+        Ok(fd) => fd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("the home directory {}: {e}", a.home.display())),
+    };
+    let name = OsStr::new(".ssh");
+    let ssh = match crate::safe_fs::kind(home.as_fd(), name).map_err(at)? {
+        None => return Ok(()),
+        Some((FileType::Directory, _)) => match crate::safe_fs::open_subdir(home.as_fd(), name).map_err(at)? {
+            Some(fd) => fd,
+            None => return Ok(()),
+        },
+        Some(_) => {
+            return put_aside(home.as_fd(), ".ssh.stratus-disabled").map_err(at);
         }
-        let keys = Path::new(f[5]).join(".ssh/authorized_keys");
-        if std::fs::metadata(&keys).is_ok_and(|m| m.len() > 0) {
-            std::fs::write(&keys, "").map_err(|e| format!("{}: {e}", keys.display()))?;
-        }
+    };
+    for file in [AUTHORIZED_KEYS, AUTHORIZED_KEYS2] {
+        let keys = match crate::safe_fs::kind(ssh.as_fd(), OsStr::new(file)).map_err(at)? {
+            None | Some((FileType::Directory, _)) => continue,
+            Some((FileType::RegularFile, st)) if st.st_size == 0 => continue,
+            Some(_) => file,
+        };
+        let owner = crate::safe_fs::Owner {
+            uid: a.uid,
+            gid: a.gid,
+            mode: 0o600,
+        };
+        crate::safe_fs::replace(ssh.as_fd(), OsStr::new(keys), b"", owner)
+            .map_err(|e| format!("{}/.ssh/{keys}: {e}", a.home.display()))?;
     }
     Ok(())
 }
@@ -272,15 +441,15 @@ pub fn apply(host: &Host, logins: &Logins) -> Report {
         }
     }
     if logins.exclusive
-        && let Err(e) = clear_foreign_keys(&managed)
+        && let Err(e) = clear_foreign_keys(host, &managed)
     {
         report.problems.push(e);
     }
     if !logins.accounts.is_empty() {
-        if let Err(e) = install_pam_hook(&host.state_dir) {
+        if let Err(e) = install_pam_hook(host) {
             report.problems.push(e);
         }
-        if let Err(e) = ensure_sshd() {
+        if let Err(e) = ensure_sshd(host) {
             report.problems.push(e);
         }
     }

@@ -7,9 +7,18 @@
 //! is renamed over the file (atomic: a reader sees the old or the new file) and `reload` runs.
 //! The first apply in an agent process always reloads, so a service is (re)started after the
 //! instance rebooted even though its file did not change.
+//!
+//! A managed file's directory may belong to another user (`/home/app/conf/app.ini`), who can
+//! plant links, hard links and FIFOs there at any moment. So the directory is opened once by
+//! descriptor (missing directories are made root-owned 0755, and a link is followed only where
+//! only root could have made it), the candidate is a new file with a random name created with
+//! `O_EXCL` in that descriptor and moded with `fchmod`, and it is renamed over the file's name
+//! within the same descriptor: a planted link or hard link is replaced, never written
+//! through. The file is read (to compare its content) without following a link or blocking
+//! on a FIFO (see [`crate::safe_fs`]).
 
 use std::collections::HashMap;
-use std::os::unix::fs::PermissionsExt;
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::time::Duration;
 
@@ -94,10 +103,13 @@ impl Applied {
     }
 }
 
-/// SHA-256 of a file's content, if it can be read.
+/// SHA-256 of a file's content, if it is a regular file that can be read (not through a
+/// link, never blocking on a FIFO).
 pub fn file_sha256(path: &Path) -> Option<String> {
     use std::io::Read;
-    let mut f = std::fs::File::open(path).ok()?;
+    let (dir, name) = (path.parent()?, path.file_name()?);
+    let dir = crate::safe_fs::open_dir(dir).ok()?;
+    let mut f = crate::safe_fs::open_regular(dir.as_fd(), name).ok()??;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -109,33 +121,29 @@ pub fn file_sha256(path: &Path) -> Option<String> {
     }
 }
 
-/// Write, check and rename into place.
+/// Write, check and rename into place (see the module docs).
 async fn replace(f: &ManagedFile, content: &[u8]) -> Result<(), String> {
     let path = Path::new(&f.path);
-    let dir = path.parent().ok_or("the path has no directory")?;
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let candidate = dir.join(format!(".{name}.stratus-new"));
-    let written = std::fs::write(&candidate, content)
-        .and_then(|()| std::fs::set_permissions(&candidate, std::fs::Permissions::from_mode(f.mode)))
-        .and_then(|()| std::fs::File::open(&candidate)?.sync_all());
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&candidate);
-        return Err(format!("cannot write {}: {e}", candidate.display()));
-    }
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err("the path has no directory".into());
+    };
+    let dir_fd =
+        crate::safe_fs::open_dir_creating(dir, 0o755).map_err(|e| format!("cannot open {}: {e}", dir.display()))?;
+    let owner = crate::safe_fs::Owner {
+        uid: 0,
+        gid: 0,
+        mode: f.mode,
+    };
+    let candidate = crate::safe_fs::Candidate::create(dir_fd.as_fd(), name, content, owner)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     if let Some(cmd) = &f.check
-        && let Err(e) = shell(cmd, Some(&candidate)).await
+        && let Err(e) = shell(cmd, Some(&dir.join(candidate.temp_name()))).await
     {
-        let _ = std::fs::remove_file(&candidate);
         return Err(format!(
             "the new content was refused by its check ({e}); the old file stays"
         ));
     }
-    std::fs::rename(&candidate, path).map_err(|e| format!("cannot move the new content into place: {e}"))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    candidate.commit()
 }
 
 /// Run `sh -c CMD`; an error carries the exit status and the output's tail. The output goes to
@@ -180,6 +188,7 @@ async fn shell(cmd: &str, candidate: Option<&Path>) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn file(path: &Path, content: &str, check: Option<&str>, reload: Option<&str>) -> ManagedFile {
         ManagedFile {

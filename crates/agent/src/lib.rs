@@ -42,6 +42,7 @@ pub mod journal;
 pub mod local;
 pub mod prepare;
 pub mod runner;
+pub mod safe_fs;
 pub mod tls;
 
 /// An error with its causes, `outer: inner: innermost` (an HTTP client's "error sending

@@ -16,20 +16,39 @@
 //!    - the agent's identity: its credential, run journal, artifact cache and socket (the
 //!      whole state directory, last, after the answer is sent);
 //!    - SSH host keys (`/etc/ssh/ssh_host_*`: the next instance makes its own);
-//!    - managed SSH accounts (`userdel -r`), their sudoers files and so their authorized keys;
+//!    - managed SSH accounts (`userdel`), their home directories, sudoers files and so their
+//!      authorized keys;
 //!    - the machine id (`/etc/machine-id` emptied, `/var/lib/dbus/machine-id` removed);
 //!    - logs: rotated ones (`*.gz`, `*.1`, `*.old`) removed, the rest truncated to zero, the
 //!      journal's files removed;
-//!    - shell and tool histories of root and of every home directory;
+//!    - shell and tool histories of root, of every directory in `/home` and of the home of
+//!      every account in the image's own `/etc/passwd` (service accounts' homes like
+//!      `/var/lib/svc` too);
 //!    - cloud-init's per-instance cache and its copy of the user-data (`/var/lib/cloud`);
 //!    - temporary files (`/tmp`, `/var/tmp`).
 //!
 //! Accounts, keys and files the image had before Stratus are left alone; so is everything a
 //! script installed (the point of the image).
+//!
+//! The clean-up runs as root in directories other users own (a service's home and logs,
+//! `/tmp`), so it follows [`crate::safe_fs`]: directories are opened by descriptor beneath the
+//! image root (a link is followed only where only root could have made it, and never out of
+//! the root), histories are removed with `unlinkat` (the name goes, never what a link points
+//! to), logs are truncated through a descriptor opened without following a link or blocking
+//! on a FIFO, and a log with other hard links is replaced by a new empty file instead, so
+//! the other names keep their content. The scan walks directories by descriptor too (a
+//! directory swapped for a link while it looks is not entered) and reads only regular files,
+//! opened the same way.
 
+use std::collections::HashSet;
+use std::ffi::OsStr;
 use std::io::Read;
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use rustix::fs::{FileType, Mode, OFlags};
 
 use stratus_agent_proto::limits::MAX_PREPARED_LINES;
 
@@ -57,35 +76,55 @@ pub fn scan(root: &Path, skip: &Path, secrets: &[&[u8]]) -> std::io::Result<Vec<
     }
     let finder = aho_corasick::AhoCorasick::new(&secrets).map_err(std::io::Error::other)?;
     let overlap = secrets.iter().map(|s| s.len()).max().unwrap_or(1) - 1;
-    let device = std::fs::symlink_metadata(root)?.dev();
+    let root_fd = rustix::fs::open(
+        root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let device = rustix::fs::fstat(&root_fd)?.st_dev;
     let mut found = vec![];
-    let mut stack = vec![root.to_path_buf()];
+    // Directories still to search: the descriptor of their parent (shared) and their name,
+    // opened only when searched (without following a link), so few descriptors are open.
+    let mut stack: Vec<(Rc<OwnedFd>, std::ffi::OsString, PathBuf)> = vec![];
     let mut buf = vec![0u8; CHUNK + overlap];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue; // vanished while we looked
+    let mut next = Some((root_fd, root.to_path_buf()));
+    loop {
+        let (dir, dir_path) = match next.take() {
+            Some(d) => d,
+            None => {
+                let Some((parent, name, path)) = stack.pop() else { break };
+                match crate::safe_fs::open_subdir(parent.as_fd(), &name) {
+                    Ok(Some(fd)) => (fd, path),
+                    _ => continue, // vanished, or swapped for something else while we looked
+                }
+            }
         };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+        let dir = Rc::new(dir);
+        for name in crate::safe_fs::list(dir.as_fd()).unwrap_or_default() {
+            let path = dir_path.join(&name);
+            let Ok(Some((kind, st))) = crate::safe_fs::kind(dir.as_fd(), &name) else {
                 continue;
             };
-            if meta.dev() != device || path == skip {
+            if st.st_dev != device || path == skip {
                 continue;
             }
-            let name_hit = finder.is_match(entry.file_name().as_encoded_bytes());
-            let hit = name_hit
-                || (meta.is_file() && holds(&finder, &path, &mut buf, overlap).unwrap_or(false))
-                || (meta.is_symlink()
-                    && std::fs::read_link(&path).is_ok_and(|t| finder.is_match(t.as_os_str().as_encoded_bytes())));
+            let hit = finder.is_match(name.as_bytes())
+                || (kind == FileType::RegularFile
+                    && crate::safe_fs::open_regular(dir.as_fd(), &name)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|f| holds_in(&finder, f, &mut buf, overlap).unwrap_or(false)))
+                || (kind == FileType::Symlink
+                    && rustix::fs::readlinkat(dir.as_fd(), name.as_os_str(), Vec::new())
+                        .is_ok_and(|t| finder.is_match(t.as_bytes())));
             if hit {
                 found.push(printable(root, &path));
                 if found.len() >= MAX_PREPARED_LINES {
                     return Ok(found);
                 }
             }
-            if meta.is_dir() {
-                stack.push(path);
+            if kind == FileType::Directory {
+                stack.push((dir.clone(), name, path));
             }
         }
     }
@@ -93,8 +132,18 @@ pub fn scan(root: &Path, skip: &Path, secrets: &[&[u8]]) -> std::io::Result<Vec<
     Ok(found)
 }
 
+#[cfg(test)]
 fn holds(finder: &aho_corasick::AhoCorasick, path: &Path, buf: &mut [u8], overlap: usize) -> std::io::Result<bool> {
-    let mut f = std::fs::File::open(path)?;
+    holds_in(finder, std::fs::File::open(path)?, buf, overlap)
+}
+
+/// Whether the file holds one of the secrets, read in pieces of the buffer's size.
+fn holds_in(
+    finder: &aho_corasick::AhoCorasick,
+    mut f: std::fs::File,
+    buf: &mut [u8],
+    overlap: usize,
+) -> std::io::Result<bool> {
     let mut kept = 0;
     loop {
         let n = f.read(&mut buf[kept..])?;
@@ -129,42 +178,41 @@ pub fn clean(t: &Target) -> Result<Vec<String>, String> {
             lines.push(format!("{what}: {n}"));
         }
     };
-    // Managed accounts first: `userdel -r` also takes their home directories and keys.
+    // Managed accounts first, with their home directories and keys.
     let managed = t.accounts.managed();
     for name in &managed {
         crate::accounts::remove(&t.accounts, name)?;
     }
     say("managed SSH accounts", managed.len());
+    let root_fd = rustix::fs::open(
+        root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("cannot open {}: {}", root.display(), std::io::Error::from(e)))?;
+    let root_fd = root_fd.as_fd();
     say(
         "ssh host keys",
-        remove_matching(&root.join("etc/ssh"), |n| n.starts_with("ssh_host_"))?,
+        remove_matching(root_fd, "etc/ssh", |n| n.starts_with("ssh_host_"))?,
     );
     let mut ids = 0;
-    if truncate(&root.join("etc/machine-id"))? {
+    if let Some(etc) = beneath(root_fd, "etc")
+        && crate::safe_fs::truncate(etc.as_fd(), OsStr::new("machine-id"))?
+    {
         ids += 1;
     }
-    ids += remove_file(&root.join("var/lib/dbus/machine-id"))?;
+    ids += remove_matching(root_fd, "var/lib/dbus", |n| n == "machine-id")?;
     say("machine ids", ids);
-    say("log files", clean_logs(&root.join("var/log"))?);
-    let mut homes = vec![root.join("root")];
-    if let Ok(entries) = std::fs::read_dir(root.join("home")) {
-        homes.extend(entries.flatten().map(|e| e.path()));
-    }
-    let mut histories = 0;
-    for home in homes {
-        for name in HISTORIES {
-            histories += remove_file(&home.join(name))?;
-        }
-    }
-    say("shell histories", histories);
-    let mut cloud = 0;
-    for d in ["instance", "instances", "data", "sem", "handlers"] {
-        cloud += remove_any(&root.join("var/lib/cloud").join(d))?;
-    }
-    say("cloud-init instance data", cloud);
+    say("log files", clean_logs(root_fd)?);
+    say("shell histories", clean_histories(root_fd)?);
+    let cloud = ["instance", "instances", "data", "sem", "handlers"];
+    say(
+        "cloud-init instance data",
+        remove_matching(root_fd, "var/lib/cloud", |n| cloud.contains(&n))?,
+    );
     let mut tmp = 0;
     for d in ["tmp", "var/tmp"] {
-        tmp += remove_matching(&root.join(d), |_| true)?;
+        tmp += remove_matching(root_fd, d, |_| true)?;
     }
     say("temporary files", tmp);
     Ok(lines)
@@ -183,62 +231,22 @@ const HISTORIES: [&str; 9] = [
     ".wget-hsts",
 ];
 
-fn remove_file(path: &Path) -> Result<usize, String> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if !m.is_dir() => std::fs::remove_file(path)
-            .map(|()| 1)
-            .map_err(|e| format!("cannot remove {}: {e}", path.display())),
-        _ => Ok(0),
-    }
-}
-
-fn remove_any(path: &Path) -> Result<usize, String> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path)
-            .map(|()| 1)
-            .map_err(|e| format!("cannot remove {}: {e}", path.display())),
-        Ok(_) => remove_file(path),
-        Err(_) => Ok(0),
-    }
-}
-
-/// Remove the entries of `dir` whose names `which` accepts. `dir` itself stays.
-fn remove_matching(dir: &Path, which: impl Fn(&str) -> bool) -> Result<usize, String> {
-    if !real_dir(dir) {
-        return Ok(0);
-    }
-    let Ok(entries) = std::fs::read_dir(dir) else {
+/// Remove the entries of the directory `dir` (beneath the root) whose names `which` accepts,
+/// directories with their content. `dir` itself stays.
+fn remove_matching(root: BorrowedFd<'_>, dir: &str, which: impl Fn(&str) -> bool) -> Result<usize, String> {
+    let Some(d) = beneath(root, dir) else {
         return Ok(0);
     };
     let mut n = 0;
-    for e in entries.flatten() {
-        if which(&e.file_name().to_string_lossy()) {
-            n += remove_any(&e.path())?;
+    for name in crate::safe_fs::list(d.as_fd()).unwrap_or_default() {
+        if which(&name.to_string_lossy()) {
+            n += usize::from(
+                crate::safe_fs::remove_all(d.as_fd(), &name)
+                    .map_err(|e| format!("cannot remove /{dir}/{}: {e}", name.to_string_lossy()))?,
+            );
         }
     }
     Ok(n)
-}
-
-/// Empty a regular file (not through a symbolic link); true if there was one.
-fn truncate(path: &Path) -> Result<bool, String> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_file() => {
-            if m.len() > 0 {
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .truncate(true)
-                    .open(path)
-                    .map_err(|e| format!("cannot empty {}: {e}", path.display()))?;
-            }
-            Ok(true)
-        }
-        _ => Ok(false),
-    }
-}
-
-/// A directory, not a symbolic link to one (which could lead out of the tree).
-fn real_dir(path: &Path) -> bool {
-    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
 }
 
 fn is_rotated(name: &str) -> bool {
@@ -246,36 +254,95 @@ fn is_rotated(name: &str) -> bool {
     matches!(ext, Some("gz" | "xz" | "bz2" | "zst" | "old")) || ext.is_some_and(|e| e.parse::<u32>().is_ok())
 }
 
+/// A directory beneath the image root (see [`crate::safe_fs::open_dir_beneath`]), if it is
+/// there.
+fn beneath(root: BorrowedFd<'_>, path: &str) -> Option<OwnedFd> {
+    crate::safe_fs::open_dir_beneath(root, Path::new(path)).ok()
+}
+
+/// How deep the clean-up descends into `/var/log` (one descriptor open per level).
+const MAX_LOG_DEPTH: usize = 32;
+
 /// Rotated logs and the journal's files go; every other log is truncated (a daemon may hold
 /// it open, and packages expect the files to exist).
-fn clean_logs(dir: &Path) -> Result<usize, String> {
-    let mut n = 0;
-    if !real_dir(dir) {
+fn clean_logs(root: BorrowedFd<'_>) -> Result<usize, String> {
+    let Some(log) = beneath(root, "var/log") else {
         return Ok(0);
-    }
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
-        for e in entries.flatten() {
-            let path = e.path();
-            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+    };
+    clean_log_dir(log.as_fd(), 0)
+}
+
+fn clean_log_dir(dir: BorrowedFd<'_>, depth: usize) -> Result<usize, String> {
+    let mut n = 0;
+    let names = crate::safe_fs::list(dir).unwrap_or_default();
+    for name in names {
+        let Ok(Some((kind, _))) = crate::safe_fs::kind(dir, &name) else {
+            continue; // vanished while we looked
+        };
+        if kind == FileType::Directory && depth < MAX_LOG_DEPTH {
+            let Ok(Some(sub)) = crate::safe_fs::open_subdir(dir, &name) else {
                 continue;
             };
-            let name = e.file_name().to_string_lossy().into_owned();
-            if meta.is_dir() {
-                if path == dir.join("journal") {
-                    n += remove_matching(&path, |_| true)?;
-                } else {
-                    stack.push(path);
+            if depth == 0 && name == "journal" {
+                for f in crate::safe_fs::list(sub.as_fd()).unwrap_or_default() {
+                    n += usize::from(crate::safe_fs::remove_all(sub.as_fd(), &f)?);
                 }
-            } else if meta.is_file() {
-                if is_rotated(&name) {
-                    n += remove_file(&path)?;
-                } else if meta.len() > 0 {
-                    truncate(&path)?;
-                    n += 1;
-                }
+            } else {
+                n += clean_log_dir(sub.as_fd(), depth + 1)?;
             }
+        } else if kind == FileType::RegularFile {
+            if is_rotated(&name.to_string_lossy()) {
+                n += usize::from(crate::safe_fs::remove(dir, &name).map_err(|e| e.to_string())?);
+            } else if crate::safe_fs::truncate(dir, &name)? {
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// The largest `/etc/passwd` the clean-up reads.
+const MAX_PASSWD: u64 = 16 * 1024 * 1024;
+
+/// The home directories whose histories go: `/root`, every directory in `/home`, and the home
+/// of every account in the image's own `/etc/passwd`.
+fn homes(root: BorrowedFd<'_>) -> Vec<PathBuf> {
+    let mut homes = vec![PathBuf::from("/root")];
+    if let Some(home) = beneath(root, "home") {
+        for n in crate::safe_fs::list(home.as_fd()).unwrap_or_default() {
+            homes.push(Path::new("/home").join(n));
+        }
+    }
+    let passwd = beneath(root, "etc")
+        .and_then(|etc| crate::safe_fs::read_regular(etc.as_fd(), OsStr::new("passwd"), MAX_PASSWD).ok())
+        .flatten()
+        .unwrap_or_default();
+    for line in passwd.split(|b| *b == b'\n') {
+        let fields: Vec<&[u8]> = line.split(|b| *b == b':').collect();
+        if fields.len() >= 7 && fields[5].starts_with(b"/") {
+            homes.push(PathBuf::from(OsStr::from_bytes(fields[5])));
+        }
+    }
+    homes
+}
+
+/// Remove the histories of every home (each directory once), beneath the image root.
+fn clean_histories(root: BorrowedFd<'_>) -> Result<usize, String> {
+    let mut seen = HashSet::new();
+    let mut n = 0;
+    for home in homes(root) {
+        let Ok(dir) = crate::safe_fs::open_dir_beneath(root, &home) else {
+            continue; // missing, or a link someone else could have made
+        };
+        let Ok(st) = rustix::fs::fstat(&dir) else { continue };
+        if !seen.insert((st.st_dev, st.st_ino)) {
+            continue;
+        }
+        for name in HISTORIES {
+            n += usize::from(
+                crate::safe_fs::remove(dir.as_fd(), OsStr::new(name))
+                    .map_err(|e| format!("cannot remove {}/{name}: {e}", home.display()))?,
+            );
         }
     }
     Ok(n)

@@ -963,6 +963,12 @@ async fn the_agent_prepares_its_instance_for_a_rebundle_and_refuses_to_bundle_a_
         ("etc/ssh/ssh_host_ed25519_key", "PRIVATE"),
         ("etc/machine-id", "0123456789abcdef0123456789abcdef"),
         ("root/.bash_history", "mysql -p"),
+        // A service account's history, found through the image's own passwd.
+        (
+            "etc/passwd",
+            "root:x:0:0:root:/root:/bin/bash\nsvc:x:998:998::/var/lib/svc:/usr/sbin/nologin\n",
+        ),
+        ("var/lib/svc/.bash_history", "psql -W"),
         ("var/log/app.log", "started"),
         ("opt/app/data", "the work"),
         ("etc/app.conf", "password = s3cr3t-value\n"),
@@ -998,7 +1004,11 @@ async fn the_agent_prepares_its_instance_for_a_rebundle_and_refuses_to_bundle_a_
     let done = rebundle().await;
     assert_eq!(done["version"], 1, "{done}");
     assert!(done["removed"].to_string().contains("ssh host keys: 1"), "{done}");
-    for gone in ["etc/ssh/ssh_host_ed25519_key", "root/.bash_history"] {
+    for gone in [
+        "etc/ssh/ssh_host_ed25519_key",
+        "root/.bash_history",
+        "var/lib/svc/.bash_history",
+    ] {
         assert!(!root.join(gone).exists(), "{gone}");
     }
     assert_eq!(std::fs::read(root.join("etc/machine-id")).expect("machine-id"), b"");

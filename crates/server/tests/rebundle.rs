@@ -401,3 +401,104 @@ async fn an_agent_that_finds_a_secret_refuses_and_the_server_keeps_serving() {
         .is_err()
     );
 }
+
+/// A template whose boot script takes a credential by default and whose operational script is
+/// given one per run: neither is one of the server's own inputs.
+const KEYED: &str = r#"
+[[script]]
+name = "uses-default"
+frequency = "per-instance"
+body = "echo using the default"
+inputs = [
+  { name = "API_KEY", kind = "cred", default = "cred:script-default" },
+  { name = "TPL_KEY", kind = "cred" },
+]
+
+[[script]]
+name = "rotate"
+frequency = "on-demand"
+body = "echo rotating"
+inputs = [{ name = "NEW_KEY", kind = "cred" }]
+
+[[template]]
+name = "keyed"
+image = "debian-12"
+boot_scripts = ["uses-default"]
+operational_scripts = ["rotate"]
+inputs = { TPL_KEY = "cred:template-input" }
+
+[[array]]
+name = "keyeds"
+template = "keyed"
+min = 0
+max = 2
+desired = 0
+
+[deployment]
+name = "example"
+cloud = "sandbox"
+"#;
+
+/// The agent is asked to look for every credential value that reached the server: its template
+/// input, a script's default and a per-run input; not for credentials that never reached it.
+#[tokio::test]
+async fn the_agent_looks_for_every_credential_that_reached_the_server() {
+    let t = TestServer::start_with(|c| c.simulate_agents = false).await;
+    common::example_credential(&t, "stats-password-xyz").await;
+    let (s, plan) = t.apply_toml(common::EXAMPLE, false).await;
+    assert_eq!(s, StatusCode::OK, "{plan}");
+    for (name, value) in [
+        ("script-default", "default-5ecret-1"),
+        ("template-input", "template-5ecret-2"),
+        ("run-input", "run-5ecret-3"),
+        ("unrelated", "unrelated-5ecret-4"),
+    ] {
+        let (s, v) = t.post("/credentials", json!({ "name": name, "value": value })).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+    }
+    let (s, plan) = t.apply_toml(KEYED, false).await;
+    assert_eq!(s, StatusCode::OK, "{plan}");
+    let (e, mut ws) = operational(&t, "keyed-1", "keyed").await;
+
+    // An operational run given a credential of its own, played to the end.
+    let (s, r) = t
+        .post(
+            "/runs",
+            json!({ "script": "rotate", "server": e.id, "inputs": { "NEW_KEY": "cred:run-input" } }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{r}");
+    let sr = loop {
+        if let ControlMessage::RunScript(sr) = recv_ack(&mut ws).await {
+            break sr;
+        }
+    };
+    common::agent::run(&mut ws, &sr, "rotated\n", 0).await;
+
+    let agent = async {
+        let ask = loop {
+            if let ControlMessage::PrepareImage(p) = recv_ack(&mut ws).await {
+                break p;
+            }
+        };
+        send(
+            &mut ws,
+            AgentMessage::ImagePrepared(ImagePrepared {
+                error: Some("a secret input's value is stored in 1 file(s) (/etc/x)".into()),
+                secret_found_in: vec!["/etc/x".into()],
+                removed: vec![],
+            }),
+        )
+        .await;
+        ask
+    };
+    let ((s, v), ask) = tokio::join!(rebundle(&t, "example/keyed-1", json!({ "array": "keyeds" })), agent);
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    let mut asked: Vec<String> = ask.secrets.iter().map(|s| s.expose().to_string()).collect();
+    asked.sort();
+    assert_eq!(
+        asked,
+        ["default-5ecret-1", "run-5ecret-3", "template-5ecret-2"],
+        "every credential that reached the server, and only those"
+    );
+}

@@ -26,10 +26,14 @@
 //!   again). The record survives rebundling a server that itself booted from a bundle.
 //! - A capture that fails after the preparation terminates the server anyway: it has no identity
 //!   to serve with. The error says so; rebundle another server.
+//! - The agent looks for the value of every credential that ever reached the server, not only
+//!   its own `cred:` inputs: template and deployment inputs, script defaults, and per-run
+//!   inputs of its runs and rollouts all became environment variables a script could have
+//!   written into a file (`secrets_of`).
 //! - On the fake cloud with simulated agents there is no agent: the preparation is recorded as
 //!   simulated, and the fake driver captures.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -39,6 +43,7 @@ use stratus_cloud::{CloudDriver, InstanceState};
 use stratus_store::{Change, Query, TypedStore};
 use stratus_types::Name;
 use stratus_types::cloud::DriverKind;
+use stratus_types::deployment::Deployment;
 use stratus_types::image::{Image, ImageSpec, ImageVersion, NativeImage, Provenance};
 use stratus_types::input::InputValue;
 use stratus_types::run::{Phase, Run, RunStatus};
@@ -318,15 +323,73 @@ async fn open_runs(app: &App, server: ServerId) -> Result<Vec<Run>, AppError> {
         .collect())
 }
 
-/// The values of every secret input the server has (its `cred:` inputs, decrypted).
+/// The values of every credential that ever reached the server, for the agent to look for:
+/// its own inputs (template < deployment < server, merged at launch); its template's, its
+/// deployment's and its array's inputs as they are now (they may have changed since); the
+/// defaults of every script it was given (its template's boot, operational and decommission
+/// scripts, and the script of every run on it); and the per-run inputs of every run on it
+/// (operational runs, rollouts, deploys). A credential deleted since has no value to look for.
 async fn secrets_of(app: &App, s: &Server) -> Result<Vec<SecretString>, AppError> {
-    let mut out = vec![];
-    for v in s.inputs.values() {
-        if let InputValue::Cred(name) = v {
-            let secret = super::credentials::reveal(app, name.as_str()).await?;
-            if !secret.expose().is_empty() {
-                out.push(SecretString::new(secret.expose()));
+    let mut creds = BTreeSet::new();
+    let mut add = |inputs: &stratus_types::input::Inputs| {
+        for v in inputs.values() {
+            if let InputValue::Cred(name) = v {
+                creds.insert(name.to_string());
             }
+        }
+    };
+    add(&s.inputs);
+    let mut scripts: BTreeSet<String> = BTreeSet::new();
+    if let Some(t) = app.store.find_as::<ServerTemplate>("", s.template.as_str()).await? {
+        add(&t.spec.inputs);
+        let spec = &t.spec;
+        for n in spec
+            .boot_scripts
+            .iter()
+            .chain(&spec.operational_scripts)
+            .chain(&spec.decommission_scripts)
+        {
+            scripts.insert(n.to_string());
+        }
+    }
+    if let Some(d) = app.store.find_as::<Deployment>("", s.deployment.as_str()).await? {
+        add(&d.spec.inputs);
+    }
+    if let Some(array) = &s.array
+        && let Some(a) = app
+            .store
+            .find_as::<ServerArray>(s.deployment.as_str(), array.as_str())
+            .await?
+    {
+        add(&a.spec.inputs);
+    }
+    let q = Query {
+        scope: Some(s.id.to_string()),
+        ..Default::default()
+    };
+    for r in app.store.list_all::<Run>(&q).await? {
+        for v in r.inputs.values() {
+            if let Some(name) = v.strip_prefix("cred:") {
+                creds.insert(name.to_string());
+            }
+        }
+        scripts.insert(r.script.to_string());
+    }
+    for name in &scripts {
+        if let Some(script) = app.store.find_as::<Script>("", name).await? {
+            for d in &script.spec.inputs {
+                if let Some(InputValue::Cred(c)) = &d.default {
+                    creds.insert(c.to_string());
+                }
+            }
+        }
+    }
+    let mut out = vec![];
+    for name in &creds {
+        match super::credentials::reveal(app, name).await {
+            Ok(secret) if !secret.expose().is_empty() => out.push(SecretString::new(secret.expose())),
+            Ok(_) | Err(AppError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(out)
