@@ -392,3 +392,43 @@ async fn no_instance_reads_another_ones_metadata_by_posing_as_it() {
         );
     }
 }
+
+/// What the host sends to B while the bridge does not know where B is (B's port does not
+/// learn, its entry is gone): flooded to every port. With the rules, only B's port lets it out.
+fn host_sends_to_b_while_flooding(p: &Pair) -> Seen {
+    let b_port = p.port_of_instance(&p.b_id).expect("port");
+    sh(&format!("bridge link set dev {b_port} learning off"));
+    sh(&format!("bridge fdb del {} dev {b_port} master", p.b_mac));
+    let nonce = nonce();
+    let a = Listener::start(
+        Command::new("ip")
+            .args(["netns", "exec", &p.a_ns, "python3", FRAMES_PY, "listen", "eth0"])
+            .arg(p.a_ip.to_string()),
+        &nonce,
+    );
+    let send = format!(
+        "import socket, time\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.sendto(b'SPOOF{nonce}:for-b;', ('{b}', {UDP_PORT}))\n\
+         for _ in range(3):\n    s.sendto(b'SPOOF{nonce}:END;', ('{a}', {UDP_PORT})); time.sleep(0.2)\n",
+        a = p.a_ip,
+        b = p.b_ip,
+    );
+    let out = Command::new("python3").args(["-c", &send]).output().expect("python3");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    a.finish()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_never_receives_what_the_bridge_floods_for_another() {
+    let p = Pair::new().await;
+    // The host knows B's MAC, so its datagram goes to B's MAC; the bridge floods it.
+    sh(&format!("busybox ping -c 1 -W 2 {}", p.b_ip));
+    let seen = host_sends_to_b_while_flooding(&p);
+    assert!(seen.complete, "A got the host's datagrams for itself: {seen:?}");
+    assert!(!seen.frames.contains(&"for-b".to_string()), "A saw B's traffic: {seen:?}");
+    // The control: without the rules, A's port gets B's frame too.
+    p.without_rules();
+    let seen = host_sends_to_b_while_flooding(&p);
+    assert!(seen.frames.contains(&"for-b".to_string()), "control: flooded to A: {seen:?}");
+}
