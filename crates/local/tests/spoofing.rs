@@ -426,9 +426,15 @@ async fn an_instance_never_receives_what_the_bridge_floods_for_another() {
     sh(&format!("busybox ping -c 1 -W 2 {}", p.b_ip));
     let seen = host_sends_to_b_while_flooding(&p);
     assert!(seen.complete, "A got the host's datagrams for itself: {seen:?}");
-    assert!(!seen.frames.contains(&"for-b".to_string()), "A saw B's traffic: {seen:?}");
+    assert!(
+        !seen.frames.contains(&"for-b".to_string()),
+        "A saw B's traffic: {seen:?}"
+    );
     // The control: without the rules, A's port gets B's frame too.
     p.without_rules();
     let seen = host_sends_to_b_while_flooding(&p);
-    assert!(seen.frames.contains(&"for-b".to_string()), "control: flooded to A: {seen:?}");
+    assert!(
+        seen.frames.contains(&"for-b".to_string()),
+        "control: flooded to A: {seen:?}"
+    );
 }
