@@ -37,9 +37,11 @@
 //! so ports that are not pinned are left alone (other clouds' bridges, the host's own); there
 //! is no bridge-name match to scope by in this kernel (`CONFIG_NFT_BRIDGE_META` is off).
 //!
-//! The whole decision is in this table; it does not depend on the bridge's `vlan_filtering` or on the
-//! `net.bridge.bridge-nf-call-*` settings (the kernel here has `br_netfilter` built in, with
-//! them on: bridged IPv4 also passes the `ip` hooks, after this table).
+//! The whole decision is in this table; it does not depend on the bridge's `vlan_filtering`
+//! or on the `net.bridge.bridge-nf-call-*` settings (the kernel here has `br_netfilter` built
+//! in, with them on: bridged IPv4 also passes the `ip` hooks, after this table).
+//! `tests/spoofing.rs` sends every frame form above from a real instance, and checks each one
+//! is taken when this table is removed.
 //!
 //! The elements are per instance (`pin`), so launching or terminating one instance is one
 //! element change in one transaction; the table itself is rewritten whole with the NAT table
