@@ -161,6 +161,24 @@ fn http(url: &str) -> Option<String> {
 
 /// GET from inside a network namespace (host busybox `nc`, in the instance's network).
 fn in_netns(netns: &str, addr: &str, path: &str) -> Option<String> {
+    request_in_netns(netns, addr, &format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n"))
+}
+
+/// GET a metadata path from inside a network namespace the IMDSv2 way, as the agent does: a
+/// session token first (a new local cloud answers nothing without one).
+fn metadata_in_netns(netns: &str, path: &str) -> Option<String> {
+    let md = "169.254.169.254:80";
+    let put = "PUT /latest/api/token HTTP/1.0\r\nX-aws-ec2-metadata-token-ttl-seconds: 60\r\n\r\n";
+    let token = request_in_netns(netns, md, put)?;
+    let get = format!(
+        "GET {path} HTTP/1.0\r\nX-aws-ec2-metadata-token: {}\r\n\r\n",
+        token.trim()
+    );
+    request_in_netns(netns, md, &get)
+}
+
+/// Send a raw HTTP/1.0 request from inside a network namespace; the body of a 200.
+fn request_in_netns(netns: &str, addr: &str, request: &str) -> Option<String> {
     use std::io::Write;
     let (host, port) = addr.rsplit_once(':')?;
     let mut child = Command::new("ip")
@@ -172,9 +190,7 @@ fn in_netns(netns: &str, addr: &str, path: &str) -> Option<String> {
     // Keep our end open until the answer is in: the API server (hyper) drops a client that
     // half-closes before it has answered.
     let mut stdin = child.stdin.take()?;
-    stdin
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .ok()?;
+    stdin.write_all(request.as_bytes()).ok()?;
     let out = child.wait_with_output().ok()?;
     drop(stdin);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
@@ -353,7 +369,13 @@ template = "web"
         "stratus-{}-{instance}",
         stratus_server::drivers::network_tag(&data, "home")
     );
-    let user_data = in_netns(&netns, "169.254.169.254:80", "/latest/user-data").expect("user-data");
+    // A cloud declared without `metadata_tokens` requires them (IMDSv2 only).
+    assert_eq!(
+        in_netns(&netns, "169.254.169.254:80", "/latest/user-data"),
+        None,
+        "IMDSv1 is refused on a new cloud"
+    );
+    let user_data = metadata_in_netns(&netns, "/latest/user-data").expect("user-data");
     let url: Value = serde_json::from_str(&user_data).expect("user-data is JSON");
     let cp = url["stratus_url"]
         .as_str()
@@ -366,18 +388,8 @@ template = "web"
 
     // Enrolment from inside, as the agent does it: the signed identity document is required
     // on this cloud, a forged one is refused, the real one works once.
-    let doc = in_netns(
-        &netns,
-        "169.254.169.254:80",
-        "/latest/dynamic/instance-identity/document",
-    )
-    .expect("doc");
-    let sig = in_netns(
-        &netns,
-        "169.254.169.254:80",
-        "/latest/dynamic/instance-identity/signature",
-    )
-    .expect("sig");
+    let doc = metadata_in_netns(&netns, "/latest/dynamic/instance-identity/document").expect("doc");
+    let sig = metadata_in_netns(&netns, "/latest/dynamic/instance-identity/signature").expect("sig");
     let enrol = |body: Value| post_in_netns(&netns, &cp, "/api/v1/agent/enroll", &body.to_string());
     let base = serde_json::json!({ "server_id": url["server_id"], "enrolment_token": url["enrolment_token"] });
     let (status, _) = enrol(base.clone()).expect("answer");

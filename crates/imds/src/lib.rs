@@ -12,7 +12,8 @@
 //!  TCP peer ──► hyper http1 (half-close ok, 10 s head timeout; ConnectInfo = peer) ──► service::handle
 //!                 1. bound the head: URI ≤ 4 KiB (else 414), headers ≤ 16 KiB (else 431)
 //!                 2. PUT /latest/api/token ─► token.rs: X-Forwarded-For → 403,
-//!                                             bad TTL → 400, unknown peer → 403, else token
+//!                                             bad TTL → 400, unknown peer → 403, else token,
+//!                                             sent with IP TTL = the PUT response hop limit
 //!                    GET / HEAD anything else:
 //!                 3. MetadataSource::lookup(peer ip)     unknown → 403 (plain text)
 //!                 4. token check (token.rs)              bad/expired/other instance → 401,
@@ -45,6 +46,12 @@
 //! * `404` carries EC2's XHTML "404 - Not Found" page (`text/html`), `401` and `400` their
 //!   EC2 counterparts; leaves and listings are `text/plain`, user-data is
 //!   `application/octet-stream`.
+//! * Token responses leave with IP TTL (IPv6 hop limit) 1, EC2's default
+//!   `HttpPutResponseHopLimit` ([`Imds::with_put_response_hop_limit`] changes it): a process one
+//!   routed hop behind the instance (a container on a bridge inside it, a forwarding proxy)
+//!   cannot get a token, as on EC2. The limit is set on the connection's socket before the
+//!   token is written and stays for the rest of that connection; if it cannot be set, no token
+//!   is given (500). Reads are not limited: with `tokens_required`, no token means no reads.
 //! * IMDSv2: see `token.rs` for the token format and the status codes botocore relies on
 //!   (`PUT` 403/404/405 mean "no IMDSv2, fall back"; 400 is an error).
 //! * An unknown peer gets `403` with a plain-text explanation: EC2 uses 403 for "not allowed /
@@ -69,7 +76,7 @@ mod token;
 mod tree;
 
 pub use identity::{IdentityDocument, IdentityKey, IdentityVerifier};
-pub use service::{Imds, serve};
+pub use service::{DEFAULT_PUT_RESPONSE_HOP_LIMIT, Imds, serve};
 
 use std::net::{IpAddr, Ipv4Addr};
 

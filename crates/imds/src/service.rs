@@ -10,6 +10,7 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use axum::Router;
@@ -67,12 +68,17 @@ pub(crate) const VERSIONS: &[&str] = &[
     "latest",
 ];
 
+/// EC2's default `HttpPutResponseHopLimit`: a token response reaches the instance itself but
+/// not a container or proxy one routed hop behind it.
+pub const DEFAULT_PUT_RESPONSE_HOP_LIMIT: u8 = 1;
+
 /// The metadata service: who is asking (the source), what signs identity documents (the key),
-/// and the per-process token key.
+/// the per-process token key, and the IP TTL of token responses.
 pub struct Imds {
     source: Arc<dyn MetadataSource>,
     key: IdentityKey,
     tokens: TokenKey,
+    put_response_hop_limit: u8,
 }
 
 impl fmt::Debug for Imds {
@@ -80,6 +86,7 @@ impl fmt::Debug for Imds {
         f.debug_struct("Imds")
             .field("identity_key", &self.key)
             .field("tokens", &self.tokens)
+            .field("put_response_hop_limit", &self.put_response_hop_limit)
             .finish_non_exhaustive()
     }
 }
@@ -92,12 +99,25 @@ impl Imds {
             source,
             key,
             tokens: TokenKey::random(),
+            put_response_hop_limit: DEFAULT_PUT_RESPONSE_HOP_LIMIT,
         }
+    }
+
+    /// EC2's `HttpPutResponseHopLimit` (1–64, default [`DEFAULT_PUT_RESPONSE_HOP_LIMIT`]): the
+    /// IP TTL (IPv6 hop limit) of the packets carrying a token response, so each routed hop
+    /// between the service and the caller (a container bridge, a proxy) costs one. The rest of
+    /// that connection keeps the limit. Applies to connections accepted by [`serve`], which
+    /// hands the socket to the handler; a router served some other way sends tokens without
+    /// it. If the limit cannot be set on a connection, its token request gets 500, no token.
+    pub fn with_put_response_hop_limit(mut self, hops: u8) -> Self {
+        self.put_response_hop_limit = hops.clamp(1, 64);
+        self
     }
 
     /// The router. Each request needs a `ConnectInfo<SocketAddr>` extension (the TCP peer):
     /// [`serve`] adds it per connection, `into_make_service_with_connect_info::<SocketAddr>()`
-    /// works too; without it every request gets 500.
+    /// works too; without it every request gets 500. Only [`serve`] limits the hops of token
+    /// responses (see [`Imds::with_put_response_hop_limit`]).
     pub fn router(self: Arc<Self>) -> Router {
         Router::new().fallback(handle).with_state(self)
     }
@@ -219,8 +239,17 @@ pub async fn serve(
             },
             () = &mut shutdown => return Ok(()),
         };
+        // A second handle on the socket, so the handler can set a token response's TTL.
+        let socket = stream
+            .as_fd()
+            .try_clone_to_owned()
+            .ok()
+            .map(|fd| ConnSocket(Arc::new(fd)));
         let service = tower::ServiceExt::map_request(router.clone(), move |mut r: Request<hyper::body::Incoming>| {
             r.extensions_mut().insert(ConnectInfo(peer));
+            if let Some(s) = &socket {
+                r.extensions_mut().insert(s.clone());
+            }
             r
         });
         tokio::spawn(async move {
@@ -242,14 +271,44 @@ pub async fn serve(
 /// How long a client has to send its request head.
 const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The accepted connection's socket (a duplicate descriptor), put on each request by [`serve`].
+#[derive(Debug, Clone)]
+struct ConnSocket(Arc<OwnedFd>);
+
+/// Limit what is sent on this connection from now on to `hops` routed hops: IPv4 TTL and IPv6
+/// hop limit (a dual-stack socket may carry either).
+fn limit_hops(socket: &ConnSocket, peer: SocketAddr, hops: u8) -> io::Result<()> {
+    let fd = socket.0.as_fd();
+    match peer {
+        SocketAddr::V4(_) => rustix::net::sockopt::set_ip_ttl(fd, hops.into())?,
+        SocketAddr::V6(v6) => {
+            rustix::net::sockopt::set_ipv6_unicast_hops(fd, Some(hops))?;
+            if v6.ip().to_ipv4_mapped().is_some() {
+                rustix::net::sockopt::set_ip_ttl(fd, hops.into())?;
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn handle(State(imds): State<Arc<Imds>>, request: Request) -> Response {
     let Some(ConnectInfo(addr)) = request.extensions().get::<ConnectInfo<SocketAddr>>().copied() else {
         return Reply::NoConnectInfo.into_response();
     };
     let peer = addr.ip().to_canonical();
-    let response = imds
-        .respond(peer, request.method(), request.uri(), request.headers())
-        .into_response();
+    let reply = imds.respond(peer, request.method(), request.uri(), request.headers());
+    if matches!(reply, Reply::Token { .. }) {
+        // Before the response is written: its packets leave with the limited TTL. On a real
+        // connection, a token is never sent without the limit in place.
+        // Without a socket (the router driven in-process, as the fuzz target does) there are
+        // no packets to limit.
+        let socket = request.extensions().get::<ConnSocket>();
+        if let Some(Err(e)) = socket.map(|s| limit_hops(s, addr, imds.put_response_hop_limit)) {
+            tracing::warn!(%peer, error = %e, "cannot set the token response's hop limit; refusing the token");
+            return Reply::HopLimitUnavailable.into_response();
+        }
+    }
+    let response = reply.into_response();
     // The path, never the headers: those carry tokens. Bodies (user-data) are never logged.
     let path = request.uri().path();
     tracing::debug!(
@@ -288,6 +347,8 @@ enum Reply {
     UriTooLong,
     HeadersTooLarge,
     NoConnectInfo,
+    /// A token was due but its response's hop limit could not be set.
+    HopLimitUnavailable,
 }
 
 impl IntoResponse for Reply {
@@ -332,6 +393,12 @@ impl IntoResponse for Reply {
             Reply::HeadersTooLarge => plain(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 format!("431 - Headers Too Large: the limit is {MAX_HEADER_BYTES} bytes\n"),
+            ),
+            Reply::HopLimitUnavailable => plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "500 - the metadata service cannot limit the hops of a token response on this \
+                 connection, so it gives no token; serve it with stratus_imds::serve\n"
+                    .into(),
             ),
             Reply::NoConnectInfo => plain(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -47,6 +47,8 @@ fn config(tmp: &Path) -> LocalConfig {
         ),
         stop_grace: Duration::from_secs(1),
         metadata: true,
+        metadata_tokens_required: false,
+        metadata_hop_limit: 1,
         agent: None,
     }
 }

@@ -31,6 +31,11 @@ pub struct LocalConfig {
     pub stop_grace: Duration,
     /// Serve the metadata service at 169.254.169.254 for the cloud's instances.
     pub metadata: bool,
+    /// Every instance's metadata needs an IMDSv2 token (a template can also require it for its
+    /// servers alone).
+    pub metadata_tokens_required: bool,
+    /// The IP TTL of token responses (EC2's `HttpPutResponseHopLimit`, 1–64).
+    pub metadata_hop_limit: u8,
     /// The agent every instance runs (bound in from the host, kept running by init).
     pub agent: Option<crate::init::AgentSpec>,
 }
@@ -70,6 +75,12 @@ impl LocalConfig {
                     "{s:?}: the local cloud's directories cannot contain ',', ':' or spaces"
                 ));
             }
+        }
+        if !(1..=64).contains(&self.metadata_hop_limit) {
+            return Err(format!(
+                "metadata hop limit {} must be 1 (the default, as EC2) to 64",
+                self.metadata_hop_limit
+            ));
         }
         if self.init.is_empty() {
             return Err("no init program configured".into());

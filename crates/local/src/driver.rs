@@ -191,7 +191,8 @@ async fn start_metadata(
     };
     let _ = shared.metadata_addr.set(addr);
     let source: Arc<dyn stratus_imds::MetadataSource> = shared.clone();
-    let imds = Arc::new(stratus_imds::Imds::new(source, key));
+    let imds =
+        Arc::new(stratus_imds::Imds::new(source, key).with_put_response_hop_limit(shared.config.metadata_hop_limit));
     let handle = tokio::spawn(async move {
         if let Err(e) = stratus_imds::serve(listener, imds, std::future::pending()).await {
             tracing::error!(error = %e, "metadata service stopped");
@@ -509,6 +510,8 @@ impl CloudDriver for LocalCloud {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .remove(&rec.id);
+            // Its veth went with the namespace; take its name out of the allow-list too.
+            let _ = s.net.pin(&rec.link, false).await;
             return Err(CloudError::StartFailed(message));
         }
         tracing::info!(instance = %rec.id, ip = %rec.link.ip, hostname = %rec.hostname, "instance started");

@@ -19,6 +19,7 @@
 //!
 //! Needs root, util-linux (`nsenter`, `unshare`), iproute2 and nftables.
 
+pub mod antispoof;
 pub mod cgroup;
 pub mod cmd;
 pub mod config;

@@ -4,7 +4,9 @@
 //! gateway, instances reach it through a DNAT from 169.254.169.254, which keeps their own
 //! address as the source. Only running instances are answered. The records (user-data
 //! included) are in memory and read on every request, so tags, elastic IPs and keys changed a
-//! moment ago show at once, without touching the disk.
+//! moment ago show at once, without touching the disk. Tokens are required when the cloud
+//! says so (`metadata_tokens = "required"`, the default for new clouds) or the instance's
+//! launch asked for it (its template's `metadata_tokens`).
 
 use std::net::IpAddr;
 
@@ -36,7 +38,7 @@ impl MetadataSource for Shared {
             tags: rec.tags.iter().map(tag_pair).collect(),
             user_data: (!rec.user_data.is_empty()).then(|| rec.user_data.clone()),
             launched_at: rec.launched_at,
-            tokens_required: rec.metadata_tokens_required,
+            tokens_required: rec.metadata_tokens_required || self.config.metadata_tokens_required,
         })
     }
 }

@@ -16,11 +16,11 @@
 //! - masquerade for instances reaching an elastic IP of their own network (hairpin) and,
 //!   when enabled, for outbound traffic to the world.
 //!
-//! A bridge-family table (`bridge stratus-NET`) pins each instance's port to its own MAC and
-//! IPv4 address: an instance cannot send as another one.
-//!
-//! A bridge-family table (`bridge stratus-NET`) pins each instance's port to its own MAC and
-//! IPv4 address: an instance cannot send as another one.
+//! A bridge-family table (`bridge stratus-NET`, [`crate::antispoof`]) lets each instance's port
+//! send only IPv4 and ARP from its own MAC and IPv4 address, and receive only what is for it:
+//! an instance cannot send as another one. The NAT table adds the layer-3 half: a packet from
+//! the subnet's addresses is dropped unless it came in on the bridge (or is the host's own), so
+//! nothing off the bridge can pose as an instance either.
 //!
 //! Firewall rules live in a table inside each instance's network namespace (`inet
 //! stratus-fw`): inbound is dropped unless a rule, loopback or an established flow allows it.
@@ -110,7 +110,6 @@ impl Network {
     pub async fn remove(&self) -> Result<(), CommandError> {
         let _ = run("nft", &["delete", "table", "ip", &self.table()], None).await;
         let _ = run("nft", &["delete", "table", "bridge", &self.table()], None).await;
-        let _ = run("nft", &["delete", "table", "bridge", &self.table()], None).await;
         match run("ip", &["link", "del", "dev", &self.bridge()], None).await {
             Ok(_) => Ok(()),
             Err(e) if e.stderr.contains("Cannot find device") => Ok(()),
@@ -119,9 +118,10 @@ impl Network {
     }
 
     /// Replace the cloud's host rules in one transaction: the NAT table (metadata redirect,
-    /// elastic IPs public → private) and the anti-spoofing table (each instance's port may
-    /// only send from its own MAC and IPv4 address, so no instance can pass for another to
-    /// the metadata service or anyone else).
+    /// elastic IPs public → private, subnet sources only from the bridge) and the
+    /// anti-spoofing table ([`crate::antispoof`]: each instance's port may only send IPv4 and
+    /// ARP from its own MAC and IPv4 address, so no instance can pass for another to the
+    /// metadata service or anyone else).
     pub async fn apply_nat(
         &self,
         metadata: Option<SocketAddrV4>,
@@ -132,57 +132,6 @@ impl Network {
         run("nft", &["-f", "-"], Some(&rules)).await.map(drop)
     }
 
-    /// The anti-spoofing table: sets of (port, MAC[, IPv4]) that may send; a port in `ports`
-    /// sending anything else is dropped. Sets, so one instance is pinned or unpinned with one
-    /// element change instead of a rewrite that grows with the number of instances.
-    fn spoof_ruleset(&self, links: &[Link]) -> String {
-        let t = self.table();
-        let elements = |f: &dyn Fn(&Link) -> String| {
-            if links.is_empty() {
-                String::new()
-            } else {
-                let items: Vec<String> = links.iter().map(f).collect();
-                format!(" elements = {{ {} }};", items.join(", "))
-            }
-        };
-        let mut s = format!("table bridge {t} {{}}\ndelete table bridge {t}\ntable bridge {t} {{\n");
-        writeln!(
-            s,
-            "  set ports {{ type ifname;{} }}",
-            elements(&|l| format!("\"{}\"", l.veth))
-        )
-        .ok();
-        writeln!(
-            s,
-            "  set mac_ok {{ type ifname . ether_addr;{} }}",
-            elements(&|l| format!("\"{}\" . {}", l.veth, l.mac))
-        )
-        .ok();
-        writeln!(
-            s,
-            "  set ip_ok {{ type ifname . ether_addr . ipv4_addr;{} }}",
-            elements(&|l| format!("\"{}\" . {} . {}", l.veth, l.mac, l.ip))
-        )
-        .ok();
-        s.push_str("  chain prerouting { type filter hook prerouting priority -200; policy accept;\n");
-        s.push_str("    iifname != @ports accept\n");
-        s.push_str("    iifname . ether saddr != @mac_ok drop\n");
-        s.push_str("    ether type ip iifname . ether saddr . ip saddr != @ip_ok drop\n");
-        s.push_str("    ether type arp iifname . ether saddr . arp saddr ip != @ip_ok drop\n");
-        s.push_str("  }\n}\n");
-        s
-    }
-
-    /// Add (`pin`) or remove one instance's port in the anti-spoofing sets.
-    pub async fn pin(&self, link: &Link, on: bool) -> Result<(), CommandError> {
-        let (t, v, mac, ip) = (self.table(), &link.veth, &link.mac, link.ip);
-        let verb = if on { "add" } else { "delete" };
-        let script = format!(
-            "{verb} element bridge {t} ports {{ \"{v}\" }}\n{verb} element bridge {t} mac_ok {{ \"{v}\" . {mac} }}\n{verb} element bridge {t} ip_ok {{ \"{v}\" . {mac} . {ip} }}\n"
-        );
-        run("nft", &["-f", "-"], Some(&script)).await.map(drop)
-    }
-
     fn nat_ruleset(&self, metadata: Option<SocketAddrV4>, eips: &[(Ipv4Addr, Ipv4Addr)]) -> String {
         let (t, br, net) = (self.table(), self.bridge(), self.subnet);
         let mut s = format!("table ip {t} {{}}\ndelete table ip {t}\ntable ip {t} {{\n");
@@ -191,7 +140,9 @@ impl Network {
             let items: Vec<String> = eips.iter().map(|(p, i)| format!("{p} : {i}")).collect();
             write!(s, " elements = {{ {} }};", items.join(", ")).ok();
         }
-        s.push_str(" }\n  chain prerouting { type nat hook prerouting priority dstnat; policy accept;\n");
+        s.push_str(" }\n  chain sources { type filter hook prerouting priority raw; policy accept;\n");
+        writeln!(s, "    ip saddr {net} iifname != {{ \"{br}\", \"lo\" }} drop\n  }}").ok();
+        s.push_str("  chain prerouting { type nat hook prerouting priority dstnat; policy accept;\n");
         if let Some(m) = metadata {
             writeln!(
                 s,
@@ -361,16 +312,7 @@ mod tests {
             Some("10.77.0.1:4567".parse().unwrap()),
             &[("10.78.0.2".parse().unwrap(), "10.77.0.5".parse().unwrap())],
         );
-        let link = Link {
-            netns: "ns".into(),
-            veth: "sv1".into(),
-            mac: "02:00:00:00:00:01".into(),
-            ip: "10.77.0.5".parse().unwrap(),
-        };
-        let spoof = n.spoof_ruleset(&[link]);
-        assert!(spoof.contains("set ports { type ifname; elements = { \"sv1\" }; }"));
-        assert!(spoof.contains("elements = { \"sv1\" . 02:00:00:00:00:01 . 10.77.0.5 }"));
-        assert!(n.spoof_ruleset(&[]).contains("set ports { type ifname; }"));
+        assert!(s.contains("ip saddr 10.77.0.0/24 iifname != { \"st-t1\", \"lo\" } drop"));
         assert!(s.contains("elements = { 10.78.0.2 : 10.77.0.5 }"));
         assert!(s.contains("ip daddr 169.254.169.254 tcp dport 80 dnat to 10.77.0.1:4567"));
         assert!(!s.contains("oifname"), "no outbound NAT unless asked");

@@ -152,3 +152,23 @@ async fn an_instance_cannot_pass_for_another() {
             .ends_with(&b.id)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cloud_that_requires_tokens_refuses_imdsv1_for_every_instance() {
+    let t = TestCloud::with_config(24, |c| c.metadata_tokens_required = true).await;
+    let a = t.cloud.launch(t.request("plain")).await.expect("launch");
+    let raw = |request: &str| {
+        t.exec(&a.id, &format!("printf '{request}' | nc -w 2 169.254.169.254 80"))
+            .1
+    };
+    let v1 = raw("GET /latest/meta-data/instance-id HTTP/1.0\\r\\n\\r\\n");
+    assert!(
+        v1.starts_with("HTTP/1.0 401"),
+        "IMDSv1 refused though the launch did not ask: {v1}"
+    );
+    // The token's response leaves with TTL 1 and still reaches the instance, its neighbour on
+    // the bridge; botocore (as the AWS CLI) gets its token and reads.
+    let (ok, out) = botocore_in(&t.cloud.netns(&a.id).expect("netns"), BOTOCORE);
+    assert!(ok, "botocore failed: {out}");
+    assert!(out.contains(&format!("instance-id {}", a.id)), "{out}");
+}

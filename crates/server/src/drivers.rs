@@ -18,6 +18,7 @@ use stratus_local::{LocalCloud, LocalConfig};
 use stratus_store::Datastore;
 use stratus_types::Name;
 use stratus_types::cloud::{Cloud, DriverKind};
+use stratus_types::template::MetadataTokens;
 use tokio::sync::Mutex;
 
 use crate::app::AppError;
@@ -307,6 +308,9 @@ pub fn local_config(base: &LocalBase, c: &Cloud) -> LocalConfig {
             })
             .collect(),
         outbound_nat: settings.outbound_nat,
+        // No setting recorded: a cloud from before it existed, which answered IMDSv1.
+        metadata_tokens_required: settings.metadata_tokens == Some(MetadataTokens::Required),
+        metadata_hop_limit: settings.metadata_hop_limit,
         init: base.init.clone(),
         stop_grace: Duration::from_secs(10),
         metadata: true,

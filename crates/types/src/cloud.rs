@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 
 use crate::name::truncate;
 use crate::size::InstanceSize;
+use crate::template::MetadataTokens;
 use crate::{CloudId, FieldError, Invalid, Name};
 
 /// Which driver talks to the cloud.
@@ -82,10 +83,32 @@ pub struct LocalSettings {
     /// packages need. Default on.
     #[serde(default = "yes")]
     pub outbound_nat: bool,
+    /// The metadata service for every instance of the cloud: `required` answers only IMDSv2
+    /// (token) requests, as EC2's `HttpTokens=required`; `optional` also answers plain IMDSv1
+    /// GETs, unless the server's template requires tokens. A cloud created without it gets
+    /// `required` (written into its declaration); a cloud created before this setting existed
+    /// has none and keeps answering IMDSv1 until it says otherwise. See
+    /// [`CloudSpec::settle_metadata_tokens`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata_tokens: Option<MetadataTokens>,
+    /// EC2's `HttpPutResponseHopLimit`: the IP TTL of the metadata service's token responses,
+    /// 1–64. The default, 1, keeps tokens from anything a routed hop behind the instance (a
+    /// container on a bridge inside it, a forwarding proxy); raise it for containers that
+    /// need IMDSv2.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub metadata_hop_limit: u8,
 }
 
 fn yes() -> bool {
     true
+}
+
+fn one() -> u8 {
+    1
+}
+
+fn is_one(n: &u8) -> bool {
+    *n == 1
 }
 
 impl Default for LocalSettings {
@@ -93,6 +116,8 @@ impl Default for LocalSettings {
         Self {
             subnet: None,
             outbound_nat: true,
+            metadata_tokens: None,
+            metadata_hop_limit: 1,
         }
     }
 }
@@ -115,6 +140,27 @@ fn simple_name_ok(s: &str) -> bool {
 }
 
 impl CloudSpec {
+    /// Decide a local cloud's `metadata_tokens` when its declaration does not: a new cloud
+    /// (`existing` is `None`) gets `required`; an existing one keeps what it has, so
+    /// re-applying a file that never mentions it changes nothing, and a cloud from before the
+    /// setting (none recorded) keeps answering IMDSv1. Other drivers are left as they are.
+    pub fn settle_metadata_tokens(&mut self, existing: Option<&CloudSpec>) {
+        if self.driver != DriverKind::Local {
+            return;
+        }
+        let declared = self.local.as_ref().and_then(|l| l.metadata_tokens);
+        if declared.is_some() {
+            return;
+        }
+        let settled = match existing {
+            None => Some(MetadataTokens::Required),
+            Some(e) => e.local.as_ref().and_then(|l| l.metadata_tokens),
+        };
+        if settled.is_some() {
+            self.local.get_or_insert_with(LocalSettings::default).metadata_tokens = settled;
+        }
+    }
+
     pub fn validate(&self) -> Result<(), Invalid> {
         let mut errs = Invalid::default();
         if self.regions.is_empty() {
@@ -194,6 +240,14 @@ impl CloudSpec {
                 "only a cloud with driver \"local\" takes local settings",
             ));
         }
+        if let Some(hops) = self.local.as_ref().map(|l| l.metadata_hop_limit)
+            && !(1..=64).contains(&hops)
+        {
+            errs.push(FieldError::new(
+                "local.metadata_hop_limit",
+                format!("{hops} is not a hop limit: 1 (the default, as EC2) to 64"),
+            ));
+        }
         if let Some(net) = self.local.as_ref().and_then(|l| l.subnet) {
             if !(16..=29).contains(&net.prefix_len()) {
                 errs.push(FieldError::new(
@@ -248,5 +302,64 @@ impl CloudSpec {
             errs.push(FieldError::new("description", "is longer than 4096 bytes"));
         }
         errs.into_result()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(local: &str) -> CloudSpec {
+        let json = format!(
+            r#"{{"name": "local", "driver": "local", "regions": [{{"name": "local"}}],
+                "sizes": [{{"name": "small", "cpus": 1, "memory": "512MiB"}}]{local}}}"#
+        );
+        serde_json::from_str(&json).expect("spec")
+    }
+
+    fn tokens(s: &CloudSpec) -> Option<MetadataTokens> {
+        s.local.as_ref().and_then(|l| l.metadata_tokens)
+    }
+
+    #[test]
+    fn new_local_clouds_require_metadata_tokens_and_old_ones_keep_theirs() {
+        let mut new = spec("");
+        new.settle_metadata_tokens(None);
+        assert_eq!(tokens(&new), Some(MetadataTokens::Required), "a new cloud: IMDSv2 only");
+        // Re-applying the same file to the cloud it made changes nothing.
+        let mut again = spec("");
+        again.settle_metadata_tokens(Some(&new));
+        assert_eq!(again, new);
+        // A cloud from before the setting has none recorded: it keeps answering IMDSv1.
+        let legacy = spec("");
+        let mut reapplied = spec(r#", "local": {"outbound_nat": false}"#);
+        reapplied.settle_metadata_tokens(Some(&legacy));
+        assert_eq!(tokens(&reapplied), None);
+        // What a declaration says wins, both ways.
+        let mut optional = spec(r#", "local": {"metadata_tokens": "optional"}"#);
+        optional.settle_metadata_tokens(None);
+        assert_eq!(tokens(&optional), Some(MetadataTokens::Optional));
+        let mut required = spec(r#", "local": {"metadata_tokens": "required"}"#);
+        required.settle_metadata_tokens(Some(&legacy));
+        assert_eq!(tokens(&required), Some(MetadataTokens::Required));
+        // Other drivers have no such setting.
+        let mut fake = spec("");
+        fake.driver = DriverKind::Fake;
+        fake.settle_metadata_tokens(None);
+        assert_eq!(fake.local, None);
+    }
+
+    #[test]
+    fn the_hop_limit_defaults_to_one_and_is_checked() {
+        let s = spec(r#", "local": {}"#);
+        assert_eq!(s.local.as_ref().map(|l| l.metadata_hop_limit), Some(1));
+        assert!(s.validate().is_ok());
+        assert!(spec(r#", "local": {"metadata_hop_limit": 64}"#).validate().is_ok());
+        for bad in [0, 65] {
+            let err = spec(&format!(r#", "local": {{"metadata_hop_limit": {bad}}}"#))
+                .validate()
+                .expect_err("out of range");
+            assert!(format!("{err:?}").contains("local.metadata_hop_limit"), "{err:?}");
+        }
     }
 }

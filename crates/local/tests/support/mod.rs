@@ -86,6 +86,8 @@ pub fn config(tmp: &Path, subnet_prefix: u8) -> LocalConfig {
         init: vec![env!("CARGO_BIN_EXE_stratus-instance-init").into()],
         stop_grace: Duration::from_secs(2),
         metadata: true,
+        metadata_tokens_required: false,
+        metadata_hop_limit: 1,
         agent: None,
     }
 }
@@ -96,12 +98,18 @@ impl TestCloud {
     }
 
     pub async fn with_subnet(prefix: u8) -> Self {
+        Self::with_config(prefix, |_| {}).await
+    }
+
+    /// A cloud whose settings `edit` changes from the tests' defaults.
+    pub async fn with_config(prefix: u8, edit: impl FnOnce(&mut LocalConfig)) -> Self {
         sweep_stale();
         let tmp = tempfile::Builder::new()
             .prefix(&format!("stratus-local-{:x}-", std::process::id()))
             .tempdir_in("/var/tmp")
             .expect("tmp");
-        let config = config(tmp.path(), prefix);
+        let mut config = config(tmp.path(), prefix);
+        edit(&mut config);
         let cloud = LocalCloud::open(config.clone()).await.expect("open the local cloud");
         let tarball = busybox_tarball(tmp.path());
         let image = cloud.images().import("busybox", &tarball).await.expect("import").id;

@@ -67,6 +67,11 @@ impl Planner {
     }
 
     fn cloud(&mut self, spec: &CloudSpec) {
+        // A new local cloud's metadata service requires tokens unless it says otherwise; an
+        // existing one keeps its setting (see `CloudSpec::settle_metadata_tokens`).
+        let mut settled = spec.clone();
+        settled.settle_metadata_tokens(self.catalog.clouds.get(&spec.name).map(|c| &c.spec));
+        let spec = &settled;
         if !crate::drivers::AVAILABLE.contains(&spec.driver) {
             self.errs.push(FieldError::new(
                 format!("cloud {}.driver", spec.name),
