@@ -58,53 +58,7 @@ impl Session {
     }
 }
 
-/// The connected agents: a way to push a message to a server's agent.
-#[derive(Debug, Default)]
-pub struct Hub {
-    agents: std::sync::Mutex<HashMap<ServerId, (u64, tokio::sync::mpsc::Sender<ControlMessage>)>>,
-    next: std::sync::atomic::AtomicU64,
-}
-
-impl Hub {
-    /// Register a connection; the returned key unregisters exactly this one (a newer
-    /// connection of the same agent replaces it).
-    pub fn register(&self, server: ServerId, tx: tokio::sync::mpsc::Sender<ControlMessage>) -> u64 {
-        let key = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.lock().insert(server, (key, tx));
-        key
-    }
-
-    /// Unregister this connection; false if a newer one had replaced it already.
-    pub fn unregister(&self, server: ServerId, key: u64) -> bool {
-        let mut a = self.lock();
-        if a.get(&server).is_some_and(|(k, _)| *k == key) {
-            a.remove(&server);
-            return true;
-        }
-        false
-    }
-
-    /// Push to the server's agent; false when it is not connected.
-    pub async fn push(&self, server: ServerId, msg: ControlMessage) -> bool {
-        let tx = self.lock().get(&server).map(|(_, tx)| tx.clone());
-        match tx {
-            Some(tx) => tx.send(msg).await.is_ok(),
-            None => false,
-        }
-    }
-
-    pub fn is_connected(&self, server: ServerId) -> bool {
-        self.lock().contains_key(&server)
-    }
-
-    pub fn connected(&self) -> usize {
-        self.lock().len()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ServerId, (u64, tokio::sync::mpsc::Sender<ControlMessage>)>> {
-        self.agents.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
+pub use super::hub::{Hub, MAX_SESSIONS_DEFAULT};
 
 /// Start an operational script on a server through its connected agent.
 pub async fn start_run(app: &App, actor: &super::Actor, req: &StartRun) -> Result<Run, AppError> {
@@ -567,6 +521,11 @@ pub async fn access(
 
 /// The agent applied (or refused) a managed file. A refusal is logged and audited once per
 /// content, so an operator sees why a load balancer kept its old configuration.
+///
+/// The record keeps reports of the files the server's desired state manages and of no others
+/// (at most [`stratus_agent_proto::limits::MAX_FILES`]; each report's size is bounded by the
+/// protocol): a report on any other path is a protocol error and changes nothing, and reports
+/// of files no longer managed are dropped with the next write.
 pub async fn file_status(
     app: &App,
     session: &Session,
@@ -576,6 +535,29 @@ pub async fn file_status(
     error: Option<&str>,
 ) -> Result<(), AppError> {
     let mut rec = agent_record(app, session.server).await?;
+    let managed: Vec<String> = {
+        let s = server_of(app, session.server).await?;
+        super::watched::files_for(app, &s)
+            .await?
+            .into_iter()
+            .map(|f| f.path)
+            .collect()
+    };
+    let cap = stratus_agent_proto::limits::MAX_FILES;
+    if !managed.iter().any(|p| p == path) {
+        return Err(AppError::Forbidden(format!(
+            "a file report for {}: this server's desired state manages no such file ({} managed)",
+            stratus_types::name::truncate(path),
+            managed.len()
+        )));
+    }
+    rec.files.retain(|p, _| managed.contains(p));
+    if rec.files.len() >= cap && !rec.files.contains_key(path) {
+        return Err(AppError::Forbidden(format!(
+            "a file report for {}: the server already has reports of {cap} files, the most kept",
+            stratus_types::name::truncate(path)
+        )));
+    }
     let state = super::agents::FileState {
         sha256: sha256.to_string(),
         applied,
