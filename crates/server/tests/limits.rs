@@ -357,3 +357,74 @@ async fn file_reports_are_kept_for_managed_files_only() {
     let after = record().await;
     assert!(after.files.is_empty(), "{:?}", after.files);
 }
+
+#[tokio::test]
+async fn output_chunks_are_stored_beside_the_run_without_rewriting_it() {
+    use common::agent::{finished, output, recv_ack, send, started};
+    let t = with_ops(|_| {}).await;
+    let (a, mut ws) = operational(&t, "out-1", "ops").await;
+    let (s, v) = t.post("/runs", json!({ "script": "big", "server": a.id })).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let r = match recv_work(&mut ws).await {
+        ControlMessage::RunScript(r) => r,
+        other => panic!("expected the run, got {other:?}"),
+    };
+    let app = t.running.as_ref().expect("running").app.clone();
+    let stored = || async {
+        app.store
+            .get_as::<stratus_types::run::Run>(&r.run.to_string())
+            .await
+            .expect("store")
+            .expect("run")
+    };
+    send(&mut ws, started(r.run)).await;
+    let chunk = |seq: u64| format!("chunk {seq:03} {}\n", "o".repeat(60_000));
+    let chunks = 40u64;
+    let mut bytes = 0;
+    let mut before = None;
+    for seq in 0..chunks {
+        send(&mut ws, output(r.run, seq, &chunk(seq))).await;
+        assert!(matches!(recv_ack(&mut ws).await, ControlMessage::AckOutput { seq: s, .. } if s == seq));
+        bytes += chunk(seq).len() as u64;
+        if seq == 0 {
+            // Reports are handled in order: the run is `running` by now.
+            before = Some(stored().await);
+        }
+        if seq == 5 {
+            // A resent chunk is acknowledged and stored once.
+            send(&mut ws, output(r.run, 3, &chunk(3))).await;
+            assert!(matches!(
+                recv_ack(&mut ws).await,
+                ControlMessage::AckOutput { seq: 3, .. }
+            ));
+        }
+    }
+    let before = before.expect("seen");
+    let after = stored().await;
+    assert_eq!(
+        (after.revision, after.output.len()),
+        (before.revision, 0),
+        "output chunks do not rewrite the run's record"
+    );
+    // Through the API: the tail, within the run's cap, in order, once each.
+    let shown = t.get(&format!("/runs/{}", r.run)).await;
+    let text = shown["output"].as_str().expect("output");
+    assert!(text.len() <= stratus_types::run::RUN_OUTPUT_MAX, "{}", text.len());
+    assert!(text.ends_with(&chunk(chunks - 1)), "the newest output is kept");
+    assert_eq!(shown["output_truncated"], true);
+    assert_eq!(shown["output_seq"], chunks);
+    let firsts: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("chunk "))
+        .filter_map(|l| l.get(..9))
+        .collect();
+    let mut sorted = firsts.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(firsts, sorted, "in order, once each");
+    send(&mut ws, finished(r.run, 0, chunks, bytes)).await;
+    assert!(matches!(recv_ack(&mut ws).await, ControlMessage::AckFinished { .. }));
+    let done = t.get(&format!("/runs/{}", r.run)).await;
+    assert_eq!(done["status"], "succeeded", "{}", done["status"]);
+    assert!(done["output"].as_str().expect("output").ends_with(&chunk(chunks - 1)));
+}

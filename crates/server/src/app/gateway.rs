@@ -12,7 +12,8 @@
 //! 3. **Reports.** Each `run_started`, `output` and `run_finished` updates that run, after
 //!    checking it belongs to the agent's own server (anything else is a protocol error: the
 //!    connection is closed, no other server is touched). Output is masked with the run's
-//!    secrets before it is stored. The run's stored `output_seq` makes delivery exactly-once:
+//!    secrets before it is stored, as a row of the run-output table (the run's record is not
+//!    rewritten; see `runs.rs`). The next chunk the store expects makes delivery exactly-once:
 //!    a chunk below it is a duplicate (acknowledged, not stored), one above it a gap.
 //! 4. **Boot.** When every run of the current boot has succeeded the server is `operational`;
 //!    the first that fails strands it with the script's name, exit code and output tail.
@@ -260,7 +261,7 @@ async fn resume(app: &App, session: &Session, unacked: &[RunId]) -> Result<Vec<R
         out.push(match r {
             Some(r) if r.server == session.server => Resume {
                 run: r.id,
-                next_seq: r.output_seq,
+                next_seq: super::runs::next_seq(app, &r).await?,
                 finished: r.status.is_finished(),
             },
             _ => Resume {
@@ -714,25 +715,34 @@ pub async fn run_started(app: &App, session: &Session, run: RunId, at: chrono::D
     Ok(())
 }
 
-/// Store one output chunk (masked again with the run's secrets). Returns false for a duplicate
-/// (a chunk below the run's stored sequence, resent after a reconnect): stored once, acked again.
+/// Store one output chunk (masked again with the run's secrets) in the run-output table: the
+/// run's record is not rewritten. Returns false for a duplicate (a chunk below the run's stored
+/// sequence, resent after a reconnect): stored once, acked again.
 pub async fn output(app: &App, session: &mut Session, run: RunId, seq: u64, data: &str) -> Result<bool, AppError> {
-    let mut r = own_run(app, session, run).await?;
-    // Below the stored sequence: a resent duplicate. For a run the control plane already
-    // ended (cancelled before the agent reported): nowhere to go. Both are acknowledged only.
-    if seq < r.output_seq || r.status.is_finished() {
+    let r = own_run(app, session, run).await?;
+    // For a run the control plane already ended (cancelled before the agent reported):
+    // nowhere to go. Acknowledged only, as a duplicate is.
+    if r.status.is_finished() {
         return Ok(false);
     }
-    if seq > r.output_seq {
+    let next = super::runs::next_seq(app, &r).await?;
+    if seq < next {
+        return Ok(false);
+    }
+    if seq > next {
         return Err(AppError::Forbidden(format!(
-            "run {run}: output {seq} arrived, but the next expected is {}",
-            r.output_seq
+            "run {run}: output {seq} arrived, but the next expected is {next}"
         )));
     }
     let masked = masker(app, session, &r).await.push(data);
-    r.append_output(&masked);
-    r.output_seq += 1;
-    app.store.commit(vec![Change::update(&mut r, Utc::now())]).await?;
+    // Stored at most once even if two connections of the agent race (the chunk's key).
+    app.store
+        .commit(vec![Change::Output {
+            run: run.to_string(),
+            seq,
+            data: masked,
+        }])
+        .await?;
     Ok(true)
 }
 
@@ -765,10 +775,11 @@ pub async fn run_finished(
 ) -> Result<(), AppError> {
     let mut r = own_run(app, session, done.run).await?;
     if !r.status.is_finished() {
-        if r.output_seq < done.output_chunks {
+        let arrived = super::runs::next_seq(app, &r).await?;
+        if arrived < done.output_chunks {
             return Err(AppError::Forbidden(format!(
-                "run {}: finished after {} output chunks, but only {} arrived",
-                done.run, done.output_chunks, r.output_seq
+                "run {}: finished after {} output chunks, but only {arrived} arrived",
+                done.run, done.output_chunks
             )));
         }
         let rest = masker(app, session, &r).await.finish();
@@ -824,6 +835,7 @@ pub async fn settle_boot(app: &App, server: ServerId) -> Result<(), AppError> {
     let now = Utc::now();
     let first_open = runs.iter().find(|r| r.status != RunStatus::Succeeded);
     if let Some(failed) = first_open.filter(|r| r.status.is_finished()) {
+        let failed = super::runs::with_output(app, failed.clone()).await?;
         let tail: String = failed
             .output
             .chars()
