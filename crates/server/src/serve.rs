@@ -21,8 +21,10 @@
 //!   agent sessions have their own bound (one per agent credential, a total; see
 //!   `app::gateway::Hub`), and many instances may reach the control plane through one NAT
 //!   address.
-//! - Request bodies are bounded by the router (`http::BODY_MAX`; artifact uploads by the
-//!   artifact size limit).
+//! - Request bodies are bounded in size by the router (`http::BODY_MAX`; artifact uploads by
+//!   the artifact size limit). Not in time: a client that sends its head at once and then
+//!   trickles a body (or reads an answer slowly) holds its connection, within the caps above;
+//!   a load balancer in front bounds that (HAProxy `timeout http-request`, `timeout client`).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -222,6 +224,15 @@ mod tests {
             client_key(addr("[::ffff:192.0.2.7]:1")),
             client_key(addr("192.0.2.7:1"))
         );
+    }
+
+    #[test]
+    fn the_refusal_is_a_whole_http_response() {
+        let text = std::str::from_utf8(REFUSAL).expect("text");
+        let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
+        assert!(head.starts_with("HTTP/1.1 503 "));
+        let length = format!("content-length: {}", body.len());
+        assert!(head.split("\r\n").any(|l| l == length), "{head}");
     }
 
     #[test]
