@@ -132,6 +132,21 @@ pub struct ServeArgs {
     /// every instance's user-data, and agents trust it besides the system's CAs.
     #[arg(long)]
     pub agent_ca: Option<PathBuf>,
+    /// Disconnect a client that has not sent a whole request head within this many seconds;
+    /// also how long a kept-alive connection may sit idle.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub header_timeout: u64,
+    /// Open API connections one client address may hold (IPv6: one /64); more get 503.
+    /// Behind a load balancer every connection comes from its address: cap per client there
+    /// and raise this, or 0 for no cap. Agents' WebSockets do not count.
+    #[arg(long, default_value_t = 64)]
+    pub max_connections_per_ip: usize,
+    /// Open API connections in total (0: no cap); more get 503.
+    #[arg(long, default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Agent sessions (WebSockets) held at once, one per agent; more get 503 (0: no cap).
+    #[arg(long, default_value_t = 10_000)]
+    pub max_agent_sessions: usize,
 }
 
 #[derive(Debug, Args)]

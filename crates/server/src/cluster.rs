@@ -73,7 +73,7 @@ impl App {
     /// it. False when no live replica holds a connection of it.
     pub async fn push_agent(&self, server: ServerId, msg: ControlMessage) -> bool {
         if self.agents.is_connected(server) {
-            return self.agents.push(server, msg).await;
+            return self.agents.push(server, msg);
         }
         let Some(pg) = self.cluster.pg() else {
             return false;
@@ -278,7 +278,7 @@ async fn deliver(app: &App, pg: &PgCluster) {
             warn!(%server, "a relayed message is unreadable; dropped");
             continue;
         };
-        if !app.agents.push(ServerId(id), msg).await {
+        if !app.agents.push(ServerId(id), msg) {
             // The agent left meanwhile: what matters is resent when it reconnects.
             tracing::debug!(%server, "a relayed message found its agent gone");
         }

@@ -52,7 +52,7 @@ pub struct Drivers {
     local: Option<LocalBase>,
     /// The API, served again on each local cloud's gateway address so its instances reach
     /// the control plane (set once the router exists), and the port to prefer.
-    gateway_api: std::sync::OnceLock<(axum::Router, u16, bool)>,
+    gateway_api: std::sync::OnceLock<(axum::Router, u16, bool, crate::serve::Limits)>,
     /// Per local cloud: the control plane's URL as its instances reach it, and the listener
     /// serving it (none when the main listener's wildcard address already covers the gateway).
     gateways: std::sync::Mutex<HashMap<Name, Gateway>>,
@@ -94,10 +94,11 @@ impl Drivers {
     /// Make the API reachable from every local cloud's instances, from now on: `listen` is
     /// the main listener. On a wildcard address it already covers each gateway (same port);
     /// otherwise `router` is served again on each gateway, on the same port when free.
-    pub fn serve_on_gateways(&self, router: axum::Router, listen: std::net::SocketAddr) {
+    /// The gateway listeners keep the same connection `limits` as the main one.
+    pub fn serve_on_gateways(&self, router: axum::Router, listen: std::net::SocketAddr, limits: crate::serve::Limits) {
         let _ = self
             .gateway_api
-            .set((router, listen.port(), listen.ip().is_unspecified()));
+            .set((router, listen.port(), listen.ip().is_unspecified(), limits));
     }
 
     /// The control plane's URL as the instances of `cloud` reach it, when that differs from
@@ -108,7 +109,7 @@ impl Drivers {
     }
 
     async fn listen_on_gateway(&self, cloud: &Name, gateway: std::net::Ipv4Addr) -> Result<(), AppError> {
-        let Some((router, port, wildcard)) = self.gateway_api.get() else {
+        let Some((router, port, wildcard, limits)) = self.gateway_api.get() else {
             return Ok(());
         };
         if *wildcard {
@@ -128,11 +129,7 @@ impl Drivers {
         };
         let addr = listener.local_addr().map_err(|e| AppError::BadState(e.to_string()))?;
         let router = router.clone();
-        let task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, router).await {
-                tracing::error!(error = %e, "gateway API listener stopped");
-            }
-        });
+        let task = tokio::spawn(crate::serve::serve(listener, router, *limits));
         tracing::info!(%cloud, %addr, "control plane reachable from the cloud's instances");
         let old = self
             .gateways

@@ -12,6 +12,7 @@ pub mod crypto;
 pub mod drivers;
 pub mod http;
 pub mod reconcile;
+pub mod serve;
 mod watch;
 
 use std::io::Write;
@@ -66,6 +67,11 @@ pub struct Config {
     /// A CA certificate (PEM) agents trust for the public URL besides the system's (it goes into
     /// each instance's user-data).
     pub agent_ca_pem: Option<String>,
+    /// The API listeners' connection limits (head timeout, connections per client and in
+    /// total; see [`serve`]).
+    pub limits: serve::Limits,
+    /// Agent sessions held at once (one per agent credential; see `app::gateway::Hub`).
+    pub max_agent_sessions: usize,
 }
 
 /// Shown without secrets: the store URL's password and the S3 secret are redacted.
@@ -85,6 +91,8 @@ impl std::fmt::Debug for Config {
                     .map(|(id, _)| format!("{id} (secret hidden)")),
             )
             .field("simulate_agents", &self.simulate_agents)
+            .field("limits", &self.limits)
+            .field("max_agent_sessions", &self.max_agent_sessions)
             .finish_non_exhaustive()
     }
 }
@@ -107,6 +115,8 @@ impl Config {
             artifacts: None,
             artifacts_key: None,
             agent_ca_pem: None,
+            limits: serve::Limits::default(),
+            max_agent_sessions: app::gateway::MAX_SESSIONS_DEFAULT,
         }
     }
 }
@@ -272,7 +282,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         }))
         // The drivers open the credentials clouds name.
         .with_keys(keys.clone()),
-        agents: Default::default(),
+        agents: app::gateway::Hub::new(config.max_agent_sessions),
         poke: Default::default(),
         run_finished: tokio::sync::watch::Sender::new(0),
         settings,
@@ -285,7 +295,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     });
     let mut tasks = vec![];
     let router = http::router(app.clone());
-    app.drivers.serve_on_gateways(router.clone(), addr);
+    app.drivers.serve_on_gateways(router.clone(), addr, config.limits);
     if app.cluster.pg().is_some() {
         tasks.push(tokio::spawn(cluster::listen(app.clone())));
         tasks.push(tokio::spawn(cluster::elect(app.clone(), url.clone())));
@@ -295,11 +305,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         // left running go on where they stand), while this process leads.
         tasks.push(tokio::spawn(cluster::supervise(app.clone())));
     }
-    let server = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
-            tracing::error!(error = %e, "API server stopped");
-        }
-    });
+    let server = tokio::spawn(serve::serve(listener, router, config.limits));
     info!(%url, data_dir = %config.data_dir.display(), "control plane ready");
     tasks.push(server);
     Ok(Running {

@@ -378,8 +378,7 @@ async fn decommission(
         message: format!("server {}/{} is terminated", s.deployment, s.name),
     };
     app.agents
-        .push(s.id, stratus_agent_proto::ControlMessage::Refused(gone))
-        .await;
+        .push(s.id, stratus_agent_proto::ControlMessage::Refused(gone));
     Ok(())
 }
 
@@ -477,8 +476,7 @@ async fn decommission_scripts_done(app: &App, s: &Server) -> Result<bool, AppErr
         for mut r in runs.into_iter().filter(|r| !r.status.is_finished()) {
             if r.status == RunStatus::Running {
                 app.agents
-                    .push(s.id, stratus_agent_proto::ControlMessage::Cancel { run: r.id })
-                    .await;
+                    .push(s.id, stratus_agent_proto::ControlMessage::Cancel { run: r.id });
             }
             r.status = if r.status == RunStatus::Running {
                 RunStatus::TimedOut
@@ -517,8 +515,7 @@ async fn decommission_scripts_done(app: &App, s: &Server) -> Result<bool, AppErr
                 frequency: script.spec.frequency,
             };
             app.agents
-                .push(s.id, stratus_agent_proto::ControlMessage::RunScript(sr))
-                .await;
+                .push(s.id, stratus_agent_proto::ControlMessage::RunScript(sr));
         }
     }
     Ok(false)

@@ -57,6 +57,11 @@ fn announced(changes: &[StoreChange]) -> Vec<Change> {
                 kind: kind.as_str(),
                 id: id.clone(),
             }),
+            // New output is a change of its run to whoever watches it.
+            StoreChange::Output { run, .. } => Some(Change {
+                kind: Kind::Run.as_str(),
+                id: run.clone(),
+            }),
             _ => None,
         })
         .collect()
@@ -99,6 +104,12 @@ impl Datastore for Watched {
     }
     async fn sealed(&self, id: &str) -> Result<Option<Sealed>, StoreError> {
         self.inner.sealed(id).await
+    }
+    async fn output(&self, run: &str) -> Result<Vec<stratus_store::OutputChunk>, StoreError> {
+        self.inner.output(run).await
+    }
+    async fn output_next(&self, run: &str) -> Result<u64, StoreError> {
+        self.inner.output_next(run).await
     }
     async fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
         self.inner.audit(query).await

@@ -302,6 +302,71 @@ pub async fn locks_exclude(store: &dyn Datastore) {
         .expect("lock");
 }
 
+fn chunk(run: &str, seq: u64, data: &str) -> Change {
+    Change::Output {
+        run: run.into(),
+        seq,
+        data: data.into(),
+    }
+}
+
+/// Output chunks are stored beside their run, in order, each at most once (a repeat keeps
+/// the first), atomically with the rest of their batch, and per run.
+pub async fn output_chunks_are_stored_once_in_order(store: &dyn Datastore) {
+    store
+        .commit(vec![
+            chunk("r1", 0, "one\n"),
+            chunk("r1", 1, "two\n"),
+            chunk("r2", 0, "other\n"),
+        ])
+        .await
+        .expect("commit");
+    store
+        .commit(vec![chunk("r1", 1, "TWO AGAIN\n"), chunk("r1", 2, "three\n")])
+        .await
+        .expect("a repeat is ignored");
+    let out = store.output("r1").await.expect("output");
+    let got: Vec<(u64, &str)> = out.iter().map(|c| (c.seq, c.data.as_str())).collect();
+    assert_eq!(got, [(0, "one\n"), (1, "two\n"), (2, "three\n")]);
+    assert_eq!(store.output_next("r1").await.expect("next"), 3);
+    assert_eq!(store.output_next("nope").await.expect("next"), 0);
+    assert_eq!(store.output("r2").await.expect("output").len(), 1);
+    assert!(store.output("nope").await.expect("output").is_empty());
+    // A batch that fails stores none of its chunks.
+    let d = deployment("out");
+    store.commit(vec![Change::insert(&d)]).await.expect("insert");
+    let failed = store.commit(vec![chunk("r3", 0, "lost\n"), Change::insert(&d)]).await;
+    assert!(failed.is_err());
+    assert!(store.output("r3").await.expect("output").is_empty());
+}
+
+/// A run keeps the tail of its output: at most OUTPUT_KEEP_BYTES and OUTPUT_KEEP_CHUNKS
+/// once a trimming chunk (a multiple of OUTPUT_TRIM_EVERY) arrives; the newest chunks stay.
+pub async fn output_keeps_the_tail_within_its_caps(store: &dyn Datastore) {
+    let big = "x".repeat(40 * 1024);
+    let changes = (0..=64u64).map(|i| chunk("big", i, &big)).collect();
+    store.commit(changes).await.expect("commit");
+    let out = store.output("big").await.expect("output");
+    let bytes: u64 = out.iter().map(|c| c.data.len() as u64).sum();
+    assert!(bytes <= crate::OUTPUT_KEEP_BYTES, "{bytes} bytes kept");
+    assert!(
+        bytes > crate::OUTPUT_KEEP_BYTES - 41 * 1024,
+        "only what exceeds is dropped"
+    );
+    let seqs: Vec<u64> = out.iter().map(|c| c.seq).collect();
+    assert_eq!(seqs.last(), Some(&64), "the newest is kept");
+    assert_eq!(store.output_next("big").await.expect("next"), 65);
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "a contiguous tail: {seqs:?}");
+    // Tiny chunks: bounded by count.
+    // The last is a trimming one.
+    let n = crate::OUTPUT_KEEP_CHUNKS + crate::OUTPUT_TRIM_EVERY + 1;
+    let changes = (0..n).map(|i| chunk("tiny", i, ".")).collect();
+    store.commit(changes).await.expect("commit");
+    let out = store.output("tiny").await.expect("output");
+    assert_eq!(out.len() as u64, crate::OUTPUT_KEEP_CHUNKS);
+    assert_eq!(out.last().map(|c| c.seq), Some(n - 1));
+}
+
 /// Run every contract check; `fresh` makes a new empty store for each.
 pub async fn run_all<F, Fut>(fresh: F)
 where
@@ -318,4 +383,6 @@ where
     sealed_and_audit(&*fresh().await).await;
     settings_are_set_once(&*fresh().await).await;
     locks_exclude(&*fresh().await).await;
+    output_chunks_are_stored_once_in_order(&*fresh().await).await;
+    output_keeps_the_tail_within_its_caps(&*fresh().await).await;
 }

@@ -19,7 +19,10 @@ mod sqlite;
 mod typed;
 
 pub use postgres::PostgresStore;
-pub use record::{AuditQuery, Change, Kind, Page, Query, Record, Sealed};
+pub use record::{
+    AuditQuery, Change, Kind, OUTPUT_KEEP_BYTES, OUTPUT_KEEP_CHUNKS, OUTPUT_TRIM_EVERY, OutputChunk, Page, Query,
+    Record, Sealed,
+};
 pub use sqlite::SqliteStore;
 pub use typed::{Resource, TemplateVersion, TypedStore};
 
@@ -124,6 +127,10 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     async fn commit(&self, changes: Vec<Change>) -> Result<(), StoreError>;
     /// An encrypted credential value.
     async fn sealed(&self, id: &str) -> Result<Option<Sealed>, StoreError>;
+    /// A run's stored output chunks (see [`Change::Output`]), in order.
+    async fn output(&self, run: &str) -> Result<Vec<OutputChunk>, StoreError>;
+    /// The chunk a run's output expects next: one past the highest stored (0 without any).
+    async fn output_next(&self, run: &str) -> Result<u64, StoreError>;
     /// Audit entries, newest first.
     async fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError>;
     /// A control-plane setting (small values such as the instance id).

@@ -2,7 +2,7 @@
 //!
 //! The two schemas are the same column for column, so rows are copied as they are: resources
 //! (with their tag index), encrypted credential values (still sealed under the same master
-//! key, which the replicas must share), the audit log and settings. The copy reads the SQLite
+//! key, which the replicas must share), the audit log, settings and runs' output chunks. The copy reads the SQLite
 //! database in one transaction (a consistent snapshot) and writes PostgreSQL in one
 //! transaction, so it is whole or absent. The target must be empty: merging two control
 //! planes' state is not a migration. Stop the control plane first, or changes made after the
@@ -20,6 +20,8 @@ pub struct Copied {
     pub secrets: u64,
     pub audit: u64,
     pub settings: u64,
+    /// Rows of runs' output (chunks).
+    pub output: u64,
 }
 
 fn db(e: sqlx::Error) -> StoreError {
@@ -124,6 +126,21 @@ pub async fn sqlite_to_postgres(from: &SqliteStore, to: &PostgresStore) -> Resul
             .await
             .map_err(db)?;
         n.settings += 1;
+    }
+    let rows = sqlx::query("SELECT run_id, seq, bytes, data FROM run_output")
+        .fetch_all(&mut *read)
+        .await
+        .map_err(db)?;
+    for r in &rows {
+        sqlx::query("INSERT INTO run_output (run_id, seq, bytes, data) VALUES ($1, $2, $3, $4)")
+            .bind(r.get::<String, _>("run_id"))
+            .bind(r.get::<i64, _>("seq"))
+            .bind(r.get::<i64, _>("bytes"))
+            .bind(r.get::<String, _>("data"))
+            .execute(&mut *write)
+            .await
+            .map_err(db)?;
+        n.output += 1;
     }
     write.commit().await.map_err(db)?;
     read.rollback().await.map_err(db)?;

@@ -98,6 +98,8 @@ fn change_note(origin: &str, changes: &[Change]) -> Option<String> {
         .filter_map(|c| match c {
             Change::Put { record, .. } => Some((record.kind.as_str().to_string(), record.id.clone())),
             Change::Delete { kind, id, .. } => Some((kind.as_str().to_string(), id.clone())),
+            // New output is a change of its run to whoever watches it.
+            Change::Output { run, .. } => Some((Kind::Run.as_str().to_string(), run.clone())),
             _ => None,
         })
         .collect();
@@ -271,6 +273,24 @@ impl Datastore for PostgresStore {
         }
     }
 
+    async fn output(&self, run: &str) -> Result<Vec<crate::OutputChunk>, StoreError> {
+        let rows = sqlx::query("SELECT seq, data FROM run_output WHERE run_id = $1 ORDER BY seq")
+            .bind(run)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(rows.iter().map(crate::sqlite::output_chunk).collect())
+    }
+
+    async fn output_next(&self, run: &str) -> Result<u64, StoreError> {
+        let next: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq) + 1, 0) FROM run_output WHERE run_id = $1")
+            .bind(run)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(u64::try_from(next).unwrap_or(0))
+    }
+
     async fn sealed(&self, id: &str) -> Result<Option<Sealed>, StoreError> {
         use sqlx::Row;
         let row = sqlx::query("SELECT key_id, nonce, ciphertext FROM secrets WHERE id = $1")
@@ -410,6 +430,33 @@ async fn apply(tx: &mut Tx, change: Change) -> Result<(), StoreError> {
             .execute(&mut **tx)
             .await
             .map_err(db)?;
+            Ok(())
+        }
+        Change::Output { run, seq, data } => {
+            sqlx::query(
+                "INSERT INTO run_output (run_id, seq, bytes, data) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            )
+            .bind(&run)
+            .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+            .bind(data.len() as i64)
+            .bind(&data)
+            .execute(&mut **tx)
+            .await
+            .map_err(db)?;
+            if seq % crate::OUTPUT_TRIM_EVERY == 0 {
+                sqlx::query(
+                    "DELETE FROM run_output WHERE run_id = $1 AND seq IN (\
+                     SELECT seq FROM (SELECT seq, SUM(bytes) OVER (ORDER BY seq DESC) AS tail, \
+                     ROW_NUMBER() OVER (ORDER BY seq DESC) AS n FROM run_output WHERE run_id = $1) AS t \
+                     WHERE t.tail > $2 OR t.n > $3)",
+                )
+                .bind(&run)
+                .bind(crate::OUTPUT_KEEP_BYTES as i64)
+                .bind(crate::OUTPUT_KEEP_CHUNKS as i64)
+                .execute(&mut **tx)
+                .await
+                .map_err(db)?;
+            }
             Ok(())
         }
     }

@@ -145,6 +145,32 @@ pub enum Change {
         id: String,
     },
     Audit(AuditEntry),
+    /// Chunk `seq` of run `run`'s output, into the run-output table (append-only, beside the
+    /// run's record, so a chunk never rewrites the run). Kept at most once: a chunk already
+    /// stored is ignored. The oldest chunks are dropped so that a run keeps at most
+    /// [`OUTPUT_KEEP_BYTES`] in at most [`OUTPUT_KEEP_CHUNKS`] chunks.
+    Output {
+        run: String,
+        seq: u64,
+        data: String,
+    },
+}
+
+/// Output bytes kept per run in the run-output table: the run's cap (its tail is what
+/// matters), checked every [`OUTPUT_TRIM_EVERY`] chunks.
+pub const OUTPUT_KEEP_BYTES: u64 = stratus_types::run::RUN_OUTPUT_MAX as u64;
+/// Output chunks kept per run (an agent sending tiny chunks cannot make a run's output
+/// a million rows).
+pub const OUTPUT_KEEP_CHUNKS: u64 = 4096;
+/// The oldest chunks beyond the caps are dropped when a chunk whose `seq` is a multiple of
+/// this arrives (so the table may hold up to this many chunks more, briefly).
+pub const OUTPUT_TRIM_EVERY: u64 = 32;
+
+/// One stored chunk of a run's output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputChunk {
+    pub seq: u64,
+    pub data: String,
 }
 
 /// Filters for [`crate::Datastore::list`]. All given filters must hold.

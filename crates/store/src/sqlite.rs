@@ -15,7 +15,7 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use stratus_types::audit::AuditEntry;
 use tokio::sync::Mutex;
 
-use crate::{AuditQuery, Change, Datastore, Kind, Page, Query, Record, Sealed, StoreError};
+use crate::{AuditQuery, Change, Datastore, Kind, OutputChunk, Page, Query, Record, Sealed, StoreError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -236,6 +236,24 @@ impl Datastore for SqliteStore {
         }))
     }
 
+    async fn output(&self, run: &str) -> Result<Vec<OutputChunk>, StoreError> {
+        let rows = sqlx::query("SELECT seq, data FROM run_output WHERE run_id = ? ORDER BY seq")
+            .bind(run)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(rows.iter().map(output_chunk).collect())
+    }
+
+    async fn output_next(&self, run: &str) -> Result<u64, StoreError> {
+        let next: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq) + 1, 0) FROM run_output WHERE run_id = ?")
+            .bind(run)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(u64::try_from(next).unwrap_or(0))
+    }
+
     async fn audit(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
         let mut b: QueryBuilder<Sqlite> =
             QueryBuilder::new("SELECT id, at, actor, action, target, detail FROM audit_log WHERE 1 = 1");
@@ -356,6 +374,49 @@ async fn apply(tx: &mut sqlx::Transaction<'static, Sqlite>, change: Change) -> R
                 .map_err(db)?;
             Ok(())
         }
+        Change::Output { run, seq, data } => {
+            let seq_i = i64::try_from(seq).unwrap_or(i64::MAX);
+            sqlx::query("INSERT INTO run_output (run_id, seq, bytes, data) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING")
+                .bind(&run)
+                .bind(seq_i)
+                .bind(data.len() as i64)
+                .bind(&data)
+                .execute(&mut **tx)
+                .await
+                .map_err(db)?;
+            if seq % crate::OUTPUT_TRIM_EVERY == 0 {
+                sqlx::query(TRIM_OUTPUT)
+                    .bind(&run)
+                    .bind(&run)
+                    .bind(crate::OUTPUT_KEEP_BYTES as i64)
+                    .bind(crate::OUTPUT_KEEP_CHUNKS as i64)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Drop a run's oldest output chunks beyond the caps (bytes and chunks, counted from the
+/// newest).
+const TRIM_OUTPUT: &str = "DELETE FROM run_output WHERE run_id = ? AND seq IN (\
+     SELECT seq FROM (SELECT seq, SUM(bytes) OVER (ORDER BY seq DESC) AS tail, \
+     ROW_NUMBER() OVER (ORDER BY seq DESC) AS n FROM run_output WHERE run_id = ?) AS t \
+     WHERE t.tail > ? OR t.n > ?)";
+
+/// An output row as a chunk (both backends).
+pub(crate) fn output_chunk<R>(r: &R) -> OutputChunk
+where
+    R: Row,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    String: for<'x> sqlx::Decode<'x, R::Database> + sqlx::Type<R::Database>,
+    i64: for<'x> sqlx::Decode<'x, R::Database> + sqlx::Type<R::Database>,
+{
+    OutputChunk {
+        seq: u64::try_from(r.get::<i64, _>("seq")).unwrap_or(0),
+        data: r.get("data"),
     }
 }
 

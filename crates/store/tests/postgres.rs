@@ -88,7 +88,8 @@ async fn bad_urls_are_refused() {
 }
 
 /// `stratus admin migrate-store`'s copy: everything a SQLite control plane holds reads the same
-/// from PostgreSQL afterwards (resources, tag selectors, sealed values, audit, settings), and a
+/// from PostgreSQL afterwards (resources, tag selectors, sealed values, audit, settings, runs'
+/// output), and a
 /// second copy into the now non-empty database is refused and changes nothing.
 #[tokio::test]
 async fn a_sqlite_control_plane_moves_to_postgres_whole() {
@@ -127,6 +128,13 @@ async fn a_sqlite_control_plane_moves_to_postgres_whole() {
             detail: serde_json::json!({ "n": 1 }),
         }));
     }
+    for seq in 0..3 {
+        changes.push(Change::Output {
+            run: "run-1".into(),
+            seq,
+            data: format!("line {seq}\n"),
+        });
+    }
     from.commit(changes).await.expect("populate");
     from.init_setting("instance_id", "abc-123").await.expect("setting");
 
@@ -142,9 +150,15 @@ async fn a_sqlite_control_plane_moves_to_postgres_whole() {
             copied.tags,
             copied.secrets,
             copied.audit,
-            copied.settings
+            copied.settings,
+            copied.output
         ),
-        (31, 40, 1, 3, 1)
+        (31, 40, 1, 3, 1, 3)
+    );
+    assert_eq!(
+        to.output("run-1").await.expect("b"),
+        from.output("run-1").await.expect("a"),
+        "runs' output chunks"
     );
 
     for kind in Kind::ALL {

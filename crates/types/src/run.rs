@@ -50,13 +50,16 @@ pub struct Run {
     pub status: RunStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
-    /// Combined output, credentials masked; at most [`RUN_OUTPUT_MAX`] bytes (the tail).
+    /// Combined output, credentials masked; at most [`RUN_OUTPUT_MAX`] bytes (the tail). (In
+    /// the store's record: what the control plane adds, and output stored before agents' chunks
+    /// had a table of their own; the API shows it all.)
     #[serde(default)]
     pub output: String,
     #[serde(default)]
     pub output_truncated: bool,
     /// The next output chunk the control plane expects from the agent: chunks `0..output_seq`
-    /// are stored. A resent chunk below it is a duplicate and is not stored twice.
+    /// are stored. A resent chunk below it is a duplicate and is not stored twice. (In the
+    /// store's record: the chunks stored in the record itself, before the output table.)
     #[serde(default)]
     pub output_seq: u64,
     /// The rollout this run belongs to, for a run started on many servers at once.

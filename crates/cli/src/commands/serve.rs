@@ -72,6 +72,12 @@ pub async fn serve(data_dir: PathBuf, a: &ServeArgs) -> anyhow::Result<()> {
     config.artifact_max = a.artifact_max;
     config.store_url = a.store.clone();
     config.artifacts = a.artifacts.clone();
+    config.limits = stratus_server::serve::Limits {
+        header_read_timeout: Duration::from_secs(a.header_timeout),
+        max_connections_per_ip: a.max_connections_per_ip,
+        max_connections: a.max_connections,
+    };
+    config.max_agent_sessions = a.max_agent_sessions;
     if let Some(ca) = &a.agent_ca {
         let pem = std::fs::read_to_string(ca).with_context(|| format!("cannot read {}", ca.display()))?;
         if !pem.contains("-----BEGIN CERTIFICATE-----") || pem.len() > 8 * 1024 {

@@ -12,7 +12,8 @@
 //! 3. **Reports.** Each `run_started`, `output` and `run_finished` updates that run, after
 //!    checking it belongs to the agent's own server (anything else is a protocol error: the
 //!    connection is closed, no other server is touched). Output is masked with the run's
-//!    secrets before it is stored. The run's stored `output_seq` makes delivery exactly-once:
+//!    secrets before it is stored, as a row of the run-output table (the run's record is not
+//!    rewritten; see `runs.rs`). The next chunk the store expects makes delivery exactly-once:
 //!    a chunk below it is a duplicate (acknowledged, not stored), one above it a gap.
 //! 4. **Boot.** When every run of the current boot has succeeded the server is `operational`;
 //!    the first that fails strands it with the script's name, exit code and output tail.
@@ -58,53 +59,7 @@ impl Session {
     }
 }
 
-/// The connected agents: a way to push a message to a server's agent.
-#[derive(Debug, Default)]
-pub struct Hub {
-    agents: std::sync::Mutex<HashMap<ServerId, (u64, tokio::sync::mpsc::Sender<ControlMessage>)>>,
-    next: std::sync::atomic::AtomicU64,
-}
-
-impl Hub {
-    /// Register a connection; the returned key unregisters exactly this one (a newer
-    /// connection of the same agent replaces it).
-    pub fn register(&self, server: ServerId, tx: tokio::sync::mpsc::Sender<ControlMessage>) -> u64 {
-        let key = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.lock().insert(server, (key, tx));
-        key
-    }
-
-    /// Unregister this connection; false if a newer one had replaced it already.
-    pub fn unregister(&self, server: ServerId, key: u64) -> bool {
-        let mut a = self.lock();
-        if a.get(&server).is_some_and(|(k, _)| *k == key) {
-            a.remove(&server);
-            return true;
-        }
-        false
-    }
-
-    /// Push to the server's agent; false when it is not connected.
-    pub async fn push(&self, server: ServerId, msg: ControlMessage) -> bool {
-        let tx = self.lock().get(&server).map(|(_, tx)| tx.clone());
-        match tx {
-            Some(tx) => tx.send(msg).await.is_ok(),
-            None => false,
-        }
-    }
-
-    pub fn is_connected(&self, server: ServerId) -> bool {
-        self.lock().contains_key(&server)
-    }
-
-    pub fn connected(&self) -> usize {
-        self.lock().len()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ServerId, (u64, tokio::sync::mpsc::Sender<ControlMessage>)>> {
-        self.agents.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
+pub use super::hub::{Hub, MAX_SESSIONS_DEFAULT};
 
 /// Start an operational script on a server through its connected agent.
 pub async fn start_run(app: &App, actor: &super::Actor, req: &StartRun) -> Result<Run, AppError> {
@@ -306,7 +261,7 @@ async fn resume(app: &App, session: &Session, unacked: &[RunId]) -> Result<Vec<R
         out.push(match r {
             Some(r) if r.server == session.server => Resume {
                 run: r.id,
-                next_seq: r.output_seq,
+                next_seq: super::runs::next_seq(app, &r).await?,
                 finished: r.status.is_finished(),
             },
             _ => Resume {
@@ -567,6 +522,11 @@ pub async fn access(
 
 /// The agent applied (or refused) a managed file. A refusal is logged and audited once per
 /// content, so an operator sees why a load balancer kept its old configuration.
+///
+/// The record keeps reports of the files the server's desired state manages and of no others
+/// (at most [`stratus_agent_proto::limits::MAX_FILES`]; each report's size is bounded by the
+/// protocol): a report on any other path is a protocol error and changes nothing, and reports
+/// of files no longer managed are dropped with the next write.
 pub async fn file_status(
     app: &App,
     session: &Session,
@@ -576,6 +536,29 @@ pub async fn file_status(
     error: Option<&str>,
 ) -> Result<(), AppError> {
     let mut rec = agent_record(app, session.server).await?;
+    let managed: Vec<String> = {
+        let s = server_of(app, session.server).await?;
+        super::watched::files_for(app, &s)
+            .await?
+            .into_iter()
+            .map(|f| f.path)
+            .collect()
+    };
+    let cap = stratus_agent_proto::limits::MAX_FILES;
+    if !managed.iter().any(|p| p == path) {
+        return Err(AppError::Forbidden(format!(
+            "a file report for {}: this server's desired state manages no such file ({} managed)",
+            stratus_types::name::truncate(path),
+            managed.len()
+        )));
+    }
+    rec.files.retain(|p, _| managed.contains(p));
+    if rec.files.len() >= cap && !rec.files.contains_key(path) {
+        return Err(AppError::Forbidden(format!(
+            "a file report for {}: the server already has reports of {cap} files, the most kept",
+            stratus_types::name::truncate(path)
+        )));
+    }
     let state = super::agents::FileState {
         sha256: sha256.to_string(),
         applied,
@@ -748,25 +731,34 @@ pub async fn run_started(app: &App, session: &Session, run: RunId, at: chrono::D
     Ok(())
 }
 
-/// Store one output chunk (masked again with the run's secrets). Returns false for a duplicate
-/// (a chunk below the run's stored sequence, resent after a reconnect): stored once, acked again.
+/// Store one output chunk (masked again with the run's secrets) in the run-output table: the
+/// run's record is not rewritten. Returns false for a duplicate (a chunk below the run's stored
+/// sequence, resent after a reconnect): stored once, acked again.
 pub async fn output(app: &App, session: &mut Session, run: RunId, seq: u64, data: &str) -> Result<bool, AppError> {
-    let mut r = own_run(app, session, run).await?;
-    // Below the stored sequence: a resent duplicate. For a run the control plane already
-    // ended (cancelled before the agent reported): nowhere to go. Both are acknowledged only.
-    if seq < r.output_seq || r.status.is_finished() {
+    let r = own_run(app, session, run).await?;
+    // For a run the control plane already ended (cancelled before the agent reported):
+    // nowhere to go. Acknowledged only, as a duplicate is.
+    if r.status.is_finished() {
         return Ok(false);
     }
-    if seq > r.output_seq {
+    let next = super::runs::next_seq(app, &r).await?;
+    if seq < next {
+        return Ok(false);
+    }
+    if seq > next {
         return Err(AppError::Forbidden(format!(
-            "run {run}: output {seq} arrived, but the next expected is {}",
-            r.output_seq
+            "run {run}: output {seq} arrived, but the next expected is {next}"
         )));
     }
     let masked = masker(app, session, &r).await.push(data);
-    r.append_output(&masked);
-    r.output_seq += 1;
-    app.store.commit(vec![Change::update(&mut r, Utc::now())]).await?;
+    // Stored at most once even if two connections of the agent race (the chunk's key).
+    app.store
+        .commit(vec![Change::Output {
+            run: run.to_string(),
+            seq,
+            data: masked,
+        }])
+        .await?;
     Ok(true)
 }
 
@@ -799,10 +791,11 @@ pub async fn run_finished(
 ) -> Result<(), AppError> {
     let mut r = own_run(app, session, done.run).await?;
     if !r.status.is_finished() {
-        if r.output_seq < done.output_chunks {
+        let arrived = super::runs::next_seq(app, &r).await?;
+        if arrived < done.output_chunks {
             return Err(AppError::Forbidden(format!(
-                "run {}: finished after {} output chunks, but only {} arrived",
-                done.run, done.output_chunks, r.output_seq
+                "run {}: finished after {} output chunks, but only {arrived} arrived",
+                done.run, done.output_chunks
             )));
         }
         let rest = masker(app, session, &r).await.finish();
@@ -858,6 +851,7 @@ pub async fn settle_boot(app: &App, server: ServerId) -> Result<(), AppError> {
     let now = Utc::now();
     let first_open = runs.iter().find(|r| r.status != RunStatus::Succeeded);
     if let Some(failed) = first_open.filter(|r| r.status.is_finished()) {
+        let failed = super::runs::with_output(app, failed.clone()).await?;
         let tail: String = failed
             .output
             .chars()

@@ -18,6 +18,7 @@ pub mod audit;
 pub mod credentials;
 pub mod deploys;
 pub mod gateway;
+pub mod hub;
 pub mod images;
 pub mod lb;
 pub mod logins;

@@ -207,7 +207,6 @@ pub async fn rebundle(app: &App, actor: &Actor, key: &str, req: &RebundleRequest
     } else if !app
         .agents
         .push(s.id, ControlMessage::PrepareImage(PrepareImage { secrets }))
-        .await
     {
         let answer = ImagePrepared {
             error: Some("the agent disconnected before it was asked; nothing changed".into()),

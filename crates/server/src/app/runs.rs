@@ -1,5 +1,13 @@
 //! Runs: reading them. Runs are created by the orchestrator (boot, decommission) and, with the
 //! agent, by `stratus run`.
+//!
+//! A run's output is in two places: the chunks its agent sent, in the store's run-output table
+//! (append-only, one row per chunk, so a chunk never rewrites the run's record; exactly once
+//! per chunk number; the tail within the run's cap), and the run's record, which keeps what the
+//! control plane adds (notes, the masked rest at the end) and output stored before the table
+//! existed (chunks `0..record.output_seq`). [`with_output`] puts them together in that order
+//! (record output from before the table first) as the API shows a run, at most
+//! `RUN_OUTPUT_MAX` bytes, the tail. Such a run is for reading: it is never written back.
 
 use chrono::Utc;
 use stratus_agent_proto::ControlMessage;
@@ -29,7 +37,11 @@ pub async fn list(app: &App, actor: &Actor, p: &RunListParams) -> Result<Page<Ru
         limit: super::page_limit(p.limit)?,
         ..Default::default()
     };
-    let (items, next) = app.store.list_as::<Run>(&q).await?;
+    let (stored, next) = app.store.list_as::<Run>(&q).await?;
+    let mut items = Vec::with_capacity(stored.len());
+    for r in stored {
+        items.push(with_output(app, r).await?);
+    }
     Ok(Page { items, next })
 }
 
@@ -66,13 +78,19 @@ async fn rollout_runs(app: &App, actor: &Actor, id: &str, p: &RunListParams) -> 
                     == Some(st)
             })
         {
-            items.push(r);
+            items.push(with_output(app, r).await?);
         }
     }
     Ok(Page { items, next })
 }
 
 pub async fn show(app: &App, actor: &Actor, id: &str) -> Result<Run, AppError> {
+    let r = record(app, actor, id).await?;
+    with_output(app, r).await
+}
+
+/// The run's record as stored (its output without the agent's chunks).
+async fn record(app: &App, actor: &Actor, id: &str) -> Result<Run, AppError> {
     actor.require(OBSERVER)?;
     if id.parse::<uuid::Uuid>().is_err() {
         return Err(AppError::invalid("id", "is not a run id"));
@@ -81,6 +99,40 @@ pub async fn show(app: &App, actor: &Actor, id: &str) -> Result<Run, AppError> {
         .get_as::<Run>(id)
         .await?
         .ok_or_else(|| AppError::not_found("run", id))
+}
+
+/// The output chunk the run expects next from its agent.
+pub async fn next_seq(app: &App, r: &Run) -> Result<u64, AppError> {
+    let stored = app.store.output_next(&r.id.to_string()).await?;
+    // A run whose earlier chunks went into its record (before the output table).
+    Ok(stored.max(r.output_seq))
+}
+
+/// The run with its whole output, as the API shows it (see the module documentation).
+pub async fn with_output(app: &App, mut r: Run) -> Result<Run, AppError> {
+    let chunks = app.store.output(&r.id.to_string()).await?;
+    let Some(last) = chunks.last().map(|c| c.seq) else {
+        return Ok(r);
+    };
+    let recorded = std::mem::take(&mut r.output);
+    let mut out = String::new();
+    if r.output_seq > 0 {
+        out.push_str(&recorded);
+    }
+    // Chunks the store dropped (the run's oldest output, beyond its cap).
+    if chunks.first().is_some_and(|c| c.seq > r.output_seq) {
+        r.output_truncated = true;
+    }
+    for c in &chunks {
+        out.push_str(&c.data);
+    }
+    if r.output_seq == 0 {
+        out.push_str(&recorded);
+    }
+    r.output_seq = r.output_seq.max(last + 1);
+    // Keeps the tail within RUN_OUTPUT_MAX (and says so).
+    r.append_output(&out);
+    Ok(r)
 }
 
 /// The run as its agent gets it: the script's body as it is now and the inputs delivered
@@ -160,7 +212,7 @@ pub async fn cancel(app: &App, actor: &Actor, id: &str) -> Result<Run, AppError>
 }
 
 async fn try_cancel(app: &App, actor: &Actor, id: &str) -> Result<Run, AppError> {
-    let mut r = show(app, actor, id).await?;
+    let mut r = record(app, actor, id).await?;
     let target = format!("run/{id}");
     match r.status {
         s if s.is_finished() => Err(AppError::BadState(format!(
@@ -182,7 +234,7 @@ async fn try_cancel(app: &App, actor: &Actor, id: &str) -> Result<Run, AppError>
             .await?;
             app.push_agent(r.server, ControlMessage::Cancel { run: r.id }).await;
             app.run_ended();
-            Ok(r)
+            with_output(app, r).await
         }
         _ => {
             if !app.push_agent(r.server, ControlMessage::Cancel { run: r.id }).await {
@@ -193,7 +245,7 @@ async fn try_cancel(app: &App, actor: &Actor, id: &str) -> Result<Run, AppError>
             }
             app.commit(vec![super::audit(actor, "run.cancel", target, serde_json::json!({}))])
                 .await?;
-            Ok(r)
+            with_output(app, r).await
         }
     }
 }

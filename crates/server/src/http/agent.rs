@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use stratus_agent_proto::limits::MAX_AGENT_FRAME;
 use stratus_agent_proto::{
     AgentMessage, ControlMessage, DEAD_AFTER_HEARTBEATS, DEFAULT_HEARTBEAT_SECS, Refused, RefusedReason,
@@ -20,6 +20,7 @@ use utoipa_axum::routes;
 use super::error::ApiError;
 use super::extract::{AgentCaller, Body, ConnectingAgent};
 use crate::app::agents::{self, EnrolRequest, Enrolled};
+use crate::app::hub::SessionSlot;
 use crate::app::{App, AppError, gateway};
 
 /// Enrol an instance's agent with its one-time token (and, where the cloud signs them, its
@@ -48,16 +49,31 @@ async fn whoami(a: AgentCaller) -> Json<AgentSelf> {
 }
 
 /// The agent's one connection (WebSocket): the protocol of the `stratus-agent-proto` crate.
-#[utoipa::path(get, path = "/agent/connect", tag = "agent", responses((status = 101, description = "switching to the agent protocol"), (status = 401, body = stratus_api::error::ErrorBody)))]
+/// A newer connection of the same agent replaces an older one (see `app/hub.rs`); when the
+/// control plane holds as many agent sessions as it may, `503` before the upgrade.
+#[utoipa::path(get, path = "/agent/connect", tag = "agent", responses((status = 101, description = "switching to the agent protocol"), (status = 401, body = stratus_api::error::ErrorBody), (status = 503, description = "too many agent sessions; retry later")))]
 async fn connect(State(app): State<Arc<App>>, ConnectingAgent(a): ConnectingAgent, ws: WebSocketUpgrade) -> Response {
-    ws.max_message_size(MAX_AGENT_FRAME)
-        .on_upgrade(move |socket| session(app, a, socket))
+    match app.agents.open(a.server.id) {
+        Ok(slot) => ws
+            .max_message_size(MAX_AGENT_FRAME)
+            .on_upgrade(move |socket| session(app, a, slot, socket)),
+        Err(full) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            [(axum::http::header::RETRY_AFTER, "30")],
+            full.to_string(),
+        )
+            .into_response(),
+    }
 }
 
-/// Send one control message; false when the connection is gone.
+/// How long one write to an agent's socket may take before the session is given up: an agent
+/// that stops reading fills its socket's buffers, and must not hold anyone else up.
+pub const AGENT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Send one control message; false when the connection is gone or does not take it in time.
 async fn send(socket: &mut WebSocket, msg: &ControlMessage) -> bool {
     match encode_control(msg) {
-        Ok(text) => socket.send(Message::Text(text.into())).await.is_ok(),
+        Ok(text) => write(socket, Message::Text(text.into())).await,
         Err(e) => {
             tracing::error!(error = %e, "cannot encode a control message");
             false
@@ -65,10 +81,25 @@ async fn send(socket: &mut WebSocket, msg: &ControlMessage) -> bool {
     }
 }
 
+/// Write one frame within [`AGENT_WRITE_TIMEOUT`].
+async fn write(socket: &mut WebSocket, frame: Message) -> bool {
+    match tokio::time::timeout(AGENT_WRITE_TIMEOUT, socket.send(frame)).await {
+        Ok(sent) => sent.is_ok(),
+        Err(_) => {
+            tracing::warn!(
+                timeout_secs = AGENT_WRITE_TIMEOUT.as_secs(),
+                "an agent is not reading its connection; closing it"
+            );
+            false
+        }
+    }
+}
+
 async fn refuse(socket: &mut WebSocket, reason: RefusedReason, message: String) {
     tracing::warn!(?reason, %message, "agent refused");
-    let _ = send(socket, &ControlMessage::Refused(Refused { reason, message })).await;
-    let _ = socket.send(Message::Close(None)).await;
+    if send(socket, &ControlMessage::Refused(Refused { reason, message })).await {
+        let _ = write(socket, Message::Close(None)).await;
+    }
 }
 
 /// The next agent message: None when the connection ended, Err for a bad frame.
@@ -83,9 +114,13 @@ async fn next(socket: &mut WebSocket) -> Option<Result<AgentMessage, String>> {
     }
 }
 
-async fn session(app: Arc<App>, a: AgentCaller, mut socket: WebSocket) {
+async fn session(app: Arc<App>, a: AgentCaller, slot: SessionSlot, mut socket: WebSocket) {
     let server = a.server.clone();
-    let hello = match tokio::time::timeout(Duration::from_secs(10), next(&mut socket)).await {
+    let hello = tokio::select! {
+        first = tokio::time::timeout(Duration::from_secs(10), next(&mut socket)) => first,
+        () = slot.closed() => return,
+    };
+    let hello = match hello {
         Ok(Some(Ok(AgentMessage::Hello(h)))) => h,
         Ok(Some(Err(e))) => return refuse(&mut socket, RefusedReason::ProtocolError, e).await,
         Ok(None) => return,
@@ -136,15 +171,24 @@ async fn session(app: Arc<App>, a: AgentCaller, mut socket: WebSocket) {
     if nothing_to_boot && let Err(e) = gateway::settle_boot(&app, server.id).await {
         tracing::warn!(server = %server.name, error = %e, "cannot settle the boot");
     }
+    // A newer connection of this agent took over during the handshake: it has the agent.
+    let Some(mut pushed) = slot.attach() else {
+        let _ = write(&mut socket, Message::Close(None)).await;
+        return;
+    };
     tracing::info!(server = %server.name, agent = %hello.agent_version, "agent connected");
-    let (tx, mut pushed) = tokio::sync::mpsc::channel(64);
-    let key = app.agents.register(server.id, tx);
     app.agent_claimed(server.id, true).await;
     let dead_after = Duration::from_secs(u64::from(DEFAULT_HEARTBEAT_SECS * DEAD_AFTER_HEARTBEATS));
     loop {
         let msg = tokio::select! {
             m = tokio::time::timeout(dead_after, next(&mut socket)) => m,
-            Some(out) = pushed.recv() => {
+            () = slot.closed() => {
+                tracing::info!(server = %server.name, "agent session closed (a newer one replaced it, or it was not taking its messages)");
+                let _ = write(&mut socket, Message::Close(None)).await;
+                break;
+            }
+            out = pushed.recv() => {
+                let Some(out) = out else { break };
                 match &out {
                     ControlMessage::RunScript(r) => gw.track(r),
                     ControlMessage::DesiredState(d) => d.boot.iter().for_each(|r| gw.track(r)),
@@ -155,7 +199,7 @@ async fn session(app: Arc<App>, a: AgentCaller, mut socket: WebSocket) {
                 }
                 if let ControlMessage::Refused(r) = &out {
                     tracing::info!(server = %server.name, reason = ?r.reason, "agent told to go");
-                    let _ = socket.send(Message::Close(None)).await;
+                    let _ = write(&mut socket, Message::Close(None)).await;
                     break;
                 }
                 continue;
@@ -190,7 +234,7 @@ async fn session(app: Arc<App>, a: AgentCaller, mut socket: WebSocket) {
             break;
         }
     }
-    if app.agents.unregister(server.id, key) {
+    if slot.release() {
         app.agent_claimed(server.id, false).await;
     }
     tracing::info!(server = %server.name, "agent disconnected");
