@@ -132,6 +132,11 @@ pub struct ServeArgs {
     /// every instance's user-data, and agents trust it besides the system's CAs.
     #[arg(long)]
     pub agent_ca: Option<PathBuf>,
+    /// Agents reach this control plane through a proxy or NAT: do not require an enrolling
+    /// agent's connection to come from its instance's address (EC2 and other clouds that do
+    /// not sign instance identities; the local cloud's signed identity is checked anyway).
+    #[arg(long)]
+    pub agents_behind_proxy: bool,
 }
 
 #[derive(Debug, Args)]
@@ -658,8 +663,8 @@ pub enum ArtifactCmd {
     /// A short-lived URL that fetches BUCKET/KEY without a token.
     Url {
         path: String,
-        /// Seconds it works (at most 604800).
-        #[arg(long, default_value_t = 3600)]
+        /// Seconds it works (at most 3600); it stops earlier if your token is revoked.
+        #[arg(long, default_value_t = 900)]
         ttl: u64,
     },
 }

@@ -66,6 +66,11 @@ pub struct Config {
     /// A CA certificate (PEM) agents trust for the public URL besides the system's (it goes into
     /// each instance's user-data).
     pub agent_ca_pem: Option<String>,
+    /// On clouds that do not sign instance identities, an enrolling agent's connection must
+    /// come from one of its instance's addresses (the cloud's private or public IP). Off when
+    /// agents reach the control plane through a proxy or NAT (`stratus serve
+    /// --agents-behind-proxy`).
+    pub agent_source_check: bool,
 }
 
 /// Shown without secrets: the store URL's password and the S3 secret are redacted.
@@ -107,6 +112,7 @@ impl Config {
             artifacts: None,
             artifacts_key: None,
             agent_ca_pem: None,
+            agent_source_check: true,
         }
     }
 }
@@ -261,6 +267,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         decommission_timeout: config.decommission_timeout,
         reconcile_interval: config.reconcile_interval,
         agent_ca_pem: config.agent_ca_pem.clone(),
+        agent_source_check: config.agent_source_check,
     };
     let app = Arc::new(App {
         store,
@@ -296,7 +303,9 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         tasks.push(tokio::spawn(cluster::supervise(app.clone())));
     }
     let server = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
+        // With the peer's address: agent enrolment checks it (`app::agents`).
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(e) = axum::serve(listener, service).await {
             tracing::error!(error = %e, "API server stopped");
         }
     });
