@@ -137,6 +137,11 @@ pub struct ServeArgs {
     /// not sign instance identities; the local cloud's signed identity is checked anyway).
     #[arg(long)]
     pub agents_behind_proxy: bool,
+    /// A certificate (PEM file; repeat for several) whose key signs instance-identity documents
+    /// on clouds Stratus does not sign for: AWS's per-region certificate for the RSA-SHA256
+    /// `instance-identity/signature`. With any, agents there enrol only with a document it signed.
+    #[arg(long = "identity-cert", value_name = "FILE")]
+    pub identity_certs: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -71,6 +71,11 @@ pub struct Config {
     /// agents reach the control plane through a proxy or NAT (`stratus serve
     /// --agents-behind-proxy`).
     pub agent_source_check: bool,
+    /// Certificates (PEM) whose keys sign instance-identity documents on clouds the control
+    /// plane does not sign for (AWS publishes one per region). When any are given, an agent on
+    /// such a cloud enrols only with a document signed (RSA-SHA256, the metadata service's
+    /// `instance-identity/signature`) by one of them.
+    pub identity_certificates: Vec<String>,
 }
 
 /// Shown without secrets: the store URL's password and the S3 secret are redacted.
@@ -113,6 +118,7 @@ impl Config {
             artifacts_key: None,
             agent_ca_pem: None,
             agent_source_check: true,
+            identity_certificates: vec![],
         }
     }
 }
@@ -268,6 +274,8 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         reconcile_interval: config.reconcile_interval,
         agent_ca_pem: config.agent_ca_pem.clone(),
         agent_source_check: config.agent_source_check,
+        identity_certificates: app::agents::parse_certificates(&config.identity_certificates)
+            .map_err(anyhow::Error::msg)?,
     };
     let app = Arc::new(App {
         store,

@@ -394,3 +394,84 @@ async fn behind_a_proxy_the_instance_is_still_described() {
     let (s, v) = try_enrol(&t, &id, &ud, Some(json!({ "instanceId": instance }))).await;
     assert_eq!(s, StatusCode::OK, "{v}");
 }
+
+/// A throw-away RSA certificate and key (openssl), standing in for AWS's per-region one.
+fn rsa_cert(dir: &std::path::Path, name: &str) -> (String, std::path::PathBuf) {
+    let key = dir.join(format!("{name}.key"));
+    let cert = dir.join(format!("{name}.pem"));
+    let out = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj"])
+        .arg(format!("/CN={name}"))
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (std::fs::read_to_string(&cert).expect("cert"), key)
+}
+
+/// The base64 RSA-SHA256 signature of `doc` under `key`, as EC2's metadata service gives it.
+fn sign(dir: &std::path::Path, key: &std::path::Path, doc: &str) -> String {
+    use base64::Engine;
+    let doc_file = dir.join("doc.json");
+    std::fs::write(&doc_file, doc).expect("doc");
+    let out = std::process::Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(key)
+        .arg(&doc_file)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    base64::engine::general_purpose::STANDARD.encode(out.stdout)
+}
+
+/// With identity certificates configured, the document must be signed by one of them: an
+/// unsigned, tampered or foreign-signed document does not enrol; the signed one does.
+#[tokio::test]
+async fn configured_identity_certificates_must_sign_the_document() {
+    let keys = tempfile::tempdir().expect("tmp");
+    let (aws_pem, aws_key) = rsa_cert(keys.path(), "aws");
+    let (_, other_key) = rsa_cert(keys.path(), "other");
+    let t = TestServer::start_with(|c| {
+        c.simulate_agents = false;
+        c.identity_certificates = vec![aws_pem.clone()];
+    })
+    .await;
+    common::example_credential(&t, "stats-password-xyz").await;
+    let (s, plan) = t.apply_toml(common::EXAMPLE, false).await;
+    assert_eq!(s, StatusCode::OK, "{plan}");
+    let (id, ud) = booting(&t, "app-5", "app").await;
+    let server = t.get(&common::server_path(&id)).await;
+    let doc = json!({ "instanceId": server["instance_id"], "privateIp": server["private_ip"] }).to_string();
+    let enrol_with = |doc: String, sig: Option<String>| {
+        let mut body = json!({ "server_id": id, "enrolment_token": ud["enrolment_token"], "identity_document": doc });
+        if let Some(s) = sig {
+            body["identity_signature"] = s.into();
+        }
+        t.call_as(None, Method::POST, "/agent/enroll", Some(body))
+    };
+    let (s, v) = enrol_with(doc.clone(), None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "unsigned: {v}");
+    let (s, v) = enrol_with(doc.clone(), Some(sign(keys.path(), &other_key, &doc))).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "another key: {v}");
+    let good = sign(keys.path(), &aws_key, &doc);
+    let tampered = doc.replace('}', ",\"extra\":1}");
+    let (s, v) = enrol_with(tampered, Some(good.clone())).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "tampered: {v}");
+    let (s, v) = enrol_with(doc.clone(), Some("not base64!".into())).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "garbage: {v}");
+    let (s, v) = enrol_with(doc, Some(good)).await;
+    assert_eq!(s, StatusCode::OK, "signed by the configured certificate: {v}");
+}
+
+/// A certificate that is not one stops the start with a clear error.
+#[tokio::test]
+async fn a_bad_identity_certificate_stops_the_start() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut c = common::config(dir.path());
+    c.identity_certificates = vec!["not a certificate".into()];
+    let e = stratus_server::start(c).await.expect_err("refused");
+    assert!(e.to_string().contains("identity certificate 1"), "{e}");
+}

@@ -73,6 +73,10 @@ pub async fn serve(data_dir: PathBuf, a: &ServeArgs) -> anyhow::Result<()> {
     config.store_url = a.store.clone();
     config.artifacts = a.artifacts.clone();
     config.agent_source_check = !a.agents_behind_proxy;
+    for f in &a.identity_certs {
+        let pem = std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
+        config.identity_certificates.push(pem);
+    }
     if let Some(ca) = &a.agent_ca {
         let pem = std::fs::read_to_string(ca).with_context(|| format!("cannot read {}", ca.display()))?;
         if !pem.contains("-----BEGIN CERTIFICATE-----") || pem.len() > 8 * 1024 {

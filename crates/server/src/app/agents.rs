@@ -19,10 +19,12 @@
 //!      instance's addresses (private or public, as the cloud reports them) unless the control
 //!      plane runs with `--agents-behind-proxy` (`Config::agent_source_check` off), because
 //!      behind a proxy or NAT the source is not the instance's.
-//!    - EC2's own signature over the document (PKCS#7, AWS's per-region certificates) is not
-//!      verified: an agent that can read another instance's metadata and user-data could
-//!      forge the document, but not the source address (with the source check on), nor an
-//!      instance that is not the server's.
+//!    - With `Config::identity_certificates` (`stratus serve --identity-cert FILE`, AWS's
+//!      per-region certificates), the document must carry a signature (RSA-SHA256, the
+//!      metadata service's `instance-identity/signature`) by one of them. Without, the document
+//!      is a claim only: an agent that read another instance's metadata and user-data could
+//!      forge it, but not the source address (with the source check on) nor an instance that
+//!      is not the server's.
 //! 4. It answers with a per-instance **agent credential** (`stratus_agent_…`, 32 random bytes;
 //!    only its SHA-256 is kept) that the agent keeps on the instance (0600) and presents as a
 //!    bearer token from then on. An agent credential only ever acts as its own server; user
@@ -290,6 +292,14 @@ async fn check_described(
     if !matches!(instance.state, InstanceState::Pending | InstanceState::Running) {
         return refuse("the instance is not running");
     }
+    if !app.settings.identity_certificates.is_empty() {
+        let (Some(doc), Some(sig)) = (&req.identity_document, &req.identity_signature) else {
+            return refuse("no signed identity document (identity certificates are configured)");
+        };
+        if !signed_by_any(&app.settings.identity_certificates, doc.as_bytes(), sig.trim()) {
+            return refuse("the identity document's signature is not by a configured certificate");
+        }
+    }
     if let Some(doc) = &req.identity_document {
         let Ok(claim) = serde_json::from_str::<ClaimedIdentity>(doc) else {
             return refuse("the identity document is not one");
@@ -313,6 +323,41 @@ async fn check_described(
         );
     }
     Ok(())
+}
+
+/// Read PEM certificates (each may hold several) into DER, for [`signed_by_any`].
+pub fn parse_certificates(pems: &[String]) -> Result<Vec<Vec<u8>>, String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut out = vec![];
+    for (i, pem) in pems.iter().enumerate() {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("identity certificate {}: not PEM: {e}", i + 1))?;
+        if certs.is_empty() {
+            return Err(format!("identity certificate {}: no certificate in it", i + 1));
+        }
+        for c in certs {
+            webpki::EndEntityCert::try_from(&c)
+                .map_err(|e| format!("identity certificate {}: not a usable X.509 certificate: {e}", i + 1))?;
+            out.push(c.as_ref().to_vec());
+        }
+    }
+    Ok(out)
+}
+
+/// Whether `signature` (base64) is an RSA-SHA256 signature of `doc` by one of `certs` (DER).
+fn signed_by_any(certs: &[Vec<u8>], doc: &[u8], signature: &str) -> bool {
+    let Ok(sig) = base64::engine::general_purpose::STANDARD.decode(signature.replace(['\n', '\r'], "")) else {
+        return false;
+    };
+    certs.iter().any(|der| {
+        let der = rustls_pki_types::CertificateDer::from(der.as_slice());
+        webpki::EndEntityCert::try_from(&der).is_ok_and(|cert| {
+            cert.verify_signature(webpki::aws_lc_rs::RSA_PKCS1_2048_8192_SHA256, doc, &sig)
+                .is_ok()
+        })
+    })
 }
 
 /// Which server holds this agent credential? Unknown and malformed credentials get the same

@@ -96,6 +96,8 @@ pub struct AppSettings {
     pub agent_ca_pem: Option<String>,
     /// See `Config::agent_source_check`.
     pub agent_source_check: bool,
+    /// See `Config::identity_certificates` (DER).
+    pub identity_certificates: Vec<Vec<u8>>,
 }
 
 impl App {
