@@ -128,7 +128,9 @@ impl Drivers {
         let addr = listener.local_addr().map_err(|e| AppError::BadState(e.to_string()))?;
         let router = router.clone();
         let task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, router).await {
+            // With the peer's address, like the main listener: enrolment checks it.
+            let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+            if let Err(e) = axum::serve(listener, service).await {
                 tracing::error!(error = %e, "gateway API listener stopped");
             }
         });
