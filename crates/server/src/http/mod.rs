@@ -1,7 +1,8 @@
 //! The HTTP API: thin handlers that extract, call the app layer, and return views.
 //!
-//! Every route is under `/api/v1` and needs `Authorization: Bearer <token>` except `health`
-//! and the OpenAPI document. Routes and the OpenAPI document come from the same handler
+//! Every route is under `/api/v1` and needs `Authorization: Bearer <token>` except `health`,
+//! the OpenAPI document, agent enrolment (its one-time token is in the body) and signed
+//! artifact fetches (the signature is the permission). Routes and the OpenAPI document come from the same handler
 //! annotations (`utoipa-axum`), so the document cannot drift from the code. Who may call each
 //! route is one table, [`access`], checked before any handler runs.
 
