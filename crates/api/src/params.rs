@@ -187,7 +187,8 @@ pub struct ObjectListParams {
 #[serde(deny_unknown_fields)]
 pub struct FetchUrlRequest {
     pub key: String,
-    /// Seconds the URL works (1-604800; default 3600).
+    /// Seconds the URL works (1-3600; default 900). It stops working earlier when the token
+    /// that asked for it is revoked or expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_secs: Option<u64>,
 }
@@ -202,6 +203,9 @@ pub struct FetchParams {
     pub sha256: String,
     /// Unix seconds.
     pub expires: i64,
+    /// Whom the URL was minted for (`t.TOKEN_ID` or `a.SERVER_ID`); it works only while they
+    /// may still fetch.
+    pub by: String,
     pub sig: String,
 }
 

@@ -147,6 +147,16 @@ pub struct ServeArgs {
     /// Agent sessions (WebSockets) held at once, one per agent; more get 503 (0: no cap).
     #[arg(long, default_value_t = 10_000)]
     pub max_agent_sessions: usize,
+    /// Agents reach this control plane through a proxy or NAT: do not require an enrolling
+    /// agent's connection to come from its instance's address (EC2 and other clouds that do
+    /// not sign instance identities; the local cloud's signed identity is checked anyway).
+    #[arg(long)]
+    pub agents_behind_proxy: bool,
+    /// A certificate (PEM file; repeat for several) whose key signs instance-identity documents
+    /// on clouds Stratus does not sign for: AWS's per-region certificate for the RSA-SHA256
+    /// `instance-identity/signature`. With any, agents there enrol only with a document it signed.
+    #[arg(long = "identity-cert", value_name = "FILE")]
+    pub identity_certs: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -681,8 +691,8 @@ pub enum ArtifactCmd {
     /// A short-lived URL that fetches BUCKET/KEY without a token.
     Url {
         path: String,
-        /// Seconds it works (at most 604800).
-        #[arg(long, default_value_t = 3600)]
+        /// Seconds it works (at most 3600); it stops earlier if your token is revoked.
+        #[arg(long, default_value_t = 900)]
         ttl: u64,
     },
 }

@@ -119,30 +119,42 @@ impl KeyRing {
     }
 
     /// The signature of an artifact fetch URL: it names one object's one content (its SHA-256)
-    /// until `expires` (Unix seconds), so the URL is worthless for any other object, for the
-    /// same key after it was overwritten, and after it expires.
-    pub fn fetch_signature(&self, bucket: &str, key: &str, sha256: &str, expires: i64) -> String {
+    /// until `expires` (Unix seconds), minted by `by` (a token or an agent, see
+    /// `app::artifacts::Minter`), so the URL is worthless for any other object, for the same key
+    /// after it was overwritten, after it expires, and for anyone to re-attribute to another
+    /// minter.
+    pub fn fetch_signature(&self, bucket: &str, key: &str, sha256: &str, expires: i64, by: &str) -> String {
         use base64::Engine;
         use hmac::Mac;
         base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(self.fetch_mac(bucket, key, sha256, expires).finalize().into_bytes())
+            .encode(self.fetch_mac(bucket, key, sha256, expires, by).finalize().into_bytes())
     }
 
     /// Check a fetch URL's signature (in constant time).
-    pub fn fetch_signature_ok(&self, bucket: &str, key: &str, sha256: &str, expires: i64, signature: &str) -> bool {
+    pub fn fetch_signature_ok(
+        &self,
+        bucket: &str,
+        key: &str,
+        sha256: &str,
+        expires: i64,
+        by: &str,
+        signature: &str,
+    ) -> bool {
         use base64::Engine;
         use hmac::Mac;
         let Ok(sig) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(signature) else {
             return false;
         };
-        self.fetch_mac(bucket, key, sha256, expires).verify_slice(&sig).is_ok()
+        self.fetch_mac(bucket, key, sha256, expires, by)
+            .verify_slice(&sig)
+            .is_ok()
     }
 
-    fn fetch_mac(&self, bucket: &str, key: &str, sha256: &str, expires: i64) -> hmac::Hmac<Sha256> {
+    fn fetch_mac(&self, bucket: &str, key: &str, sha256: &str, expires: i64, by: &str) -> hmac::Hmac<Sha256> {
         use hmac::Mac;
         let mut mac = hmac::Hmac::<Sha256>::new_from_slice(&self.fetch).expect("any key length");
         // Lengths first, so no two (bucket, key) pairs run together into the same bytes.
-        for part in [bucket.as_bytes(), key.as_bytes(), sha256.as_bytes()] {
+        for part in [bucket.as_bytes(), key.as_bytes(), sha256.as_bytes(), by.as_bytes()] {
             mac.update(&(part.len() as u64).to_be_bytes());
             mac.update(part);
         }
@@ -198,16 +210,22 @@ mod tests {
     fn fetch_signatures_bind_object_content_and_expiry() {
         let k = KeyRing::from_key(&[7; 32]);
         let sha = "a".repeat(64);
-        let sig = k.fetch_signature("apps", "web/v1.tgz", &sha, 1000);
-        assert!(k.fetch_signature_ok("apps", "web/v1.tgz", &sha, 1000, &sig));
-        assert!(!k.fetch_signature_ok("apps", "web/v2.tgz", &sha, 1000, &sig));
-        assert!(!k.fetch_signature_ok("appsw", "eb/v1.tgz", &sha, 1000, &sig));
-        assert!(!k.fetch_signature_ok("apps", "web/v1.tgz", &"b".repeat(64), 1000, &sig));
-        assert!(!k.fetch_signature_ok("apps", "web/v1.tgz", &sha, 1001, &sig));
-        assert!(!k.fetch_signature_ok("apps", "web/v1.tgz", &sha, 1000, "not base64!"));
-        assert!(!k.fetch_signature_ok("apps", "web/v1.tgz", &sha, 1000, ""));
+        let by = "t.1";
+        let sig = k.fetch_signature("apps", "web/v1.tgz", &sha, 1000, by);
+        assert!(k.fetch_signature_ok("apps", "web/v1.tgz", &sha, 1000, by, &sig));
+        assert!(!k.fetch_signature_ok("apps", "web/v2.tgz", &sha, 1000, by, &sig));
+        assert!(!k.fetch_signature_ok("appsw", "eb/v1.tgz", &sha, 1000, by, &sig));
+        assert!(!k.fetch_signature_ok("apps", "web/v1.tgz", &"b".repeat(64), 1000, by, &sig));
+        assert!(!k.fetch_signature_ok("apps", "web/v1.tgz", &sha, 1001, by, &sig));
+        assert!(
+            !k.fetch_signature_ok("apps", "web/v1.tgz", &sha, 1000, "t.2", &sig),
+            "bound to its minter"
+        );
+        assert!(!k.fetch_signature_ok("apps", "web/v1.tgz", &sha, 1000, "", &sig));
+        assert!(!k.fetch_signature_ok("apps", "web/v1.tgz", &sha, 1000, by, "not base64!"));
+        assert!(!k.fetch_signature_ok("apps", "web/v1.tgz", &sha, 1000, by, ""));
         let other = KeyRing::from_key(&[8; 32]);
-        assert!(!other.fetch_signature_ok("apps", "web/v1.tgz", &sha, 1000, &sig));
+        assert!(!other.fetch_signature_ok("apps", "web/v1.tgz", &sha, 1000, by, &sig));
     }
 
     #[test]

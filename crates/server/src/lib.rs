@@ -72,6 +72,16 @@ pub struct Config {
     pub limits: serve::Limits,
     /// Agent sessions held at once (one per agent credential; see `app::gateway::Hub`).
     pub max_agent_sessions: usize,
+    /// On clouds that do not sign instance identities, an enrolling agent's connection must
+    /// come from one of its instance's addresses (the cloud's private or public IP). Off when
+    /// agents reach the control plane through a proxy or NAT (`stratus serve
+    /// --agents-behind-proxy`).
+    pub agent_source_check: bool,
+    /// Certificates (PEM) whose keys sign instance-identity documents on clouds the control
+    /// plane does not sign for (AWS publishes one per region). When any are given, an agent on
+    /// such a cloud enrols only with a document signed (RSA-SHA256, the metadata service's
+    /// `instance-identity/signature`) by one of them.
+    pub identity_certificates: Vec<String>,
 }
 
 /// Shown without secrets: the store URL's password and the S3 secret are redacted.
@@ -117,6 +127,8 @@ impl Config {
             agent_ca_pem: None,
             limits: serve::Limits::default(),
             max_agent_sessions: app::gateway::MAX_SESSIONS_DEFAULT,
+            agent_source_check: true,
+            identity_certificates: vec![],
         }
     }
 }
@@ -271,6 +283,9 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         decommission_timeout: config.decommission_timeout,
         reconcile_interval: config.reconcile_interval,
         agent_ca_pem: config.agent_ca_pem.clone(),
+        agent_source_check: config.agent_source_check,
+        identity_certificates: app::agents::parse_certificates(&config.identity_certificates)
+            .map_err(anyhow::Error::msg)?,
     };
     let app = Arc::new(App {
         store,

@@ -31,6 +31,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
@@ -80,17 +81,22 @@ pub async fn serve(listener: TcpListener, router: axum::Router, limits: Limits) 
         };
         let router = router.clone();
         tokio::spawn(async move {
-            serve_connection(stream, router, limits.header_read_timeout).await;
+            serve_connection(stream, peer, router, limits.header_read_timeout).await;
             drop(slot);
         });
     }
 }
 
-async fn serve_connection(stream: TcpStream, router: axum::Router, header_read_timeout: Duration) {
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, router: axum::Router, header_read_timeout: Duration) {
+    // Handlers see the peer's address as axum's `ConnectInfo` (agent enrolment checks it).
+    let service = tower::ServiceExt::map_request(router, move |mut req: axum::extract::Request<Incoming>| {
+        req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+        req
+    });
     let _ = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout)
-        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(router))
+        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
         // An agent's WebSocket: the future ends when the connection is handed over.
         .with_upgrades()
         .await;

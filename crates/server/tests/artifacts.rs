@@ -160,9 +160,12 @@ async fn an_expired_url_is_refused() {
         .await
         .unwrap()
         .unwrap();
-    let sig = app.keys.fetch_signature("b", "k", &o.sha256, 1000);
+    // Minted for a token that is still valid: only the expiry is wrong.
+    let tokens = t.get("/users/admin/tokens").await;
+    let by = format!("t.{}", tokens[0]["id"].as_str().unwrap());
+    let sig = app.keys.fetch_signature("b", "k", &o.sha256, 1000, &by);
     let url = format!(
-        "{}/api/v1/artifacts/fetch?bucket=b&key=k&sha256={}&expires=1000&sig={sig}",
+        "{}/api/v1/artifacts/fetch?bucket=b&key=k&sha256={}&expires=1000&by={by}&sig={sig}",
         t.url, o.sha256
     );
     let resp = t.http.get(url).send().await.unwrap();

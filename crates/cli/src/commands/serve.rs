@@ -78,6 +78,11 @@ pub async fn serve(data_dir: PathBuf, a: &ServeArgs) -> anyhow::Result<()> {
         max_connections: a.max_connections,
     };
     config.max_agent_sessions = a.max_agent_sessions;
+    config.agent_source_check = !a.agents_behind_proxy;
+    for f in &a.identity_certs {
+        let pem = std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
+        config.identity_certificates.push(pem);
+    }
     if let Some(ca) = &a.agent_ca {
         let pem = std::fs::read_to_string(ca).with_context(|| format!("cannot read {}", ca.display()))?;
         if !pem.contains("-----BEGIN CERTIFICATE-----") || pem.len() > 8 * 1024 {

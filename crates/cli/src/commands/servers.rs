@@ -337,7 +337,13 @@ pub async fn ssh(ctx: &Ctx, a: &crate::args::SshArgs) -> anyhow::Result<()> {
         .into_iter()
         .flatten()
         .find(|s| s["server"] == a.server.as_str())
-        .with_context(|| format!("no live server {}", a.server))?;
+        // A user without an API role is shown only the servers they may log in to.
+        .with_context(|| {
+            format!(
+                "no live server {} that {user} may log in to; an admin grants it with `stratus user roles {user} --role server_login:DEPLOYMENT`",
+                a.server
+            )
+        })?;
     if entry["login"] != true {
         anyhow::bail!(
             "{user} may not log in to {}; an admin grants it with `stratus user roles {user} --role server_login:DEPLOYMENT`",

@@ -9,8 +9,22 @@
 //!    `POST /api/v1/agent/enroll`.
 //! 3. The control plane checks, in this order: the server exists and is `booting`; the token
 //!    is the server's (constant-time compare); no agent has enrolled for it yet (a token works
-//!    once); and on a cloud that signs identities, the document's signature is the cloud's and
-//!    it names the server's own instance and private address. Any failure changes nothing.
+//!    once); then the instance ([`check_identity`]). Any failure changes nothing.
+//!    - On a cloud that signs identities (the local cloud), the document's signature is the
+//!      cloud's and it names the server's own instance and private address.
+//!    - On every other cloud (EC2, the fake cloud) the token alone does not enrol: the driver
+//!      describes the server's instance, which must exist, be pending or running and belong to
+//!      the server; an identity document, when sent (the agent sends EC2's), must name that
+//!      instance and its private address; and the connection must come from one of the
+//!      instance's addresses (private or public, as the cloud reports them) unless the control
+//!      plane runs with `--agents-behind-proxy` (`Config::agent_source_check` off), because
+//!      behind a proxy or NAT the source is not the instance's.
+//!    - With `Config::identity_certificates` (`stratus serve --identity-cert FILE`, AWS's
+//!      per-region certificates), the document must carry a signature (RSA-SHA256, the
+//!      metadata service's `instance-identity/signature`) by one of them. Without, the document
+//!      is a claim only: an agent that read another instance's metadata and user-data could
+//!      forge it, but not the source address (with the source check on) nor an instance that
+//!      is not the server's.
 //! 4. It answers with a per-instance **agent credential** (`stratus_agent_…`, 32 random bytes;
 //!    only its SHA-256 is kept) that the agent keeps on the instance (0600) and presents as a
 //!    bearer token from then on. An agent credential only ever acts as its own server; user
@@ -142,7 +156,8 @@ pub fn user_data(app: &App, server: &Server, url: &str) -> Vec<u8> {
     serde_json::to_vec(&ud).unwrap_or_default()
 }
 
-pub async fn enrol(app: &App, req: &EnrolRequest) -> Result<Enrolled, AppError> {
+/// Enrol an agent; `peer` is the address its connection came from (when known).
+pub async fn enrol(app: &App, req: &EnrolRequest, peer: Option<std::net::IpAddr>) -> Result<Enrolled, AppError> {
     // One answer for every way a token can be wrong: a caller learns nothing about servers.
     let refused = || AppError::Unauthenticated;
     if req.enrolment_token.len() > 128 {
@@ -166,7 +181,7 @@ pub async fn enrol(app: &App, req: &EnrolRequest) -> Result<Enrolled, AppError> 
         )));
     }
     let instance_id = server.instance_id.clone().ok_or_else(refused)?;
-    check_identity(app, &server, &instance_id, req).await?;
+    check_identity(app, &server, &instance_id, req, peer).await?;
     let raw: [u8; 32] = random_bytes()?;
     let token = format!(
         "{AGENT_TOKEN_PREFIX}{}",
@@ -184,10 +199,7 @@ pub async fn enrol(app: &App, req: &EnrolRequest) -> Result<Enrolled, AppError> 
         boot_runs: vec![],
         files: Default::default(),
     };
-    let actor = Actor {
-        name: format!("agent:{}/{}", server.deployment, server.name),
-        level: 0,
-    };
+    let actor = Actor::agent(&server);
     let target = format!("server/{}/{}", server.deployment, server.name);
     app.commit(vec![
         Change::insert(&record),
@@ -206,15 +218,22 @@ pub async fn enrol(app: &App, req: &EnrolRequest) -> Result<Enrolled, AppError> 
 }
 
 /// On a cloud that signs instance identities, the document must be signed by it and name the
-/// server's own instance and address.
-async fn check_identity(app: &App, server: &Server, instance_id: &str, req: &EnrolRequest) -> Result<(), AppError> {
+/// server's own instance and address; on any other cloud, the instance must be the server's as
+/// its driver describes it ([`check_described`]).
+async fn check_identity(
+    app: &App,
+    server: &Server,
+    instance_id: &str,
+    req: &EnrolRequest,
+    peer: Option<std::net::IpAddr>,
+) -> Result<(), AppError> {
     let driver = app.drivers.for_cloud(&*app.store, &server.cloud).await?;
     let Some(verifier) = driver
         .as_any()
         .downcast_ref::<LocalCloud>()
         .and_then(LocalCloud::identity_verifier)
     else {
-        return Ok(());
+        return check_described(app, &*driver, server, instance_id, req, peer).await;
     };
     let (Some(doc), Some(sig)) = (&req.identity_document, &req.identity_signature) else {
         return Err(AppError::invalid(
@@ -232,6 +251,113 @@ async fn check_identity(app: &App, server: &Server, instance_id: &str, req: &Enr
         return Err(AppError::Unauthenticated);
     }
     Ok(())
+}
+
+/// What an EC2-style identity document claims (the fields we check; others are ignored).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ClaimedIdentity {
+    instance_id: String,
+    #[serde(default)]
+    private_ip: Option<std::net::IpAddr>,
+}
+
+/// Where the cloud signs nothing: the instance as the driver describes it must be the server's,
+/// alive, agree with the document the agent sent (if any), and — unless agents come through a
+/// proxy — be where the connection comes from. Every refusal is the same `401`, logged with
+/// its reason.
+async fn check_described(
+    app: &App,
+    driver: &dyn stratus_cloud::CloudDriver,
+    server: &Server,
+    instance_id: &str,
+    req: &EnrolRequest,
+    peer: Option<std::net::IpAddr>,
+) -> Result<(), AppError> {
+    use stratus_cloud::InstanceState;
+    let refuse = |why: &str| {
+        tracing::warn!(server = %server.name, deployment = %server.deployment, instance = %instance_id, ?peer, why, "enrolment refused");
+        Err(AppError::Unauthenticated)
+    };
+    let described = driver.describe(instance_id).await.map_err(|source| AppError::Cloud {
+        context: format!("cannot describe instance {instance_id} to check an enrolling agent"),
+        source,
+    })?;
+    let Some(instance) = described else {
+        return refuse("the cloud does not know the instance");
+    };
+    if instance.server != server.id || instance.id != instance_id {
+        return refuse("the instance belongs to another server");
+    }
+    if !matches!(instance.state, InstanceState::Pending | InstanceState::Running) {
+        return refuse("the instance is not running");
+    }
+    if !app.settings.identity_certificates.is_empty() {
+        let (Some(doc), Some(sig)) = (&req.identity_document, &req.identity_signature) else {
+            return refuse("no signed identity document (identity certificates are configured)");
+        };
+        if !signed_by_any(&app.settings.identity_certificates, doc.as_bytes(), sig.trim()) {
+            return refuse("the identity document's signature is not by a configured certificate");
+        }
+    }
+    if let Some(doc) = &req.identity_document {
+        let Ok(claim) = serde_json::from_str::<ClaimedIdentity>(doc) else {
+            return refuse("the identity document is not one");
+        };
+        if claim.instance_id != instance_id {
+            return refuse("the identity document names another instance");
+        }
+        if let (Some(claimed), Some(actual)) = (claim.private_ip, instance.private_ip)
+            && claimed != actual
+        {
+            return refuse("the identity document names another address");
+        }
+    }
+    let addresses: Vec<std::net::IpAddr> = [instance.private_ip, instance.public_ip]
+        .into_iter()
+        .flatten()
+        .collect();
+    if app.settings.agent_source_check && !addresses.is_empty() && !peer.is_some_and(|p| addresses.contains(&p)) {
+        return refuse(
+            "the connection does not come from the instance's addresses (behind a proxy or NAT? see --agents-behind-proxy)",
+        );
+    }
+    Ok(())
+}
+
+/// Read PEM certificates (each may hold several) into DER, for [`signed_by_any`].
+pub fn parse_certificates(pems: &[String]) -> Result<Vec<Vec<u8>>, String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut out = vec![];
+    for (i, pem) in pems.iter().enumerate() {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("identity certificate {}: not PEM: {e}", i + 1))?;
+        if certs.is_empty() {
+            return Err(format!("identity certificate {}: no certificate in it", i + 1));
+        }
+        for c in certs {
+            webpki::EndEntityCert::try_from(&c)
+                .map_err(|e| format!("identity certificate {}: not a usable X.509 certificate: {e}", i + 1))?;
+            out.push(c.as_ref().to_vec());
+        }
+    }
+    Ok(out)
+}
+
+/// Whether `signature` (base64) is an RSA-SHA256 signature of `doc` by one of `certs` (DER).
+fn signed_by_any(certs: &[Vec<u8>], doc: &[u8], signature: &str) -> bool {
+    let Ok(sig) = base64::engine::general_purpose::STANDARD.decode(signature.replace(['\n', '\r'], "")) else {
+        return false;
+    };
+    certs.iter().any(|der| {
+        let der = rustls_pki_types::CertificateDer::from(der.as_slice());
+        webpki::EndEntityCert::try_from(&der).is_ok_and(|cert| {
+            cert.verify_signature(webpki::aws_lc_rs::RSA_PKCS1_2048_8192_SHA256, doc, &sig)
+                .is_ok()
+        })
+    })
 }
 
 /// Which server holds this agent credential? Unknown and malformed credentials get the same

@@ -9,6 +9,13 @@
 //! object's one content and expires ([`fetch_url`]); the agent verifies the SHA-256 it was told
 //! before it uses the file. Overwriting the key makes older URLs answer 404, so an instance never
 //! gets content other than the one its run was given.
+//!
+//! A fetch URL is a capability, so it lives no longer than whoever it was minted for
+//! ([`Minter`], signed into the URL): a URL a person asked for (operators only, at most
+//! [`URL_TTL_MAX`]) stops working when the API token that asked is revoked or expires, or its
+//! user loses the operator role; a URL in a run, a deploy or a watched file is minted for that
+//! server's agent and stops working when the agent's credential does (the server is
+//! terminated). Agents cannot ask for URLs; they get them only for their own runs' artifacts.
 
 use bytes::Bytes;
 use chrono::Utc;
@@ -17,15 +24,17 @@ use stratus_api::views::{FetchUrl, Page};
 use stratus_store::{Change, Query, TypedStore};
 use stratus_types::artifact::{Bucket, Object, is_sha256_hex};
 use stratus_types::input::check_object_key;
-use stratus_types::{BucketId, Name, ObjectId};
+use stratus_types::{BucketId, Name, ObjectId, ServerId, TokenId};
 
 use super::resolve::named;
 use super::{Actor, App, AppError, OBSERVER, OPERATOR, audit};
 use crate::blobs::{BlobError, ByteStream};
 
-/// Default and longest life of a fetch URL.
-pub const URL_TTL_DEFAULT: u64 = 3600;
-pub const URL_TTL_MAX: u64 = 7 * 24 * 3600;
+/// Default and longest life of a fetch URL a person asks for.
+pub const URL_TTL_DEFAULT: u64 = 900;
+pub const URL_TTL_MAX: u64 = 3600;
+/// Life of the fetch URLs in an agent's runs, deploys and watched files.
+pub const URL_TTL_AGENT: u64 = 3600;
 /// The path fetch URLs use, under the API prefix.
 pub const FETCH_PATH: &str = "/api/v1/artifacts/fetch";
 
@@ -282,18 +291,54 @@ pub async fn list(
     Ok(Page { items, next })
 }
 
-/// A URL that fetches the object's current content without a token until it expires. `base`
-/// is prefixed (the control plane's public URL for people; empty for agents, which resolve it
-/// against the URL they reach the control plane at).
-pub fn signed_url(app: &App, o: &Object, ttl_secs: u64, base: &str) -> FetchUrl {
-    let expires_at = Utc::now() + chrono::Duration::seconds(ttl_secs.min(URL_TTL_MAX) as i64);
+/// Whom a fetch URL was minted for; it works only while they may still fetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Minter {
+    /// A person's API token (its id).
+    Token(TokenId),
+    /// A server's agent (its server's id).
+    Agent(ServerId),
+}
+
+impl Minter {
+    /// As the URL's `by` field: `t.ID` or `a.ID`.
+    pub fn encode(&self) -> String {
+        match self {
+            Self::Token(id) => format!("t.{id}"),
+            Self::Agent(id) => format!("a.{id}"),
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        let (kind, id) = s.split_once('.')?;
+        match kind {
+            "t" => id.parse().ok().map(Self::Token),
+            "a" => id.parse().ok().map(Self::Agent),
+            _ => None,
+        }
+    }
+}
+
+/// A URL that fetches the object's current content without a token until it expires, while
+/// `by` may still fetch. `base` is prefixed (the control plane's public URL for people; empty
+/// for agents, which resolve it against the URL they reach the control plane at).
+pub fn signed_url(app: &App, o: &Object, ttl_secs: u64, base: &str, by: Minter) -> FetchUrl {
+    let cap = match by {
+        Minter::Token(_) => URL_TTL_MAX,
+        Minter::Agent(_) => URL_TTL_AGENT,
+    };
+    let expires_at = Utc::now() + chrono::Duration::seconds(ttl_secs.min(cap) as i64);
     let expires = expires_at.timestamp();
-    let sig = app.keys.fetch_signature(o.bucket.as_str(), &o.key, &o.sha256, expires);
+    let by = by.encode();
+    let sig = app
+        .keys
+        .fetch_signature(o.bucket.as_str(), &o.key, &o.sha256, expires, &by);
     let query = [
         ("bucket", o.bucket.as_str()),
         ("key", o.key.as_str()),
         ("sha256", o.sha256.as_str()),
         ("expires", &expires.to_string()),
+        ("by", &by),
         ("sig", &sig),
     ]
     .iter()
@@ -306,6 +351,12 @@ pub fn signed_url(app: &App, o: &Object, ttl_secs: u64, base: &str) -> FetchUrl 
         size: o.size,
         expires_at,
     }
+}
+
+/// A fetch URL for a server's agent (a run's artifact input, a deploy's archive, a watched
+/// file): bound to that server's agent credential.
+pub fn agent_url(app: &App, o: &Object, server: ServerId) -> FetchUrl {
+    signed_url(app, o, URL_TTL_AGENT, "", Minter::Agent(server))
 }
 
 /// Percent-encode everything but RFC 3986's unreserved characters and `/`.
@@ -328,7 +379,12 @@ pub async fn fetch_url(
     key: &str,
     ttl_secs: Option<u64>,
 ) -> Result<FetchUrl, AppError> {
-    actor.require(OBSERVER)?;
+    actor.require(OPERATOR)?;
+    // A URL lives no longer than the token that asked for it; without one there is nothing
+    // to bind it to.
+    let Some(token) = actor.token else {
+        return Err(AppError::Forbidden("fetch URLs are minted for API tokens only".into()));
+    };
     let ttl = ttl_secs.unwrap_or(URL_TTL_DEFAULT);
     if ttl == 0 || ttl > URL_TTL_MAX {
         return Err(AppError::invalid("ttl_secs", format!("must be 1-{URL_TTL_MAX}")));
@@ -341,26 +397,45 @@ pub async fn fetch_url(
         serde_json::json!({"ttl_secs": ttl}),
     );
     app.commit(vec![entry]).await?;
-    Ok(signed_url(app, &o, ttl, &app.settings.public_url))
+    Ok(signed_url(app, &o, ttl, &app.settings.public_url, Minter::Token(token)))
 }
 
-/// Answer a signed fetch URL: the object, if the signature holds, the URL has not expired and
-/// the key still holds the content the URL names.
-pub async fn fetch(
-    app: &App,
-    bucket: &str,
-    key: &str,
-    sha256: &str,
-    expires: i64,
-    sig: &str,
-) -> Result<(Object, ByteStream), AppError> {
-    if !app.keys.fetch_signature_ok(bucket, key, sha256, expires, sig) {
+/// A signed fetch URL's fields.
+#[derive(Debug, Clone, Copy)]
+pub struct Signed<'a> {
+    pub bucket: &'a str,
+    pub key: &'a str,
+    pub sha256: &'a str,
+    pub expires: i64,
+    pub by: &'a str,
+    pub sig: &'a str,
+}
+
+/// Answer a signed fetch URL: the object, if the signature holds, the URL has not expired, its
+/// minter may still fetch, and the key still holds the content the URL names.
+pub async fn fetch(app: &App, u: Signed<'_>) -> Result<(Object, ByteStream), AppError> {
+    let Signed {
+        bucket,
+        key,
+        sha256,
+        expires,
+        by,
+        sig,
+    } = u;
+    if !app.keys.fetch_signature_ok(bucket, key, sha256, expires, by, sig) {
         return Err(AppError::Forbidden(
             "the URL's signature does not match; ask for a new URL".into(),
         ));
     }
     if Utc::now().timestamp() > expires {
         return Err(AppError::Forbidden("the URL has expired; ask for a new one".into()));
+    }
+    let minter = Minter::parse(by).ok_or_else(|| AppError::Forbidden("the URL names no minter".into()))?;
+    if !minter_may_fetch(app, minter).await? {
+        return Err(AppError::Forbidden(
+            "the token or agent this URL was made for is revoked, expired or no longer allowed; ask for a new URL"
+                .into(),
+        ));
     }
     let o = match app.store.find_as::<Object>(bucket, key).await? {
         Some(o) if o.sha256 == sha256 => o,
@@ -372,4 +447,36 @@ pub async fn fetch(
     };
     let body = app.blobs.get(&o.sha256).await?;
     Ok((o, body))
+}
+
+/// Whether a URL's minter may still fetch: the token exists (not revoked), has not expired and
+/// its user is still an operator; the agent is still enrolled for its server's instance and
+/// the server is not terminated.
+async fn minter_may_fetch(app: &App, minter: Minter) -> Result<bool, AppError> {
+    match minter {
+        Minter::Token(id) => {
+            let Some(rec) = app.store.get_as::<super::users::TokenRecord>(&id.to_string()).await? else {
+                return Ok(false);
+            };
+            if rec.info.expires_at.is_some_and(|e| e < Utc::now()) {
+                return Ok(false);
+            }
+            let user = app
+                .store
+                .get_as::<stratus_types::user::User>(&rec.user_id.to_string())
+                .await?;
+            Ok(user.is_some_and(|u| Actor::user(&u).require(OPERATOR).is_ok()))
+        }
+        Minter::Agent(server) => {
+            let id = server.to_string();
+            let Some(rec) = app.store.get_as::<super::agents::AgentRecord>(&id).await? else {
+                return Ok(false);
+            };
+            let s = app.store.get_as::<stratus_types::server::Server>(&id).await?;
+            Ok(s.is_some_and(|s| {
+                s.state != stratus_types::server::ServerState::Terminated
+                    && s.instance_id.as_deref() == Some(rec.instance_id.as_str())
+            }))
+        }
+    }
 }

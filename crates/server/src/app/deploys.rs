@@ -116,7 +116,7 @@ pub async fn script_run(app: &App, run: &Run, timeout_secs: Option<u64>) -> Resu
             short(&o.sha256)
         )));
     }
-    let url = super::artifacts::signed_url(app, &o, super::artifacts::URL_TTL_DEFAULT, "");
+    let url = super::artifacts::agent_url(app, &o, run.server);
     let mut env = vec![
         EnvVar::text("STRATUS_APP", input("STRATUS_APP")),
         EnvVar {

@@ -475,9 +475,11 @@ pub async fn applied(app: &App, session: &Session, generation: Generation) -> Re
     Ok(())
 }
 
-/// A managed account logged in or used sudo on the agent's server: an audit entry with the
-/// user as the actor (and the agent that reported it in the detail). A user the control plane
-/// does not know is recorded as such, not dropped.
+/// A managed account logged in or used sudo on the agent's server: an audit entry whose actor
+/// is the agent that reported it (from its credential, never from the frame), with the account
+/// it names in the detail. An agent can only vouch for its own server, so the entry says "the
+/// agent of X reports that account U logged in", not "U did this"; an account the control plane
+/// does not know as a user is marked as such.
 pub async fn access(
     app: &App,
     session: &Session,
@@ -496,22 +498,16 @@ pub async fn access(
         stratus_agent_proto::AccessKind::Login => "server.login",
         stratus_agent_proto::AccessKind::Sudo => "server.sudo",
     };
-    let actor = super::Actor {
-        name: if known {
-            user.to_string()
-        } else {
-            format!("unknown:{user}")
-        },
-        level: 0,
-    };
+    let truncate = |v: &str| stratus_types::name::truncate(v);
     let detail = serde_json::json!({
-        "from": from,
+        "user": truncate(user),
+        "known_user": known,
+        "from": from.map(truncate),
         "at": at,
-        "reported_by": format!("agent:{}/{}", s.deployment, s.name),
     });
     app.store
         .commit(vec![super::audit(
-            &actor,
+            &super::Actor::agent(&s),
             action,
             format!("server/{}/{}", s.deployment, s.name),
             detail,
@@ -579,12 +575,8 @@ pub async fn file_status(
         let s = server_of(app, session.server).await?;
         tracing::warn!(server = %s.name, deployment = %s.deployment, %path, error = %e, "a managed file was not applied cleanly");
         let detail = serde_json::json!({ "path": path, "sha256": sha256, "applied": applied, "error": e });
-        let actor = super::Actor {
-            name: format!("agent:{}/{}", s.deployment, s.name),
-            level: 0,
-        };
         changes.push(super::audit(
-            &actor,
+            &super::Actor::agent(&s),
             "server.file_failed",
             format!("server/{}/{}", s.deployment, s.name),
             detail,
@@ -625,9 +617,10 @@ pub async fn tag_change(app: &App, session: &Session, add: &[Tag], remove: &[Tag
         )));
     }
     let s: Server = server_of(app, session.server).await?;
+    // Operator level for the tag change itself; the name is the credential's server's.
     let actor = super::Actor {
-        name: format!("agent:{}/{}", s.deployment, s.name),
         level: super::OPERATOR,
+        ..super::Actor::agent(&s)
     };
     let change = stratus_api::params::TagChange {
         add: add.to_vec(),
@@ -696,7 +689,7 @@ pub(crate) async fn env_for(app: &App, s: &Server, script: &Script) -> Result<Ve
                     })?;
                 // Relative: the agent resolves it against the URL it reaches this control
                 // plane at (a local cloud's gateway, a public URL).
-                let url = super::artifacts::signed_url(app, &o, super::artifacts::URL_TTL_DEFAULT, "");
+                let url = super::artifacts::agent_url(app, &o, s.id);
                 EnvVar {
                     name: decl.name.to_string(),
                     value: stratus_agent_proto::EnvValue::Artifact(stratus_agent_proto::ArtifactRef {

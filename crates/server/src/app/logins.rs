@@ -108,12 +108,18 @@ pub struct ServerAccess {
 }
 
 /// Where a user may log in, and whether each live server has acknowledged the current state
-/// of their access. Users may always see their own (a `server_login` user needs no API role
-/// to find the servers they may log in to: `stratus ssh` uses this).
+/// of their access.
+///
+/// Who sees what: an observer (or above) sees anyone's list with every live server (a server
+/// where the user has no login shows `login: false`, which is how a revocation is seen to have
+/// reached it). A user below observer sees only their own list, and in it only the servers they
+/// may log in to: `stratus ssh` needs those, and a `server_login` user must not learn the rest
+/// of the fleet (names, addresses) through it.
 pub async fn access(app: &App, actor: &Actor, name: &str) -> Result<Vec<ServerAccess>, AppError> {
     if actor.name != name {
         actor.require(OBSERVER)?;
     }
+    let whole_fleet = actor.level >= OBSERVER;
     let u = super::resolve::named::<User>(&*app.store, name).await?;
     let q = Query {
         live_only: true,
@@ -122,6 +128,9 @@ pub async fn access(app: &App, actor: &Actor, name: &str) -> Result<Vec<ServerAc
     let mut out = vec![];
     for s in app.store.list_all::<Server>(&q).await? {
         let (login, sudo) = entitlement(&u, s.deployment.as_str());
+        if !login && !whole_fleet {
+            continue;
+        }
         let acknowledged = match app
             .store
             .get_as::<super::agents::AgentRecord>(&s.id.to_string())

@@ -95,6 +95,10 @@ pub struct AppSettings {
     /// A CA certificate (PEM) put in every instance's user-data, for an HTTPS public URL whose
     /// certificate a private CA signed.
     pub agent_ca_pem: Option<String>,
+    /// See `Config::agent_source_check`.
+    pub agent_source_check: bool,
+    /// See `Config::identity_certificates` (DER).
+    pub identity_certificates: Vec<Vec<u8>>,
 }
 
 impl App {
@@ -126,6 +130,9 @@ pub const ADMIN: u8 = 3;
 pub struct Actor {
     pub name: String,
     pub level: u8,
+    /// The API token the request came with (users only): what it mints (fetch URLs) lives no
+    /// longer than it does.
+    pub token: Option<stratus_types::TokenId>,
 }
 
 impl Actor {
@@ -133,6 +140,24 @@ impl Actor {
         Self {
             name: u.spec.name.to_string(),
             level: u.level(),
+            token: None,
+        }
+    }
+
+    pub fn with_token(self, token: stratus_types::TokenId) -> Self {
+        Self {
+            token: Some(token),
+            ..self
+        }
+    }
+
+    /// A server's agent, as audit entries name it: always derived from the agent's credential
+    /// (its server), never from anything the agent sends. It has no API role.
+    pub fn agent(s: &stratus_types::server::Server) -> Self {
+        Self {
+            name: format!("agent:{}/{}", s.deployment, s.name),
+            level: 0,
+            token: None,
         }
     }
 
@@ -141,6 +166,7 @@ impl Actor {
         Self {
             name: "system".into(),
             level: ADMIN,
+            token: None,
         }
     }
 

@@ -82,6 +82,12 @@ fn new_token(user: &User, description: &str, ttl_hours: Option<u32>) -> Result<(
 
 /// Who holds this bearer token? Unknown, expired and malformed tokens all get the same answer.
 pub async fn authenticate(store: &dyn Datastore, token: &str) -> Result<User, AppError> {
+    Ok(authenticate_token(store, token).await?.0)
+}
+
+/// [`authenticate`], with the token's record (its id binds what the token mints, such as fetch
+/// URLs, to the token's life).
+pub async fn authenticate_token(store: &dyn Datastore, token: &str) -> Result<(User, TokenRecord), AppError> {
     if !token.starts_with("stratus_") || token.len() > 128 {
         return Err(AppError::Unauthenticated);
     }
@@ -92,10 +98,11 @@ pub async fn authenticate(store: &dyn Datastore, token: &str) -> Result<User, Ap
     if rec.info.expires_at.is_some_and(|e| e < Utc::now()) {
         return Err(AppError::Unauthenticated);
     }
-    store
+    let user = store
         .get_as::<User>(&rec.user_id.to_string())
         .await?
-        .ok_or(AppError::Unauthenticated)
+        .ok_or(AppError::Unauthenticated)?;
+    Ok((user, rec))
 }
 
 /// At first start (no users at all), create `admin` with a token and return the token.

@@ -36,7 +36,7 @@ pub async fn files_for(app: &App, s: &Server) -> Result<Vec<ManagedFile>, AppErr
             tracing::warn!(server = %s.name, object = %w.object, path = %w.path, "a watched object does not exist");
             continue;
         };
-        let url = super::artifacts::signed_url(app, &o, super::artifacts::URL_TTL_DEFAULT, "");
+        let url = super::artifacts::agent_url(app, &o, s.id);
         files.push(ManagedFile {
             source: Some(ArtifactRef {
                 url: url.url,

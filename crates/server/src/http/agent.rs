@@ -18,7 +18,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ApiError;
-use super::extract::{AgentCaller, Body, ConnectingAgent};
+use super::extract::{AgentCaller, Body, ConnectingAgent, PeerIp};
 use crate::app::agents::{self, EnrolRequest, Enrolled};
 use crate::app::hub::SessionSlot;
 use crate::app::{App, AppError, gateway};
@@ -26,8 +26,12 @@ use crate::app::{App, AppError, gateway};
 /// Enrol an instance's agent with its one-time token (and, where the cloud signs them, its
 /// instance-identity document); the answer holds the agent's credential, shown once.
 #[utoipa::path(post, path = "/agent/enroll", tag = "agent", request_body = EnrolRequest, security(()), responses((status = 200, body = Enrolled), (status = 401, body = stratus_api::error::ErrorBody), (status = 409, body = stratus_api::error::ErrorBody)))]
-async fn enroll(State(app): State<Arc<App>>, Body(req): Body<EnrolRequest>) -> Result<Json<Enrolled>, ApiError> {
-    Ok(Json(agents::enrol(&app, &req).await?))
+async fn enroll(
+    State(app): State<Arc<App>>,
+    PeerIp(peer): PeerIp,
+    Body(req): Body<EnrolRequest>,
+) -> Result<Json<Enrolled>, ApiError> {
+    Ok(Json(agents::enrol(&app, &req, peer).await?))
 }
 
 /// What an agent sees of itself.

@@ -144,7 +144,8 @@ async fn object_info(
     Ok(Json(artifacts::show(&app, &c.0, &bucket, &p.key).await?))
 }
 
-/// A short-lived URL that fetches the object's current content without a token.
+/// A short-lived URL that fetches the object's current content without a token, while the
+/// token that asked for it is valid (operator).
 #[utoipa::path(post, path = "/buckets/{bucket}/url", tag = "artifacts", params(("bucket" = String, Path)), request_body = FetchUrlRequest, responses((status = 200, body = FetchUrl)))]
 async fn fetch_url(
     State(app): State<Arc<App>>,
@@ -160,7 +161,15 @@ async fn fetch_url(
 /// Fetch an object by a signed URL (no token: the signature is the permission).
 #[utoipa::path(get, path = "/artifacts/fetch", tag = "artifacts", security(()), params(FetchParams), responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 403), (status = 404)))]
 async fn fetch(State(app): State<Arc<App>>, Q(p): Q<FetchParams>) -> Result<Response, ApiError> {
-    let (o, body) = artifacts::fetch(&app, &p.bucket, &p.key, &p.sha256, p.expires, &p.sig).await?;
+    let signed = artifacts::Signed {
+        bucket: &p.bucket,
+        key: &p.key,
+        sha256: &p.sha256,
+        expires: p.expires,
+        by: &p.by,
+        sig: &p.sig,
+    };
+    let (o, body) = artifacts::fetch(&app, signed).await?;
     Ok(download(&o, body))
 }
 

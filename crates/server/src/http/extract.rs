@@ -22,8 +22,12 @@ impl FromRequestParts<Arc<App>> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Self::Rejection> {
-        let user = users::authenticate(&*app.store, bearer(parts)?).await?;
-        Ok(Caller(Actor::user(&user)))
+        // The access guard (`http::access`) authenticated the caller already.
+        if let Some(c) = parts.extensions.get::<Caller>() {
+            return Ok(c.clone());
+        }
+        let (user, token) = users::authenticate_token(&*app.store, bearer(parts)?).await?;
+        Ok(Caller(Actor::user(&user).with_token(token.info.id)))
     }
 }
 
@@ -38,13 +42,19 @@ impl FromRequestParts<Arc<App>> for AgentCaller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Self::Rejection> {
+        if let Some(a) = parts.extensions.get::<AgentCaller>() {
+            if a.server.state == stratus_types::server::ServerState::Terminated {
+                return Err(AppError::Unauthenticated.into());
+            }
+            return Ok(a.clone());
+        }
         let (agent, server) = crate::app::agents::authenticate(app, bearer(parts)?).await?;
         Ok(AgentCaller { agent, server })
     }
 }
 
 /// The bearer token of a request.
-fn bearer(parts: &Parts) -> Result<&str, AppError> {
+pub(super) fn bearer(parts: &Parts) -> Result<&str, AppError> {
     parts
         .headers
         .get(axum::http::header::AUTHORIZATION)
@@ -63,8 +73,28 @@ impl FromRequestParts<Arc<App>> for ConnectingAgent {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Self::Rejection> {
+        if let Some(a) = parts.extensions.get::<AgentCaller>() {
+            return Ok(Self(a.clone()));
+        }
         let (agent, server) = crate::app::agents::identify(app, bearer(parts)?).await?;
         Ok(Self(AgentCaller { agent, server }))
+    }
+}
+
+/// The address the request's TCP connection came from, when the server was started with it
+/// (`into_make_service_with_connect_info`); `None` otherwise.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerIp(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for PeerIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip().to_canonical());
+        Ok(Self(peer))
     }
 }
 

@@ -1,9 +1,12 @@
 //! The HTTP API: thin handlers that extract, call the app layer, and return views.
 //!
-//! Every route is under `/api/v1` and needs `Authorization: Bearer <token>` except `health`
-//! and the OpenAPI document. Routes and the OpenAPI document come from the same handler
-//! annotations (`utoipa-axum`), so the document cannot drift from the code.
+//! Every route is under `/api/v1` and needs `Authorization: Bearer <token>` except `health`,
+//! the OpenAPI document, agent enrolment (its one-time token is in the body) and signed
+//! artifact fetches (the signature is the permission). Routes and the OpenAPI document come from the same handler
+//! annotations (`utoipa-axum`), so the document cannot drift from the code. Who may call each
+//! route is one table, [`access`], checked before any handler runs.
 
+pub mod access;
 mod agent;
 pub mod artifacts;
 mod catalog;
@@ -86,6 +89,8 @@ pub fn router(app: Arc<App>) -> axum::Router {
     axum::Router::new()
         .nest(stratus_api::API_PREFIX, api.route("/openapi.json", openapi))
         .merge(ui::routes())
+        // Before every handler, on matched routes only: the access table (deny by default).
+        .route_layer(axum::middleware::from_fn_with_state(app.clone(), access::guard))
         .fallback(error::not_found)
         .layer(DefaultBodyLimit::max(BODY_MAX))
         // The span names the path, not the query: a signed fetch URL's query is a capability.

@@ -21,6 +21,8 @@ pub struct TestServer {
 pub fn config(dir: &std::path::Path) -> Config {
     let mut c = Config::new(dir, "127.0.0.1:0".parse().expect("addr"));
     c.reconcile_interval = Duration::from_millis(50);
+    // Test agents connect from loopback, not from the fake instances' addresses.
+    c.agent_source_check = false;
     c
 }
 
