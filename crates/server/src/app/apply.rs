@@ -9,6 +9,12 @@
 //! Servers are not changed in place: tags and inputs of an existing server are updated, but a
 //! different template, cloud or size is reported as a note (replace the server to change it).
 //! Servers that exist but are not in the file are left alone.
+//!
+//! Credentials: every change that would make a credential's value reach a script is collected
+//! while planning (new or changed `cred:` inputs of script defaults, templates, the deployment,
+//! servers and arrays; scripts created or whose body or input declarations change; scripts a
+//! template newly lists) and refused as a whole unless the actor may attach each credential
+//! (see `credentials`). A credential the deployment's scope excludes is invalid input.
 
 use chrono::{DateTime, Utc};
 use stratus_api::file::{DeploymentFile, FileArray, FileServer};
@@ -23,6 +29,7 @@ use stratus_types::server::{ArraySpec, Server, ServerArray, ServerSpec};
 use stratus_types::template::{ServerTemplate, TemplateSpec};
 use stratus_types::{ArrayId, CloudId, DeploymentId, FieldError, ImageId, Invalid, Name, ScriptId, TemplateId};
 
+use super::credentials::{Attachments, attach, attachments};
 use super::resolve::Catalog;
 use super::servers::build_server;
 use super::{Actor, App, AppError, OPERATOR, audit};
@@ -43,6 +50,12 @@ struct Planner {
     errs: Invalid,
     /// Create-only entries whose name is taken: `409 conflict`, not invalid input.
     conflicts: Vec<String>,
+    /// Credentials this plan would hand to scripts, with where (checked before anything is
+    /// written).
+    attached: Attachments,
+    /// Scripts that would run differently (created, or body or inputs changed), and scripts a
+    /// template newly lists (with the template): they receive whatever is bound to their inputs.
+    receivers: Vec<(Name, Option<Name>)>,
 }
 
 impl Planner {
@@ -77,7 +90,7 @@ impl Planner {
             ));
         }
         if let Some(c) = spec.ec2.as_ref().and_then(|e| e.credential.as_ref())
-            && !self.catalog.credentials.contains(c)
+            && !self.catalog.credentials.contains_key(c)
         {
             self.errs.push(FieldError::new(
                 format!("cloud {}.ec2.credential", spec.name),
@@ -175,6 +188,24 @@ impl Planner {
         if !self.exists_check("script", &spec.name, existing.is_some()) {
             return;
         }
+        let old = existing.as_ref().map(|s| &s.spec);
+        if old.is_none_or(|o| o.body != spec.body || o.inputs != spec.inputs) {
+            self.receivers.push((spec.name.clone(), None));
+        }
+        for d in &spec.inputs {
+            if let Some(InputValue::Cred(c)) = &d.default
+                && old
+                    .and_then(|o| o.inputs.iter().find(|x| x.name == d.name))
+                    .map(|x| &x.default)
+                    != Some(&d.default)
+            {
+                attach(
+                    &mut self.attached,
+                    c,
+                    format!("script {}, default of input {}", spec.name, d.name),
+                );
+            }
+        }
         match existing {
             Some(s) if &s.spec == spec => self.record("script", &spec.name, PlanAction::Unchanged, vec![]),
             Some(mut s) => {
@@ -246,7 +277,7 @@ impl Planner {
     fn check_creds(&mut self, inputs: &Inputs, at: &str) {
         for (k, v) in inputs {
             if let InputValue::Cred(c) = v
-                && !self.catalog.credentials.contains(c)
+                && !self.catalog.credentials.contains_key(c)
             {
                 self.errs.push(FieldError::new(
                     format!("{at}.{k}"),
@@ -262,6 +293,13 @@ impl Planner {
         let existing = self.catalog.templates.get(&spec.name).cloned();
         if !self.exists_check("template", &spec.name, existing.is_some()) {
             return;
+        }
+        let old = existing.as_ref().map(|t| &t.spec);
+        let place = format!("template {}", spec.name);
+        attachments(&spec.inputs, old.map(|o| &o.inputs), &place, &mut self.attached);
+        let before = old.map(listed).unwrap_or_default();
+        for n in listed(spec).into_iter().filter(|n| !before.contains(n)) {
+            self.receivers.push((n, Some(spec.name.clone())));
         }
         match existing {
             Some(t) if &t.spec == spec && t.content_hash == hash => {
@@ -309,6 +347,27 @@ impl Planner {
                 .push(FieldError::new("deployment.cloud", format!("no cloud named {c}")));
         }
         self.check_creds(&spec.inputs, "deployment.inputs");
+        for (k, v) in &spec.inputs {
+            if let InputValue::Cred(c) = v
+                && let Some(cred) = self.catalog.credentials.get(c)
+                && !cred.allows(spec.name.as_str())
+            {
+                self.errs.push(FieldError::new(
+                    format!("deployment.inputs.{k}"),
+                    format!(
+                        "credential {c} may not be used in deployment {} (it is limited to {})",
+                        spec.name,
+                        cred.scope_text()
+                    ),
+                ));
+            }
+        }
+        attachments(
+            &spec.inputs,
+            existing.as_ref().map(|d| &d.spec.inputs),
+            &format!("deployment {}", spec.name),
+            &mut self.attached,
+        );
         for (k, v) in &spec.inputs {
             let clash = self
                 .catalog
@@ -374,6 +433,12 @@ impl Planner {
                 return;
             }
         };
+        attachments(
+            &f.inputs,
+            existing.as_ref().map(|s| &s.inputs),
+            &format!("server {}/{}", dep.spec.name, f.name),
+            &mut self.attached,
+        );
         match existing {
             None => {
                 self.changes.push(Change::insert(&built));
@@ -432,6 +497,12 @@ impl Planner {
             self.errs.absorb(at, e);
             return;
         }
+        attachments(
+            &spec.inputs,
+            existing.as_ref().map(|a| &a.spec.inputs),
+            &format!("array {}/{}", dep.spec.name, f.name),
+            &mut self.attached,
+        );
         match existing {
             Some(a) if a.spec == spec => self.record("array", &f.name, PlanAction::Unchanged, vec![]),
             Some(mut a) => {
@@ -480,6 +551,8 @@ pub async fn apply(
         plan: vec![],
         errs: Invalid::default(),
         conflicts: vec![],
+        attached: Attachments::new(),
+        receivers: vec![],
     };
     for c in &file.clouds {
         p.cloud(c);
@@ -502,9 +575,11 @@ pub async fn apply(
         p.template(t, &format!("template[{i}]"), &touched);
     }
     rehash_dependents(&mut p, file, &touched);
+    let mut planned_dep = None;
     if let Some(dspec) = &file.deployment {
         let existing = store.find_as::<Deployment>("", dspec.name.as_str()).await?;
         let dep = p.deployment(dspec, existing);
+        planned_dep = Some(dep.clone());
         let dep_scope = dep.spec.name.to_string();
         for (i, s) in file.servers.iter().enumerate() {
             let existing = store.find_as::<Server>(&dep_scope, s.name.as_str()).await?;
@@ -521,6 +596,13 @@ pub async fn apply(
     if !p.errs.is_empty() {
         return Err(AppError::Invalid(p.errs));
     }
+    if !p.receivers.is_empty() {
+        let bindings = Bindings::load(store, planned_dep.as_ref(), file).await?;
+        for (script, template) in std::mem::take(&mut p.receivers) {
+            bindings.received_by(&p.catalog, &script, template.as_ref(), &mut p.attached);
+        }
+    }
+    super::credentials::require_attach(actor, &p.catalog.credentials, &p.attached)?;
     let mut plan = Plan {
         changes: p.plan,
         applied: false,
@@ -542,6 +624,122 @@ pub async fn apply(
     }
     plan.applied = !dry_run;
     Ok(plan)
+}
+
+/// Every script a template runs: its boot, operational and decommission scripts and the scripts
+/// of its watched files.
+fn listed(spec: &TemplateSpec) -> std::collections::BTreeSet<Name> {
+    spec.phases()
+        .iter()
+        .flat_map(|(_, l)| l.iter().cloned())
+        .chain(spec.watch.iter().filter_map(|w| w.script.clone()))
+        .collect()
+}
+
+/// Where input values come from besides templates, as they would be after the apply: every
+/// deployment (by input name, whatever its templates), and each array and live server (with
+/// the template it runs).
+struct Bindings {
+    deployments: Vec<(String, Inputs)>,
+    members: Vec<(String, Name, Inputs)>,
+}
+
+impl Bindings {
+    async fn load(
+        store: &dyn Datastore,
+        planned: Option<&Deployment>,
+        file: &DeploymentFile,
+    ) -> Result<Self, AppError> {
+        let mut deployments: Vec<(String, Inputs)> = store
+            .list_all::<Deployment>(&Query::default())
+            .await?
+            .into_iter()
+            .filter(|d| planned.is_none_or(|p| p.spec.name != d.spec.name))
+            .map(|d| (format!("deployment {}", d.spec.name), d.spec.inputs))
+            .collect();
+        if let Some(d) = planned {
+            deployments.push((format!("deployment {}", d.spec.name), d.spec.inputs.clone()));
+        }
+        let live = Query {
+            live_only: true,
+            ..Default::default()
+        };
+        let mut members: Vec<(String, Name, Inputs)> = store
+            .list_all::<Server>(&live)
+            .await?
+            .into_iter()
+            .map(|s| (format!("server {}/{}", s.deployment, s.name), s.template, s.inputs))
+            .chain(
+                store
+                    .list_all::<ServerArray>(&Query::default())
+                    .await?
+                    .into_iter()
+                    .map(|a| {
+                        (
+                            format!("array {}/{}", a.spec.deployment, a.spec.name),
+                            a.spec.template,
+                            a.spec.inputs,
+                        )
+                    }),
+            )
+            .collect();
+        // The file's own servers and arrays (new ones are not in the store yet).
+        if let Some(d) = planned {
+            for s in &file.servers {
+                members.push((
+                    format!("server {}/{}", d.spec.name, s.name),
+                    s.template.clone(),
+                    s.inputs.clone(),
+                ));
+            }
+            for a in &file.arrays {
+                members.push((
+                    format!("array {}/{}", d.spec.name, a.name),
+                    a.template.clone(),
+                    a.inputs.clone(),
+                ));
+            }
+        }
+        Ok(Self { deployments, members })
+    }
+
+    /// The credentials `script` would receive into `to`: its own defaults, every deployment,
+    /// and the templates that list it with their servers and arrays — every such template when
+    /// the script itself changes, only `via` when that template newly lists it (the others
+    /// already hand it what they hand it, with the same code).
+    fn received_by(&self, catalog: &Catalog, script: &Name, via: Option<&Name>, to: &mut Attachments) {
+        let Some(s) = catalog.scripts.get(script) else { return };
+        let templates: Vec<&ServerTemplate> = catalog
+            .templates
+            .values()
+            .filter(|t| via.is_none_or(|v| v == &t.spec.name) && listed(&t.spec).contains(script))
+            .collect();
+        let what = match via {
+            Some(t) => format!("template {t} now runs script {script}"),
+            None => format!("script {script} changes"),
+        };
+        let mut sources: Vec<(String, &Inputs)> = templates
+            .iter()
+            .map(|t| (format!("template {}", t.spec.name), &t.spec.inputs))
+            .collect();
+        sources.extend(self.deployments.iter().map(|(w, i)| (w.clone(), i)));
+        sources.extend(
+            self.members
+                .iter()
+                .filter(|(_, t, _)| templates.iter().any(|x| &x.spec.name == t))
+                .map(|(w, _, i)| (w.clone(), i)),
+        );
+        for d in &s.spec.inputs {
+            if let Some(InputValue::Cred(c)) = &d.default {
+                attach(to, c, format!("{what} and gets it by its default of input {}", d.name));
+            }
+            for (source, inputs) in &sources {
+                if let Some(InputValue::Cred(c)) = inputs.get(&d.name) {
+                    attach(to, c, format!("{what} and gets it from {source} as input {}", d.name));
+                }
+            }
+        }
+    }
 }
 
 /// Templates not in the file whose scripts changed get a new version too.

@@ -1,12 +1,34 @@
-//! Credentials: created and replaced with a value, never shown again.
+//! Credentials: created and replaced with a value, never shown again, and their scope.
+//!
+//! A credential's value reaches scripts through inputs naming `cred:NAME`. Two rules keep it
+//! with the people and servers it is meant for (the masker only hides it from run output; a
+//! script that receives it can always send it elsewhere, so who may *write* such a script is
+//! the real control):
+//!
+//! 1. **Attach** (`Credential::attach`, `admin` unless the credential allows `operator`): only
+//!    an actor at that level may create or change anything through which the value would reach
+//!    a script — see [`attachments`] for the exact list, which `apply`, launches, input updates
+//!    and runs all check through [`require_attach`] before anything is written.
+//! 2. **Deployments** (`Credential::deployments`, names or `*`-globs, default `*`): the value is
+//!    only ever decrypted for a server of a matching deployment ([`reveal_for`]), checked again
+//!    when each run is delivered, so a template reused in another deployment, or a scope narrowed
+//!    later, fails the run with a message naming the credential and the deployment.
+//!
+//! Known limit: attach is checked when a binding or a script changes. A script an operator
+//! wrote earlier, declaring an input an admin *later* binds to a credential in a deployment, does
+//! receive it from then on: admins binding a credential to an input name decide for every script
+//! that declares that name (the error messages and `stratus credential show` help them see it).
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::Utc;
 use stratus_api::views::Page;
 use stratus_store::{Change, Query, TypedStore};
 use stratus_types::CredentialId;
+use stratus_types::Name;
 use stratus_types::credential::{Credential, CredentialSpec, Secret};
 use stratus_types::deployment::Deployment;
-use stratus_types::input::InputValue;
+use stratus_types::input::{InputValue, Inputs};
 use stratus_types::server::{Server, ServerArray};
 use stratus_types::template::ServerTemplate;
 
@@ -29,6 +51,8 @@ pub async fn put(app: &App, actor: &Actor, spec: &CredentialSpec, create_only: b
         }
         Some(mut c) => {
             c.description = spec.description.clone();
+            c.deployments = spec.deployments.clone();
+            c.attach = spec.attach;
             let ch = Change::update(&mut c, now);
             (c, "credential.update", ch)
         }
@@ -38,6 +62,8 @@ pub async fn put(app: &App, actor: &Actor, spec: &CredentialSpec, create_only: b
                 revision: 1,
                 name: spec.name.clone(),
                 description: spec.description.clone(),
+                deployments: spec.deployments.clone(),
+                attach: spec.attach,
                 created_at: now,
                 updated_at: now,
             };
@@ -85,7 +111,7 @@ pub async fn list(
 pub async fn delete(app: &App, actor: &Actor, name: &str) -> Result<(), AppError> {
     actor.require(ADMIN)?;
     let c = named::<Credential>(&*app.store, name).await?;
-    let uses_it = |inputs: &stratus_types::input::Inputs| {
+    let uses_it = |inputs: &Inputs| {
         inputs
             .values()
             .any(|v| matches!(v, InputValue::Cred(n) if n == &c.name))
@@ -141,13 +167,95 @@ pub async fn delete(app: &App, actor: &Actor, name: &str) -> Result<(), AppError
     .await
 }
 
-/// The plain value, for delivery to an instance (the agent gateway) — never for a response.
+/// The plain value, for masking and for checks on the control plane — never for a response,
+/// and never for an instance: deliveries go through [`reveal_for`].
 pub async fn reveal(app: &App, name: &str) -> Result<Secret, AppError> {
     let c = named::<Credential>(&*app.store, name).await?;
+    open(app, &c, name).await
+}
+
+/// The plain value for delivery to a server of `deployment`, if the credential's scope allows
+/// that deployment; otherwise a `bad_state` error naming both (never the value).
+pub async fn reveal_for(app: &App, name: &str, deployment: &str) -> Result<Secret, AppError> {
+    let c = named::<Credential>(&*app.store, name).await?;
+    check_deployment(&c, deployment)?;
+    open(app, &c, name).await
+}
+
+/// Is `deployment` within the credential's scope? The error says what to do.
+pub fn check_deployment(c: &Credential, deployment: &str) -> Result<(), AppError> {
+    if c.allows(deployment) {
+        return Ok(());
+    }
+    Err(AppError::BadState(format!(
+        "credential {} may not be used in deployment {deployment} (it is limited to {}); \
+         an admin can widen it with `stratus credential set {} --deployment {deployment} ...`",
+        c.name,
+        c.scope_text(),
+        c.name
+    )))
+}
+
+async fn open(app: &App, c: &Credential, name: &str) -> Result<Secret, AppError> {
     let sealed = app
         .store
         .sealed(&c.id.to_string())
         .await?
         .ok_or_else(|| AppError::not_found("credential value", name))?;
     Ok(app.keys.open(&c.id.to_string(), &sealed)?)
+}
+
+/// Credentials a change would attach, each with where (`template app, input DB_PASS`).
+pub type Attachments = BTreeMap<Name, BTreeSet<String>>;
+
+/// Record that a change makes `cred` flow to a script through `place`.
+pub fn attach(to: &mut Attachments, cred: &Name, place: impl Into<String>) {
+    to.entry(cred.clone()).or_default().insert(place.into());
+}
+
+/// The `cred:` values of `new` that `old` did not already have at the same key: the flows a
+/// change of inputs adds (a value kept as it was attaches nothing new).
+pub fn attachments(new: &Inputs, old: Option<&Inputs>, place: &str, to: &mut Attachments) {
+    for (k, v) in new {
+        if let InputValue::Cred(c) = v
+            && old.and_then(|o| o.get(k)) != Some(v)
+        {
+            attach(to, c, format!("{place}, input {k}"));
+        }
+    }
+}
+
+/// Refuse (403, changing nothing) if the actor may not attach one of the credentials; the
+/// message names each credential, where it would flow, and the role it needs.
+pub fn require_attach(actor: &Actor, known: &BTreeMap<Name, Credential>, wanted: &Attachments) -> Result<(), AppError> {
+    let refused: Vec<String> = wanted
+        .iter()
+        .filter_map(|(name, places)| {
+            // An unknown credential is reported by the reference checks.
+            let c = known.get(name)?;
+            (actor.level < c.attach.level()).then(|| {
+                let places: Vec<&str> = places.iter().map(String::as_str).take(5).collect();
+                format!("credential {name} ({}) needs the {} role", places.join("; "), c.attach)
+            })
+        })
+        .collect();
+    if refused.is_empty() {
+        return Ok(());
+    }
+    Err(AppError::Forbidden(format!(
+        "this change would hand credentials to scripts: {}; ask an admin to make it, or to allow \
+         operators with `stratus credential set NAME --attach operator`",
+        refused.join(", ")
+    )))
+}
+
+/// Every credential by name (the catalog's view, with scopes).
+pub async fn all(app: &App) -> Result<BTreeMap<Name, Credential>, AppError> {
+    Ok(app
+        .store
+        .list_all::<Credential>(&Query::default())
+        .await?
+        .into_iter()
+        .map(|c| (c.name.clone(), c))
+        .collect())
 }

@@ -323,7 +323,13 @@ async fn secrets_of(app: &App, s: &Server) -> Result<Vec<SecretString>, AppError
     let mut out = vec![];
     for v in s.inputs.values() {
         if let InputValue::Cred(name) = v {
-            let secret = super::credentials::reveal(app, name.as_str()).await?;
+            // Only values the server may have received: one outside its deployment's scope
+            // was never delivered, and must not reach its agent now.
+            let secret = match super::credentials::reveal_for(app, name.as_str(), s.deployment.as_str()).await {
+                Ok(secret) => secret,
+                Err(AppError::BadState(_)) => continue,
+                Err(e) => return Err(e),
+            };
             if !secret.expose().is_empty() {
                 out.push(SecretString::new(secret.expose()));
             }
