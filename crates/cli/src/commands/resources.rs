@@ -372,7 +372,7 @@ fn read_value(file: &Option<std::path::PathBuf>) -> anyhow::Result<String> {
 
 /// Put the scope flags into a credential body; a flag not given keeps `current`'s value (or
 /// the server's default for a new credential).
-fn scope_into(body: &mut serde_json::Value, scope: &CredentialScopeArgs, current: Option<&serde_json::Value>) {
+fn scope_into(body: &mut Value, scope: &CredentialScopeArgs, current: Option<&Value>) {
     let deployments = if scope.deployments.is_empty() {
         current.map(|v| v["deployments"].clone()).filter(|v| v.is_array())
     } else {
