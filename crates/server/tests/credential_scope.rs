@@ -221,6 +221,11 @@ async fn operators_cannot_attach_an_admin_only_credential_by_any_path() {
         )
         .await;
     assert_refused("a dry run", s, &v);
+    // A cloud whose driver would sign its requests to an endpoint of one's choosing with it
+    // (refused before anything else is said about the spec).
+    let cloud = json!({ "name": "mine", "driver": "ec2", "endpoint": "http://127.0.0.1:9/", "regions": [{ "name": "r" }], "sizes": [{ "name": "s", "cpus": 1, "memory": "512MiB" }], "ec2": { "credential": "db" } });
+    let (s, v) = t.call_as(Some(&op), Method::POST, "/clouds", Some(cloud)).await;
+    assert_refused("a cloud's ec2.credential", s, &v);
     assert_eq!(t.snapshot().await, before, "a refused change changes nothing");
 }
 

@@ -13,8 +13,9 @@
 //! Credentials: every change that would make a credential's value reach a script is collected
 //! while planning (new or changed `cred:` inputs of script defaults, templates, the deployment,
 //! servers and arrays; scripts created or whose body or input declarations change; scripts a
-//! template newly lists) and refused as a whole unless the actor may attach each credential
-//! (see `credentials`). A credential the deployment's scope excludes is invalid input.
+//! template newly lists; a cloud's `ec2.credential`, or its endpoint, changed) and refused as a
+//! whole unless the actor may attach each credential (see `credentials`). A credential the
+//! deployment's scope excludes is invalid input.
 
 use chrono::{DateTime, Utc};
 use stratus_api::file::{DeploymentFile, FileArray, FileServer};
@@ -102,6 +103,17 @@ impl Planner {
         let existing = self.catalog.clouds.get(&spec.name).cloned();
         if !self.exists_check("cloud", &spec.name, existing.is_some()) {
             return;
+        }
+        // The driver signs its requests to the cloud's endpoint with this credential: pointing
+        // a cloud (and so an endpoint of one's choosing) at it attaches it too.
+        let old_cred = existing
+            .as_ref()
+            .and_then(|c| c.spec.ec2.as_ref())
+            .and_then(|e| e.credential.as_ref());
+        if let Some(c) = spec.ec2.as_ref().and_then(|e| e.credential.as_ref())
+            && (old_cred != Some(c) || existing.as_ref().is_some_and(|e| e.spec.endpoint != spec.endpoint))
+        {
+            attach(&mut self.attached, c, format!("cloud {}, ec2.credential", spec.name));
         }
         match existing {
             Some(c) if &c.spec == spec => self.record("cloud", &spec.name, PlanAction::Unchanged, vec![]),
@@ -593,6 +605,8 @@ pub async fn apply(
     if !p.conflicts.is_empty() {
         return Err(AppError::Conflict(p.conflicts.join("; ")));
     }
+    // A credential the actor may not attach is refused whatever else is wrong with the change.
+    super::credentials::require_attach(actor, &p.catalog.credentials, &p.attached)?;
     if !p.errs.is_empty() {
         return Err(AppError::Invalid(p.errs));
     }
