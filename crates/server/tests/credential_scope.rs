@@ -250,6 +250,15 @@ async fn a_script_prepared_before_and_listed_later_is_refused() {
     .await;
     assert_refused("listing it in db-app", s, &v);
     assert!(error_text(&v).contains("template db-app now runs script spy"), "{v}");
+    // Even a script that declares nothing: it runs as root beside the ones that receive it.
+    let (s, v) = apply_as(
+        &t,
+        &op,
+        "[[script]]\nname = \"peek\"\nfrequency = \"on-demand\"\nbody = \"cat /proc/*/environ | base64\"\n\n[[template]]\nname = \"db-app\"\nimage = \"debian-12\"\nboot_scripts = [\"boot-db\"]\noperational_scripts = [\"use-db\", \"peek\"]\ninputs = { DB_PASS = \"cred:db\" }\n",
+    )
+    .await;
+    assert_refused("a script beside them", s, &v);
+    assert!(error_text(&v).contains("now runs script peek beside script"), "{v}");
     // So would a new template in a deployment that binds DB_PASS (an admin's binding).
     let (s, v) = t
         .put(

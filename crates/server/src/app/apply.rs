@@ -12,8 +12,10 @@
 //!
 //! Credentials: every change that would make a credential's value reach a script is collected
 //! while planning (new or changed `cred:` inputs of script defaults, templates, the deployment,
-//! servers and arrays; scripts created or whose body or input declarations change; scripts a
-//! template newly lists; a cloud's `ec2.credential`, or its endpoint, changed) and refused as a
+//! servers and arrays; scripts created or whose body or input declarations change, with
+//! whatever is bound to their inputs; a script a template newly lists, with whatever *any* script
+//! of that template receives, since it runs as root beside them; a cloud's `ec2.credential`, or
+//! its endpoint, changed) and refused as a
 //! whole unless the actor may attach each credential (see `credentials`). A credential the
 //! deployment's scope excludes is invalid input.
 
@@ -613,7 +615,21 @@ pub async fn apply(
     if !p.receivers.is_empty() {
         let bindings = Bindings::load(store, planned_dep.as_ref(), file).await?;
         for (script, template) in std::mem::take(&mut p.receivers) {
-            bindings.received_by(&p.catalog, &script, template.as_ref(), &mut p.attached);
+            match &template {
+                // A script a template newly runs runs as root beside every other script of that
+                // template: it can read what they received (files they wrote, their processes'
+                // environments), so it needs the attach role of all of it.
+                Some(t) => {
+                    let what = format!("template {t} now runs script {script} beside ");
+                    let others = p.catalog.templates.get(t).map(|x| listed(&x.spec)).unwrap_or_default();
+                    for other in &others {
+                        bindings.received_by(&p.catalog, other, Some(t), &what, &mut p.attached);
+                    }
+                }
+                None => {
+                    bindings.received_by(&p.catalog, &script, None, "", &mut p.attached);
+                }
+            }
         }
     }
     super::credentials::require_attach(actor, &p.catalog.credentials, &p.attached)?;
@@ -721,17 +737,13 @@ impl Bindings {
     /// and the templates that list it with their servers and arrays — every such template when
     /// the script itself changes, only `via` when that template newly lists it (the others
     /// already hand it what they hand it, with the same code).
-    fn received_by(&self, catalog: &Catalog, script: &Name, via: Option<&Name>, to: &mut Attachments) {
+    fn received_by(&self, catalog: &Catalog, script: &Name, via: Option<&Name>, what: &str, to: &mut Attachments) {
         let Some(s) = catalog.scripts.get(script) else { return };
         let templates: Vec<&ServerTemplate> = catalog
             .templates
             .values()
             .filter(|t| via.is_none_or(|v| v == &t.spec.name) && listed(&t.spec).contains(script))
             .collect();
-        let what = match via {
-            Some(t) => format!("template {t} now runs script {script}"),
-            None => format!("script {script} changes"),
-        };
         let mut sources: Vec<(String, &Inputs)> = templates
             .iter()
             .map(|t| (format!("template {}", t.spec.name), &t.spec.inputs))
@@ -745,11 +757,19 @@ impl Bindings {
         );
         for d in &s.spec.inputs {
             if let Some(InputValue::Cred(c)) = &d.default {
-                attach(to, c, format!("{what} and gets it by its default of input {}", d.name));
+                attach(
+                    to,
+                    c,
+                    format!("{what}script {script} gets it by its default of input {}", d.name),
+                );
             }
             for (source, inputs) in &sources {
                 if let Some(InputValue::Cred(c)) = inputs.get(&d.name) {
-                    attach(to, c, format!("{what} and gets it from {source} as input {}", d.name));
+                    attach(
+                        to,
+                        c,
+                        format!("{what}script {script} gets it from {source} as input {}", d.name),
+                    );
                 }
             }
         }

@@ -14,7 +14,12 @@
 //!    when each run is delivered, so a template reused in another deployment, or a scope narrowed
 //!    later, fails the run with a message naming the credential and the deployment.
 //!
-//! Known limit: attach is checked when a binding or a script changes. A script an operator
+//! Known limits. Attach guards the paths that *bind* a value or change the code that receives it;
+//! an operator can still run root code on servers in other ways (an application archive and its
+//! activation, an image of their own, operational scripts the template already offers), and such
+//! code can read what the server received. The deployment scope is what confines a value to the
+//! servers meant to have it: keep admin-only credentials out of deployments operators deploy to.
+//! Attach is checked when a binding or a script changes. A script an operator
 //! wrote earlier, declaring an input an admin *later* binds to a credential in a deployment, does
 //! receive it from then on: admins binding a credential to an input name decide for every script
 //! that declares that name (the error messages and `stratus credential show` help them see it).
