@@ -414,6 +414,34 @@ async fn a_credential_outside_its_deployments_fails_where_it_is_resolved() {
     let (s, v) = t.post("/runs", json!({ "script": "use-db", "server": e.id })).await;
     assert_error(s, &v, StatusCode::CONFLICT, "bad_state");
     scoped(&v);
+    // A rollout: its run on the server fails with the reason, nothing is sent.
+    let (s, v) = t
+        .post(
+            &format!("{}/tags", server_path(&e.id)),
+            json!({ "add": ["role:kind=db"] }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = t
+        .post(
+            "/rollouts",
+            json!({ "script": "use-db", "selector": "role:kind=db", "deployment": "example" }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let rollout = v["id"].as_str().expect("id").to_string();
+    let run = t
+        .wait_for("the rollout's run to fail", async |t| {
+            let runs = t.list_all(&format!("/runs?rollout={rollout}")).await;
+            runs.into_iter().find(|r| r["status"] == "failed")
+        })
+        .await;
+    let out = run["output"].as_str().unwrap_or_default().to_lowercase();
+    assert!(
+        out.contains("credential db") && out.contains("deployment example"),
+        "{out}"
+    );
+    assert!(!out.contains(&VALUE.to_lowercase()));
     // A reboot: the every-boot script's run fails with the reason and strands the server.
     ws.close(None).await.expect("close");
     let mut ws = agent::connect(&t, &e.token).await;
