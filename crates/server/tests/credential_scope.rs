@@ -312,6 +312,16 @@ async fn operators_may_change_what_hands_over_nothing_new() {
         let (s, v) = apply_as(&t, &op, file).await;
         assert_eq!(s, StatusCode::OK, "{what}: {v}");
     }
+    // Naming the template's own binding again at launch hands over nothing new.
+    let (s, v) = t
+        .call_as(
+            Some(&op),
+            Method::POST,
+            "/servers",
+            Some(json!({ "name": "web-2", "deployment": "example", "template": "db-app", "inputs": { "DB_PASS": "cred:db" } })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
 }
 
 #[tokio::test]

@@ -205,9 +205,16 @@ pub async fn launch(app: &App, actor: &Actor, spec: &ServerSpec) -> Result<Serve
     let dep = super::apply::deployment(&*app.store, spec.deployment.as_str()).await?;
     let cat = Catalog::load(&*app.store).await?;
     let server = build_server(spec, &dep, &cat, None, Utc::now())?;
+    // The server's own inputs attach what its template and deployment do not already hand over.
+    let mut inherited: Inputs = cat
+        .templates
+        .get(&spec.template)
+        .map(|t| t.spec.inputs.clone())
+        .unwrap_or_default();
+    inherited.extend(dep.spec.inputs.clone());
     let mut attached = super::credentials::Attachments::new();
     let place = format!("server {}/{}", spec.deployment, spec.name);
-    super::credentials::attachments(&spec.inputs, None, &place, &mut attached);
+    super::credentials::attachments(&spec.inputs, Some(&inherited), &place, &mut attached);
     super::credentials::require_attach(actor, &cat.credentials, &attached)?;
     let target = format!("server/{}/{}", server.deployment, server.name);
     app.commit(vec![
