@@ -37,7 +37,11 @@ use stratus_types::input::{InputValue, Inputs};
 use stratus_types::server::{Server, ServerArray};
 use stratus_types::template::ServerTemplate;
 
-use super::resolve::named;
+use stratus_api::file::DeploymentFile;
+use stratus_store::Datastore;
+use stratus_types::template::TemplateSpec;
+
+use super::resolve::{Catalog, named};
 use super::{ADMIN, Actor, App, AppError, OBSERVER, audit};
 
 /// Create, or replace the value of, a credential. Admins only: a credential's value reaches
@@ -263,4 +267,131 @@ pub async fn all(app: &App) -> Result<BTreeMap<Name, Credential>, AppError> {
         .into_iter()
         .map(|c| (c.name.clone(), c))
         .collect())
+}
+
+/// Every script a template runs: its boot, operational and decommission scripts and the scripts
+/// of its watched files.
+pub(crate) fn listed(spec: &TemplateSpec) -> BTreeSet<Name> {
+    spec.phases()
+        .iter()
+        .flat_map(|(_, l)| l.iter().cloned())
+        .chain(spec.watch.iter().filter_map(|w| w.script.clone()))
+        .collect()
+}
+
+/// Where input values come from besides templates, as they would be after the apply: every
+/// deployment (by input name, whatever its templates), and each array and live server (with
+/// the template it runs).
+pub(crate) struct Bindings {
+    deployments: Vec<(String, Inputs)>,
+    members: Vec<(String, Name, Inputs)>,
+}
+
+impl Bindings {
+    pub(crate) async fn load(
+        store: &dyn Datastore,
+        planned: Option<&Deployment>,
+        file: &DeploymentFile,
+    ) -> Result<Self, AppError> {
+        let mut deployments: Vec<(String, Inputs)> = store
+            .list_all::<Deployment>(&Query::default())
+            .await?
+            .into_iter()
+            .filter(|d| planned.is_none_or(|p| p.spec.name != d.spec.name))
+            .map(|d| (format!("deployment {}", d.spec.name), d.spec.inputs))
+            .collect();
+        if let Some(d) = planned {
+            deployments.push((format!("deployment {}", d.spec.name), d.spec.inputs.clone()));
+        }
+        let live = Query {
+            live_only: true,
+            ..Default::default()
+        };
+        let mut members: Vec<(String, Name, Inputs)> = store
+            .list_all::<Server>(&live)
+            .await?
+            .into_iter()
+            .map(|s| (format!("server {}/{}", s.deployment, s.name), s.template, s.inputs))
+            .chain(
+                store
+                    .list_all::<ServerArray>(&Query::default())
+                    .await?
+                    .into_iter()
+                    .map(|a| {
+                        (
+                            format!("array {}/{}", a.spec.deployment, a.spec.name),
+                            a.spec.template,
+                            a.spec.inputs,
+                        )
+                    }),
+            )
+            .collect();
+        // The file's own servers and arrays (new ones are not in the store yet).
+        if let Some(d) = planned {
+            for s in &file.servers {
+                members.push((
+                    format!("server {}/{}", d.spec.name, s.name),
+                    s.template.clone(),
+                    s.inputs.clone(),
+                ));
+            }
+            for a in &file.arrays {
+                members.push((
+                    format!("array {}/{}", d.spec.name, a.name),
+                    a.template.clone(),
+                    a.inputs.clone(),
+                ));
+            }
+        }
+        Ok(Self { deployments, members })
+    }
+
+    /// The credentials `script` would receive into `to`: its own defaults, every deployment,
+    /// and the templates that list it with their servers and arrays — every such template when
+    /// the script itself changes, only `via` when that template newly lists it (the others
+    /// already hand it what they hand it, with the same code).
+    pub(crate) fn received_by(
+        &self,
+        catalog: &Catalog,
+        script: &Name,
+        via: Option<&Name>,
+        what: &str,
+        to: &mut Attachments,
+    ) {
+        let Some(s) = catalog.scripts.get(script) else { return };
+        let templates: Vec<&ServerTemplate> = catalog
+            .templates
+            .values()
+            .filter(|t| via.is_none_or(|v| v == &t.spec.name) && listed(&t.spec).contains(script))
+            .collect();
+        let mut sources: Vec<(String, &Inputs)> = templates
+            .iter()
+            .map(|t| (format!("template {}", t.spec.name), &t.spec.inputs))
+            .collect();
+        sources.extend(self.deployments.iter().map(|(w, i)| (w.clone(), i)));
+        sources.extend(
+            self.members
+                .iter()
+                .filter(|(_, t, _)| templates.iter().any(|x| &x.spec.name == t))
+                .map(|(w, _, i)| (w.clone(), i)),
+        );
+        for d in &s.spec.inputs {
+            if let Some(InputValue::Cred(c)) = &d.default {
+                attach(
+                    to,
+                    c,
+                    format!("{what}script {script} gets it by its default of input {}", d.name),
+                );
+            }
+            for (source, inputs) in &sources {
+                if let Some(InputValue::Cred(c)) = inputs.get(&d.name) {
+                    attach(
+                        to,
+                        c,
+                        format!("{what}script {script} gets it from {source} as input {}", d.name),
+                    );
+                }
+            }
+        }
+    }
 }
