@@ -111,7 +111,7 @@ pub use control::{
 };
 pub use file::{ArtifactRef, LoginAccount, Logins, ManagedFile, absolute_path_ok, account_name_ok};
 pub use frame::{ProtoError, QUOTE_MAX, decode_agent, decode_control, encode_agent, encode_control};
-pub use mask::{MASK, Masker};
+pub use mask::{ENCODED_MIN, MASK, Masker, encoded_forms};
 pub use output::{LossyUtf8, OutputStream, split_output};
 pub use script::ScriptRun;
 pub use secret::{EnvValue, EnvVar, SecretString};

@@ -15,8 +15,34 @@
 //! enough to compare with every secret that could start there, so the result is the same however
 //! the stream is cut into chunks — the property tests check exactly that, and that no secret
 //! survives. Every non-empty secret is masked wherever it occurs, even a very short one (it makes
-//! the output noisier, never leakier); empty secrets are ignored. Encoded forms of a secret
-//! (base64, URL-escaped) are not recognised.
+//! the output noisier, never leakier); empty secrets are ignored.
+//!
+//! # Encoded forms
+//!
+//! `echo "$X" | base64` must not print a secret in another dress, so each secret also brings
+//! the forms common tools print it in ([`encoded_forms`]), masked like the secret itself:
+//!
+//! - lowercase and uppercase hex (`xxd -p`, `od`, `sha`-style tools, `printf %x`);
+//! - percent-encoding, RFC 3986 (`curl --data-urlencode`, unreserved characters kept) and
+//!   `application/x-www-form-urlencoded` (space as `+`), each with upper- and lowercase hex
+//!   digits;
+//! - base64, standard and URL-safe alphabets. A secret inside a longer byte stream starts at one
+//!   of three alignments to base64's 3-byte groups (`echo "$X" | base64` is X followed by a
+//!   newline; `echo "user:$X" | base64` shifts it), and the characters at its edges mix in bits
+//!   of its neighbours. For each alignment the *stable middle* — the characters made only of
+//!   the secret's bits — is masked, so padding and neighbours do not matter; the up to two
+//!   characters at each edge (a few bits of the secret) stay visible.
+//!
+//! An encoded form shorter than [`ENCODED_MIN`] characters is not masked (it would hide
+//! ordinary words all over the output): every form of a secret of 6 bytes or more is masked.
+//!
+//! Not masked, by design: line-wrapped encodings (`base64` wraps at 76 columns, so a secret over
+//! about 54 bytes is cut by a newline; `base64 -w0` is not), other encodings and any
+//! transformation a script chooses (xor, rot13, compression, encryption, reversing, printing a
+//! secret in pieces). Masking protects against accidents. It is not a boundary: a script that
+//! receives a secret can always get it out. The real control is who may make a script receive
+//! it — the credential's scope (which deployments, which role may attach it) on the control
+//! plane.
 
 use std::fmt;
 
@@ -25,14 +51,76 @@ use crate::ScriptRun;
 /// What a masked secret is replaced with.
 pub const MASK: &str = "***";
 
-/// Replaces secret values in a stream of text chunks. `Debug` shows only how many secrets it
-/// holds.
+/// The shortest encoded form (see the module docs) that is masked.
+pub const ENCODED_MIN: usize = 6;
+
+/// The encoded forms of `secret` that are masked with it: hex, percent-encodings, and the
+/// stable middle of each base64 alignment (see the module docs). Each is at least
+/// [`ENCODED_MIN`] characters and differs from the secret; duplicates are possible.
+pub fn encoded_forms(secret: &str) -> Vec<String> {
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    let bytes = secret.as_bytes();
+    let mut out = vec![hex::encode(bytes), hex::encode_upper(bytes)];
+    for upper in [true, false] {
+        out.push(percent(
+            bytes,
+            |b| b.is_ascii_alphanumeric() || b"-._~".contains(&b),
+            false,
+            upper,
+        ));
+        out.push(percent(
+            bytes,
+            |b| b.is_ascii_alphanumeric() || b"*-._".contains(&b),
+            true,
+            upper,
+        ));
+    }
+    for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
+        for align in 0..3usize {
+            let mut stream = vec![0u8; align];
+            stream.extend_from_slice(bytes);
+            let enc = engine.encode(&stream);
+            // Character i holds bits 6i..6i+6 of the stream: it is the secret's alone when it
+            // starts at or after the secret (bit 8·align) and ends within it (bit 8·len).
+            let first = (8 * align).div_ceil(6);
+            let end = 8 * stream.len() / 6;
+            if first < end {
+                out.push(enc[first..end].to_string());
+            }
+        }
+    }
+    out.retain(|f| f.len() >= ENCODED_MIN && f != secret);
+    out
+}
+
+/// Percent-encode `bytes`, keeping those `keep` accepts; `plus` writes a space as `+`
+/// (form encoding).
+fn percent(bytes: &[u8], keep: impl Fn(u8) -> bool, plus: bool, upper: bool) -> String {
+    let mut s = String::with_capacity(bytes.len() * 3);
+    for &b in bytes {
+        if keep(b) {
+            s.push(char::from(b));
+        } else if plus && b == b' ' {
+            s.push('+');
+        } else if upper {
+            s.push_str(&format!("%{b:02X}"));
+        } else {
+            s.push_str(&format!("%{b:02x}"));
+        }
+    }
+    s
+}
+
+/// Replaces secret values (and their encoded forms) in a stream of text chunks. `Debug` shows
+/// only how many secrets it holds.
 #[derive(Clone)]
 pub struct Masker {
-    /// Distinct non-empty secrets, longest first.
+    /// Distinct non-empty patterns (the secrets and their encoded forms), longest first.
     secrets: Vec<String>,
-    /// `first[b]`: some secret starts with byte `b` (a quick skip for ordinary text).
-    first: Vec<bool>,
+    /// `first[b]`: the patterns that start with byte `b`, longest first (a quick skip for
+    /// ordinary text, and fewer comparisons where one may start).
+    first: Vec<Vec<usize>>,
     /// Undecided text held back from the previous chunk: a proper prefix of some secret.
     carry: String,
 }
@@ -40,7 +128,7 @@ pub struct Masker {
 impl fmt::Debug for Masker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Masker")
-            .field("secrets", &self.secrets.len())
+            .field("patterns", &self.secrets.len())
             .field("carry_bytes", &self.carry.len())
             .finish()
     }
@@ -54,18 +142,18 @@ impl Default for Masker {
 }
 
 impl Masker {
-    /// A masker for these values; empty ones are ignored.
+    /// A masker for these values and their encoded forms; empty ones are ignored.
     pub fn new<'a>(secrets: impl IntoIterator<Item = &'a str>) -> Self {
         let mut list: Vec<String> = secrets
             .into_iter()
             .filter(|s| !s.is_empty())
-            .map(String::from)
+            .flat_map(|s| std::iter::once(s.to_string()).chain(encoded_forms(s)))
             .collect();
         list.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         list.dedup();
-        let mut first = vec![false; 256];
-        for s in &list {
-            first[usize::from(s.as_bytes()[0])] = true;
+        let mut first = vec![vec![]; 256];
+        for (i, s) in list.iter().enumerate() {
+            first[usize::from(s.as_bytes()[0])].push(i);
         }
         Self {
             secrets: list,
@@ -119,11 +207,16 @@ impl Masker {
         let mut i = 0;
         while i < text.len() {
             let rest = &text[i..];
-            if self.first[usize::from(rest.as_bytes()[0])] {
-                if !last && self.undecided(rest) {
+            let candidates = &self.first[usize::from(rest.as_bytes()[0])];
+            if !candidates.is_empty() {
+                if !last && self.undecided(candidates, rest) {
                     return (out, i);
                 }
-                if let Some(s) = self.secrets.iter().find(|s| rest.starts_with(s.as_str())) {
+                if let Some(s) = candidates
+                    .iter()
+                    .map(|&k| &self.secrets[k])
+                    .find(|s| rest.starts_with(s.as_str()))
+                {
                     out.push_str(MASK);
                     i += s.len();
                     continue;
@@ -140,9 +233,10 @@ impl Masker {
     }
 
     /// Could a secret longer than `rest` start here? Then more input is needed to decide.
-    fn undecided(&self, rest: &str) -> bool {
-        self.secrets
+    fn undecided(&self, candidates: &[usize], rest: &str) -> bool {
+        candidates
             .iter()
+            .map(|&k| &self.secrets[k])
             .any(|s| s.len() > rest.len() && s.as_bytes().starts_with(rest.as_bytes()))
     }
 }

@@ -56,6 +56,8 @@ inputs = [{ name = "GREETING" }, { name = "PASSWORD", kind = "cred" }, { name = 
 body = """#!/bin/sh
 echo "$GREETING from the agent on $PLACE"
 echo "the password is $PASSWORD" >&2
+# Encoded, as a careless script would print it.
+echo "b64 $(echo "$PASSWORD" | base64) hex $(printf %s "$PASSWORD" | od -An -tx1 | tr -d ' \\n')"
 # A daemon that keeps the script's output open must not hold the boot up.
 (sleep 5; echo late) &
 """
@@ -243,6 +245,12 @@ async fn the_agent_boots_its_server_and_masks_secrets() {
     assert!(
         !out.contains("s3cr3t-value"),
         "the secret never reaches stored output: {out}"
+    );
+    // Nor its base64 (`echo | base64`: the value and a newline) or hex forms.
+    assert!(out.contains("b64 ***") && out.contains("hex ***"), "{out}");
+    assert!(
+        !out.contains("czNjcjN0LXZhbHVl") && !out.contains("7333637233742d76616c7565"),
+        "{out}"
     );
     // The credential is kept private.
     let cred = dir.path().join("web-1.state/credential");

@@ -543,24 +543,45 @@ pub enum CredentialCmd {
         name: String,
     },
     /// Create a credential; the value is read from stdin (or --value-file), never an argument.
+    ///
+    /// By default only admins may attach it (name it as `cred:NAME` in an input, or change a
+    /// script that receives it) and servers of every deployment may receive it; narrow it with
+    /// --deployment, allow operators with --attach operator.
     Create {
         name: String,
         #[arg(long)]
         description: Option<String>,
         #[arg(long)]
         value_file: Option<PathBuf>,
+        #[command(flatten)]
+        scope: CredentialScopeArgs,
     },
-    /// Replace a credential's value (read like `create`).
+    /// Replace a credential's value (read like `create`); its description and scope stay as
+    /// they are unless given.
     Set {
         name: String,
         #[arg(long)]
         description: Option<String>,
         #[arg(long)]
         value_file: Option<PathBuf>,
+        #[command(flatten)]
+        scope: CredentialScopeArgs,
     },
     Delete {
         name: String,
     },
+}
+
+/// Who may use a credential.
+#[derive(Debug, Args)]
+pub struct CredentialScopeArgs {
+    /// A deployment whose servers may receive the value: a name or a `*`-glob (`prod-*`);
+    /// repeat for several (at most 64). Default: `*`, every deployment.
+    #[arg(long = "deployment", short = 'd')]
+    pub deployments: Vec<String>,
+    /// The lowest role allowed to attach it: `admin` (default) or `operator`.
+    #[arg(long, value_parser = ["admin", "operator"])]
+    pub attach: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -456,6 +456,77 @@ fn credential_values_never_come_back() {
 }
 
 #[test]
+fn credential_scope_flags_set_and_keep_the_scope() {
+    let s = Served::start();
+    let show = |name: &str| -> serde_json::Value {
+        serde_json::from_str(&s.stdout(&["credential", "show", name, "--json"])).expect("json")
+    };
+    // Defaults: admins attach, every deployment.
+    s.cmd()
+        .args(["credential", "create", "plain"])
+        .write_stdin("v-1")
+        .assert()
+        .success();
+    let v = show("plain");
+    assert_eq!(
+        (v["attach"].as_str(), v["deployments"].clone()),
+        (Some("admin"), serde_json::json!(["*"]))
+    );
+    s.cmd()
+        .args([
+            "credential",
+            "create",
+            "db",
+            "-d",
+            "prod-*",
+            "--deployment",
+            "staging",
+            "--attach",
+            "operator",
+        ])
+        .write_stdin("v-2")
+        .assert()
+        .success();
+    let v = show("db");
+    assert_eq!(v["attach"], "operator");
+    assert_eq!(v["deployments"], serde_json::json!(["prod-*", "staging"]));
+    // A new value keeps the scope; new flags change it.
+    s.cmd()
+        .args(["credential", "set", "db"])
+        .write_stdin("v-3")
+        .assert()
+        .success();
+    assert_eq!(show("db")["deployments"], serde_json::json!(["prod-*", "staging"]));
+    s.cmd()
+        .args(["credential", "set", "db", "--attach", "admin", "-d", "prod-eu"])
+        .write_stdin("v-4")
+        .assert()
+        .success();
+    let v = show("db");
+    assert_eq!(
+        (v["attach"].as_str(), v["deployments"].clone()),
+        (Some("admin"), serde_json::json!(["prod-eu"]))
+    );
+    // Bad scopes: a clear error, nothing changed.
+    let out = s
+        .cmd()
+        .args(["credential", "set", "db", "-d", "Prod EU"])
+        .write_stdin("v-5")
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("deployments[0]"), "{err}");
+    assert_eq!(show("db")["deployments"], serde_json::json!(["prod-eu"]));
+    let out = s
+        .cmd()
+        .args(["credential", "create", "x", "--attach", "observer"])
+        .write_stdin("v")
+        .output()
+        .expect("run");
+    assert!(!out.status.success(), "clap refuses an unknown role");
+}
+
+#[test]
 fn malformed_files_name_the_problem() {
     let s = Served::start();
     let dir = tempfile::tempdir().expect("tempdir");

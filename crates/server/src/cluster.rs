@@ -9,7 +9,11 @@
 //!   replica takes over within about a second. With SQLite there is one process, always leader.
 //! - **Messages reach agents wherever they are connected**: [`App::push_agent`] sends on this
 //!   replica's connection, or leaves the message in the outbox of the replica holding it and
-//!   wakes that one (`NOTIFY`), which sends it ([`listen`]).
+//!   wakes that one (`NOTIFY`), which sends it ([`listen`]). Outbox rows are sealed
+//!   (`KeyRing::seal_relay`: AEAD under a key derived from the shared master key, bound to the
+//!   receiving replica and the server), since run frames carry decrypted credential values; a
+//!   row that does not open (a replica with another `master.key`, a row moved or changed) is
+//!   dropped with a warning, and what matters is resent when the agent reconnects.
 //! - **Changes are heard everywhere**: each commit notifies what it wrote; the other replicas
 //!   announce it to their live views and their load-balancer sync, count finished runs, and the
 //!   leader's orchestrator wakes up and picks up rollouts started elsewhere.
@@ -93,7 +97,15 @@ impl App {
                 return false;
             }
         };
-        match pg.relay(&owner, &server.to_string(), &frame).await {
+        // Run frames carry decrypted inputs: never in the database in clear.
+        let sealed = match self.keys.seal_relay(&owner, &server.to_string(), &frame) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(%server, error = %e, "cannot seal a message to relay");
+                return false;
+            }
+        };
+        match pg.relay(&owner, &server.to_string(), &sealed).await {
             Ok(()) => true,
             Err(e) => {
                 warn!(%server, error = %e, "cannot relay a message to the agent's replica");
@@ -270,7 +282,14 @@ async fn deliver(app: &App, pg: &PgCluster) {
             return;
         }
     };
-    for (server, frame) in messages {
+    for (server, sealed) in messages {
+        let frame = match app.keys.open_relay(pg.replica(), &server, &sealed) {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(%server, error = %e, "a relayed message cannot be opened; dropped");
+                continue;
+            }
+        };
         let (Ok(id), Ok(msg)) = (
             server.parse::<uuid::Uuid>(),
             stratus_agent_proto::decode_control(&frame),

@@ -4,6 +4,12 @@
 //! a copy of the database alone reveals no credential. Each value gets a fresh 24-byte nonce, and
 //! the credential's id is bound in as associated data, so a ciphertext moved to another
 //! credential's row does not decrypt.
+//!
+//! Messages one replica leaves for another in the database (`outbox`: run frames carry the
+//! decrypted inputs of a run) are sealed the same way under a key derived from the master key
+//! every replica shares ([`KeyRing::seal_relay`]), with the receiving replica and the server
+//! as associated data: a row is opened only by the replica it was addressed to, for the agent
+//! it names, so moving it to another replica or another server makes it unreadable.
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -33,7 +39,12 @@ pub enum CryptoError {
     Damaged(String),
     #[error("the system random generator failed")]
     Random,
+    #[error("a relayed message cannot be opened (sealed under another master key, damaged, or addressed elsewhere)")]
+    Relay,
 }
+
+/// How a sealed relay message starts (version 1: key id, nonce and ciphertext, base64).
+const RELAY_V1: &str = "sealed1";
 
 pub struct KeyRing {
     cipher: XChaCha20Poly1305,
@@ -42,6 +53,8 @@ pub struct KeyRing {
     enrolment: [u8; 32],
     /// Derived from the master key, only for signing artifact fetch URLs.
     fetch: [u8; 32],
+    /// Derived from the master key, only for messages relayed between replicas.
+    relay: XChaCha20Poly1305,
 }
 
 impl std::fmt::Debug for KeyRing {
@@ -95,11 +108,16 @@ impl KeyRing {
         let mut f = Sha256::new();
         f.update(b"stratus artifact fetch key v1\0");
         f.update(key);
+        let mut r = Sha256::new();
+        r.update(b"stratus replica relay key v1\0");
+        r.update(key);
+        let relay: [u8; 32] = r.finalize().into();
         Self {
             cipher: XChaCha20Poly1305::new(key.into()),
             key_id,
             enrolment: h.finalize().into(),
             fetch: f.finalize().into(),
+            relay: XChaCha20Poly1305::new((&relay).into()),
         }
     }
 
@@ -162,6 +180,59 @@ impl KeyRing {
         mac
     }
 
+    /// Seal a message for `server`'s agent that `replica` will deliver: text safe to store.
+    pub fn seal_relay(&self, replica: &str, server: &str, message: &str) -> Result<String, CryptoError> {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
+        let nonce: [u8; 24] = random_bytes()?;
+        let ciphertext = self
+            .relay
+            .encrypt(
+                &XNonce::from(nonce),
+                Payload {
+                    msg: message.as_bytes(),
+                    aad: &relay_aad(replica, server),
+                },
+            )
+            .map_err(|_| CryptoError::Relay)?;
+        Ok(format!(
+            "{RELAY_V1}:{}:{}:{}",
+            self.key_id,
+            b64.encode(nonce),
+            b64.encode(ciphertext)
+        ))
+    }
+
+    /// Open a message [`KeyRing::seal_relay`] sealed for this `replica` and `server`; anything
+    /// else (plain text, another key, another address, a changed byte) is refused.
+    pub fn open_relay(&self, replica: &str, server: &str, sealed: &str) -> Result<String, CryptoError> {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
+        let mut parts = sealed.split(':');
+        let (Some(RELAY_V1), Some(key_id), Some(nonce), Some(ct), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(CryptoError::Relay);
+        };
+        if key_id != self.key_id {
+            return Err(CryptoError::Relay);
+        }
+        let nonce = b64.decode(nonce).map_err(|_| CryptoError::Relay)?;
+        let nonce = XNonce::try_from(nonce.as_slice()).map_err(|_| CryptoError::Relay)?;
+        let ct = b64.decode(ct).map_err(|_| CryptoError::Relay)?;
+        let plain = self
+            .relay
+            .decrypt(
+                &nonce,
+                Payload {
+                    msg: &ct,
+                    aad: &relay_aad(replica, server),
+                },
+            )
+            .map_err(|_| CryptoError::Relay)?;
+        String::from_utf8(plain).map_err(|_| CryptoError::Relay)
+    }
+
     pub fn seal(&self, id: &str, secret: &Secret) -> Result<Sealed, CryptoError> {
         let nonce: [u8; 24] = random_bytes()?;
         let ciphertext = self
@@ -202,9 +273,45 @@ impl KeyRing {
     }
 }
 
+/// The associated data of a relayed message: where it goes, length-prefixed so no two
+/// (replica, server) pairs run together into the same bytes.
+fn relay_aad(replica: &str, server: &str) -> Vec<u8> {
+    let mut aad = b"stratus outbox v1\0".to_vec();
+    for part in [replica.as_bytes(), server.as_bytes()] {
+        aad.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        aad.extend_from_slice(part);
+    }
+    aad
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relayed_messages_are_sealed_and_bound_to_their_address() {
+        let k = KeyRing::from_key(&[7; 32]);
+        let msg = r#"{"type":"run_script","env":[{"name":"P","value":"hunter2-secret"}]}"#;
+        let sealed = k.seal_relay("replica-a", "server-1", msg).unwrap();
+        assert!(!sealed.contains("hunter2"), "{sealed}");
+        assert_eq!(k.open_relay("replica-a", "server-1", &sealed).unwrap(), msg);
+        // Another replica, another server, another key, a plain or damaged row: refused.
+        assert!(k.open_relay("replica-b", "server-1", &sealed).is_err());
+        assert!(k.open_relay("replica-a", "server-2", &sealed).is_err());
+        assert!(k.open_relay("replica-as", "erver-1", &sealed).is_err());
+        assert!(
+            KeyRing::from_key(&[8; 32])
+                .open_relay("replica-a", "server-1", &sealed)
+                .is_err()
+        );
+        assert!(k.open_relay("replica-a", "server-1", msg).is_err());
+        let mut bad = sealed.clone();
+        let last = bad.pop().unwrap();
+        bad.push(if last == 'A' { 'B' } else { 'A' });
+        assert!(k.open_relay("replica-a", "server-1", &bad).is_err());
+        // A fresh nonce each time: the same message never seals the same way twice.
+        assert_ne!(sealed, k.seal_relay("replica-a", "server-1", msg).unwrap());
+    }
 
     #[test]
     fn fetch_signatures_bind_object_content_and_expiry() {

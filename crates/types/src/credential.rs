@@ -105,6 +105,95 @@ fn overwrite_with_zeros(s: &mut String) {
 
 crate::string_schema!(Secret, "Secret", "A secret value; write-only, shown as ***.", "***");
 
+/// The most entries a credential's `deployments` list may have.
+pub const SCOPE_MAX: usize = 64;
+
+/// Who may *attach* a credential: create or change anything through which its value would reach
+/// a script (an input naming `cred:NAME` on a script default, template, deployment, array,
+/// server or run; the body or input declarations of a script that receives it; a template's
+/// script list). The lowest API role allowed; `admin` unless the credential says otherwise.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachRole {
+    #[default]
+    Admin,
+    Operator,
+}
+
+impl AttachRole {
+    /// The API permission level (`Role::level`) an actor needs.
+    pub fn level(self) -> u8 {
+        match self {
+            Self::Admin => 3,
+            Self::Operator => 2,
+        }
+    }
+
+    pub fn is_default(&self) -> bool {
+        *self == Self::Admin
+    }
+}
+
+impl fmt::Display for AttachRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Admin => "admin",
+            Self::Operator => "operator",
+        })
+    }
+}
+
+/// The deployments a credential may be used in: names, or simple globs where `*` stands for
+/// any run of characters (`prod-*`, `*`). Default: every deployment.
+pub fn default_deployments() -> Vec<String> {
+    vec!["*".to_string()]
+}
+
+fn is_all_deployments(d: &[String]) -> bool {
+    d == default_deployments().as_slice()
+}
+
+/// Check one entry of a `deployments` list: a deployment name, or one with `*` wildcards.
+pub fn check_deployment_pattern(p: &str) -> Result<(), String> {
+    if p.is_empty() {
+        return Err("is empty; give a deployment name or a glob such as prod-*".into());
+    }
+    if p == "*" {
+        return Ok(());
+    }
+    if p.len() > crate::name::NAME_MAX {
+        return Err(format!(
+            "is {} characters long; the limit is {}",
+            p.len(),
+            crate::name::NAME_MAX
+        ));
+    }
+    if let Some(c) = p
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.' | '*')))
+    {
+        return Err(format!(
+            "{:?} contains {c:?}; a deployment pattern is a name where `*` matches anything",
+            crate::name::truncate(p)
+        ));
+    }
+    if p.contains("**") {
+        return Err(format!("{p:?} has `**`; one `*` already matches any run of characters"));
+    }
+    // Without wildcards it must be a valid name (what deployments are called).
+    if !p.contains('*') {
+        Name::parse(p).map_err(|e| e.problem)?;
+    }
+    Ok(())
+}
+
+/// Does `deployment` match one of `patterns`?
+pub fn deployment_allowed(patterns: &[String], deployment: &str) -> bool {
+    patterns.iter().any(|p| crate::tag::glob_match(p, deployment))
+}
+
 /// What a user gives to create or update a credential.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -113,6 +202,14 @@ pub struct CredentialSpec {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
     pub value: Secret,
+    /// The deployments whose servers may receive the value: names or `*`-globs (default `["*"]`,
+    /// every deployment). At most 64 entries.
+    #[serde(default = "default_deployments")]
+    pub deployments: Vec<String>,
+    /// The lowest role allowed to attach it (see [`AttachRole`]): `admin` (default) or
+    /// `operator`.
+    #[serde(default)]
+    pub attach: AttachRole,
 }
 
 impl CredentialSpec {
@@ -127,7 +224,29 @@ impl CredentialSpec {
         if self.description.len() > 4096 {
             errs.push(FieldError::new("description", "is longer than 4096 bytes"));
         }
+        check_scope(&self.deployments, &mut errs);
         errs.into_result()
+    }
+}
+
+fn check_scope(deployments: &[String], errs: &mut Invalid) {
+    if deployments.is_empty() {
+        errs.push(FieldError::new(
+            "deployments",
+            "is empty; name at least one deployment (or `*` for all)",
+        ));
+    }
+    if deployments.len() > SCOPE_MAX {
+        errs.push(FieldError::new(
+            "deployments",
+            format!("has {} entries; the limit is {SCOPE_MAX}", deployments.len()),
+        ));
+        return;
+    }
+    for (i, p) in deployments.iter().enumerate() {
+        if let Err(problem) = check_deployment_pattern(p) {
+            errs.push(FieldError::new(format!("deployments[{i}]"), problem));
+        }
     }
 }
 
@@ -139,8 +258,30 @@ pub struct Credential {
     pub name: Name,
     #[serde(default)]
     pub description: String,
+    /// The deployments it may be used in (records written before scopes existed: every one).
+    #[serde(default = "default_deployments")]
+    pub deployments: Vec<String>,
+    /// The lowest role allowed to attach it (older records: `admin`).
+    #[serde(default)]
+    pub attach: AttachRole,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+impl Credential {
+    /// May servers of `deployment` receive this credential?
+    pub fn allows(&self, deployment: &str) -> bool {
+        deployment_allowed(&self.deployments, deployment)
+    }
+
+    /// `every deployment` or the list, for messages.
+    pub fn scope_text(&self) -> String {
+        if is_all_deployments(&self.deployments) {
+            "every deployment".into()
+        } else {
+            self.deployments.join(", ")
+        }
+    }
 }
 
 /// Replace every occurrence of each secret in `text` with `***`. Used on anything that may
@@ -176,6 +317,8 @@ mod tests {
             name: Name::parse("db").unwrap(),
             description: String::new(),
             value: s,
+            deployments: default_deployments(),
+            attach: AttachRole::Admin,
         };
         let dbg = format!("{spec:?}");
         assert!(!dbg.contains("hunter2"), "{dbg}");
@@ -189,6 +332,70 @@ mod tests {
             assert!(!err.contains("918273645") && !err.contains("9182.7"), "{err}");
             assert!(err.contains("must be a string"), "{err}");
         }
+    }
+
+    #[test]
+    fn scope_defaults_to_every_deployment_and_admin_attach() {
+        let spec: CredentialSpec = serde_json::from_str(r#"{"name":"db","value":"x"}"#).unwrap();
+        assert_eq!(spec.deployments, ["*"]);
+        assert_eq!(spec.attach, AttachRole::Admin);
+        // A record stored before scopes existed reads with the same defaults.
+        let old = r#"{"id":"0190c6a4-0000-7000-8000-000000000000","revision":1,"name":"db",
+            "created_at":"2026-01-01T00:00:00Z","updated_at":"2026-01-01T00:00:00Z"}"#;
+        let c: Credential = serde_json::from_str(old).unwrap();
+        assert!(c.allows("anything") && c.attach == AttachRole::Admin);
+        assert_eq!(c.scope_text(), "every deployment");
+    }
+
+    #[test]
+    fn deployment_patterns() {
+        let pats = vec!["prod-*".to_string(), "staging".to_string()];
+        assert!(deployment_allowed(&pats, "prod-eu"));
+        assert!(deployment_allowed(&pats, "staging"));
+        assert!(!deployment_allowed(&pats, "staging-2"));
+        assert!(!deployment_allowed(&pats, "dev"));
+        for good in ["*", "prod-*", "*-eu", "a*b", "web.v2"] {
+            assert!(check_deployment_pattern(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "Prod",
+            "a b",
+            "x/y",
+            "a**",
+            "-x",
+            "x-",
+            &"a".repeat(64),
+            "?x",
+            "[a]",
+        ] {
+            assert!(check_deployment_pattern(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn bad_scopes_are_refused_naming_the_entry() {
+        let with = |d: Vec<String>| CredentialSpec {
+            name: Name::parse("db").unwrap(),
+            description: String::new(),
+            value: Secret::new("v"),
+            deployments: d,
+            attach: AttachRole::Operator,
+        };
+        let e = with(vec![]).validate().unwrap_err().to_string();
+        assert!(e.contains("deployments") && e.contains("empty"), "{e}");
+        let e = with(vec!["ok".into(), "".into()]).validate().unwrap_err().to_string();
+        assert!(e.contains("deployments[1]"), "{e}");
+        let e = with(vec!["x".into(); SCOPE_MAX + 1])
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("limit is 64"), "{e}");
+        assert!(with(vec!["x".into(); SCOPE_MAX]).validate().is_ok());
+        let e = serde_json::from_str::<CredentialSpec>(r#"{"name":"db","value":"x","attach":"observer"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown variant"), "{e}");
     }
 
     #[test]

@@ -7,7 +7,9 @@ use anyhow::Context;
 use serde_json::{Value, json};
 
 use super::Ctx;
-use crate::args::{AddressCmd, AuditArgs, CatalogCmd, CredentialCmd, ImageCmd, TemplateCmd, TokenCmd, UserCmd};
+use crate::args::{
+    AddressCmd, AuditArgs, CatalogCmd, CredentialCmd, CredentialScopeArgs, ImageCmd, TemplateCmd, TokenCmd, UserCmd,
+};
 use crate::client::seg;
 use crate::output::{Column, list, show};
 
@@ -368,11 +370,33 @@ fn read_value(file: &Option<std::path::PathBuf>) -> anyhow::Result<String> {
     Ok(v)
 }
 
+/// Put the scope flags into a credential body; a flag not given keeps `current`'s value (or
+/// the server's default for a new credential).
+fn scope_into(body: &mut Value, scope: &CredentialScopeArgs, current: Option<&Value>) {
+    let deployments = if scope.deployments.is_empty() {
+        current.map(|v| v["deployments"].clone()).filter(|v| v.is_array())
+    } else {
+        Some(json!(scope.deployments))
+    };
+    if let Some(d) = deployments {
+        body["deployments"] = d;
+    }
+    let attach = match &scope.attach {
+        Some(a) => Some(json!(a)),
+        None => current.map(|v| v["attach"].clone()).filter(|v| v.is_string()),
+    };
+    if let Some(a) = attach {
+        body["attach"] = a;
+    }
+}
+
 pub async fn credential(ctx: &Ctx, cmd: &CredentialCmd) -> anyhow::Result<()> {
     let c = &ctx.client;
     let cols: &[Column] = &[
         ("NAME", "/name"),
         ("REVISION", "/revision"),
+        ("ATTACH", "/attach"),
+        ("DEPLOYMENTS", "/deployments"),
         ("UPDATED", "/updated_at"),
         ("DESCRIPTION", "/description"),
     ];
@@ -387,8 +411,10 @@ pub async fn credential(ctx: &Ctx, cmd: &CredentialCmd) -> anyhow::Result<()> {
             name,
             description,
             value_file,
+            scope,
         } => {
-            let body = json!({ "name": name, "description": description.clone().unwrap_or_default(), "value": read_value(value_file)? });
+            let mut body = json!({ "name": name, "description": description.clone().unwrap_or_default(), "value": read_value(value_file)? });
+            scope_into(&mut body, scope, None);
             c.post("/credentials", &body).await?;
             say!("created credential {name} (the value is stored encrypted and will not be shown again)");
         }
@@ -396,16 +422,20 @@ pub async fn credential(ctx: &Ctx, cmd: &CredentialCmd) -> anyhow::Result<()> {
             name,
             description,
             value_file,
+            scope,
         } => {
-            // Keep the current description unless a new one is given.
+            // Keep the current description and scope unless new ones are given.
+            let current = c.get(&format!("/credentials/{}", seg(name)), &[]).await.ok();
             let description = match description {
                 Some(d) => d.clone(),
-                None => match c.get(&format!("/credentials/{}", seg(name)), &[]).await {
-                    Ok(v) => v["description"].as_str().unwrap_or_default().to_string(),
-                    Err(_) => String::new(),
-                },
+                None => current
+                    .as_ref()
+                    .and_then(|v| v["description"].as_str())
+                    .unwrap_or_default()
+                    .to_string(),
             };
-            let body = json!({ "name": name, "description": description, "value": read_value(value_file)? });
+            let mut body = json!({ "name": name, "description": description, "value": read_value(value_file)? });
+            scope_into(&mut body, scope, current.as_ref());
             c.put(&format!("/credentials/{}", seg(name)), &body).await?;
             say!("saved credential {name}");
         }

@@ -9,6 +9,15 @@
 //! Servers are not changed in place: tags and inputs of an existing server are updated, but a
 //! different template, cloud or size is reported as a note (replace the server to change it).
 //! Servers that exist but are not in the file are left alone.
+//!
+//! Credentials: every change that would make a credential's value reach a script is collected
+//! while planning (new or changed `cred:` inputs of script defaults, templates, the deployment,
+//! servers and arrays; scripts created or whose body or input declarations change, with
+//! whatever is bound to their inputs; a script a template newly lists, with whatever *any* script
+//! of that template receives, since it runs as root beside them; a cloud's `ec2.credential`, or
+//! its endpoint, changed) and refused as a
+//! whole unless the actor may attach each credential (see `credentials`). A credential the
+//! deployment's scope excludes is invalid input.
 
 use chrono::{DateTime, Utc};
 use stratus_api::file::{DeploymentFile, FileArray, FileServer};
@@ -23,6 +32,7 @@ use stratus_types::server::{ArraySpec, Server, ServerArray, ServerSpec};
 use stratus_types::template::{ServerTemplate, TemplateSpec};
 use stratus_types::{ArrayId, CloudId, DeploymentId, FieldError, ImageId, Invalid, Name, ScriptId, TemplateId};
 
+use super::credentials::{Attachments, Bindings, attach, attachments, listed};
 use super::resolve::Catalog;
 use super::servers::build_server;
 use super::{Actor, App, AppError, OPERATOR, audit};
@@ -43,6 +53,12 @@ struct Planner {
     errs: Invalid,
     /// Create-only entries whose name is taken: `409 conflict`, not invalid input.
     conflicts: Vec<String>,
+    /// Credentials this plan would hand to scripts, with where (checked before anything is
+    /// written).
+    attached: Attachments,
+    /// Scripts that would run differently (created, or body or inputs changed), and scripts a
+    /// template newly lists (with the template): they receive whatever is bound to their inputs.
+    receivers: Vec<(Name, Option<Name>)>,
 }
 
 impl Planner {
@@ -82,7 +98,7 @@ impl Planner {
             ));
         }
         if let Some(c) = spec.ec2.as_ref().and_then(|e| e.credential.as_ref())
-            && !self.catalog.credentials.contains(c)
+            && !self.catalog.credentials.contains_key(c)
         {
             self.errs.push(FieldError::new(
                 format!("cloud {}.ec2.credential", spec.name),
@@ -94,6 +110,17 @@ impl Planner {
         let existing = self.catalog.clouds.get(&spec.name).cloned();
         if !self.exists_check("cloud", &spec.name, existing.is_some()) {
             return;
+        }
+        // The driver signs its requests to the cloud's endpoint with this credential: pointing
+        // a cloud (and so an endpoint of one's choosing) at it attaches it too.
+        let old_cred = existing
+            .as_ref()
+            .and_then(|c| c.spec.ec2.as_ref())
+            .and_then(|e| e.credential.as_ref());
+        if let Some(c) = spec.ec2.as_ref().and_then(|e| e.credential.as_ref())
+            && (old_cred != Some(c) || existing.as_ref().is_some_and(|e| e.spec.endpoint != spec.endpoint))
+        {
+            attach(&mut self.attached, c, format!("cloud {}, ec2.credential", spec.name));
         }
         match existing {
             Some(c) if &c.spec == spec => self.record("cloud", &spec.name, PlanAction::Unchanged, vec![]),
@@ -180,6 +207,24 @@ impl Planner {
         if !self.exists_check("script", &spec.name, existing.is_some()) {
             return;
         }
+        let old = existing.as_ref().map(|s| &s.spec);
+        if old.is_none_or(|o| o.body != spec.body || o.inputs != spec.inputs) {
+            self.receivers.push((spec.name.clone(), None));
+        }
+        for d in &spec.inputs {
+            if let Some(InputValue::Cred(c)) = &d.default
+                && old
+                    .and_then(|o| o.inputs.iter().find(|x| x.name == d.name))
+                    .map(|x| &x.default)
+                    != Some(&d.default)
+            {
+                attach(
+                    &mut self.attached,
+                    c,
+                    format!("script {}, default of input {}", spec.name, d.name),
+                );
+            }
+        }
         match existing {
             Some(s) if &s.spec == spec => self.record("script", &spec.name, PlanAction::Unchanged, vec![]),
             Some(mut s) => {
@@ -251,7 +296,7 @@ impl Planner {
     fn check_creds(&mut self, inputs: &Inputs, at: &str) {
         for (k, v) in inputs {
             if let InputValue::Cred(c) = v
-                && !self.catalog.credentials.contains(c)
+                && !self.catalog.credentials.contains_key(c)
             {
                 self.errs.push(FieldError::new(
                     format!("{at}.{k}"),
@@ -267,6 +312,13 @@ impl Planner {
         let existing = self.catalog.templates.get(&spec.name).cloned();
         if !self.exists_check("template", &spec.name, existing.is_some()) {
             return;
+        }
+        let old = existing.as_ref().map(|t| &t.spec);
+        let place = format!("template {}", spec.name);
+        attachments(&spec.inputs, old.map(|o| &o.inputs), &place, &mut self.attached);
+        let before = old.map(listed).unwrap_or_default();
+        for n in listed(spec).into_iter().filter(|n| !before.contains(n)) {
+            self.receivers.push((n, Some(spec.name.clone())));
         }
         match existing {
             Some(t) if &t.spec == spec && t.content_hash == hash => {
@@ -314,6 +366,27 @@ impl Planner {
                 .push(FieldError::new("deployment.cloud", format!("no cloud named {c}")));
         }
         self.check_creds(&spec.inputs, "deployment.inputs");
+        for (k, v) in &spec.inputs {
+            if let InputValue::Cred(c) = v
+                && let Some(cred) = self.catalog.credentials.get(c)
+                && !cred.allows(spec.name.as_str())
+            {
+                self.errs.push(FieldError::new(
+                    format!("deployment.inputs.{k}"),
+                    format!(
+                        "credential {c} may not be used in deployment {} (it is limited to {})",
+                        spec.name,
+                        cred.scope_text()
+                    ),
+                ));
+            }
+        }
+        attachments(
+            &spec.inputs,
+            existing.as_ref().map(|d| &d.spec.inputs),
+            &format!("deployment {}", spec.name),
+            &mut self.attached,
+        );
         for (k, v) in &spec.inputs {
             let clash = self
                 .catalog
@@ -379,6 +452,12 @@ impl Planner {
                 return;
             }
         };
+        attachments(
+            &f.inputs,
+            existing.as_ref().map(|s| &s.inputs),
+            &format!("server {}/{}", dep.spec.name, f.name),
+            &mut self.attached,
+        );
         match existing {
             None => {
                 self.changes.push(Change::insert(&built));
@@ -437,6 +516,12 @@ impl Planner {
             self.errs.absorb(at, e);
             return;
         }
+        attachments(
+            &spec.inputs,
+            existing.as_ref().map(|a| &a.spec.inputs),
+            &format!("array {}/{}", dep.spec.name, f.name),
+            &mut self.attached,
+        );
         match existing {
             Some(a) if a.spec == spec => self.record("array", &f.name, PlanAction::Unchanged, vec![]),
             Some(mut a) => {
@@ -485,6 +570,8 @@ pub async fn apply(
         plan: vec![],
         errs: Invalid::default(),
         conflicts: vec![],
+        attached: Attachments::new(),
+        receivers: vec![],
     };
     for c in &file.clouds {
         p.cloud(c);
@@ -507,9 +594,11 @@ pub async fn apply(
         p.template(t, &format!("template[{i}]"), &touched);
     }
     rehash_dependents(&mut p, file, &touched);
+    let mut planned_dep = None;
     if let Some(dspec) = &file.deployment {
         let existing = store.find_as::<Deployment>("", dspec.name.as_str()).await?;
         let dep = p.deployment(dspec, existing);
+        planned_dep = Some(dep.clone());
         let dep_scope = dep.spec.name.to_string();
         for (i, s) in file.servers.iter().enumerate() {
             let existing = store.find_as::<Server>(&dep_scope, s.name.as_str()).await?;
@@ -523,9 +612,32 @@ pub async fn apply(
     if !p.conflicts.is_empty() {
         return Err(AppError::Conflict(p.conflicts.join("; ")));
     }
+    // A credential the actor may not attach is refused whatever else is wrong with the change.
+    super::credentials::require_attach(actor, &p.catalog.credentials, &p.attached)?;
     if !p.errs.is_empty() {
         return Err(AppError::Invalid(p.errs));
     }
+    if !p.receivers.is_empty() {
+        let bindings = Bindings::load(store, planned_dep.as_ref(), file).await?;
+        for (script, template) in std::mem::take(&mut p.receivers) {
+            match &template {
+                // A script a template newly runs runs as root beside every other script of that
+                // template: it can read what they received (files they wrote, their processes'
+                // environments), so it needs the attach role of all of it.
+                Some(t) => {
+                    let what = format!("template {t} now runs script {script} beside ");
+                    let others = p.catalog.templates.get(t).map(|x| listed(&x.spec)).unwrap_or_default();
+                    for other in &others {
+                        bindings.received_by(&p.catalog, other, Some(t), &what, &mut p.attached);
+                    }
+                }
+                None => {
+                    bindings.received_by(&p.catalog, &script, None, "", &mut p.attached);
+                }
+            }
+        }
+    }
+    super::credentials::require_attach(actor, &p.catalog.credentials, &p.attached)?;
     let mut plan = Plan {
         changes: p.plan,
         applied: false,

@@ -131,6 +131,20 @@ pub async fn start_run(app: &App, actor: &super::Actor, req: &StartRun) -> Resul
         }
     }
     errs.into_result()?;
+    // A per-run `cred:` input hands the value to this run's script: the actor must be allowed
+    // to attach it (the server's deployment is checked when the value is revealed below).
+    let mut attached = super::credentials::Attachments::new();
+    let place = format!("a run of {} on {}/{}", script.spec.name, server.deployment, server.name);
+    let overrides: stratus_types::input::Inputs = req
+        .inputs
+        .keys()
+        .filter_map(|k| with_inputs.inputs.get_key_value(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    super::credentials::attachments(&overrides, None, &place, &mut attached);
+    if !attached.is_empty() {
+        super::credentials::require_attach(actor, &super::credentials::all(app).await?, &attached)?;
+    }
     let mut run = super::runs::queued(&with_inputs, &script, Phase::Operational, &actor.name);
     run.sent_at = Some(Utc::now());
     run.timeout_secs = req.timeout_secs;
@@ -672,7 +686,7 @@ pub(crate) async fn env_for(app: &App, s: &Server, script: &Script) -> Result<Ve
         env.push(match value {
             InputValue::Text(t) => EnvVar::text(&decl.name, t),
             InputValue::Cred(name) => {
-                let secret = super::credentials::reveal(app, name.as_str()).await?;
+                let secret = super::credentials::reveal_for(app, name.as_str(), s.deployment.as_str()).await?;
                 EnvVar::secret(&decl.name, secret.expose())
             }
             InputValue::Env(var) => EnvVar::instance(&decl.name, var),

@@ -327,7 +327,8 @@ async fn open_runs(app: &App, server: ServerId) -> Result<Vec<Run>, AppError> {
 /// deployment's and its array's inputs as they are now (they may have changed since); the
 /// defaults of every script it was given (its template's boot, operational and decommission
 /// scripts, and the script of every run on it); and the per-run inputs of every run on it
-/// (operational runs, rollouts, deploys). A credential deleted since has no value to look for.
+/// (operational runs, rollouts, deploys). A credential deleted since has no value to look for,
+/// and one outside the deployment's scope is not sent.
 async fn secrets_of(app: &App, s: &Server) -> Result<Vec<SecretString>, AppError> {
     let mut creds = BTreeSet::new();
     let mut add = |inputs: &stratus_types::input::Inputs| {
@@ -383,11 +384,13 @@ async fn secrets_of(app: &App, s: &Server) -> Result<Vec<SecretString>, AppError
             }
         }
     }
+    // Only values the server may have received: one outside its deployment's scope was never
+    // delivered, and must not reach its agent now.
     let mut out = vec![];
     for name in &creds {
-        match super::credentials::reveal(app, name).await {
+        match super::credentials::reveal_for(app, name, s.deployment.as_str()).await {
             Ok(secret) if !secret.expose().is_empty() => out.push(SecretString::new(secret.expose())),
-            Ok(_) | Err(AppError::NotFound { .. }) => {}
+            Ok(_) | Err(AppError::NotFound { .. } | AppError::BadState(_)) => {}
             Err(e) => return Err(e),
         }
     }

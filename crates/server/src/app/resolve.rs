@@ -1,6 +1,6 @@
 //! Finding resources by what users type: a name, or for servers an id or `deployment/name`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use stratus_store::{Datastore, Query, Resource, TypedStore};
 use stratus_types::Name;
@@ -50,7 +50,7 @@ pub async fn server(store: &dyn Datastore, key: &str) -> Result<Server, AppError
     found.ok_or_else(|| AppError::not_found("server", key))
 }
 
-/// The catalog (clouds, images, scripts, templates, credential names) as one snapshot. It is
+/// The catalog (clouds, images, scripts, templates, credentials) as one snapshot. It is
 /// small (hundreds of entries), so planning loads it whole.
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
@@ -58,7 +58,8 @@ pub struct Catalog {
     pub images: BTreeMap<Name, Image>,
     pub scripts: BTreeMap<Name, Script>,
     pub templates: BTreeMap<Name, ServerTemplate>,
-    pub credentials: BTreeSet<Name>,
+    /// By name, with their scopes (never values).
+    pub credentials: BTreeMap<Name, Credential>,
 }
 
 impl Catalog {
@@ -93,7 +94,7 @@ impl Catalog {
                 .list_all::<Credential>(&q)
                 .await?
                 .into_iter()
-                .map(|c| c.name)
+                .map(|c| (c.name.clone(), c))
                 .collect(),
         })
     }

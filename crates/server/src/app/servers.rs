@@ -140,13 +140,23 @@ pub fn build_server(
         }
     }
     for (k, v) in &inputs {
-        if let InputValue::Cred(c) = v
-            && !cat.credentials.contains(c)
-        {
-            errs.push(FieldError::new(
+        let InputValue::Cred(c) = v else { continue };
+        match cat.credentials.get(c) {
+            None => errs.push(FieldError::new(
                 format!("inputs.{k}"),
                 format!("no credential named {c}"),
-            ));
+            )),
+            // Whichever level the value came from, a server outside the credential's
+            // deployments never gets it (checked again at every delivery).
+            Some(cred) if !cred.allows(dep.spec.name.as_str()) => errs.push(FieldError::new(
+                format!("inputs.{k}"),
+                format!(
+                    "credential {c} may not be used in deployment {} (it is limited to {})",
+                    dep.spec.name,
+                    cred.scope_text()
+                ),
+            )),
+            Some(_) => {}
         }
     }
     let mut tags: Vec<Tag> = template.spec.default_tags.clone();
@@ -195,6 +205,17 @@ pub async fn launch(app: &App, actor: &Actor, spec: &ServerSpec) -> Result<Serve
     let dep = super::apply::deployment(&*app.store, spec.deployment.as_str()).await?;
     let cat = Catalog::load(&*app.store).await?;
     let server = build_server(spec, &dep, &cat, None, Utc::now())?;
+    // The server's own inputs attach what its template and deployment do not already hand over.
+    let mut inherited: Inputs = cat
+        .templates
+        .get(&spec.template)
+        .map(|t| t.spec.inputs.clone())
+        .unwrap_or_default();
+    inherited.extend(dep.spec.inputs.clone());
+    let mut attached = super::credentials::Attachments::new();
+    let place = format!("server {}/{}", spec.deployment, spec.name);
+    super::credentials::attachments(&spec.inputs, Some(&inherited), &place, &mut attached);
+    super::credentials::require_attach(actor, &cat.credentials, &attached)?;
     let target = format!("server/{}/{}", server.deployment, server.name);
     app.commit(vec![
         Change::insert(&server),
