@@ -30,7 +30,10 @@ pub const DEFAULT_ROOT: &str = "/srv";
 
 const USAGE: &str = "usage: stratus-agent app deploy --name NAME --archive FILE --sha256 HEX [--root DIR]
       unpack the archive as a new release of NAME and switch to it; $STRATUS_APP_ACTIVATE,
-      if set, is run after the switch (and again for the previous release if it fails)";
+      if set, is run after the switch (and again for the previous release if it fails).
+      Refused: archives over 100000 entries or 4 GiB, names over 4096 bytes or 128 levels,
+      links leaving the release, devices and FIFOs; nothing under ROOT/NAME is followed
+      through a link";
 
 /// Entry point for `stratus-agent app ...`: 0 deployed, 1 failed (nothing or a rollback
 /// changed), 2 usage.

@@ -320,7 +320,7 @@ pub fn prune(app: &Path, keep: usize, spare: &[&str]) {
         if let Ok(st) = beneath::stat(releases.as_fd(), &name)
             && beneath::ours(&st)
         {
-            found.push(((st.st_mtime as i64, st.st_mtime_nsec as i64), name));
+            found.push(((st.st_mtime, st.st_mtime_nsec), name));
         }
     }
     found.sort_by_key(|r| std::cmp::Reverse(r.0));

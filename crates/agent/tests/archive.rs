@@ -26,6 +26,11 @@ enum Kind {
     Hard,
 }
 
+/// (kind, name, file data or link target)
+type Entry<'a> = (Kind, &'a str, &'a str);
+/// (name, file data or link target, unix mode)
+type ZipEntry<'a> = (&'a str, &'a str, u32);
+
 #[derive(Default)]
 struct Tar(Vec<u8>);
 
@@ -104,7 +109,7 @@ impl Tar {
     }
 }
 
-fn targz(path: &Path, entries: &[(Kind, &str, &str)]) -> PathBuf {
+fn targz(path: &Path, entries: &[Entry]) -> PathBuf {
     let mut t = Tar::default();
     for (k, n, a) in entries {
         t.entry(*k, n, a);
@@ -113,7 +118,7 @@ fn targz(path: &Path, entries: &[(Kind, &str, &str)]) -> PathBuf {
 }
 
 /// A zip with (name, data or link target, unix mode) entries.
-fn zipfile(path: &Path, entries: &[(&str, &str, u32)]) -> PathBuf {
+fn zipfile(path: &Path, entries: &[ZipEntry]) -> PathBuf {
     let mut z = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
     for (name, data, mode) in entries {
         let opts = zip::write::SimpleFileOptions::default().unix_permissions(*mode & 0o777);
@@ -224,7 +229,7 @@ fn all_inside(root: &Path, case: &str) {
 use Kind::*;
 
 /// The chain of the report: each link passes a textual check and climbs one more level.
-const CHAIN: &[(Kind, &str, &str)] = &[
+const CHAIN: &[Entry] = &[
     (Dir, "d/", ""),
     (Sym, "d/up", ".."),
     (Sym, "r1", "d/up/.."),
@@ -270,7 +275,7 @@ fn every_variant_of_an_escape_is_refused_and_nothing_outside_changes() {
     let long = "n/".repeat(60) + "x";
     let deep = "a/".repeat(200) + "f";
     let nul = format!("{long}\0/../../../evil");
-    let cases: Vec<(&str, Vec<(Kind, &str, &str)>, &str)> = vec![
+    let cases: Vec<(&str, Vec<Entry>, &str)> = vec![
         ("symlink to an absolute path", vec![(Sym, "l", "/etc")], "outside"),
         ("symlink climbing out", vec![(Sym, "l", "../../../../etc")], "outside"),
         (
@@ -382,7 +387,7 @@ fn every_variant_of_an_escape_is_refused_and_nothing_outside_changes() {
 #[test]
 fn zip_symlinks_obey_the_same_rules() {
     let link = 0o120777;
-    let cases: Vec<(&str, Vec<(&str, &str, u32)>, &str)> = vec![
+    let cases: Vec<(&str, Vec<ZipEntry>, &str)> = vec![
         (
             "chain",
             vec![
@@ -590,7 +595,7 @@ fn stratus_agent_app_deploy_refuses_a_hostile_archive_and_the_old_release_keeps_
     chain.push((Hard, "shadow", "r4/etc/shadow"));
     let long = format!("{}\x1b[31m", "A".repeat(4000));
     let out_of_root = format!("/{long}");
-    let hostile: Vec<(&str, Vec<(Kind, &str, &str)>)> = vec![
+    let hostile: Vec<(&str, Vec<Entry>)> = vec![
         ("chain", chain),
         ("long-name", vec![(Sym, long.as_str(), out_of_root.as_str())]),
         ("abs", vec![(Sym, "l", "/etc"), (File, "l/evil", "x")]),
