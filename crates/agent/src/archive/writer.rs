@@ -222,7 +222,7 @@ impl Writer {
                 },
             )?;
         let mut f = std::fs::File::from(fd);
-        let copied = std::io::copy(&mut data.take(left + 1), &mut f).map_err(|e| ArchiveError::Io {
+        let copied = std::io::copy(&mut data.take(left.saturating_add(1)), &mut f).map_err(|e| ArchiveError::Io {
             path: quote(name),
             source: e,
         })?;
