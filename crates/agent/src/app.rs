@@ -12,6 +12,11 @@
 //! that served before and the activation runs again for it, so a release that does not start
 //! leaves the previous one serving. A refused archive changes nothing. The newest
 //! [`KEEP_RELEASES`] releases are kept (and always the current and previous one).
+//!
+//! `ROOT` is taken as given; below it nothing is followed through a link, so `ROOT/NAME` may
+//! belong to another user (`--root /home/app/www`): a link they plant as `NAME`, `releases`,
+//! a release or `current` is refused or replaced, never written through, and pruning removes
+//! only releases the agent made (see [`crate::archive`]).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -25,7 +30,10 @@ pub const DEFAULT_ROOT: &str = "/srv";
 
 const USAGE: &str = "usage: stratus-agent app deploy --name NAME --archive FILE --sha256 HEX [--root DIR]
       unpack the archive as a new release of NAME and switch to it; $STRATUS_APP_ACTIVATE,
-      if set, is run after the switch (and again for the previous release if it fails)";
+      if set, is run after the switch (and again for the previous release if it fails).
+      Refused: archives over 100000 entries or 4 GiB, names over 4096 bytes or 128 levels,
+      links leaving the release, devices and FIFOs; nothing under ROOT/NAME is followed
+      through a link";
 
 /// Entry point for `stratus-agent app ...`: 0 deployed, 1 failed (nothing or a rollback
 /// changed), 2 usage.
@@ -122,7 +130,11 @@ pub fn deploy(root: &Path, name: &str, archive: &Path, sha256: &str, activate: O
             "release {version} failed to activate ({e}); switched back to release {prev}, {again}"
         ));
     }
-    prune(&app, &version, previous.as_deref());
+    let spare: Vec<&str> = [Some(version.as_str()), previous.as_deref()]
+        .into_iter()
+        .flatten()
+        .collect();
+    archive::prune(&app, KEEP_RELEASES, &spare);
     let from = previous.map_or(String::new(), |p| format!(" (was {p})"));
     Ok(format!("{name}: current -> releases/{version}{from}"))
 }
@@ -140,28 +152,6 @@ fn run_activate(cmd: &str, app: &Path) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("the activation command {status}"))
-    }
-}
-
-/// Remove releases beyond the newest [`KEEP_RELEASES`] (by modification time), never the
-/// current or the previous one. Best effort.
-fn prune(app: &Path, current: &str, previous: Option<&str>) {
-    let Ok(entries) = std::fs::read_dir(app.join("releases")) else {
-        return;
-    };
-    let mut releases: Vec<(std::time::SystemTime, PathBuf, String)> = entries
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let modified = e.metadata().ok()?.modified().ok()?;
-            (!name.starts_with('.')).then(|| (modified, e.path(), name))
-        })
-        .collect();
-    releases.sort_by_key(|r| std::cmp::Reverse(r.0));
-    for (_, path, name) in releases.into_iter().skip(KEEP_RELEASES) {
-        if name != current && Some(name.as_str()) != previous {
-            let _ = std::fs::remove_dir_all(path);
-        }
     }
 }
 
