@@ -146,6 +146,29 @@ fn busybox_tarball(dir: &Path) -> PathBuf {
 }
 
 /// GET `http://host:port/` with a plain socket; the body of a 200.
+/// Writes (argv[1]) a tar.gz whose links each pass a textual check but climb out once followed,
+/// with a hard link through them to /etc/shadow (finding 3 of the security review).
+const CHAIN_ARCHIVE: &str = r#"
+import io, sys, tarfile
+with tarfile.open(sys.argv[1], "w:gz") as t:
+    def add(name, kind, target=""):
+        i = tarfile.TarInfo(name); i.type = kind; i.linkname = target
+        i.mode = 0o755 if kind in (tarfile.DIRTYPE, tarfile.SYMTYPE) else 0o644
+        if kind == tarfile.REGTYPE:
+            data = b"chain\n"; i.size = len(data); t.addfile(i, io.BytesIO(data))
+        else:
+            t.addfile(i)
+    add("index.html", tarfile.REGTYPE)
+    add("d", tarfile.DIRTYPE)
+    add("d/up", tarfile.SYMTYPE, "..")
+    add("r1", tarfile.SYMTYPE, "d/up/..")
+    add("r2", tarfile.SYMTYPE, "d/up/r1/..")
+    add("r3", tarfile.SYMTYPE, "d/up/r2/..")
+    add("r4", tarfile.SYMTYPE, "d/up/r3/..")
+    add("r5", tarfile.SYMTYPE, "d/up/r4/..")
+    add("shadow", tarfile.LNKTYPE, "r5/etc/shadow")
+"#;
+
 fn http(url: &str) -> Option<String> {
     use std::io::{Read, Write};
     let addr = url.strip_prefix("http://")?.trim_end_matches('/');
@@ -917,6 +940,25 @@ fn the_lb_and_app_example_keeps_serving_through_pool_changes() {
     assert!(!ok, "{refused}");
     assert!(refused.contains("unsafe archive entry"), "{refused}");
     assert!(refused.contains("keeps serving"), "{refused}");
+    // Links that each stay inside when read as text, but climb a level each once the kernel
+    // follows the earlier ones, and a hard link through them to the instance's /etc/shadow:
+    // refused too, and nothing of it is served.
+    let chain = tmp.path().join("chain.tar.gz");
+    let made = Command::new("python3")
+        .arg("-c")
+        .arg(CHAIN_ARCHIVE)
+        .arg(&chain)
+        .status()
+        .expect("python3");
+    assert!(made.success());
+    plane.ok(&["artifact", "put", chain.to_str().expect("path"), "www/chain.tar.gz"]);
+    let (ok, refused) = plane.stratus(&["deploy", "www/chain.tar.gz", "--to", "lb:pool=www", "--follow"]);
+    assert!(!ok, "{refused}");
+    assert!(refused.contains("keeps serving"), "{refused}");
+    assert!(
+        http(&format!("{lb}shadow")).is_none_or(|b| !b.contains("root:")),
+        "the instance's /etc/shadow is served"
+    );
     std::thread::sleep(Duration::from_secs(1));
     stop.store(true, Ordering::Relaxed);
     let (answers, failures) = client.join().expect("client");
