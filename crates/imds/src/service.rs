@@ -239,17 +239,13 @@ pub async fn serve(
             },
             () = &mut shutdown => return Ok(()),
         };
-        // A second handle on the socket, so the handler can set a token response's TTL.
-        let socket = stream
-            .as_fd()
-            .try_clone_to_owned()
-            .ok()
-            .map(|fd| ConnSocket(Arc::new(fd)));
+        // A second handle on the socket, so the handler can set a token response's TTL. Every
+        // connection is marked as served here, even when the duplicate cannot be made (out of
+        // descriptors): its token requests are then refused, never answered without the limit.
+        let socket = ConnSocket(stream.as_fd().try_clone_to_owned().ok().map(Arc::new));
         let service = tower::ServiceExt::map_request(router.clone(), move |mut r: Request<hyper::body::Incoming>| {
             r.extensions_mut().insert(ConnectInfo(peer));
-            if let Some(s) = &socket {
-                r.extensions_mut().insert(s.clone());
-            }
+            r.extensions_mut().insert(socket.clone());
             r
         });
         tokio::spawn(async move {
@@ -271,14 +267,21 @@ pub async fn serve(
 /// How long a client has to send its request head.
 const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// The accepted connection's socket (a duplicate descriptor), put on each request by [`serve`].
+/// The accepted connection's socket (a duplicate descriptor), put on each request by [`serve`];
+/// `None` when the duplicate could not be made, so the connection is still known to be a real
+/// one whose token responses must be limited.
 #[derive(Debug, Clone)]
-struct ConnSocket(Arc<OwnedFd>);
+struct ConnSocket(Option<Arc<OwnedFd>>);
 
 /// Limit what is sent on this connection from now on to `hops` routed hops: IPv4 TTL and IPv6
 /// hop limit (a dual-stack socket may carry either).
 fn limit_hops(socket: &ConnSocket, peer: SocketAddr, hops: u8) -> io::Result<()> {
-    let fd = socket.0.as_fd();
+    let Some(fd) = &socket.0 else {
+        return Err(io::Error::other(
+            "no handle on the connection's socket (out of descriptors?)",
+        ));
+    };
+    let fd = fd.as_fd();
     match peer {
         SocketAddr::V4(_) => rustix::net::sockopt::set_ip_ttl(fd, hops.into())?,
         SocketAddr::V6(v6) => {
@@ -301,7 +304,8 @@ async fn handle(State(imds): State<Arc<Imds>>, request: Request) -> Response {
         // Before the response is written: its packets leave with the limited TTL. On a real
         // connection, a token is never sent without the limit in place.
         // Without a socket (the router driven in-process, as the fuzz target does) there are
-        // no packets to limit.
+        // no packets to limit. A connection from `serve` always carries a `ConnSocket`; one
+        // without a descriptor is refused by `limit_hops`.
         let socket = request.extensions().get::<ConnSocket>();
         if let Some(Err(e)) = socket.map(|s| limit_hops(s, addr, imds.put_response_hop_limit)) {
             tracing::warn!(%peer, error = %e, "cannot set the token response's hop limit; refusing the token");
@@ -426,4 +430,76 @@ fn ec2_page(status: StatusCode) -> Response {
          <body>\n  <h1>{title}</h1>\n </body>\n</html>\n"
     );
     (status, [(header::CONTENT_TYPE, "text/html")], body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, TcpListener as StdListener, TcpStream};
+
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// Every peer is the one instance.
+    struct One;
+
+    impl MetadataSource for One {
+        fn lookup(&self, _peer: IpAddr) -> Option<InstanceMetadata> {
+            Some(InstanceMetadata {
+                instance_id: "i-1".into(),
+                image_id: "ami-1".into(),
+                instance_type: "small".into(),
+                hostname: "web-1".into(),
+                local_ipv4: Ipv4Addr::new(10, 77, 0, 5),
+                public_ipv4: None,
+                mac: "02:00:0a:4d:00:05".into(),
+                subnet_cidr: "10.77.0.0/24".into(),
+                region: "local-1".into(),
+                availability_zone: "local-1a".into(),
+                public_keys: vec![],
+                tags: vec![],
+                user_data: None,
+                launched_at: chrono::Utc::now(),
+                tokens_required: false,
+            })
+        }
+    }
+
+    /// A token `PUT` as `serve` hands it over, with `socket` as the connection's handle.
+    async fn token_put(socket: ConnSocket) -> Response {
+        let router = Arc::new(Imds::new(Arc::new(One), IdentityKey::generate())).router();
+        let mut request = Request::builder()
+            .method("PUT")
+            .uri("/latest/api/token")
+            .header(TTL_HEADER, "60")
+            .body(Body::empty())
+            .unwrap();
+        let peer: SocketAddr = (Ipv4Addr::LOCALHOST, 40_000).into();
+        request.extensions_mut().insert(ConnectInfo(peer));
+        request.extensions_mut().insert(socket);
+        router.oneshot(request).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_served_connection_without_its_socket_gets_no_token() {
+        let response = token_put(ConnSocket(None)).await;
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(response.headers().get(TTL_HEADER).is_none());
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap();
+        let body = String::from_utf8(body.to_vec()).unwrap();
+        assert!(body.starts_with("500 - "), "{body}");
+    }
+
+    #[tokio::test]
+    async fn a_served_connection_with_its_socket_gets_a_token_with_the_limit_set() {
+        let listener = StdListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let fd = Arc::new(OwnedFd::from(server));
+        let response = token_put(ConnSocket(Some(fd.clone()))).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers().get(TTL_HEADER).unwrap(), "60");
+        assert_eq!(rustix::net::sockopt::ip_ttl(fd.as_fd()).unwrap(), 1);
+    }
 }
