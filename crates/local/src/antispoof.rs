@@ -45,7 +45,10 @@
 //!
 //! The elements are per instance (`pin`), so launching or terminating one instance is one
 //! element change in one transaction; the table itself is rewritten whole with the NAT table
-//! (`Network::apply_nat`) from the records, which is how a restart restores it.
+//! (`Network::apply_nat`) from the records, which is how a restart restores it. The driver
+//! pins and rewrites under one lock, and pins after the record is in place (unpins after it is
+//! gone), so a rewrite from an older snapshot of the records can never drop a live port's
+//! elements; every boot (launch, start, a resumed launch) pins again before the veth is made.
 
 use std::fmt::Write as _;
 

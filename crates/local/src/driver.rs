@@ -28,7 +28,11 @@ pub(crate) struct Shared {
     pub records: RwLock<BTreeMap<String, Record>>,
     /// Held while choosing an instance id and address (the lease must be unique).
     alloc: Mutex<()>,
-    /// Held while rewriting the NAT table.
+    /// Held while rewriting the NAT and anti-spoofing tables, and while pinning or unpinning a
+    /// port ([`Shared::pin`]): a rewrite is built from a snapshot of the records and replaces
+    /// the whole bridge table, so a pin must fall entirely before it (the record is then in the
+    /// snapshot) or after it, never in between (the rewrite would drop the new port's elements
+    /// and `iifname != @ports accept` would let everything from it through).
     nat: Mutex<()>,
     /// One lock per instance: lifecycle calls on one instance run one at a time.
     locks: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
@@ -250,6 +254,14 @@ impl Shared {
         self.apply_nat_locked().await
     }
 
+    /// Pin (`on`) or unpin the instance's port in the anti-spoofing table, serialised with the
+    /// table rewrites by the `nat` lock (see its docs). Pin after the record is in `records`,
+    /// unpin after it is gone: then any rewrite, before or after, agrees with the pin.
+    async fn pin(&self, link: &Link, on: bool) -> Result<(), crate::cmd::CommandError> {
+        let _g = self.nat.lock().await;
+        self.net.pin(link, on).await
+    }
+
     /// With `nat` held. One entry per public address even if records disagree (nft refuses a
     /// map with a key twice, which would lock the cloud out of its own NAT table).
     async fn apply_nat_locked(&self) -> Result<(), crate::cmd::CommandError> {
@@ -332,6 +344,12 @@ impl Shared {
         let p = self.paths(&rec.id);
         let lower = self.images.rootfs(&rec.image).map_err(|e| e.to_string())?;
         inst::mount_root(&p, &lower).map_err(|e| e.to_string())?;
+        // Before the veth can exist, on every way up (launch, start, a resumed launch): the
+        // port is never up unpinned, even if an earlier pin was lost. `add element` is
+        // idempotent.
+        self.pin(&rec.link, true)
+            .await
+            .map_err(|e| format!("cannot pin the instance's addresses: {e}"))?;
         inst::prepare_network(&self.net, rec).await?;
         let group = self.group(&rec.id);
         group
@@ -490,11 +508,7 @@ impl CloudDriver for LocalCloud {
         };
         let lock = s.lock_for(&rec.id);
         let _g = lock.lock().await;
-        let booted = match s.net.pin(&rec.link, true).await {
-            Ok(()) => s.boot(&rec).await,
-            Err(e) => Err(format!("cannot pin the instance's addresses: {e}")),
-        };
-        if let Err(message) = booted {
+        if let Err(message) = s.boot(&rec).await {
             // Nothing half-made stays behind: the launch either fully happened or not at all.
             if let Err(e) = s.destroy(&rec).await {
                 // Something could not be removed: keep the record (and so the address lease)
@@ -511,7 +525,7 @@ impl CloudDriver for LocalCloud {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .remove(&rec.id);
             // Its veth went with the namespace; take its name out of the allow-list too.
-            let _ = s.net.pin(&rec.link, false).await;
+            let _ = s.pin(&rec.link, false).await;
             return Err(CloudError::StartFailed(message));
         }
         tracing::info!(instance = %rec.id, ip = %rec.link.ip, hostname = %rec.hostname, "instance started");
@@ -580,7 +594,7 @@ impl CloudDriver for LocalCloud {
             s.apply_nat().await.map_err(api)?;
         } else {
             // Gone already if a rewrite raced us; nothing else to undo.
-            let _ = s.net.pin(&rec.link, false).await;
+            let _ = s.pin(&rec.link, false).await;
         }
         tracing::info!(instance = %instance_id, "instance terminated");
         Ok(())

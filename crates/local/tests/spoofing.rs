@@ -438,3 +438,86 @@ async fn an_instance_never_receives_what_the_bridge_floods_for_another() {
         "control: flooded to A: {seen:?}"
     );
 }
+
+/// The ports attached to `bridge` that are not in the `ports` set of the cloud's bridge table
+/// `table` (those the allow-list lets through unfiltered), and how many ports there are.
+fn unpinned_ports(bridge: &str, table: &str) -> (Vec<String>, usize) {
+    let (ok, out) = sh(&format!("ip -j link show master {bridge}"));
+    assert!(ok, "{out}");
+    let links: serde_json::Value = serde_json::from_str(&out).expect("ip -j");
+    let ports: Vec<String> = links
+        .as_array()
+        .expect("links")
+        .iter()
+        .map(|l| l["ifname"].as_str().expect("ifname").to_string())
+        .collect();
+    let (ok, out) = sh(&format!("nft -j list set bridge {table} ports"));
+    assert!(ok, "{out}");
+    let set: serde_json::Value = serde_json::from_str(&out).expect("nft -j");
+    let pinned: Vec<String> = set["nftables"]
+        .as_array()
+        .expect("nftables")
+        .iter()
+        .filter_map(|o| o["set"]["elem"].as_array())
+        .flatten()
+        .filter_map(|e| e.as_str().map(str::to_string))
+        .collect();
+    let n = ports.len();
+    (ports.into_iter().filter(|p| !pinned.contains(p)).collect(), n)
+}
+
+/// A launch running alongside a rewrite of the tables (an elastic IP moved on and off another
+/// instance) ends with its port pinned: a rewrite from a snapshot of the records taken before
+/// the launch's record was in cannot drop the port's elements after the launch pinned it.
+/// The rewrite starts at a different moment each round to sweep the window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launch_alongside_a_table_rewrite_stays_pinned() {
+    let t = TestCloud::new().await;
+    let anchor = t.cloud.launch(t.request("anchor")).await.expect("launch anchor");
+    let eip = t.pool_address(3);
+    let (bridge, table) = (t.cloud.network().bridge(), t.cloud.network().table());
+    for round in 0..16u64 {
+        let (cloud, id) = (t.cloud.clone(), anchor.id.clone());
+        let rewrite = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_micros((round % 8) * 700)).await;
+            if round % 2 == 0 {
+                cloud.associate_address(&id, eip.into()).await
+            } else {
+                cloud.disassociate_address(eip.into()).await
+            }
+        });
+        t.cloud
+            .launch(t.request(&format!("race-{round}")))
+            .await
+            .expect("launch");
+        rewrite.await.expect("join").expect("rewrite");
+        let (unpinned, ports) = unpinned_ports(&bridge, &table);
+        assert_eq!(ports as u64, round + 2, "every instance has its port on the bridge");
+        assert!(
+            unpinned.is_empty(),
+            "round {round}: ports on the bridge missing from the allow-list: {unpinned:?}"
+        );
+    }
+}
+
+/// Every way up pins the port again: an instance whose port lost its pin (taken out of the
+/// `ports` set here) is pinned once more when it is started, before its init runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_pins_the_port_again() {
+    let t = TestCloud::new().await;
+    let a = t.cloud.launch(t.request("repin")).await.expect("launch");
+    let (bridge, table) = (t.cloud.network().bridge(), t.cloud.network().table());
+    t.cloud.stop(&a.id).await.expect("stop");
+    let (unpinned, ports) = unpinned_ports(&bridge, &table);
+    assert!(unpinned.is_empty() && ports == 1, "{unpinned:?} of {ports}");
+    let (ok, out) = sh(&format!("ip -j link show master {bridge}"));
+    assert!(ok, "{out}");
+    let links: serde_json::Value = serde_json::from_str(&out).expect("ip -j");
+    let port = links[0]["ifname"].as_str().expect("ifname").to_string();
+    let (ok, out) = sh(&format!("nft delete element bridge {table} ports '{{ \"{port}\" }}'"));
+    assert!(ok, "{out}");
+    assert_eq!(unpinned_ports(&bridge, &table).0, vec![port.clone()], "the pin is gone");
+    t.cloud.start(&a.id).await.expect("start");
+    let (unpinned, _) = unpinned_ports(&bridge, &table);
+    assert!(unpinned.is_empty(), "{port} is pinned again on start: {unpinned:?}");
+}
