@@ -133,7 +133,7 @@ pub struct ServeArgs {
     #[arg(long)]
     pub agent_ca: Option<PathBuf>,
     /// Disconnect a client that has not sent a whole request head within this many seconds;
-    /// also how long a kept-alive connection may sit idle.
+    /// also how long a kept-alive connection may sit idle, and a request body may pause.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub header_timeout: u64,
     /// Open API connections one client address may hold (IPv6: one /64); more get 503.

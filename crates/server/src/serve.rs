@@ -21,10 +21,15 @@
 //!   agent sessions have their own bound (one per agent credential, a total; see
 //!   `app::gateway::Hub`), and many instances may reach the control plane through one NAT
 //!   address.
+//! - **Body idle timeout** (the same [`Limits::header_read_timeout`]): once a handler reads a
+//!   request body, a client that sends no part of it for that long gets an error answer and is
+//!   disconnected (a head with `content-length: 5000` and no body no longer holds its
+//!   connection). The timer restarts with every piece of body that arrives, so large artifact
+//!   uploads over slow links still work; it applies to every route on every listener.
 //! - Request bodies are bounded in size by the router (`http::BODY_MAX`; artifact uploads by
-//!   the artifact size limit). Not in time: a client that sends its head at once and then
-//!   trickles a body (or reads an answer slowly) holds its connection, within the caps above;
-//!   a load balancer in front bounds that (HAProxy `timeout http-request`, `timeout client`).
+//!   the artifact size limit). Not in total time: a client that trickles a body (a byte within
+//!   every timeout) or reads an answer slowly holds its connection, within the caps above; a
+//!   load balancer in front bounds that (HAProxy `timeout http-request`, `timeout client`).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -89,10 +94,16 @@ pub async fn serve(listener: TcpListener, router: axum::Router, limits: Limits) 
 
 async fn serve_connection(stream: TcpStream, peer: SocketAddr, router: axum::Router, header_read_timeout: Duration) {
     // Handlers see the peer's address as axum's `ConnectInfo` (agent enrolment checks it).
-    let service = tower::ServiceExt::map_request(router, move |mut req: axum::extract::Request<Incoming>| {
-        req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
-        req
-    });
+    let service = tower::ServiceExt::map_request(
+        router,
+        move |mut req: axum::extract::Request<tower_http::timeout::TimeoutBody<Incoming>>| {
+            req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+            req
+        },
+    );
+    // A body that stops arriving fails the handler's read; hyper then closes the connection,
+    // whose body it never saw the end of.
+    let service = tower_http::timeout::RequestBodyTimeout::new(service, header_read_timeout);
     let _ = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout)

@@ -9,6 +9,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use stratus_agent_proto::{AgentMessage, ControlMessage, DesiredState, EnvValue, ManagedFile, ScriptRun};
+use stratus_store::TypedStore;
 
 async fn start() -> TestServer {
     let t = TestServer::start_with(|c| c.simulate_agents = false).await;
@@ -436,4 +437,87 @@ async fn watched_files_follow_their_object_and_run_their_script_on_change() {
             _ => {}
         }
     }
+}
+
+#[tokio::test]
+async fn file_reports_of_other_contents_or_repeated_failures_grow_nothing() {
+    let t = start().await;
+    let _ = upload(&t, "cfg", "app.json", br#"{"level":"info"}"#).await;
+    let (s, v) = t
+        .post(
+            "/scripts",
+            json!({ "name": "reload-app", "frequency": "on-demand", "body": "#!/bin/sh\necho reloaded\n" }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = t
+        .post(
+            "/templates",
+            json!({ "name": "watcher", "image": "debian-12",
+                    "watch": [{ "path": "/etc/app/config.json", "object": "cfg/app.json", "script": "reload-app", "interval_secs": 30 }] }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let e = enrol(&t, "w-1", "watcher").await;
+    let mut ws = connect(&t, &e.token).await;
+    let d = handshake(&mut ws, &e.id).await;
+    let f1 = d
+        .files
+        .iter()
+        .find(|f| f.path == "/etc/app/config.json")
+        .unwrap()
+        .clone();
+    send(&mut ws, applied(&f1, None)).await;
+    t.wait_state(&e.id, "operational").await;
+    // New content, applied: the script runs once.
+    let v2 = upload(&t, "cfg", "app.json", br#"{"level":"debug"}"#).await;
+    let f2 = loop {
+        if let ControlMessage::DesiredState(d) = recv_work(&mut ws).await
+            && let Some(f) = d.files.iter().find(|f| f.sha256() == v2["sha256"].as_str().unwrap())
+        {
+            break f.clone();
+        }
+    };
+    send(&mut ws, applied(&f2, None)).await;
+    let r = loop {
+        if let ControlMessage::RunScript(r) = recv_work(&mut ws).await {
+            break r;
+        }
+    };
+    run(&mut ws, &r, "reloaded\n", 0).await;
+    let runs_url = format!("/runs?server={}", e.id);
+    let runs = async || t.get(&runs_url).await.to_string().matches("reload-app").count();
+    let runs_before = runs().await;
+    assert!(runs_before > 0);
+
+    // A compromised agent alternates contents (the old one, a made-up one, the desired one),
+    // applied and failed, with a new error each time.
+    let made_up = ManagedFile {
+        content: "made up".into(),
+        source: None,
+        ..f2.clone()
+    };
+    for i in 0..10 {
+        send(&mut ws, applied(&f1, None)).await;
+        send(&mut ws, applied(&made_up, None)).await;
+        send(&mut ws, applied(&f2, None)).await;
+        send(&mut ws, applied(&f1, Some(&format!("old content failed {i}")))).await;
+        send(&mut ws, applied(&f2, Some(&format!("failed {i}")))).await;
+    }
+    send(&mut ws, applied(&f2, Some("the last report"))).await;
+    let app = t.running.as_ref().expect("running").app.clone();
+    t.wait_for("the last report recorded", async |_| {
+        let rec = app
+            .store
+            .get_as::<stratus_server::app::agents::AgentRecord>(&e.id)
+            .await
+            .expect("store")
+            .expect("record");
+        (rec.files.get("/etc/app/config.json")?.error.as_deref() == Some("the last report")).then_some(())
+    })
+    .await;
+    assert_eq!(runs().await, runs_before, "no more runs of the watched file's script");
+    let audited = t.audit("action=server.file_failed").await;
+    assert_eq!(audited.len(), 1, "one failure audited per content: {audited:?}");
+    assert_eq!(audited[0]["detail"]["sha256"], json!(f2.sha256()), "{audited:?}");
 }

@@ -80,6 +80,10 @@ pub struct FileState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub at: DateTime<Utc>,
+    /// The content whose failure to apply was audited: one audit entry per content, however
+    /// many different errors an agent reports for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_audited: Option<String>,
 }
 
 impl Resource for AgentRecord {

@@ -535,8 +535,11 @@ pub async fn access(
 ///
 /// The record keeps reports of the files the server's desired state manages and of no others
 /// (at most [`stratus_agent_proto::limits::MAX_FILES`]; each report's size is bounded by the
-/// protocol): a report on any other path is a protocol error and changes nothing, and reports
-/// of files no longer managed are dropped with the next write.
+/// protocol): a report on any other path is ignored (it can race a template change that
+/// dropped the file) and changes nothing, and reports of files no longer managed are dropped
+/// with the next write. A report must name the content the desired state gives the path (what
+/// the agent applies): one on other content is stale or made up and is ignored, so alternating
+/// contents cannot start a watched file's script again and again.
 pub async fn file_status(
     app: &App,
     session: &Session,
@@ -546,36 +549,56 @@ pub async fn file_status(
     error: Option<&str>,
 ) -> Result<(), AppError> {
     let mut rec = agent_record(app, session.server).await?;
-    let managed: Vec<String> = {
+    // Each managed path with the content it should hold.
+    let managed: Vec<(String, String)> = {
         let s = server_of(app, session.server).await?;
         super::watched::files_for(app, &s)
             .await?
             .into_iter()
-            .map(|f| f.path)
+            .map(|f| {
+                let sha = f.sha256();
+                (f.path, sha)
+            })
             .collect()
     };
     let cap = stratus_agent_proto::limits::MAX_FILES;
-    if !managed.iter().any(|p| p == path) {
-        return Err(AppError::Forbidden(format!(
-            "a file report for {}: this server's desired state manages no such file ({} managed)",
-            stratus_types::name::truncate(path),
-            managed.len()
-        )));
+    let Some((_, desired)) = managed.iter().find(|(p, _)| p == path) else {
+        // Not an attack by itself: a report can race a template change that dropped the file.
+        // Dropped (the session stays up), nothing recorded.
+        tracing::debug!(
+            server = %session.server,
+            path = %stratus_types::name::truncate(path),
+            managed = managed.len(),
+            "a file report for a file this server's desired state does not manage; ignored"
+        );
+        return Ok(());
+    };
+    if sha256 != desired {
+        // A report on other content than the desired one: stale (it raced a change of the
+        // content) or made up. Only the desired content's reports change the record, so an
+        // agent cannot start a watched file's script by alternating contents.
+        tracing::debug!(server = %session.server, %path, "a file report for content that is not the desired one; ignored");
+        return Ok(());
     }
-    rec.files.retain(|p, _| managed.contains(p));
+    rec.files.retain(|p, _| managed.iter().any(|(m, _)| m == p));
     if rec.files.len() >= cap && !rec.files.contains_key(path) {
         return Err(AppError::Forbidden(format!(
             "a file report for {}: the server already has reports of {cap} files, the most kept",
             stratus_types::name::truncate(path)
         )));
     }
+    let before = rec.files.get(path).cloned();
+    let already_audited = before
+        .as_ref()
+        .and_then(|b| b.failure_audited.as_deref())
+        .is_some_and(|a| a == sha256);
     let state = super::agents::FileState {
         sha256: sha256.to_string(),
         applied,
         error: error.map(str::to_string),
         at: Utc::now(),
+        failure_audited: (already_audited || error.is_some()).then(|| sha256.to_string()),
     };
-    let before = rec.files.get(path).cloned();
     // New content in place where other content was: a watched file changed on a running server.
     let changed = applied && before.as_ref().is_some_and(|b| b.applied && b.sha256 != sha256);
     let unchanged = before
@@ -585,7 +608,7 @@ pub async fn file_status(
         return Ok(());
     }
     let mut changes = vec![];
-    if let Some(e) = error {
+    if let Some(e) = error.filter(|_| !already_audited) {
         let s = server_of(app, session.server).await?;
         tracing::warn!(server = %s.name, deployment = %s.deployment, %path, error = %e, "a managed file was not applied cleanly");
         let detail = serde_json::json!({ "path": path, "sha256": sha256, "applied": applied, "error": e });

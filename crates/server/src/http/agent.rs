@@ -71,8 +71,20 @@ async fn connect(State(app): State<Arc<App>>, ConnectingAgent(a): ConnectingAgen
 }
 
 /// How long one write to an agent's socket may take before the session is given up: an agent
-/// that stops reading fills its socket's buffers, and must not hold anyone else up.
+/// that stops reading fills its socket's buffers, and must not hold anyone else up. The base,
+/// for a small frame; a large one gets [`AGENT_WRITE_MIN_RATE`] on top (see [`write_deadline`]).
 pub const AGENT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The slowest link a large control frame must still get through: bytes per second.
+pub const AGENT_WRITE_MIN_RATE: u64 = 64 * 1024;
+
+/// How long writing a frame of `len` bytes may take: [`AGENT_WRITE_TIMEOUT`] plus its time at
+/// [`AGENT_WRITE_MIN_RATE`] (a 16 MiB frame: 10 s + 256 s), so a big frame is not cut on a slow
+/// link and then resent and cut again forever.
+pub fn write_deadline(len: usize) -> Duration {
+    let len = u64::try_from(len).unwrap_or(u64::MAX);
+    AGENT_WRITE_TIMEOUT + Duration::from_secs(len / AGENT_WRITE_MIN_RATE)
+}
 
 /// Send one control message; false when the connection is gone or does not take it in time.
 async fn send(socket: &mut WebSocket, msg: &ControlMessage) -> bool {
@@ -85,13 +97,18 @@ async fn send(socket: &mut WebSocket, msg: &ControlMessage) -> bool {
     }
 }
 
-/// Write one frame within [`AGENT_WRITE_TIMEOUT`].
+/// Write one frame within its [`write_deadline`].
 async fn write(socket: &mut WebSocket, frame: Message) -> bool {
-    match tokio::time::timeout(AGENT_WRITE_TIMEOUT, socket.send(frame)).await {
+    let deadline = write_deadline(match &frame {
+        Message::Text(t) => t.len(),
+        Message::Binary(b) => b.len(),
+        _ => 0,
+    });
+    match tokio::time::timeout(deadline, socket.send(frame)).await {
         Ok(sent) => sent.is_ok(),
         Err(_) => {
             tracing::warn!(
-                timeout_secs = AGENT_WRITE_TIMEOUT.as_secs(),
+                timeout_secs = deadline.as_secs(),
                 "an agent is not reading its connection; closing it"
             );
             false
@@ -317,4 +334,25 @@ pub fn routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(enroll))
         .routes(routes!(whoami))
         .routes(routes!(connect))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frame_gets_the_base_deadline_plus_its_time_at_the_minimum_rate() {
+        assert_eq!(write_deadline(0), AGENT_WRITE_TIMEOUT);
+        assert_eq!(write_deadline(1000), AGENT_WRITE_TIMEOUT);
+        assert_eq!(
+            write_deadline(640 * 1024),
+            AGENT_WRITE_TIMEOUT + Duration::from_secs(10)
+        );
+        // The largest frame an agent session carries gets through at 64 KiB/s.
+        assert_eq!(
+            write_deadline(16 * 1024 * 1024),
+            AGENT_WRITE_TIMEOUT + Duration::from_secs(256)
+        );
+        assert!(write_deadline(usize::MAX) > write_deadline(16 * 1024 * 1024));
+    }
 }
