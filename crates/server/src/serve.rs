@@ -19,7 +19,7 @@
 //!   `stick-table` on `conn_cur`) and raise or turn off the cap here.
 //! - A connection that becomes an agent's WebSocket leaves these counts when it is upgraded: the
 //!   agent sessions have their own bound (one per agent credential, a total; see
-//!   `app::gateway::Hub`), and many instances may reach the control plane through one NAT
+//!   `app::hub`), and many instances may reach the control plane through one NAT
 //!   address.
 //! - Request bodies are bounded in size by the router (`http::BODY_MAX`; artifact uploads by
 //!   the artifact size limit). Not in time: a client that sends its head at once and then
