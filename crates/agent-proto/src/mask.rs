@@ -22,7 +22,9 @@
 //! `echo "$X" | base64` must not print a secret in another dress, so each secret also brings
 //! the forms common tools print it in ([`encoded_forms`]), masked like the secret itself:
 //!
-//! - lowercase and uppercase hex (`xxd -p`, `od`, `sha`-style tools, `printf %x`);
+//! - lowercase and uppercase hex as one unbroken run (`printf %x`, `xxd -p` for secrets of up to
+//!   30 bytes, `od -An -tx1 | tr -d ' \n'`); `od`'s own spaced output and `xxd -p`'s 60-column
+//!   lines of longer secrets are not masked;
 //! - percent-encoding, RFC 3986 (`curl --data-urlencode`, unreserved characters kept) and
 //!   `application/x-www-form-urlencoded` (space as `+`), each with upper- and lowercase hex
 //!   digits;

@@ -142,6 +142,8 @@ async fn setup() -> (stratus_server::Running, Api, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tmp");
     let mut c = stratus_server::Config::new(dir.path().join("data"), "127.0.0.1:0".parse().expect("addr"));
     c.simulate_agents = false;
+    // The fake cloud's instances have made-up addresses; the agent runs on loopback.
+    c.agent_source_check = false;
     c.reconcile_interval = Duration::from_millis(50);
     let running = stratus_server::start(c).await.expect("start");
     let token = std::fs::read_to_string(&running.admin_token_file)

@@ -89,6 +89,8 @@ impl Replica {
         c.store_url = Some(store.to_string());
         c.public_url = Some(public.to_string());
         c.simulate_agents = false;
+        // The fake cloud's instances have made-up addresses; the agent runs on loopback.
+        c.agent_source_check = false;
         c.reconcile_interval = Duration::from_millis(100);
         let running = rt.block_on(stratus_server::start(c)).expect("start a replica");
         Self {

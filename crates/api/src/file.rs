@@ -242,6 +242,16 @@ fn read_beneath(base: &Path, file: &str) -> Result<String, BodyFileError> {
     if !meta.is_file() {
         return Err(refused("is not a regular file"));
     }
+    // What was opened is checked again, by the kernel's name for the open file, in case a
+    // directory on the way was swapped for a link after the check above.
+    use std::os::fd::AsRawFd;
+    if let Ok(opened) = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()))
+        && !opened.starts_with(&root)
+    {
+        return Err(refused(
+            "is a symbolic link out of the deployment file's directory; copy the script beside the file",
+        ));
+    }
     let max = stratus_types::script::SCRIPT_BODY_MAX as u64;
     if meta.len() > max {
         return Err(refused("the script file is larger than 1 MiB"));

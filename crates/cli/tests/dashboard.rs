@@ -85,6 +85,8 @@ async fn the_dashboard_shows_servers_live_runs_scripts_and_terminates() {
 
     let mut config = stratus_server::Config::new(tmp.path().join("data"), "127.0.0.1:0".parse().expect("addr"));
     config.simulate_agents = false;
+    // The fake cloud's instances have made-up addresses; the agent runs on loopback.
+    config.agent_source_check = false;
     config.reconcile_interval = Duration::from_millis(100);
     let running = stratus_server::start(config).await.expect("control plane");
     let token = std::fs::read_to_string(&running.admin_token_file)

@@ -58,6 +58,8 @@ impl Replica {
         c.store_url = Some(store.into());
         c.public_url = Some(public.into());
         c.simulate_agents = false;
+        // Simulated or loopback agents of the fake cloud: their source is not the instance's.
+        c.agent_source_check = false;
         c.boot_deadline = Duration::from_secs(3600);
         let running = rt.block_on(stratus_server::start(c)).expect("start");
         Self {

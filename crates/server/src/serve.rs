@@ -19,7 +19,7 @@
 //!   `stick-table` on `conn_cur`) and raise or turn off the cap here.
 //! - A connection that becomes an agent's WebSocket leaves these counts when it is upgraded: the
 //!   agent sessions have their own bound (one per agent credential, a total; see
-//!   `app::gateway::Hub`), and many instances may reach the control plane through one NAT
+//!   `app::hub`), and many instances may reach the control plane through one NAT
 //!   address.
 //! - **Body idle timeout** (the same [`Limits::header_read_timeout`]): once a handler reads a
 //!   request body, a client that sends no part of it for that long gets an error answer and is

@@ -218,6 +218,25 @@ async fn an_agent_tags_its_own_server_and_queries_its_deployment() {
             other => panic!("{add:?} {remove:?}: {other:?}"),
         }
     }
+    // Many at once: refused with a short answer (the session stays up).
+    let long_value = "v".repeat(255);
+    let many: Vec<Tag> = (0..100).map(|i| tag(&format!("lb:p{i}={long_value}"))).collect();
+    send(
+        &mut wa,
+        AgentMessage::TagChange {
+            request_id: 5,
+            add: many,
+            remove: vec![],
+        },
+    )
+    .await;
+    match recv_work(&mut wa).await {
+        ControlMessage::RequestFailed { request_id, message } => {
+            assert_eq!(request_id, 5);
+            assert!(message.contains("and 97 more"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
     let server = t.get(&format!("/servers/{}", a.id)).await;
     assert_eq!(server["tags"], json!(["lb:pool=www"]), "nothing changed");
 

@@ -502,3 +502,38 @@ async fn the_agent_looks_for_every_credential_that_reached_the_server() {
         "every credential that reached the server, and only those"
     );
 }
+
+/// A credential that reached the server and was then narrowed out of its deployment cannot be
+/// sent to the agent to look for, so the rebundle is refused rather than capture it unchecked.
+#[tokio::test]
+async fn a_credential_narrowed_away_after_delivery_refuses_the_rebundle() {
+    let t = TestServer::start_with(|c| c.simulate_agents = false).await;
+    common::example_credential(&t, "stats-password-xyz").await;
+    let (s, plan) = t.apply_toml(common::EXAMPLE, false).await;
+    assert_eq!(s, StatusCode::OK, "{plan}");
+    for (name, value) in [
+        ("script-default", "default-5ecret-1"),
+        ("template-input", "template-5ecret-2"),
+    ] {
+        let (s, v) = t.post("/credentials", json!({ "name": name, "value": value })).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+    }
+    let (s, plan) = t.apply_toml(KEYED, false).await;
+    assert_eq!(s, StatusCode::OK, "{plan}");
+    let (e, _ws) = operational(&t, "keyed-1", "keyed").await;
+    let (s, v) = t
+        .put(
+            "/credentials/template-input",
+            json!({ "name": "template-input", "value": "template-5ecret-2", "deployments": ["elsewhere"] }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = rebundle(&t, "example/keyed-1", json!({ "array": "keyeds" })).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    let text = v.to_string();
+    assert!(text.contains("template-input"), "{text}");
+    assert!(!text.contains("5ecret"), "{text}");
+    let server = t.get(&format!("/servers/{}", e.id)).await;
+    assert_eq!(server["state"], "operational", "nothing started: {server}");
+    assert!(server["rebundle"].is_null(), "{server}");
+}

@@ -321,10 +321,14 @@ async fn check_described(
         .into_iter()
         .flatten()
         .collect();
-    if app.settings.agent_source_check && !addresses.is_empty() && !peer.is_some_and(|p| addresses.contains(&p)) {
-        return refuse(
-            "the connection does not come from the instance's addresses (behind a proxy or NAT? see --agents-behind-proxy)",
-        );
+    // An instance the cloud gives no address yet cannot be told from anyone else: refused (the
+    // agent retries with backoff), never enrolled on the token alone.
+    if app.settings.agent_source_check && !peer.is_some_and(|p| addresses.contains(&p)) {
+        return refuse(if addresses.is_empty() {
+            "the cloud reports no address for the instance yet, so the connection cannot be checked"
+        } else {
+            "the connection does not come from the instance's addresses (behind a proxy or NAT? see --agents-behind-proxy)"
+        });
     }
     Ok(())
 }

@@ -646,10 +646,15 @@ pub async fn tag_change(app: &App, session: &Session, add: &[Tag], remove: &[Tag
         .map(ToString::to_string)
         .collect();
     if !reserved.is_empty() {
+        // At most three named, so the answer fits an agent frame whatever the request held.
+        let more = match reserved.len() {
+            n if n > 3 => format!(" and {} more", n - 3),
+            _ => String::new(),
+        };
         return Err(AppError::Forbidden(format!(
-            "an agent cannot change {}: the namespaces {} are set by users (the template's \
+            "an agent cannot change {}{more}: the namespaces {} are set by users (the template's \
              default_tags or `stratus server tag`), only array:vote is the agent's",
-            reserved.join(", "),
+            reserved[..reserved.len().min(3)].join(", "),
             stratus_types::tag::RESERVED_FOR_USERS.join(", ")
         )));
     }

@@ -327,8 +327,8 @@ async fn open_runs(app: &App, server: ServerId) -> Result<Vec<Run>, AppError> {
 /// deployment's and its array's inputs as they are now (they may have changed since); the
 /// defaults of every script it was given (its template's boot, operational and decommission
 /// scripts, and the script of every run on it); and the per-run inputs of every run on it
-/// (operational runs, rollouts, deploys). A credential deleted since has no value to look for,
-/// and one outside the deployment's scope is not sent.
+/// (operational runs, rollouts, deploys). A credential deleted since has no value to look for;
+/// one now outside the deployment's scope refuses the rebundle.
 async fn secrets_of(app: &App, s: &Server) -> Result<Vec<SecretString>, AppError> {
     let mut creds = BTreeSet::new();
     let mut add = |inputs: &stratus_types::input::Inputs| {
@@ -384,13 +384,21 @@ async fn secrets_of(app: &App, s: &Server) -> Result<Vec<SecretString>, AppError
             }
         }
     }
-    // Only values the server may have received: one outside its deployment's scope was never
-    // delivered, and must not reach its agent now.
+    // A credential now outside the deployment's scope may still have reached the server before
+    // its scope was narrowed. Its value must not go to the agent now, and without it the image
+    // cannot be checked: the rebundle is refused (fail closed), naming the credential.
     let mut out = vec![];
     for name in &creds {
         match super::credentials::reveal_for(app, name, s.deployment.as_str()).await {
             Ok(secret) if !secret.expose().is_empty() => out.push(SecretString::new(secret.expose())),
-            Ok(_) | Err(AppError::NotFound { .. } | AppError::BadState(_)) => {}
+            Ok(_) | Err(AppError::NotFound { .. }) => {}
+            Err(AppError::BadState(why)) => {
+                return Err(AppError::BadState(format!(
+                    "credential {name} reached {}/{} but cannot be looked for in its file system now ({why}); \
+                     widen its scope to the deployment for the rebundle, or launch a fresh server and rebundle that",
+                    s.deployment, s.name
+                )));
+            }
             Err(e) => return Err(e),
         }
     }
