@@ -14,10 +14,16 @@
 //!    when each run is delivered, so a template reused in another deployment, or a scope narrowed
 //!    later, fails the run with a message naming the credential and the deployment.
 //!
+//! Root code beside the receiving scripts counts as receiving: a template's newly listed
+//! scripts, its changed `watch` entries or `application`, and a deploy (`POST /deploys`) to
+//! servers that receive a credential all need its attach role; so does launching a server (or
+//! growing an array) that would be the first live server of its template in its deployment to
+//! receive it (`launch_receipts`).
+//!
 //! Known limits. Attach guards the paths that *bind* a value or change the code that receives it;
-//! an operator can still run root code on servers in other ways (an application archive and its
-//! activation, an image of their own, operational scripts the template already offers), and such
-//! code can read what the server received. The deployment scope is what confines a value to the
+//! an operator can still run root code on servers in other ways (an image of their own, the
+//! operational scripts the template already offers, an array's own autoscaling after an admin
+//! let it grow), and such code can read what the server received. The deployment scope is what confines a value to the
 //! servers meant to have it: keep admin-only credentials out of deployments operators deploy to.
 //! Attach is checked when a binding or a script changes. A script an operator
 //! wrote earlier, declaring an input an admin *later* binds to a credential in a deployment, does
