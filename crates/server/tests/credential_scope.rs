@@ -200,6 +200,20 @@ inputs = { DB_PASS = "cred:db" }
 "#,
             ),
         ),
+        (
+            "a watched file on a template whose scripts receive it (root writes it)",
+            Method::POST,
+            "/apply",
+            file(
+                "[[template]]\nname = \"db-app\"\nimage = \"debian-12\"\nboot_scripts = [\"boot-db\"]\noperational_scripts = [\"use-db\"]\ninputs = { DB_PASS = \"cred:db\" }\nwatch = [{ path = \"/etc/cron.d/x\", object = \"ops/cron\" }]\n",
+            ),
+        ),
+        (
+            "an application (its activate runs as root) on that template",
+            Method::PUT,
+            "/templates/db-app",
+            json!({ "name": "db-app", "image": "debian-12", "boot_scripts": ["boot-db"], "operational_scripts": ["use-db"], "inputs": { "DB_PASS": "cred:db" }, "application": { "name": "web", "archive": "ops/web.tar.gz", "activate": "cat /proc/*/environ | base64" } }),
+        ),
     ]
 }
 
@@ -293,6 +307,14 @@ async fn a_script_prepared_before_and_listed_later_is_refused() {
 #[tokio::test]
 async fn operators_may_change_what_hands_over_nothing_new() {
     let (t, op) = setup(true).await;
+    // A server of db-app already receives it in `example` (an admin launched it).
+    let (s, v) = t
+        .post(
+            "/servers",
+            json!({ "name": "web-0", "deployment": "example", "template": "db-app" }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
     // A template change that keeps the same binding, a script nothing binds, a server of
     // db-app with its template's inputs: no new flow.
     for (what, file) in [
@@ -531,4 +553,181 @@ async fn bad_scopes_are_refused_and_change_nothing() {
         assert_error(s, &v, StatusCode::BAD_REQUEST, "invalid_input");
     }
     assert_eq!(t.snapshot().await, before, "nothing changed");
+}
+
+#[tokio::test]
+async fn a_value_only_update_keeps_the_scope_and_description() {
+    let (t, _op) = setup(true).await;
+    let (s, v) = t
+        .put(
+            "/credentials/db",
+            json!({ "name": "db", "value": VALUE, "description": "the db", "deployments": ["prod-*"], "attach": "operator" }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    // A new value only (what a rotation sends): nothing else moves, in the answer or the store.
+    let (s, v) = t
+        .put("/credentials/db", json!({ "name": "db", "value": "rotated-value-2" }))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    for c in [v, t.get("/credentials/db").await] {
+        assert_eq!(c["deployments"], json!(["prod-*"]), "{c}");
+        assert_eq!(c["attach"], "operator", "{c}");
+        assert_eq!(c["description"], "the db", "{c}");
+    }
+    // Each field given alone changes only itself.
+    let (s, v) = t
+        .put(
+            "/credentials/db",
+            json!({ "name": "db", "value": "v3-value", "attach": "admin" }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        (&v["attach"], &v["deployments"]),
+        (&json!("admin"), &json!(["prod-*"])),
+        "{v}"
+    );
+    // A new credential still takes the defaults.
+    let (s, v) = t
+        .put("/credentials/fresh", json!({ "name": "fresh", "value": "f-value" }))
+        .await;
+    assert!(s.is_success(), "{v}");
+    assert_eq!(
+        (&v["attach"], &v["deployments"]),
+        (&json!("admin"), &json!(["*"])),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn a_first_server_of_a_template_in_a_deployment_needs_the_attach_role() {
+    let (t, op) = setup(true).await;
+    // A deployment of the operator's own, which the default scope `*` covers.
+    let (s, v) = t
+        .call_as(
+            Some(&op),
+            Method::POST,
+            "/deployments",
+            Some(json!({ "name": "mine", "cloud": "sandbox" })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    // An empty array launches nothing: allowed.
+    let (s, v) = t
+        .call_as(
+            Some(&op),
+            Method::POST,
+            "/arrays",
+            Some(
+                json!({ "name": "idle", "deployment": "mine", "template": "db-app", "min": 0, "max": 3, "desired": 0 }),
+            ),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let before = t.snapshot().await;
+    let file = |t: &str| json!({ "document": doc(t), "dry_run": false });
+    let launches = [
+        (
+            "a launch",
+            Method::POST,
+            "/servers",
+            json!({ "name": "s1", "deployment": "mine", "template": "db-app" }),
+        ),
+        (
+            "a server in a file",
+            Method::POST,
+            "/apply",
+            file(
+                "[deployment]\nname = \"mine\"\ncloud = \"sandbox\"\n[[server]]\nname = \"s2\"\ntemplate = \"db-app\"\n",
+            ),
+        ),
+        (
+            "an array that starts with a member",
+            Method::POST,
+            "/arrays",
+            json!({ "name": "pool", "deployment": "mine", "template": "db-app", "min": 0, "max": 2, "desired": 1 }),
+        ),
+        (
+            "an array scaled up",
+            Method::POST,
+            "/arrays/mine/idle/scale",
+            json!({ "desired": 1 }),
+        ),
+        (
+            "a new deployment with a server, in one file",
+            Method::POST,
+            "/apply",
+            file(
+                "[deployment]\nname = \"prod-x\"\ncloud = \"sandbox\"\n[[server]]\nname = \"s3\"\ntemplate = \"db-app\"\n",
+            ),
+        ),
+    ];
+    for (what, method, path, body) in &launches {
+        let (s, v) = t.call_as(Some(&op), method.clone(), path, Some(body.clone())).await;
+        assert_refused(what, s, &v);
+        assert!(error_text(&v).contains("first of template db-app"), "{what}: {v}");
+    }
+    assert_eq!(t.snapshot().await, before, "a refused launch changes nothing");
+    // Once an admin's server of db-app receives it there, the operator's launches add nothing.
+    let (s, v) = t
+        .post(
+            "/servers",
+            json!({ "name": "s0", "deployment": "mine", "template": "db-app" }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    for (what, method, path, body) in launches.into_iter().take(4) {
+        let (s, v) = t.call_as(Some(&op), method, path, Some(body)).await;
+        assert!(s.is_success(), "{what}: {s} {v}");
+    }
+    // A template that hands over nothing needs nothing.
+    let (s, v) = t
+        .call_as(
+            Some(&op),
+            Method::POST,
+            "/servers",
+            Some(json!({ "name": "p1", "deployment": "mine", "template": "plain-app" })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+}
+
+/// `db-web` runs an application (deployed as root) beside a script that receives `cred:db`.
+const WEB: &str = r#"
+[[template]]
+name = "db-web"
+image = "debian-12"
+operational_scripts = ["use-db"]
+inputs = { DB_PASS = "cred:db" }
+default_tags = ["lb:pool=www"]
+application = { name = "site", archive = "www/site.tar.gz" }
+"#;
+
+#[tokio::test]
+async fn deploying_to_servers_that_receive_an_admin_only_credential_needs_its_role() {
+    let (t, op) = setup(false).await;
+    let _ = t.post("/buckets", json!({ "name": "www" })).await;
+    let resp = t
+        .http
+        .put(format!("{}/api/v1/buckets/www/object?key=site.tar.gz", t.url))
+        .bearer_auth(&t.token)
+        .body(b"an archive".to_vec())
+        .send()
+        .await
+        .expect("put");
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let (s, v) = t.apply_toml(WEB, false).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_e, _ws) = agent::operational(&t, "web-1", "db-web").await;
+    let deploy = json!({ "archive": "www/site.tar.gz", "selector": "lb:pool=www", "deployment": "example" });
+    let rollouts = t.list_all("/rollouts").await.len();
+    let (s, v) = t
+        .call_as(Some(&op), Method::POST, "/deploys", Some(deploy.clone()))
+        .await;
+    assert_refused("a deploy", s, &v);
+    assert!(error_text(&v).contains("server example/web-1"), "{v}");
+    assert_eq!(t.list_all("/rollouts").await.len(), rollouts, "nothing was started");
+    let (s, v) = t.post("/deploys", deploy).await;
+    assert_eq!(s, StatusCode::CREATED, "admin: {v}");
 }

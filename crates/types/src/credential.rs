@@ -194,22 +194,25 @@ pub fn deployment_allowed(patterns: &[String], deployment: &str) -> bool {
     patterns.iter().any(|p| crate::tag::glob_match(p, deployment))
 }
 
-/// What a user gives to create or update a credential.
+/// What a user gives to create or update a credential. On an update, a field left out keeps
+/// the stored value (a value-only `PUT` does not widen a narrowed scope); on a create it takes
+/// the default.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialSpec {
     pub name: Name,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub description: String,
+    /// Default (new credential): empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
     pub value: Secret,
-    /// The deployments whose servers may receive the value: names or `*`-globs (default `["*"]`,
-    /// every deployment). At most 64 entries.
-    #[serde(default = "default_deployments")]
-    pub deployments: Vec<String>,
-    /// The lowest role allowed to attach it (see [`AttachRole`]): `admin` (default) or
+    /// The deployments whose servers may receive the value: names or `*`-globs (new credential:
+    /// `["*"]`, every deployment). At most 64 entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployments: Option<Vec<String>>,
+    /// The lowest role allowed to attach it (see [`AttachRole`]): `admin` (new credential) or
     /// `operator`.
-    #[serde(default)]
-    pub attach: AttachRole,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attach: Option<AttachRole>,
 }
 
 impl CredentialSpec {
@@ -221,10 +224,12 @@ impl CredentialSpec {
         if self.value.expose().len() > SECRET_MAX {
             errs.push(FieldError::new("value", format!("is longer than {SECRET_MAX} bytes")));
         }
-        if self.description.len() > 4096 {
+        if self.description.as_ref().is_some_and(|d| d.len() > 4096) {
             errs.push(FieldError::new("description", "is longer than 4096 bytes"));
         }
-        check_scope(&self.deployments, &mut errs);
+        if let Some(d) = &self.deployments {
+            check_scope(d, &mut errs);
+        }
         errs.into_result()
     }
 }
@@ -315,10 +320,10 @@ mod tests {
         assert_eq!(serde_json::to_string(&s).unwrap(), "\"***\"");
         let spec = CredentialSpec {
             name: Name::parse("db").unwrap(),
-            description: String::new(),
+            description: None,
             value: s,
-            deployments: default_deployments(),
-            attach: AttachRole::Admin,
+            deployments: None,
+            attach: Some(AttachRole::Admin),
         };
         let dbg = format!("{spec:?}");
         assert!(!dbg.contains("hunter2"), "{dbg}");
@@ -336,9 +341,9 @@ mod tests {
 
     #[test]
     fn scope_defaults_to_every_deployment_and_admin_attach() {
+        // Absent fields stay absent (an update keeps the stored ones; a create takes defaults).
         let spec: CredentialSpec = serde_json::from_str(r#"{"name":"db","value":"x"}"#).unwrap();
-        assert_eq!(spec.deployments, ["*"]);
-        assert_eq!(spec.attach, AttachRole::Admin);
+        assert_eq!((spec.deployments, spec.attach, spec.description), (None, None, None));
         // A record stored before scopes existed reads with the same defaults.
         let old = r#"{"id":"0190c6a4-0000-7000-8000-000000000000","revision":1,"name":"db",
             "created_at":"2026-01-01T00:00:00Z","updated_at":"2026-01-01T00:00:00Z"}"#;
@@ -377,10 +382,10 @@ mod tests {
     fn bad_scopes_are_refused_naming_the_entry() {
         let with = |d: Vec<String>| CredentialSpec {
             name: Name::parse("db").unwrap(),
-            description: String::new(),
+            description: None,
             value: Secret::new("v"),
-            deployments: d,
-            attach: AttachRole::Operator,
+            deployments: Some(d),
+            attach: Some(AttachRole::Operator),
         };
         let e = with(vec![]).validate().unwrap_err().to_string();
         assert!(e.contains("deployments") && e.contains("empty"), "{e}");

@@ -10,7 +10,7 @@ use super::Ctx;
 use crate::args::{
     AddressCmd, AuditArgs, CatalogCmd, CredentialCmd, CredentialScopeArgs, ImageCmd, TemplateCmd, TokenCmd, UserCmd,
 };
-use crate::client::seg;
+use crate::client::{ApiFailure, seg};
 use crate::output::{Column, list, show};
 
 /// How one catalog kind is reached and listed.
@@ -424,8 +424,24 @@ pub async fn credential(ctx: &Ctx, cmd: &CredentialCmd) -> anyhow::Result<()> {
             value_file,
             scope,
         } => {
-            // Keep the current description and scope unless new ones are given.
-            let current = c.get(&format!("/credentials/{}", seg(name)), &[]).await.ok();
+            // Keep the current description and scope unless new ones are given. The server keeps
+            // fields a PUT leaves out; they are sent too, for servers that did not. Only "no such
+            // credential" (a create) goes on without them: any other failure stops here rather
+            // than risk sending a value without its scope.
+            let current = match c.get(&format!("/credentials/{}", seg(name)), &[]).await {
+                Ok(v) => Some(v),
+                Err(e)
+                    if e.downcast_ref::<ApiFailure>()
+                        .is_some_and(|f| f.status == reqwest::StatusCode::NOT_FOUND) =>
+                {
+                    None
+                }
+                Err(e) => {
+                    return Err(e.context(format!(
+                        "cannot read credential {name}'s current scope; nothing changed"
+                    )));
+                }
+            };
             let description = match description {
                 Some(d) => d.clone(),
                 None => current

@@ -59,6 +59,11 @@ struct Planner {
     /// Scripts that would run differently (created, or body or inputs changed), and scripts a
     /// template newly lists (with the template): they receive whatever is bound to their inputs.
     receivers: Vec<(Name, Option<Name>)>,
+    /// Templates whose root-run parts other than scripts change (`watch`, `application`).
+    root_changes: Vec<(Name, &'static str)>,
+    /// Servers the plan launches, directly or by growing an array: (deployment, template,
+    /// inputs, place), checked against what live servers already receive.
+    launches: Vec<(Deployment, Name, Inputs, String)>,
 }
 
 impl Planner {
@@ -320,6 +325,19 @@ impl Planner {
         for n in listed(spec).into_iter().filter(|n| !before.contains(n)) {
             self.receivers.push((n, Some(spec.name.clone())));
         }
+        // Watched files (root writes any path, from a bucket others may fill) and the
+        // application (its `activate` is a root shell command) run beside the template's scripts
+        // like a newly listed script: changing them needs the attach role of all they receive.
+        if let Some(o) = old {
+            for (what, changed) in [
+                ("watch", o.watch != spec.watch),
+                ("application", o.application != spec.application),
+            ] {
+                if changed {
+                    self.root_changes.push((spec.name.clone(), what));
+                }
+            }
+        }
         match existing {
             Some(t) if &t.spec == spec && t.content_hash == hash => {
                 self.record("template", &spec.name, PlanAction::Unchanged, vec![]);
@@ -460,6 +478,12 @@ impl Planner {
         );
         match existing {
             None => {
+                self.launches.push((
+                    dep.clone(),
+                    built.template.clone(),
+                    built.inputs.clone(),
+                    format!("server {}/{}", dep.spec.name, f.name),
+                ));
                 self.changes.push(Change::insert(&built));
                 self.record("server", &f.name, PlanAction::Create, vec![]);
             }
@@ -522,6 +546,17 @@ impl Planner {
             &format!("array {}/{}", dep.spec.name, f.name),
             &mut self.attached,
         );
+        let grows = existing
+            .as_ref()
+            .is_none_or(|a| spec.desired.max(spec.min) > a.spec.desired.max(a.spec.min));
+        if grows && spec.desired.max(spec.min) > 0 {
+            self.launches.push((
+                dep.clone(),
+                spec.template.clone(),
+                probe.inputs.clone(),
+                format!("array {}/{}", dep.spec.name, f.name),
+            ));
+        }
         match existing {
             Some(a) if a.spec == spec => self.record("array", &f.name, PlanAction::Unchanged, vec![]),
             Some(mut a) => {
@@ -572,6 +607,8 @@ pub async fn apply(
         conflicts: vec![],
         attached: Attachments::new(),
         receivers: vec![],
+        root_changes: vec![],
+        launches: vec![],
     };
     for c in &file.clouds {
         p.cloud(c);
@@ -617,8 +654,15 @@ pub async fn apply(
     if !p.errs.is_empty() {
         return Err(AppError::Invalid(p.errs));
     }
-    if !p.receivers.is_empty() {
+    if !p.receivers.is_empty() || !p.root_changes.is_empty() {
         let bindings = Bindings::load(store, planned_dep.as_ref(), file).await?;
+        for (t, part) in std::mem::take(&mut p.root_changes) {
+            let what = format!("template {t} changes its {part}, run as root beside ");
+            let scripts = p.catalog.templates.get(&t).map(|x| listed(&x.spec)).unwrap_or_default();
+            for script in &scripts {
+                bindings.received_by(&p.catalog, script, Some(&t), &what, &mut p.attached);
+            }
+        }
         for (script, template) in std::mem::take(&mut p.receivers) {
             match &template {
                 // A script a template newly runs runs as root beside every other script of that
@@ -636,6 +680,10 @@ pub async fn apply(
                 }
             }
         }
+    }
+    for (dep, template, inputs, place) in std::mem::take(&mut p.launches) {
+        super::credentials::launch_receipts(store, &p.catalog, &dep, &template, &inputs, &place, &mut p.attached)
+            .await?;
     }
     super::credentials::require_attach(actor, &p.catalog.credentials, &p.attached)?;
     let mut plan = Plan {

@@ -70,6 +70,26 @@ pub async fn scale(
         ));
     }
     let from = a.spec.desired;
+    // Growing launches servers: a first one of its template in the deployment to receive a
+    // credential needs the role to attach it.
+    if desired > from {
+        let store = &*app.store;
+        let cat = super::resolve::Catalog::load(store).await?;
+        let dep = super::apply::deployment(store, deployment).await?;
+        let mut attached = super::credentials::Attachments::new();
+        let place = format!("array {deployment}/{name}");
+        super::credentials::launch_receipts(
+            store,
+            &cat,
+            &dep,
+            &a.spec.template,
+            &a.spec.inputs,
+            &place,
+            &mut attached,
+        )
+        .await?;
+        super::credentials::require_attach(actor, &cat.credentials, &attached)?;
+    }
     a.spec.desired = desired;
     let target = format!("array/{deployment}/{name}");
     app.commit(vec![

@@ -14,10 +14,16 @@
 //!    when each run is delivered, so a template reused in another deployment, or a scope narrowed
 //!    later, fails the run with a message naming the credential and the deployment.
 //!
+//! Root code beside the receiving scripts counts as receiving: a template's newly listed
+//! scripts, its changed `watch` entries or `application`, and a deploy (`POST /deploys`) to
+//! servers that receive a credential all need its attach role; so does launching a server (or
+//! growing an array) that would be the first live server of its template in its deployment to
+//! receive it (`launch_receipts`).
+//!
 //! Known limits. Attach guards the paths that *bind* a value or change the code that receives it;
-//! an operator can still run root code on servers in other ways (an application archive and its
-//! activation, an image of their own, operational scripts the template already offers), and such
-//! code can read what the server received. The deployment scope is what confines a value to the
+//! an operator can still run root code on servers in other ways (an image of their own, the
+//! operational scripts the template already offers, an array's own autoscaling after an admin
+//! let it grow), and such code can read what the server received. The deployment scope is what confines a value to the
 //! servers meant to have it: keep admin-only credentials out of deployments operators deploy to.
 //! Attach is checked when a binding or a script changes. A script an operator
 //! wrote earlier, declaring an input an admin *later* binds to a credential in a deployment, does
@@ -31,7 +37,7 @@ use stratus_api::views::Page;
 use stratus_store::{Change, Query, TypedStore};
 use stratus_types::CredentialId;
 use stratus_types::Name;
-use stratus_types::credential::{Credential, CredentialSpec, Secret};
+use stratus_types::credential::{Credential, CredentialSpec, Secret, default_deployments};
 use stratus_types::deployment::Deployment;
 use stratus_types::input::{InputValue, Inputs};
 use stratus_types::server::{Server, ServerArray};
@@ -44,7 +50,8 @@ use stratus_types::template::TemplateSpec;
 use super::resolve::{Catalog, named};
 use super::{ADMIN, Actor, App, AppError, OBSERVER, audit};
 
-/// Create, or replace the value of, a credential. Admins only: a credential's value reaches
+/// Create, or replace the value of, a credential (an update keeps the description, deployments
+/// and attach role the request leaves out). Admins only: a credential's value reaches
 /// every instance whose scripts name it.
 pub async fn put(app: &App, actor: &Actor, spec: &CredentialSpec, create_only: bool) -> Result<Credential, AppError> {
     actor.require(ADMIN)?;
@@ -58,10 +65,17 @@ pub async fn put(app: &App, actor: &Actor, spec: &CredentialSpec, create_only: b
                 spec.name
             )));
         }
+        // A field the request leaves out keeps its stored value.
         Some(mut c) => {
-            c.description = spec.description.clone();
-            c.deployments = spec.deployments.clone();
-            c.attach = spec.attach;
+            if let Some(d) = &spec.description {
+                c.description = d.clone();
+            }
+            if let Some(d) = &spec.deployments {
+                c.deployments = d.clone();
+            }
+            if let Some(a) = spec.attach {
+                c.attach = a;
+            }
             let ch = Change::update(&mut c, now);
             (c, "credential.update", ch)
         }
@@ -70,9 +84,9 @@ pub async fn put(app: &App, actor: &Actor, spec: &CredentialSpec, create_only: b
                 id: CredentialId::new(),
                 revision: 1,
                 name: spec.name.clone(),
-                description: spec.description.clone(),
-                deployments: spec.deployments.clone(),
-                attach: spec.attach,
+                description: spec.description.clone().unwrap_or_default(),
+                deployments: spec.deployments.clone().unwrap_or_else(default_deployments),
+                attach: spec.attach.unwrap_or_default(),
                 created_at: now,
                 updated_at: now,
             };
@@ -394,4 +408,80 @@ impl Bindings {
             }
         }
     }
+}
+
+/// The credentials a server of `template` receives, each with the first script input that
+/// gets it: every `cred:` value bound to an input one of the template's scripts declares, by
+/// the server's own inputs, its deployment's, the template's or the script's default (all of
+/// them, not only the one that wins: the check errs on the side of refusing).
+pub(crate) fn received(
+    catalog: &Catalog,
+    template: &Name,
+    deployment_inputs: &Inputs,
+    inputs: &Inputs,
+) -> BTreeMap<Name, String> {
+    let mut out = BTreeMap::new();
+    let Some(t) = catalog.templates.get(template) else {
+        return out;
+    };
+    for script in listed(&t.spec) {
+        let Some(s) = catalog.scripts.get(&script) else {
+            continue;
+        };
+        for d in &s.spec.inputs {
+            let bound = [inputs, deployment_inputs, &t.spec.inputs]
+                .into_iter()
+                .filter_map(|i| i.get(&d.name))
+                .chain(d.default.as_ref());
+            for v in bound {
+                if let InputValue::Cred(c) = v {
+                    out.entry(c.clone())
+                        .or_insert_with(|| format!("script {script} gets it as input {}", d.name));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// What launching a server of `template` into `deployment` with `inputs` hands over that no
+/// live server of the same template in that deployment already receives (a first server in a
+/// deployment an operator just created is a new flow even if the credential's scope matches).
+pub(crate) async fn launch_receipts(
+    store: &dyn Datastore,
+    catalog: &Catalog,
+    deployment: &Deployment,
+    template: &Name,
+    inputs: &Inputs,
+    place: &str,
+    to: &mut Attachments,
+) -> Result<(), AppError> {
+    let new = received(catalog, template, &deployment.spec.inputs, inputs);
+    if new.is_empty() {
+        return Ok(());
+    }
+    let live = Query {
+        live_only: true,
+        scope: Some(deployment.spec.name.to_string()),
+        ..Default::default()
+    };
+    let mut already = BTreeSet::new();
+    for s in store.list_all::<Server>(&live).await? {
+        if &s.template == template && s.deployment == deployment.spec.name {
+            already.extend(received(catalog, template, &deployment.spec.inputs, &s.inputs).into_keys());
+        }
+    }
+    for (c, how) in new {
+        if !already.contains(&c) {
+            attach(
+                to,
+                &c,
+                format!(
+                    "{place} would be the first of template {template} in deployment {} to receive it: {how}",
+                    deployment.spec.name
+                ),
+            );
+        }
+    }
+    Ok(())
 }

@@ -16,6 +16,7 @@ use chrono::Utc;
 use stratus_agent_proto::{ArtifactRef, EnvValue, EnvVar, ScriptRun};
 use stratus_store::TypedStore;
 use stratus_types::artifact::{Object, split_path};
+use stratus_types::input::Inputs;
 use stratus_types::run::{Phase, Rollout, Run, RunStatus};
 use stratus_types::script::Frequency;
 use stratus_types::server::{Server, ServerState};
@@ -204,6 +205,30 @@ pub async fn start(app: &Arc<App>, actor: &Actor, req: &StartDeploy) -> Result<R
             )),
         }
     }
+    // The archive (and its activation) runs as root beside the scripts of each server: whoever
+    // deploys can read what those servers received, so it needs the attach role of all of it.
+    let cat = super::resolve::Catalog::load(&*app.store).await?;
+    let mut deployments: BTreeMap<String, Inputs> = BTreeMap::new();
+    let mut attached = super::credentials::Attachments::new();
+    for r in &runs {
+        let Some(s) = servers.iter().find(|s| s.id == r.server) else {
+            continue;
+        };
+        let dep = s.deployment.to_string();
+        if !deployments.contains_key(&dep) {
+            let d = super::apply::deployment(&*app.store, &dep).await?;
+            deployments.insert(dep.clone(), d.spec.inputs);
+        }
+        let received = super::credentials::received(&cat, &s.template, &deployments[&dep], &s.inputs);
+        for (c, how) in received {
+            let place = format!(
+                "server {dep}/{} receives it ({how}) and a deploy runs as root there",
+                s.name
+            );
+            super::credentials::attach(&mut attached, &c, place);
+        }
+    }
+    super::credentials::require_attach(actor, &cat.credentials, &attached)?;
     let spec = super::rollouts::Planned {
         script: script_name(),
         selector: req.selector.clone(),

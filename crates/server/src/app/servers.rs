@@ -215,6 +215,17 @@ pub async fn launch(app: &App, actor: &Actor, spec: &ServerSpec) -> Result<Serve
     let mut attached = super::credentials::Attachments::new();
     let place = format!("server {}/{}", spec.deployment, spec.name);
     super::credentials::attachments(&spec.inputs, Some(&inherited), &place, &mut attached);
+    // And a first server of its template in the deployment starts a flow of its own.
+    super::credentials::launch_receipts(
+        &*app.store,
+        &cat,
+        &dep,
+        &server.template,
+        &server.inputs,
+        &place,
+        &mut attached,
+    )
+    .await?;
     super::credentials::require_attach(actor, &cat.credentials, &attached)?;
     let target = format!("server/{}/{}", server.deployment, server.name);
     app.commit(vec![
