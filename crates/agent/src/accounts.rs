@@ -7,8 +7,9 @@
 //! `/etc/sudoers.d/stratus-NAME` (passwordless sudo for `server_superuser`).
 //!
 //! Every account the agent created is recorded in `STATE/accounts.json`. One that is recorded
-//! but no longer listed is revoked: its keys and sudo go, it is locked with `nologin` as its
-//! shell, and its processes are killed when `end_sessions` says so — a revoked user's new login
+//! but no longer listed is revoked: its keys and sudo go, it is locked and expired (`usermod
+//! --expiredate 1`: a lock alone does not stop key logins when sshd uses PAM) with `nologin`
+//! as its shell (a grant clears both), and its processes are killed when `end_sessions` says so — a revoked user's new login
 //! is refused and an open session ends. Accounts the agent did not create (root, the image's
 //! own users) are never changed; a listed name that collides with one is reported and skipped.
 //!
@@ -266,8 +267,11 @@ fn grant(host: &Host, managed: &mut BTreeSet<String>, a: &LoginAccount) -> Resul
             a.name
         ));
     }
-    // No password (key logins only), not locked, a login shell.
-    run("usermod", &["--password", "*", "--shell", "/bin/bash", &a.name])?;
+    // No password (key logins only), not locked, not expired, a login shell.
+    run(
+        "usermod",
+        &["--password", "*", "--expiredate", "", "--shell", "/bin/bash", &a.name],
+    )?;
     write_keys(host, &a.name, &a.keys)?;
     set_sudo(host, &a.name, a.sudo)
 }
@@ -275,7 +279,12 @@ fn grant(host: &Host, managed: &mut BTreeSet<String>, a: &LoginAccount) -> Resul
 fn revoke(host: &Host, name: &str, end_sessions: bool) -> Result<(), String> {
     if passwd(host, name).is_some() {
         write_keys(host, name, &[])?;
-        run("usermod", &["--lock", "--shell", "/usr/sbin/nologin", name])?;
+        // `--lock` alone does not stop a key login when sshd uses PAM; an expired account
+        // is refused by PAM's account check.
+        run(
+            "usermod",
+            &["--lock", "--expiredate", "1", "--shell", "/usr/sbin/nologin", name],
+        )?;
     }
     set_sudo(host, name, false)?;
     if end_sessions {

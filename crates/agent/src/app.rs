@@ -13,10 +13,19 @@
 //! leaves the previous one serving. A refused archive changes nothing. The newest
 //! [`KEEP_RELEASES`] releases are kept (and always the current and previous one).
 //!
-//! `ROOT` is taken as given; below it nothing is followed through a link, so `ROOT/NAME` may
-//! belong to another user (`--root /home/app/www`): a link they plant as `NAME`, `releases`,
-//! a release or `current` is refused or replaced, never written through, and pruning removes
-//! only releases the agent made (see [`crate::archive`]).
+//! `ROOT` is opened one name at a time, following a link only where only root could have made
+//! it (a root-owned directory no one else may write), so `ROOT` or one of its parents planted
+//! as a link by another user (`mv www x; ln -s /srv www` in `/home/app`) is refused. Below it
+//! nothing is followed through a link, so `ROOT/NAME` may belong to another user
+//! (`--root /home/app/www`): a link they plant as `NAME`, `releases`, a release or `current`
+//! is refused or replaced, never written through, and pruning removes only releases the agent
+//! made (see [`crate::archive`]). `current` is read through the directory's descriptor.
+//!
+//! The activation command gets `STRATUS_APP_DIR=ROOT/NAME/releases/VERSION` (the release,
+//! not `current`). It is a path, so when `ROOT/NAME` belongs to another user they can still
+//! swap `releases` between the switch and the command's use of the path: an activation
+//! command run as root must treat `$STRATUS_APP_DIR` as that user's data (read it, never
+//! follow links in it to write as root).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -87,10 +96,9 @@ fn name_ok(name: &str) -> bool {
     !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
 }
 
-/// The release `current` points at, if any.
+/// The release `current` points at, if any (read through the app directory's descriptor).
 pub fn current(app: &Path) -> Option<String> {
-    let target = std::fs::read_link(app.join("current")).ok()?;
-    target.file_name().map(|n| n.to_string_lossy().into_owned())
+    archive::current(app)
 }
 
 /// Deploy and activate (see the module docs); the report is for the run's output.
@@ -114,7 +122,7 @@ pub fn deploy(root: &Path, name: &str, archive: &Path, sha256: &str, activate: O
     })?;
     println!("{name}: release {version} unpacked in {}", target.display());
     if let Some(cmd) = activate
-        && let Err(e) = run_activate(cmd, &app)
+        && let Err(e) = run_activate(cmd, &app, &version)
     {
         let Some(prev) = previous.filter(|p| *p != version) else {
             return Err(format!(
@@ -122,7 +130,7 @@ pub fn deploy(root: &Path, name: &str, archive: &Path, sha256: &str, activate: O
             ));
         };
         archive::switch(&app, &prev).map_err(|s| format!("activation failed ({e}), and switching back failed: {s}"))?;
-        let again = match run_activate(cmd, &app) {
+        let again = match run_activate(cmd, &app, &prev) {
             Ok(()) => "activated again".to_string(),
             Err(e2) => format!("its activation failed too: {e2}"),
         };
@@ -139,12 +147,15 @@ pub fn deploy(root: &Path, name: &str, archive: &Path, sha256: &str, activate: O
     Ok(format!("{name}: current -> releases/{version}{from}"))
 }
 
-fn run_activate(cmd: &str, app: &Path) -> Result<(), String> {
+/// Run the activation command with `STRATUS_APP_DIR` = the release directory itself
+/// (`APP/releases/VERSION`, made by the agent), not `APP/current`: the owner of `APP` could
+/// point `current` anywhere between the switch and the command.
+fn run_activate(cmd: &str, app: &Path, version: &str) -> Result<(), String> {
     println!("activating: {cmd}");
     let status = std::process::Command::new("/bin/sh")
         .arg("-c")
         .arg(cmd)
-        .env("STRATUS_APP_DIR", app.join("current"))
+        .env("STRATUS_APP_DIR", app.join("releases").join(version))
         .stdin(std::process::Stdio::null())
         .status()
         .map_err(|e| format!("cannot run /bin/sh: {e}"))?;
@@ -222,6 +233,57 @@ mod tests {
         assert_eq!(
             std::fs::read_to_string(root.join("app/current/n")).unwrap(),
             (KEEP_RELEASES + 2).to_string()
+        );
+    }
+
+    /// A root path through a link planted in a directory another user owns (the root itself,
+    /// or one of its parents) is refused, and what the link points at is untouched; a link
+    /// only root could have made is followed.
+    #[test]
+    fn root_through_a_planted_link_is_refused() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let (a, s) = tarball(d, "a.tgz", &[("index.html", "new")]);
+        // The sentinel: another deployment, serving release "old".
+        let srv = d.join("srv");
+        std::fs::create_dir_all(srv.join("web/releases/old")).unwrap();
+        std::fs::write(srv.join("web/releases/old/index.html"), "old").unwrap();
+        symlink("releases/old", srv.join("web/current")).unwrap();
+        // `app`'s home (uid 65534): `www` and `x` are links it planted.
+        let home = d.join("home");
+        std::fs::create_dir(&home).unwrap();
+        symlink(&srv, home.join("www")).unwrap();
+        symlink(d, home.join("x")).unwrap();
+        std::os::unix::fs::chown(&home, Some(65534), Some(65534)).unwrap();
+        for root in [home.join("www"), home.join("x/srv"), home.join("x/home/www")] {
+            let e = deploy(&root, "web", &a, &s, Some("true")).unwrap_err();
+            assert!(e.contains("not followed"), "{}: {e}", root.display());
+        }
+        let entries: Vec<_> = std::fs::read_dir(srv.join("web/releases"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(entries, ["old"]);
+        assert_eq!(
+            std::fs::read_link(srv.join("web/current")).unwrap(),
+            Path::new("releases/old")
+        );
+        assert!(current(&home.join("www/web")).is_none());
+        // A link in a directory only root may change is followed.
+        let trusted = d.join("trusted");
+        std::fs::create_dir(&trusted).unwrap();
+        symlink(&srv, trusted.join("srv")).unwrap();
+        // The activation gets the release itself, not a path through `current`.
+        let release = format!(
+            "test \"$STRATUS_APP_DIR\" = {}/srv/site/releases/{}",
+            trusted.display(),
+            &s[..12]
+        );
+        deploy(&trusted.join("srv"), "site", &a, &s, Some(&release)).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(srv.join("site/current/index.html")).unwrap(),
+            "new"
         );
     }
 

@@ -35,7 +35,9 @@
 //! # The application directory may belong to someone else
 //!
 //! `APP` may sit in a directory another user controls (`/home/app/www/site`). Its parent path
-//! is taken as given; `APP` itself, `releases`, each release and `current` are opened and
+//! is opened one name at a time and a link on the way is followed only where only root could
+//! have made it (in a root-owned directory no one else may write: `/home -> /usr/home` is
+//! fine, `/home/app/www -> /srv` planted by `app` is refused); `APP` itself, `releases`, each release and `current` are opened and
 //! changed through directory descriptors without following links: the switch is a new
 //! symlink renamed over `current` within `APP`, a release or partial unpack that is a link or
 //! not a directory the agent's user owns is refused (never used, replaced or removed), and
@@ -186,23 +188,36 @@ fn check_version(version: &str) -> Result<(), ArchiveError> {
     Ok(())
 }
 
-/// Open the application directory: its parent as given (created if `create`), `APP` itself
-/// without following a link.
+/// Open the application directory: its parent (`ROOT`, created if `create`) by
+/// [`crate::safe_fs::open_dir_creating`]'s rule, so a link on the way is followed only where
+/// only root could have made it (`/home/app/www -> /srv`, planted by `app`, is refused), and
+/// `APP` itself without following a link.
 fn open_app(app: &Path, create: bool) -> Result<OwnedFd, ArchiveError> {
     let (Some(parent), Some(name)) = (app.parent(), app.file_name()) else {
         return Err(io_at(app, Errno::INVAL));
     };
-    let parent = if parent.as_os_str().is_empty() {
-        Path::new(".")
+    let parent = if parent.is_absolute() {
+        parent.to_path_buf()
     } else {
-        parent
+        std::env::current_dir().map_err(io(parent))?.join(parent)
     };
-    if create {
-        std::fs::create_dir_all(parent).map_err(io(parent))?;
+    let pfd = if create {
+        crate::safe_fs::open_dir_creating(&parent, 0o755)
+    } else {
+        crate::safe_fs::open_dir(&parent)
     }
-    let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC;
-    let pfd = rustix::fs::open(parent, flags, Mode::empty()).map_err(|e| io_at(parent, e))?;
+    .map_err(io(&parent))?;
     child_dir(&pfd, app, name, create)
+}
+
+/// The release `APP/current` points at, read through `APP`'s descriptor (see [`open_app`]);
+/// `None` if there is none.
+pub fn current(app: &Path) -> Option<String> {
+    let app_fd = open_app(app, false).ok()?;
+    let target = rustix::fs::readlinkat(&app_fd, "current", Vec::new()).ok()?;
+    Path::new(OsStr::from_bytes(target.as_bytes()))
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
 }
 
 /// The directory `name` in `dir` (at `dir_path`), never through a link.

@@ -8,7 +8,8 @@
 //! 1. **Scan.** Every regular file of the root file system (one device: `/proc`, `/sys`,
 //!    `/dev`, `/run` and other mounts are not part of the image) is searched for the secret
 //!    values the control plane sent (the server's `cred:` inputs), and so is every file name.
-//!    If one is found the preparation is refused with the files' paths, never the value, and
+//!    If one is found the preparation is refused with the files' paths, never the value (a
+//!    secret in a path, a file named after it, is shown as `***`), and
 //!    nothing is changed: the server keeps running as it was. A boot script that writes a
 //!    secret into a file should write it again at every boot instead (an every-boot or
 //!    per-instance script), so the image does not need it.
@@ -118,7 +119,7 @@ pub fn scan(root: &Path, skip: &Path, secrets: &[&[u8]]) -> std::io::Result<Vec<
                     && rustix::fs::readlinkat(dir.as_fd(), name.as_os_str(), Vec::new())
                         .is_ok_and(|t| finder.is_match(t.as_bytes())));
             if hit {
-                found.push(printable(root, &path));
+                found.push(printable(root, &path, &finder));
                 if found.len() >= MAX_PREPARED_LINES {
                     return Ok(found);
                 }
@@ -162,9 +163,16 @@ fn holds_in(
 }
 
 /// `/etc/app.conf` for `ROOT/etc/app.conf`, escaped so a hostile file name prints on one line.
-fn printable(root: &Path, path: &Path) -> String {
+/// The path under `root` for the report: every secret in it (a file or directory named after
+/// one) replaced by `***` before anything else, then escaped onto one line, at most 1024
+/// characters. The report is kept and shown by the control plane, so it never holds a value.
+fn printable(root: &Path, path: &Path, finder: &aho_corasick::AhoCorasick) -> String {
     let rel = path.strip_prefix(root).unwrap_or(path);
-    let shown: String = format!("/{}", rel.display()).escape_debug().collect();
+    let mut raw = b"/".to_vec();
+    raw.extend_from_slice(rel.as_os_str().as_bytes());
+    let masks = vec!["***"; finder.patterns_len()];
+    let masked = finder.replace_all_bytes(&raw, &masks);
+    let shown: String = String::from_utf8_lossy(&masked).escape_debug().collect();
     shown.chars().take(1024).collect()
 }
 
@@ -469,7 +477,7 @@ mod tests {
         let found = scan(r, &r.join("var/lib/stratus-agent"), &[secret]).unwrap();
         assert_eq!(
             found,
-            vec!["/etc/app.conf", "/opt/app/big.bin", "/opt/s3cr3t-value-xyz"],
+            vec!["/etc/app.conf", "/opt/***", "/opt/app/big.bin"],
             "the state directory is skipped"
         );
         assert!(scan(r, &r.join("x"), &[b"not-there-anywhere"]).unwrap().is_empty());
@@ -484,7 +492,23 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         std::fs::write(t.path().join("a\nb-secret"), b"").unwrap();
         let found = scan(t.path(), &t.path().join("x"), &[b"secret"]).unwrap();
-        assert_eq!(found, vec!["/a\\nb-secret"]);
+        assert_eq!(found, vec!["/a\\nb-***"]);
+    }
+
+    /// A file or directory named after a secret is reported, with the secret masked: the
+    /// refusal is stored and shown by the control plane.
+    #[test]
+    fn a_secret_in_a_name_is_reported_masked() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        let secret: &[u8] = b"hunter2-TOKEN";
+        std::fs::create_dir_all(r.join("srv/dir-hunter2-TOKEN/x")).unwrap();
+        std::fs::write(r.join("srv/dir-hunter2-TOKEN/x/file"), b"hunter2-TOKEN").unwrap();
+        std::fs::write(r.join("srv/hunter2-TOKENhunter2-TOKEN.key"), b"").unwrap();
+        std::fs::write(r.join("srv/other"), b"").unwrap();
+        let found = scan(r, &r.join("none"), &[secret, b"unused"]).unwrap();
+        assert_eq!(found, vec!["/srv/******.key", "/srv/dir-***", "/srv/dir-***/x/file"]);
+        assert!(found.iter().all(|p| !p.contains("hunter2")), "{found:?}");
     }
 
     proptest::proptest! {

@@ -321,6 +321,19 @@ fn planted_links_and_fifos_in_a_login_users_ssh_directory_change_nothing_outside
         );
     }
 
+    // The account expiry (shadow's 8th field): none while granted, day 1 once revoked (PAM
+    // refuses an expired account even for a key login).
+    let expiry = |name: &str| {
+        let shadow = std::fs::read_to_string("/etc/shadow").expect("shadow");
+        let line = shadow
+            .lines()
+            .find(|l| l.split(':').next() == Some(name))
+            .expect("in shadow")
+            .to_string();
+        line.split(':').nth(7).unwrap_or_default().to_string()
+    };
+    assert_eq!(expiry(&u.name), "", "granted: not expired");
+
     // Revoked with a link planted where the keys go: the keys go, the sentinel stays.
     let p = u.ssh().join("authorized_keys");
     clear(&p);
@@ -328,6 +341,7 @@ fn planted_links_and_fifos_in_a_login_users_ssh_directory_change_nothing_outside
     let r = apply("revoke", &host, logins(&[], false));
     assert_eq!(r.revoked, std::slice::from_ref(&u.name), "{r:?}");
     s.assert_intact("revoke");
+    assert_eq!(expiry(&u.name), "1", "revoked: expired");
     let left = std::fs::read_to_string(&keys).expect("keys");
     assert!(!left.contains("ssh-ed25519"), "no key is left: {left}");
 
