@@ -186,7 +186,8 @@ fn inline_body_files(value: &mut serde_json::Value, path: &str, base: Option<&Pa
             BodyFileError::Refused(why) => invalid(&why),
             BodyFileError::Io(source) => FileError::Io {
                 path: path.into(),
-                file: shown(&file),
+                // Bounded and escaped: the name is the file's author's, not the reader's.
+                file: format!("{:?}", stratus_types::name::truncate(&file)),
                 source,
             },
         })?;
@@ -266,15 +267,6 @@ fn read_beneath(base: &Path, file: &str) -> Result<String, BodyFileError> {
         return Err(refused("the script file is larger than 1 MiB"));
     }
     Ok(body)
-}
-
-/// An attacker-written name, bounded and without control characters, for an error message.
-fn shown(name: &str) -> String {
-    let mut s: String = name.chars().take(200).flat_map(char::escape_debug).collect();
-    if name.chars().count() > 200 {
-        s.push('…');
-    }
-    s
 }
 
 impl DeploymentFile {
