@@ -129,7 +129,8 @@ impl Pair {
             .args([FRAMES_PY, "cases", &self.params("x")])
             .output()
             .expect("python3");
-        serde_json::from_slice(&out.stdout).expect("cases")
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("cases: {e}: {}", String::from_utf8_lossy(&out.stderr)))
     }
 
     /// The bridge port the bridge's forwarding table puts `mac` on.
