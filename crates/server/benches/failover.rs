@@ -218,7 +218,7 @@ fn main() {
     for ud in user_data {
         bench_rt.spawn(simulated_agent(ud));
     }
-    let connected = |r: &Replica| r.app().agents.connected();
+    let connected = |r: &Replica| r.app().cluster.sessions_here();
     wait(Duration::from_secs(600), || {
         (connected(&a) + connected(&b) == n).then_some(())
     });
@@ -234,7 +234,7 @@ fn main() {
     } else {
         (&mut b, &mut a)
     };
-    let before = survivor.app().agents.connected();
+    let before = survivor.app().cluster.sessions_here();
     let moving = n - before;
     let killed = Instant::now();
     dead.kill();
@@ -242,7 +242,7 @@ fn main() {
     let mut led = None;
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let back = survivor.app().agents.connected().saturating_sub(before);
+        let back = survivor.app().cluster.sessions_here().saturating_sub(before);
         let at = killed.elapsed().as_secs_f64();
         for m in &mut marks {
             if m.1 == 0.0 && back as f64 >= (moving as f64 * m.0).ceil() {

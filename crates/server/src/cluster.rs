@@ -33,29 +33,51 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::app::App;
+use crate::app::hub::{Hub, HubFull, SessionSlot};
 
 /// How this control plane shares the work with others.
 #[derive(Debug)]
 pub struct Cluster {
     pg: Option<PgCluster>,
     leader: watch::Sender<bool>,
+    /// The agent sessions this replica holds. Private: the one way to send to an agent is
+    /// [`App::push_agent`], which finds the replica holding it, so no caller can mistake "not
+    /// connected here" for "not connected".
+    hub: Hub,
 }
 
 impl Cluster {
     /// One process (SQLite): always the leader.
-    pub fn single() -> Self {
+    pub fn single(hub: Hub) -> Self {
         Self {
             pg: None,
             leader: watch::Sender::new(true),
+            hub,
         }
     }
 
     /// A replica of a PostgreSQL cluster: leader once elected.
-    pub fn postgres(pg: PgCluster) -> Self {
+    pub fn postgres(pg: PgCluster, hub: Hub) -> Self {
         Self {
             pg: Some(pg),
             leader: watch::Sender::new(false),
+            hub,
         }
+    }
+
+    /// Open a session for an agent connecting to this replica (see [`Hub::open`]).
+    pub fn open_session(&self, server: ServerId) -> Result<SessionSlot, HubFull> {
+        self.hub.open(server)
+    }
+
+    /// Whether this replica (not another) holds a session of the server's agent.
+    pub fn holds(&self, server: ServerId) -> bool {
+        self.hub.is_connected(server)
+    }
+
+    /// How many agents have a session on this replica.
+    pub fn sessions_here(&self) -> usize {
+        self.hub.connected()
     }
 
     pub fn is_leader(&self) -> bool {
@@ -76,8 +98,8 @@ impl App {
     /// Send to a server's agent, on this replica's connection or through the replica that holds
     /// it. False when no live replica holds a connection of it.
     pub async fn push_agent(&self, server: ServerId, msg: ControlMessage) -> bool {
-        if self.agents.is_connected(server) {
-            return self.agents.push(server, msg);
+        if self.cluster.hub.is_connected(server) {
+            return self.cluster.hub.push(server, msg);
         }
         let Some(pg) = self.cluster.pg() else {
             return false;
@@ -116,7 +138,7 @@ impl App {
 
     /// Whether some live replica holds a connection of the server's agent.
     pub async fn agent_connected(&self, server: ServerId) -> bool {
-        if self.agents.is_connected(server) {
+        if self.cluster.hub.is_connected(server) {
             return true;
         }
         match self.cluster.pg() {
@@ -297,7 +319,7 @@ async fn deliver(app: &App, pg: &PgCluster) {
             warn!(%server, "a relayed message is unreadable; dropped");
             continue;
         };
-        if !app.agents.push(ServerId(id), msg) {
+        if !app.cluster.hub.push(ServerId(id), msg) {
             // The agent left meanwhile: what matters is resent when it reconnects.
             tracing::debug!(%server, "a relayed message found its agent gone");
         }

@@ -33,6 +33,9 @@ pub const AVAILABLE: &[DriverKind] = &[DriverKind::Fake, DriverKind::Local, Driv
 /// A cloud's driver, made once on first use.
 type DriverCell = tokio::sync::OnceCell<Arc<dyn CloudDriver>>;
 
+/// The `fake` driver's clouds, by name: shared by the control planes given the same map.
+pub type FakeClouds = Arc<std::sync::Mutex<HashMap<Name, Arc<FakeCloud>>>>;
+
 /// What the local driver needs from the control plane's configuration.
 #[derive(Debug, Clone)]
 pub struct LocalBase {
@@ -58,6 +61,8 @@ pub struct Drivers {
     gateways: std::sync::Mutex<HashMap<Name, Gateway>>,
     /// Opens the credentials clouds name (an EC2 cloud's access key).
     keys: Option<Arc<crate::crypto::KeyRing>>,
+    /// The fake clouds made or shared so far.
+    fakes: FakeClouds,
 }
 
 /// A local cloud's way to the control plane: the URL its instances use, and the listener
@@ -82,7 +87,14 @@ impl Drivers {
             gateway_api: std::sync::OnceLock::new(),
             gateways: std::sync::Mutex::default(),
             keys: None,
+            fakes: FakeClouds::default(),
         }
+    }
+
+    /// With fake clouds shared with other control planes in this process.
+    pub fn with_fake_clouds(mut self, fakes: FakeClouds) -> Self {
+        self.fakes = fakes;
+        self
     }
 
     /// With the key ring that opens credentials clouds name.
@@ -152,7 +164,11 @@ impl Drivers {
     async fn make(&self, store: &dyn Datastore, cloud: &Name) -> Result<Arc<dyn CloudDriver>, AppError> {
         let c = crate::app::resolve::named::<Cloud>(store, cloud.as_str()).await?;
         match c.spec.driver {
-            DriverKind::Fake => Ok(Arc::new(FakeCloud::new())),
+            DriverKind::Fake => {
+                let mut fakes = self.fakes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let fake = fakes.entry(cloud.clone()).or_insert_with(|| Arc::new(FakeCloud::new()));
+                Ok(fake.clone())
+            }
             DriverKind::Local => {
                 let local = self.open_local(&c).await?;
                 self.listen_on_gateway(cloud, local.network().gateway()).await?;

@@ -70,7 +70,7 @@ pub struct Config {
     /// The API listeners' connection limits (head timeout, connections per client and in
     /// total; see [`serve`]).
     pub limits: serve::Limits,
-    /// Agent sessions held at once (one per agent credential; see `app::gateway::Hub`).
+    /// Agent sessions held at once (one per agent credential; see `app::hub::Hub`).
     pub max_agent_sessions: usize,
     /// On clouds that do not sign instance identities, an enrolling agent's connection must
     /// come from one of its instance's addresses (the cloud's private or public IP). Off when
@@ -82,6 +82,10 @@ pub struct Config {
     /// such a cloud enrols only with a document signed (RSA-SHA256, the metadata service's
     /// `instance-identity/signature`) by one of them.
     pub identity_certificates: Vec<String>,
+    /// The in-memory clouds of the `fake` driver, by cloud name. Each control plane has its
+    /// own unless the caller gives several the same map: replicas in one process then see one
+    /// fake cloud, as replicas of a real deployment see one real cloud.
+    pub fake_clouds: drivers::FakeClouds,
 }
 
 /// Shown without secrets: the store URL's password and the S3 secret are redacted.
@@ -129,6 +133,7 @@ impl Config {
             max_agent_sessions: app::gateway::MAX_SESSIONS_DEFAULT,
             agent_source_check: true,
             identity_certificates: vec![],
+            fake_clouds: drivers::FakeClouds::default(),
         }
     }
 }
@@ -203,6 +208,7 @@ fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
 /// The configured store: PostgreSQL when a URL is given (and this process a replica of a
 /// cluster), else SQLite in the data directory.
 async fn open_store(config: &Config) -> anyhow::Result<(Arc<dyn stratus_store::Datastore>, cluster::Cluster)> {
+    let hub = app::hub::Hub::new(config.max_agent_sessions);
     Ok(match &config.store_url {
         Some(url) => {
             let shown = stratus_store::redact_url(url);
@@ -216,14 +222,14 @@ async fn open_store(config: &Config) -> anyhow::Result<(Arc<dyn stratus_store::D
                 .with_context(|| format!("cannot open the PostgreSQL store {shown}"))?;
             let pg = store.cluster();
             info!(store = %shown, replica = pg.replica(), "state in PostgreSQL");
-            (Arc::new(store), cluster::Cluster::postgres(pg))
+            (Arc::new(store), cluster::Cluster::postgres(pg, hub))
         }
         None => {
             let db = config.data_dir.join("stratus.db");
             let store = SqliteStore::open(&db)
                 .await
                 .with_context(|| format!("cannot open the database {}", db.display()))?;
-            (Arc::new(store), cluster::Cluster::single())
+            (Arc::new(store), cluster::Cluster::single(hub))
         }
     })
 }
@@ -296,8 +302,8 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
             agent: config.instance_agent.clone(),
         }))
         // The drivers open the credentials clouds name.
-        .with_keys(keys.clone()),
-        agents: app::gateway::Hub::new(config.max_agent_sessions),
+        .with_keys(keys.clone())
+        .with_fake_clouds(config.fake_clouds.clone()),
         poke: Default::default(),
         run_finished: tokio::sync::watch::Sender::new(0),
         settings,

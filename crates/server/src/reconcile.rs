@@ -377,8 +377,8 @@ async fn decommission(
         reason: stratus_agent_proto::RefusedReason::Terminated,
         message: format!("server {}/{} is terminated", s.deployment, s.name),
     };
-    app.agents
-        .push(s.id, stratus_agent_proto::ControlMessage::Refused(gone));
+    app.push_agent(s.id, stratus_agent_proto::ControlMessage::Refused(gone))
+        .await;
     Ok(())
 }
 
@@ -475,8 +475,8 @@ async fn decommission_scripts_done(app: &App, s: &Server) -> Result<bool, AppErr
         let mut changes = vec![];
         for mut r in runs.into_iter().filter(|r| !r.status.is_finished()) {
             if r.status == RunStatus::Running {
-                app.agents
-                    .push(s.id, stratus_agent_proto::ControlMessage::Cancel { run: r.id });
+                app.push_agent(s.id, stratus_agent_proto::ControlMessage::Cancel { run: r.id })
+                    .await;
             }
             r.status = if r.status == RunStatus::Running {
                 RunStatus::TimedOut
@@ -514,8 +514,10 @@ async fn decommission_scripts_done(app: &App, s: &Server) -> Result<bool, AppErr
                 phase: Phase::Decommission,
                 frequency: script.spec.frequency,
             };
-            app.agents
-                .push(s.id, stratus_agent_proto::ControlMessage::RunScript(sr));
+            // Through whichever replica holds the agent. Not delivered (it left meanwhile): it is
+            // resent on its hello, as `sent_at` is set.
+            app.push_agent(s.id, stratus_agent_proto::ControlMessage::RunScript(sr))
+                .await;
         }
     }
     Ok(false)

@@ -397,7 +397,7 @@ async fn runs_are_cancelled_before_they_start_or_through_the_agent() {
     drop(ws);
     t.wait_for("disconnected", async |t| {
         let app = &t.running.as_ref().expect("running").app;
-        (!app.agents.is_connected(e.id.parse().expect("id"))).then_some(())
+        (!app.cluster.holds(e.id.parse().expect("id"))).then_some(())
     })
     .await;
     let (s, v) = t.post(&format!("/runs/{}/cancel", r.run), json!({})).await;

@@ -14,7 +14,7 @@ use common::*;
 use reqwest::StatusCode;
 use serde_json::json;
 use sqlx::Connection;
-use stratus_agent_proto::ControlMessage;
+use stratus_agent_proto::{AgentMessage, ControlMessage, ImagePrepared};
 use stratus_store::testing::TestDatabase;
 
 const VALUE: &str = "Rl5-relayed-secret-value-0c7d2e";
@@ -158,6 +158,142 @@ async fn a_relayed_run_frame_reaches_the_agent_and_its_outbox_row_is_sealed() {
     assert_eq!(left.0, 0);
     drop(ws);
     sql.close().await.ok();
+    for t in [a, b] {
+        if let Some(r) = t.running {
+            r.stop();
+        }
+    }
+}
+
+/// The template of the next test: a decommission script, and an array to rebundle into.
+const OTHER_REPLICA: &str = r#"
+[[script]]
+name = "bye"
+frequency = "on-demand"
+body = "echo bye"
+
+[[template]]
+name = "web"
+image = "debian-12"
+decommission_scripts = ["bye"]
+
+[[array]]
+name = "webs"
+template = "web"
+min = 0
+max = 3
+desired = 0
+"#;
+
+/// Wait for the agent's next message that is not a heartbeat and passes `want`.
+async fn next(ws: &mut agent::Ws, what: &str, want: impl Fn(&ControlMessage) -> bool) -> ControlMessage {
+    let wait = async {
+        loop {
+            let m = recv_work(ws).await;
+            if want(&m) {
+                return m;
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), wait)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// Everything the leader or an API call sends to an agent held by the other replica arrives:
+/// a login revoked, a rebundle's preparation, and the decommission script of a termination,
+/// whose output is stored. The leader (A) runs the orchestrator; the agents are on B.
+#[tokio::test]
+async fn an_agent_on_the_other_replica_gets_revocations_rebundles_and_its_decommission() {
+    let db = TestDatabase::create().await;
+    let a = TestServer::start_with(|c| {
+        c.store_url = Some(db.url.clone());
+        c.simulate_agents = false;
+    })
+    .await;
+    a.wait_for("replica A to lead", async |a| {
+        a.running.as_ref()?.app.cluster.is_leader().then_some(())
+    })
+    .await;
+    let b = second_replica(&a, &db.url).await;
+    let (s, v) = a.post("/credentials", json!({ "name": "db", "value": VALUE })).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = a.apply_toml(&format!("{CATALOG}\n{OTHER_REPLICA}"), false).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let held_by_b = async |name: &str| {
+        let e = agent::enrol(&a, name, "web").await;
+        let mut ws = agent::connect(&b, &e.token).await;
+        agent::handshake(&mut ws, &e.id).await;
+        a.wait_state(&e.id, "operational").await;
+        let id = stratus_types::ServerId(e.id.parse().expect("id"));
+        let bapp = &b.running.as_ref().expect("running").app;
+        assert!(bapp.cluster.holds(id), "B holds the agent");
+        assert!(!a.running.as_ref().expect("running").app.cluster.holds(id));
+        (e, ws)
+    };
+    let (web1, mut ws1) = held_by_b("web-1").await;
+    let (web2, mut ws2) = held_by_b("web-2").await;
+
+    // A login granted and revoked on A reaches the agent on B.
+    let (s, v) = a
+        .post("/users", json!({ "name": "alice", "roles": ["server_login:example"] }))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = a
+        .post("/users/alice/keys", json!({ "public_key": ed25519_key(7, "alice") }))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let has_alice = |m: &ControlMessage, yes: bool| {
+        matches!(m, ControlMessage::DesiredState(d)
+            if d.logins.as_ref().is_some_and(|l| l.accounts.iter().any(|a| a.name == "alice") == yes))
+    };
+    next(&mut ws1, "alice's account", |m| has_alice(m, true)).await;
+    let (s, v) = a.put("/users/alice", json!({ "name": "alice", "roles": [] })).await;
+    assert!(s.is_success(), "{v}");
+    next(&mut ws1, "alice's account revoked", |m| has_alice(m, false)).await;
+
+    // A rebundle started on A: the preparation reaches the agent on B, and its answer
+    // (through B) lets the leader capture the instance.
+    let path = format!("/servers/{}/rebundle", web1.id);
+    let rebundle = a.post(&path, json!({ "array": "webs", "image": "web-bundle" }));
+    let answer = async {
+        next(&mut ws1, "the rebundle's preparation", |m| {
+            matches!(m, ControlMessage::PrepareImage(_))
+        })
+        .await;
+        agent::send(
+            &mut ws1,
+            AgentMessage::ImagePrepared(ImagePrepared {
+                removed: vec!["/var/log/app.log".into()],
+                ..Default::default()
+            }),
+        )
+        .await;
+    };
+    let ((s, v), ()) = tokio::join!(rebundle, answer);
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["version"], 1, "{v}");
+    a.wait_state(&web1.id, "terminated").await;
+
+    // A termination on A: the leader's decommission script reaches the agent on B, and the
+    // output the agent sends to B is stored.
+    let (s, v) = a.delete(&format!("/servers/{}", web2.id)).await;
+    assert!(s.is_success(), "{v}");
+    let ControlMessage::RunScript(r) = next(&mut ws2, "the decommission script", |m| {
+        matches!(m, ControlMessage::RunScript(_))
+    })
+    .await
+    else {
+        unreachable!()
+    };
+    assert_eq!(r.name.as_str(), "bye");
+    agent::run(&mut ws2, &r, "bye\n", 0).await;
+    a.wait_state(&web2.id, "terminated").await;
+    let run = a.get(&format!("/runs/{}", r.run)).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["output"], "bye\n", "{run}");
+
+    drop((ws1, ws2));
     for t in [a, b] {
         if let Some(r) = t.running {
             r.stop();

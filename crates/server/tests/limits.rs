@@ -294,7 +294,7 @@ async fn an_agent_that_stops_reading_delays_nobody_and_a_revocation_reaches_the_
     .await
     .expect("the reading agent got the revocation");
     let app = t.running.as_ref().expect("running").app.clone();
-    assert!(!app.agents.is_connected(stalled.id.parse().expect("id")));
+    assert!(!app.cluster.holds(stalled.id.parse().expect("id")));
 }
 
 #[tokio::test]

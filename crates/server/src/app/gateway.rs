@@ -59,7 +59,7 @@ impl Session {
     }
 }
 
-pub use super::hub::{Hub, MAX_SESSIONS_DEFAULT};
+pub use super::hub::MAX_SESSIONS_DEFAULT;
 
 /// Start an operational script on a server through its connected agent.
 pub async fn start_run(app: &App, actor: &super::Actor, req: &StartRun) -> Result<Run, AppError> {

@@ -52,8 +52,6 @@ pub struct App {
     pub store: Arc<dyn Datastore>,
     pub keys: Arc<KeyRing>,
     pub drivers: Drivers,
-    /// The agents connected to this control plane.
-    pub agents: gateway::Hub,
     /// Wakes the reconcilers after a change.
     pub poke: Notify,
     /// Counts runs finished (by their agents or by the control plane): rollouts and

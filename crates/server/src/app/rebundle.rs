@@ -205,8 +205,8 @@ pub async fn rebundle(app: &App, actor: &Actor, key: &str, req: &RebundleRequest
         };
         prepared(app, s.id, &answer).await?;
     } else if !app
-        .agents
-        .push(s.id, ControlMessage::PrepareImage(PrepareImage { secrets }))
+        .push_agent(s.id, ControlMessage::PrepareImage(PrepareImage { secrets }))
+        .await
     {
         let answer = ImagePrepared {
             error: Some("the agent disconnected before it was asked; nothing changed".into()),

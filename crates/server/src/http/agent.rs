@@ -57,7 +57,7 @@ async fn whoami(a: AgentCaller) -> Json<AgentSelf> {
 /// control plane holds as many agent sessions as it may, `503` before the upgrade.
 #[utoipa::path(get, path = "/agent/connect", tag = "agent", responses((status = 101, description = "switching to the agent protocol"), (status = 401, body = stratus_api::error::ErrorBody), (status = 503, description = "too many agent sessions; retry later")))]
 async fn connect(State(app): State<Arc<App>>, ConnectingAgent(a): ConnectingAgent, ws: WebSocketUpgrade) -> Response {
-    match app.agents.open(a.server.id) {
+    match app.cluster.open_session(a.server.id) {
         Ok(slot) => ws
             .max_message_size(MAX_AGENT_FRAME)
             .on_upgrade(move |socket| session(app, a, slot, socket)),
