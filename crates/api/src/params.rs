@@ -46,6 +46,16 @@ pub struct RunListParams {
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
+pub struct OperationListParams {
+    pub limit: Option<u32>,
+    pub after: Option<String>,
+    /// Operations of one server (id or `deployment/name`).
+    pub server: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AuditParams {
     pub limit: Option<u32>,
     /// Entries older than this id.

@@ -70,6 +70,9 @@ pub enum Command {
     /// One script on many servers (`stratus run SCRIPT --tag SELECTOR`).
     #[command(subcommand)]
     Rollouts(RolloutsCmd),
+    /// Durable operations (replaces, rebundles): they go on if the control plane restarts.
+    #[command(subcommand)]
+    Operation(OperationCmd),
     #[command(subcommand)]
     Credential(CredentialCmd),
     #[command(subcommand)]
@@ -534,6 +537,19 @@ pub enum RolloutsCmd {
     Cancel {
         id: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OperationCmd {
+    List {
+        /// Only the operations of this server (id or DEPLOYMENT/NAME).
+        #[arg(long)]
+        server: Option<String>,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// Where an operation stands: its step, successor, moved addresses or error.
+    Show { id: String },
 }
 
 #[derive(Debug, Subcommand)]

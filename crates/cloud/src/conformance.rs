@@ -224,6 +224,14 @@ pub async fn capture(driver: &dyn CloudDriver, base: &LaunchRequest, timeout: Du
     );
     let image = driver.capture_image(&inst.id, "conformance").await.expect("capture");
     assert_ne!(image.native_id, base.native_image);
+    let again = driver
+        .capture_image(&inst.id, "conformance")
+        .await
+        .expect("capture again");
+    assert_eq!(
+        again.native_id, image.native_id,
+        "a repeated capture returns the same image"
+    );
     assert!(driver.image_exists(&image.native_id).await.expect("image_exists"));
     assert_eq!(
         driver.describe(&inst.id).await.expect("describe").map(|i| i.state),

@@ -26,8 +26,8 @@ struct State {
     next: u32,
     fail_next_launch: Option<String>,
     capacity: Option<usize>,
-    /// Images made by `capture_image`, by id, with the instance they came from.
-    captured: BTreeMap<String, String>,
+    /// Images made by `capture_image`, by id, with the instance they came from and their name.
+    captured: BTreeMap<String, (String, String)>,
     /// Images deleted by `delete_image`: they no longer exist.
     deleted: std::collections::BTreeSet<String>,
 }
@@ -294,9 +294,20 @@ impl CloudDriver for FakeCloud {
             }),
         })?;
         let mut st = self.lock();
+        let again = st
+            .captured
+            .iter()
+            .find(|(id, (inst, n))| inst == instance_id && n == name && !st.deleted.contains(*id));
+        if let Some((id, _)) = again {
+            return Ok(CapturedImage {
+                native_id: id.clone(),
+                size_bytes: None,
+            });
+        }
         st.next += 1;
         let native_id = format!("fake-img-{:08x}", st.next);
-        st.captured.insert(native_id.clone(), instance_id.to_string());
+        st.captured
+            .insert(native_id.clone(), (instance_id.to_string(), name.to_string()));
         Ok(CapturedImage {
             native_id,
             size_bytes: None,

@@ -147,7 +147,9 @@ pub trait CloudDriver: Send + Sync + std::fmt::Debug {
     /// Capture a stopped instance's file system as a new image (EC2's `CreateImage`), labelled
     /// `name`. The instance must be stopped, so nothing writes while it is copied; it stays
     /// stopped. Preparing the file system (removing identity, keys, logs) is the caller's job,
-    /// done on the instance before it was stopped.
+    /// done on the instance before it was stopped. Capturing the same instance under the same
+    /// name again returns the image made the first time: a control plane that died between the
+    /// capture and recording it retries without making a second image.
     async fn capture_image(&self, instance_id: &str, name: &str) -> Result<CapturedImage, CloudError>;
     /// Delete an image [`CloudDriver::capture_image`] made (EC2's `DeregisterImage` and its
     /// snapshots). Deleting an image that is already gone succeeds.

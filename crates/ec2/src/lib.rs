@@ -44,6 +44,8 @@ pub use aws_sdk_ec2 as sdk;
 
 /// The tag that says which Stratus server an instance is.
 pub const SERVER_TAG: &str = "stratus:server";
+/// On a captured image: the instance it was captured from (a repeated capture finds it).
+pub const SOURCE_INSTANCE_TAG: &str = "stratus:source-instance";
 
 /// How to reach one EC2 cloud.
 #[derive(Clone)]
@@ -764,11 +766,38 @@ impl CloudDriver for Ec2Cloud {
                 needs: "stopped",
             });
         }
+        // Captured before under this name (a control plane that died before recording it).
+        let earlier = self
+            .client
+            .describe_images()
+            .owners("self")
+            .filters(Filter::builder().name("name").values(name).build())
+            .filters(
+                Filter::builder()
+                    .name(format!("tag:{SOURCE_INSTANCE_TAG}"))
+                    .values(instance_id)
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(api)?;
+        if let Some(id) = earlier.images().iter().find_map(|i| i.image_id()) {
+            return Ok(CapturedImage {
+                native_id: id.to_string(),
+                size_bytes: None,
+            });
+        }
         let out = self
             .client
             .create_image()
             .instance_id(instance_id)
             .name(name)
+            .tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::Image)
+                    .tags(Ec2Tag::builder().key(SOURCE_INSTANCE_TAG).value(instance_id).build())
+                    .build(),
+            )
             .description(format!("Stratus: captured from {instance_id}"))
             .no_reboot(true)
             .send()

@@ -256,6 +256,13 @@ impl ImageStore {
         upper: &Path,
     ) -> Result<LocalImage, ImageError> {
         check_name(name)?;
+        // Captured before under this name (a control plane that died before recording it).
+        let again = self.list()?.into_iter().find(|i| {
+            i.name == name && matches!(&i.source, ImageSource::Capture { instance: from, .. } if from == instance)
+        });
+        if let Some(image) = again {
+            return Ok(image);
+        }
         let lower = self.rootfs(base)?;
         let id = format!("img-{}", fsutil::random_hex()?);
         tracing::info!(image_id = %id, base, instance, "capturing instance");

@@ -205,6 +205,7 @@ pub async fn supervise(app: Arc<App>) {
         work.tasks = vec![
             tokio::spawn(crate::reconcile::run(app.clone())),
             tokio::spawn(crate::app::lb::sync(app.clone())),
+            tokio::spawn(crate::app::operations::run(app.clone())),
         ];
         // Load balancers connected before get their configuration checked at once.
         app.servers_changed.notify_one();

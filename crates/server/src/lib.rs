@@ -86,6 +86,9 @@ pub struct Config {
     /// own unless the caller gives several the same map: replicas in one process then see one
     /// fake cloud, as replicas of a real deployment see one real cloud.
     pub fake_clouds: drivers::FakeClouds,
+    /// Tests only: hold the operation driver before a step (the restart tests kill the control
+    /// plane exactly there).
+    pub operation_gate: Option<app::operations::StepGate>,
 }
 
 /// Shown without secrets: the store URL's password and the S3 secret are redacted.
@@ -134,6 +137,7 @@ impl Config {
             agent_source_check: true,
             identity_certificates: vec![],
             fake_clouds: drivers::FakeClouds::default(),
+            operation_gate: None,
         }
     }
 }
@@ -292,6 +296,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         agent_source_check: config.agent_source_check,
         identity_certificates: app::agents::parse_certificates(&config.identity_certificates)
             .map_err(anyhow::Error::msg)?,
+        operation_gate: config.operation_gate.clone(),
     };
     let app = Arc::new(App {
         store,
@@ -305,6 +310,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         .with_keys(keys.clone())
         .with_fake_clouds(config.fake_clouds.clone()),
         poke: Default::default(),
+        operations_wake: Default::default(),
         run_finished: tokio::sync::watch::Sender::new(0),
         settings,
         blobs: open_blobs(&config).await?,

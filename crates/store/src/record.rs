@@ -30,10 +30,12 @@ pub enum Kind {
     Bucket,
     /// An artifact object (its content is in the blob backend, by SHA-256).
     Object,
+    /// A durable multi-step operation (replace, rebundle).
+    Operation,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 17] = [
+    pub const ALL: [Kind; 18] = [
         Kind::Cloud,
         Kind::Image,
         Kind::Script,
@@ -51,6 +53,7 @@ impl Kind {
         Kind::Rollout,
         Kind::Bucket,
         Kind::Object,
+        Kind::Operation,
     ];
 
     /// The kind stored under this name.
@@ -77,6 +80,7 @@ impl Kind {
             Kind::Rollout => "rollout",
             Kind::Bucket => "bucket",
             Kind::Object => "object",
+            Kind::Operation => "operation",
         }
     }
 }

@@ -10,6 +10,7 @@ use stratus_types::cloud::Cloud;
 use stratus_types::credential::Credential;
 use stratus_types::deployment::Deployment;
 use stratus_types::image::Image;
+use stratus_types::operation::Operation;
 use stratus_types::run::{Rollout, Run};
 use stratus_types::script::Script;
 use stratus_types::server::{Server, ServerArray, ServerState};
@@ -349,6 +350,30 @@ impl Resource for Rollout {
         self.finished_at.unwrap_or(self.created_at)
     }
     fn set_updated_at(&mut self, _: DateTime<Utc>) {}
+}
+
+impl Resource for Operation {
+    const KIND: Kind = Kind::Operation;
+    resource_meta!();
+    /// An unfinished operation is named `in-progress` under its server: live names are unique
+    /// per scope, so the store itself refuses a second operation on a server while one goes.
+    fn name_string(&self) -> String {
+        if self.step.is_finished() {
+            self.id.to_string()
+        } else {
+            "in-progress".into()
+        }
+    }
+    fn live(&self) -> bool {
+        !self.step.is_finished()
+    }
+    /// Scoped by the server it is about, so a server's operations are one query.
+    fn scope(&self) -> String {
+        self.server.to_string()
+    }
+    fn state(&self) -> Option<String> {
+        Some(self.step.as_str().to_string())
+    }
 }
 
 impl Resource for Bucket {

@@ -65,6 +65,7 @@ typed_id! {
     ArrayId => "Id of a server array.",
     RunId => "Id of a run (one execution of a script on a server).",
     RolloutId => "Id of a rollout (one script started on many servers).",
+    OperationId => "Id of a durable operation (a replace, a rebundle).",
     CredentialId => "Id of a credential.",
     UserId => "Id of a user.",
     TokenId => "Id of an API token.",

@@ -19,6 +19,7 @@ pub mod id;
 pub mod image;
 pub mod input;
 pub mod name;
+pub mod operation;
 pub mod run;
 pub mod schema;
 pub mod script;

@@ -71,6 +71,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Array(c) => servers::array(&connect(&cli)?, c).await,
         Command::Runs(c) => runs::runs(&connect(&cli)?, c).await,
         Command::Rollouts(c) => runs::rollouts(&connect(&cli)?, c).await,
+        Command::Operation(c) => runs::operations(&connect(&cli)?, c).await,
         Command::Run(a) => runs::start(&connect(&cli)?, a).await,
         Command::Deploy(a) => artifacts::deploy(&connect(&cli)?, a).await,
         Command::Ssh(a) => servers::ssh(&connect(&cli)?, a).await,

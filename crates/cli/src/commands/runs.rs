@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::Ctx;
-use crate::args::{RolloutsCmd, RunArgs, RunsCmd};
+use crate::args::{OperationCmd, RolloutsCmd, RunArgs, RunsCmd};
 use crate::client::{Client, seg};
 use crate::output::{Column, list, show};
 
@@ -215,6 +215,31 @@ pub async fn rollouts(ctx: &Ctx, cmd: &RolloutsCmd) -> anyhow::Result<()> {
                 say!("cancelling rollout {id}");
             }
         }
+    }
+    Ok(())
+}
+
+pub async fn operations(ctx: &Ctx, cmd: &OperationCmd) -> anyhow::Result<()> {
+    let c = &ctx.client;
+    match cmd {
+        OperationCmd::List { server, page } => {
+            let cols: &[Column] = &[
+                ("ID", "/id"),
+                ("KIND", "/kind/type"),
+                ("SERVER", "/server_name"),
+                ("STEP", "/step"),
+                ("SUCCESSOR", "/successor_name"),
+                ("BY", "/requested_by"),
+                ("CREATED", "/created_at"),
+            ];
+            let q: Vec<(&str, String)> = server.iter().map(|s| ("server", s.clone())).collect();
+            list(
+                ctx.json,
+                &c.list("/operations", q, page.limit, page.all_pages).await?,
+                cols,
+            );
+        }
+        OperationCmd::Show { id } => show(ctx.json, &c.get(&format!("/operations/{}", seg(id)), &[]).await?),
     }
     Ok(())
 }

@@ -22,6 +22,7 @@ pub mod hub;
 pub mod images;
 pub mod lb;
 pub mod logins;
+pub mod operations;
 pub mod rebundle;
 pub mod replace;
 pub mod resolve;
@@ -54,6 +55,8 @@ pub struct App {
     pub drivers: Drivers,
     /// Wakes the reconcilers after a change.
     pub poke: Notify,
+    /// Wakes the operation driver after a change (see `operations::run`).
+    pub operations_wake: Notify,
     /// Counts runs finished (by their agents or by the control plane): rollouts and
     /// decommissions wait on it.
     pub run_finished: tokio::sync::watch::Sender<u64>,
@@ -97,11 +100,14 @@ pub struct AppSettings {
     pub agent_source_check: bool,
     /// See `Config::identity_certificates` (DER).
     pub identity_certificates: Vec<Vec<u8>>,
+    /// Tests only: stops the operation driver before a step (see `operations::StepGate`).
+    pub operation_gate: Option<operations::StepGate>,
 }
 
 impl App {
     pub fn poke(&self) {
         self.poke.notify_one();
+        self.operations_wake.notify_one();
     }
 
     /// A run finished: wake whoever waits on runs.

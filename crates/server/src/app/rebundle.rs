@@ -38,7 +38,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
-use stratus_agent_proto::{ControlMessage, ImagePrepared, PrepareImage, SecretString};
+use stratus_agent_proto::{ImagePrepared, SecretString};
 use stratus_cloud::{CloudDriver, InstanceState};
 use stratus_store::{Change, Query, TypedStore};
 use stratus_types::Name;
@@ -46,6 +46,7 @@ use stratus_types::cloud::DriverKind;
 use stratus_types::deployment::Deployment;
 use stratus_types::image::{Image, ImageSpec, ImageVersion, NativeImage, Provenance};
 use stratus_types::input::InputValue;
+use stratus_types::operation::{Operation, OperationKind, Step};
 use stratus_types::run::{Phase, Run, RunStatus};
 use stratus_types::script::{Frequency, Script};
 use stratus_types::server::Server;
@@ -88,10 +89,10 @@ pub struct Rebundled {
     /// `deployment/name` of the server launched in its place (`then = relaunch`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relaunched: Option<String>,
+    /// The operation that did it (`stratus operation show ID`).
+    pub operation: stratus_types::OperationId,
 }
 
-/// The longest the agent may take to scan and clean the file system.
-const PREPARE_WAIT: Duration = Duration::from_secs(600);
 /// The longest from the preparation to the terminated server (drain, stop, capture).
 const CAPTURE_WAIT: Duration = Duration::from_secs(1800);
 /// The longest a cloud may take to stop the instance before the capture gives up.
@@ -171,7 +172,9 @@ pub async fn rebundle(app: &App, actor: &Actor, key: &str, req: &RebundleRequest
             r.id, r.script, r.status
         )));
     }
-    let secrets = secrets_of(app, &s).await?;
+    // Refused now, with nothing started, if a credential it had may no longer be handed over;
+    // the operation looks the values up again when it asks the agent.
+    secrets_of(app, &s).await?;
     let now = Utc::now();
     s.rebundle = Some(Rebundle {
         array: array.clone(),
@@ -188,82 +191,55 @@ pub async fn rebundle(app: &App, actor: &Actor, key: &str, req: &RebundleRequest
         version: None,
     });
     let target = format!("server/{skey}");
-    app.commit(vec![
-        Change::update(&mut s, now),
-        audit(
-            actor,
-            "server.rebundle",
-            target,
-            serde_json::json!({ "array": array, "image": image, "instance": instance, "then": req.then }),
-        ),
-    ])
-    .await?;
-    if simulated {
-        let answer = ImagePrepared {
-            removed: vec!["simulated: the fake cloud has no file system".into()],
-            ..Default::default()
-        };
-        prepared(app, s.id, &answer).await?;
-    } else if !app
-        .push_agent(s.id, ControlMessage::PrepareImage(PrepareImage { secrets }))
-        .await
-    {
-        let answer = ImagePrepared {
-            error: Some("the agent disconnected before it was asked; nothing changed".into()),
-            ..Default::default()
-        };
-        prepared(app, s.id, &answer).await?;
-    }
-    // The preparation's answer.
-    let r = wait_for(app, s.id, PREPARE_WAIT, |s| {
-        s.rebundle.as_ref().is_some_and(|r| r.step != RebundleStep::Preparing)
-    })
-    .await?;
-    let Some(r) = r else {
-        return Err(AppError::BadState(format!(
-            "the agent of {skey} did not answer the preparation within {} s; whether it cleaned up is unknown: \
-             look at `stratus server console {skey}`, and terminate the server if its agent is gone",
-            PREPARE_WAIT.as_secs()
-        )));
+    // The operation asks the agent, waits for its answer, and relaunches if asked: it goes on
+    // if this request is gone or the control plane restarts (see operations.rs).
+    let kind = OperationKind::Rebundle {
+        array: array.clone(),
+        image: image.clone(),
+        then: req.then,
     };
-    let reb = r.rebundle.clone().expect("checked by wait_for");
-    if reb.step == RebundleStep::Refused {
-        let mut msg = format!(
-            "the rebundle of {skey} was refused and nothing changed: {}",
-            reb.error.unwrap_or_default()
-        );
-        if !reb.secret_found_in.is_empty() {
-            msg.push_str(&format!(" [files: {}]", reb.secret_found_in.join(", ")));
+    let op = Operation::new(kind, s.id, skey.clone(), s.deployment.clone(), &actor.name, actor.level);
+    super::operations::begin(
+        app,
+        &op,
+        vec![
+            Change::update(&mut s, now),
+            audit(
+                actor,
+                "server.rebundle",
+                target,
+                serde_json::json!({ "array": array, "image": image, "instance": instance, "then": req.then, "operation": op.id }),
+            ),
+        ],
+    )
+    .await?;
+    let op = super::operations::wait(app, op.id, super::operations::PREPARE_WAIT + CAPTURE_WAIT).await?;
+    match op.step {
+        Step::Done => {}
+        Step::Failed => {
+            let msg = op.error.unwrap_or_default();
+            return Err(if msg.contains("was refused") {
+                AppError::Conflict(msg)
+            } else {
+                AppError::BadState(msg)
+            });
         }
-        return Err(AppError::Conflict(msg));
+        step => {
+            return Err(AppError::BadState(format!(
+                "the rebundle of {skey} is still under way (operation {}, at {step}); follow it with `stratus operation show {}`",
+                op.id, op.id
+            )));
+        }
     }
-    // Drain, stop, capture, terminate: the orchestrator does it (and resumes after a restart).
-    let done = wait_for(app, s.id, CAPTURE_WAIT, |s| s.state == ServerState::Terminated)
-        .await?
-        .ok_or_else(|| {
-            AppError::BadState(format!(
-                "{skey} was prepared but is not captured after {} s; see `stratus server show {skey}`",
-                CAPTURE_WAIT.as_secs()
-            ))
-        })?;
+    let done = super::operations::server_by_id(app, s.id).await?;
     let reb = done.rebundle.clone().expect("set above");
-    let (Some(version), RebundleStep::Captured) = (reb.version, reb.step) else {
-        return Err(AppError::BadState(format!(
-            "the capture of {skey} failed, and the server is terminated (its identity was gone): {}; rebundle another server",
-            reb.error.unwrap_or_else(|| "no reason recorded".into())
-        )));
-    };
+    let version = reb.version.unwrap_or_default();
     let img = super::resolve::named::<Image>(&*app.store, image.as_str()).await?;
     let v = img.version(version).cloned();
     let native = v
         .as_ref()
         .and_then(|v| v.clouds.get(&s.cloud))
         .map(|n| n.native_id.clone());
-    let relaunched = match (req.then, &done.array) {
-        (AfterRebundle::Relaunch, None) => Some(relaunch(app, actor, &done).await?),
-        // An array member is replaced by its array (from the new image, if it is this array).
-        _ => None,
-    };
     Ok(Rebundled {
         server: skey,
         array: array.to_string(),
@@ -273,15 +249,9 @@ pub async fn rebundle(app: &App, actor: &Actor, key: &str, req: &RebundleRequest
         size_bytes: v.and_then(|v| v.provenance).and_then(|p| p.size_bytes),
         removed: reb.removed,
         seconds: started.elapsed().as_secs_f64(),
-        relaunched,
+        relaunched: op.successor_name,
+        operation: op.id,
     })
-}
-
-/// A server like `old` under its name, launched now (its template as it is now).
-async fn relaunch(app: &App, actor: &Actor, old: &Server) -> Result<String, AppError> {
-    let spec = super::replace::spec_like(old, old.name.clone());
-    let s = super::servers::launch(app, actor, &spec).await?;
-    Ok(format!("{}/{}", s.deployment, s.name))
 }
 
 /// Poll the server until `done` holds (or the time is up: `None`).
@@ -329,7 +299,7 @@ async fn open_runs(app: &App, server: ServerId) -> Result<Vec<Run>, AppError> {
 /// scripts, and the script of every run on it); and the per-run inputs of every run on it
 /// (operational runs, rollouts, deploys). A credential deleted since has no value to look for;
 /// one now outside the deployment's scope refuses the rebundle.
-async fn secrets_of(app: &App, s: &Server) -> Result<Vec<SecretString>, AppError> {
+pub(crate) async fn secrets_of(app: &App, s: &Server) -> Result<Vec<SecretString>, AppError> {
     let mut creds = BTreeSet::new();
     let mut add = |inputs: &stratus_types::input::Inputs| {
         for v in inputs.values() {

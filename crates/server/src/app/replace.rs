@@ -1,7 +1,9 @@
 //! Replacement: instances are cattle. `replace` launches a new server like the old one (from
 //! its template as it is now: a template change is picked up), waits until it is operational,
 //! moves the old server's elastic IPs to it, and then terminates the old one (decommission
-//! scripts, load-balancer draining). Load-balancer membership follows by itself: the new server
+//! scripts, load-balancer draining). It is a durable operation (`operations.rs`): the request
+//! records the successor and the operation together, and the leader carries it through even if
+//! the request goes away or the control plane restarts half-way. Load-balancer membership follows by itself: the new server
 //! carries the old one's tags, so it joins the pool when it turns operational, and the old one
 //! leaves it when it starts decommissioning.
 //!
@@ -12,11 +14,10 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
 use serde::Serialize;
-use stratus_store::{Query, TypedStore};
+use stratus_store::TypedStore;
 use stratus_types::Name;
-use stratus_types::address::Address;
+use stratus_types::operation::{Operation, OperationKind, Step};
 use stratus_types::server::{Server, ServerSpec, ServerState};
 
 use super::resolve::server;
@@ -31,6 +32,8 @@ pub struct Replacement {
     pub new: String,
     /// Elastic IPs moved to the new server, by name.
     pub addresses: Vec<String>,
+    /// The operation that did it (`stratus operation show ID`).
+    pub operation: stratus_types::OperationId,
 }
 
 /// The launch request for a server like `old`, named `name`: its deployment, template (as it
@@ -95,59 +98,43 @@ pub async fn replace(app: &App, actor: &Actor, key: &str) -> Result<Replacement,
             "{old_key} is a member of array {array}: the array replaces its members (terminate this one, or scale)"
         )));
     }
+    // The successor is recorded with the operation, in one transaction: every check (the
+    // template as it is now, credentials the requester may attach) happens here, with the
+    // requester's authority; the operation does the rest (see operations.rs).
     let spec = spec_like(&old, next_name(app, &old).await?);
-    let new = super::servers::launch(app, actor, &spec).await?;
+    let (new, mut changes) = super::servers::prepare_launch(app, actor, &spec).await?;
     let new_key = format!("{}/{}", new.deployment, new.name);
-    app.commit(vec![audit(
+    let mut op = Operation::new(
+        OperationKind::Replace,
+        old.id,
+        old_key.clone(),
+        old.deployment.clone(),
+        &actor.name,
+        actor.level,
+    );
+    op.successor = Some(new.id);
+    op.successor_name = Some(new_key.clone());
+    changes.push(audit(
         actor,
         "server.replace",
         format!("server/{old_key}"),
-        serde_json::json!({ "replacement": new_key }),
-    )])
-    .await?;
-    // Wait for the new one: operational, or the end of its boot (stranded at the deadline).
-    let deadline = tokio::time::Instant::now() + app.settings.boot_deadline + Duration::from_secs(60);
-    loop {
-        let s: Server = app
-            .store
-            .get_as(&new.id.to_string())
-            .await?
-            .ok_or_else(|| AppError::not_found("server", &new_key))?;
-        match s.state {
-            ServerState::Operational => break,
-            ServerState::Stranded | ServerState::Terminated | ServerState::Decommissioning => {
-                let why = s
-                    .stranded
-                    .as_ref()
-                    .map_or(String::new(), |r| format!(": {}", r.message));
-                return Err(AppError::BadState(format!(
-                    "the replacement {new_key} is {}{why}; {old_key} keeps serving and keeps its addresses \
-                     (look at `stratus server show {new_key}`, then terminate it)",
-                    s.state
-                )));
-            }
-            _ => {}
-        }
-        if tokio::time::Instant::now() > deadline {
-            return Err(AppError::BadState(format!(
-                "the replacement {new_key} did not become operational in time; {old_key} keeps serving"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        serde_json::json!({ "replacement": new_key, "operation": op.id }),
+    ));
+    super::operations::begin(app, &op, changes).await?;
+    // The successor boots, then takes the addresses; then the old server goes.
+    let limit = app.settings.boot_deadline + Duration::from_secs(120) + app.settings.decommission_timeout;
+    let op = super::operations::wait(app, op.id, limit).await?;
+    match op.step {
+        Step::Done => Ok(Replacement {
+            old: old_key,
+            new: new_key,
+            addresses: op.addresses,
+            operation: op.id,
+        }),
+        Step::Failed => Err(AppError::BadState(op.error.unwrap_or_default())),
+        step => Err(AppError::BadState(format!(
+            "the replacement of {old_key} by {new_key} is still under way (operation {}, at {step}); follow it with `stratus operation show {}`",
+            op.id, op.id
+        ))),
     }
-    // The switch: elastic IPs first (each moves in one call), then the old server goes.
-    let mut moved = vec![];
-    for a in app.store.list_all::<Address>(&Query::default()).await? {
-        if a.server == Some(old.id) {
-            super::addresses::associate(app, actor, a.name.as_str(), &new_key).await?;
-            moved.push(a.name.to_string());
-        }
-    }
-    super::servers::terminate(app, actor, &old_key).await?;
-    tracing::info!(old = %old_key, new = %new_key, at = %Utc::now(), "replaced");
-    Ok(Replacement {
-        old: old_key,
-        new: new_key,
-        addresses: moved,
-    })
 }

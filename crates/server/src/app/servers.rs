@@ -201,6 +201,14 @@ pub fn build_server(
 }
 
 pub async fn launch(app: &App, actor: &Actor, spec: &ServerSpec) -> Result<Server, AppError> {
+    let (server, changes) = prepare_launch(app, actor, spec).await?;
+    app.commit(changes).await?;
+    Ok(server)
+}
+
+/// Everything [`launch`] checks, and the changes that launch the server (its record and the
+/// audit entry), for a caller that commits them with changes of its own.
+pub async fn prepare_launch(app: &App, actor: &Actor, spec: &ServerSpec) -> Result<(Server, Vec<Change>), AppError> {
     actor.require(OPERATOR)?;
     let dep = super::apply::deployment(&*app.store, spec.deployment.as_str()).await?;
     let cat = Catalog::load(&*app.store).await?;
@@ -228,12 +236,8 @@ pub async fn launch(app: &App, actor: &Actor, spec: &ServerSpec) -> Result<Serve
     .await?;
     super::credentials::require_attach(actor, &cat.credentials, &attached)?;
     let target = format!("server/{}/{}", server.deployment, server.name);
-    app.commit(vec![
-        Change::insert(&server),
-        audit(actor, "server.launch", target, spec),
-    ])
-    .await?;
-    Ok(server)
+    let changes = vec![Change::insert(&server), audit(actor, "server.launch", target, spec)];
+    Ok((server, changes))
 }
 
 /// Ask for termination: the orchestrator decommissions and destroys the instance.

@@ -168,6 +168,8 @@ pub const API: &[Row] = &[
     row("POST", "/rollouts", OPS),
     row("GET", "/rollouts/{id}", OBS),
     row("POST", "/rollouts/{id}/cancel", OPS),
+    row("GET", "/operations", OBS),
+    row("GET", "/operations/{id}", OBS),
     row("POST", "/deploys", OPS),
     // The artifact store. A fetch URL is a capability: operators mint them (agents get them
     // in their own runs); fetching needs only the URL.

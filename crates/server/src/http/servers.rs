@@ -6,8 +6,9 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use stratus_api::params::{ListParams, RunListParams, ScaleRequest, ServerListParams, TagChange};
+use stratus_api::params::{ListParams, OperationListParams, RunListParams, ScaleRequest, ServerListParams, TagChange};
 use stratus_api::views::Page;
+use stratus_types::operation::Operation;
 use stratus_types::run::{Rollout, Run};
 use stratus_types::server::{ArraySpec, Server, ServerArray, ServerSpec};
 use utoipa_axum::router::OpenApiRouter;
@@ -15,7 +16,7 @@ use utoipa_axum::routes;
 
 use super::error::ApiError;
 use super::extract::{Body, Caller, Q};
-use crate::app::{App, arrays, deploys, rollouts, runs, servers};
+use crate::app::{App, arrays, deploys, operations, rollouts, runs, servers};
 
 /// List servers, filtered by deployment, state and tag selector.
 #[utoipa::path(get, path = "/servers", tag = "servers", params(ServerListParams), responses((status = 200, body = Page<Server>)))]
@@ -273,6 +274,27 @@ async fn cancel_rollout(
     Ok(Json(rollouts::cancel(&app, &c.0, &id).await?))
 }
 
+/// Durable operations (replaces, rebundles): where each stands, of one server when given.
+#[utoipa::path(get, path = "/operations", tag = "servers", params(OperationListParams), responses((status = 200, body = Page<Operation>)))]
+async fn list_operations(
+    State(app): State<Arc<App>>,
+    c: Caller,
+    Q(p): Q<OperationListParams>,
+) -> Result<Json<Page<Operation>>, ApiError> {
+    Ok(Json(
+        operations::list(&app, &c.0, p.server.as_deref(), p.after, p.limit).await?,
+    ))
+}
+
+#[utoipa::path(get, path = "/operations/{id}", tag = "servers", params(("id" = String, Path)), responses((status = 200, body = Operation), (status = 404, body = stratus_api::error::ErrorBody)))]
+async fn show_operation(
+    State(app): State<Arc<App>>,
+    c: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Operation>, ApiError> {
+    Ok(Json(operations::get(&app, &c.0, &id).await?))
+}
+
 pub fn routes() -> OpenApiRouter<Arc<App>> {
     OpenApiRouter::new()
         .routes(routes!(list, launch))
@@ -293,4 +315,6 @@ pub fn routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(rebundle_array))
         .routes(routes!(show_rollout))
         .routes(routes!(cancel_rollout))
+        .routes(routes!(list_operations))
+        .routes(routes!(show_operation))
 }
