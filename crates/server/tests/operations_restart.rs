@@ -6,111 +6,17 @@
 //! in the cloud. The fake cloud outlives the control planes (shared through
 //! `Config::fake_clouds`), as a real cloud outlives a control plane's process.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::process::{Api, Process};
 use serde_json::{Value, json};
 use stratus_cloud::CloudDriver;
 use stratus_cloud::fake::FakeCloud;
-use stratus_server::app::operations::StepGate;
 use stratus_server::drivers::FakeClouds;
 use stratus_types::operation::Step;
 
 mod common;
-
-/// A control plane in a runtime of its own, killed whole when dropped.
-struct Process {
-    rt: Option<tokio::runtime::Runtime>,
-    url: String,
-}
-
-impl Process {
-    fn start(dir: &Path, fakes: &FakeClouds, stop_before: Option<Step>) -> Self {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let mut c = common::config(dir);
-        c.fake_clouds = fakes.clone();
-        c.operation_gate = stop_before.map(|step| StepGate(Arc::new(move |op| op.step != step)));
-        let running = rt.block_on(stratus_server::start(c)).expect("start");
-        let url = running.url.clone();
-        // Dropped with the runtime (the tasks it holds die with it).
-        std::mem::forget(running);
-        Self { rt: Some(rt), url }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
-    }
-}
-
-/// The API, from a runtime of the test's own.
-struct Api {
-    rt: tokio::runtime::Runtime,
-    http: reqwest::Client,
-    token: String,
-}
-
-impl Api {
-    fn new(dir: &Path) -> Self {
-        Self {
-            rt: tokio::runtime::Runtime::new().expect("runtime"),
-            http: reqwest::Client::new(),
-            token: std::fs::read_to_string(dir.join("admin.token"))
-                .expect("token")
-                .trim()
-                .to_string(),
-        }
-    }
-
-    fn call(&self, p: &Process, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        self.rt.block_on(async {
-            let mut req = self
-                .http
-                .request(method, format!("{}/api/v1{path}", p.url))
-                .bearer_auth(&self.token);
-            if let Some(b) = body {
-                req = req.json(&b);
-            }
-            let resp = req.send().await.expect("request");
-            resp.json().await.unwrap_or(Value::Null)
-        })
-    }
-
-    fn get(&self, p: &Process, path: &str) -> Value {
-        self.call(p, reqwest::Method::GET, path, None)
-    }
-
-    fn post(&self, p: &Process, path: &str, body: Value) -> Value {
-        self.call(p, reqwest::Method::POST, path, Some(body))
-    }
-
-    /// Send a request that waits for its operation, without waiting for its answer (the
-    /// control plane is killed under it).
-    fn fire(&self, p: &Process, path: &str, body: Value) {
-        let req = self
-            .http
-            .post(format!("{}/api/v1{path}", p.url))
-            .bearer_auth(&self.token)
-            .json(&body);
-        self.rt.spawn(async move {
-            let _ = req.send().await;
-        });
-    }
-
-    fn apply(&self, p: &Process, toml_text: &str) {
-        let doc = stratus_api::file::parse(toml_text, stratus_api::file::Format::Toml, "t.toml", None).expect("parses");
-        let plan = self.post(p, "/apply", json!({ "document": doc }));
-        assert!(plan.get("error").is_none(), "{plan}");
-    }
-}
 
 fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -180,7 +86,7 @@ fn a_replace_killed_before_each_step_finishes_after_a_restart() {
     for stop in REPLACE_STEPS {
         let dir = tempfile::tempdir().expect("tmp");
         let fakes = FakeClouds::default();
-        let first = Process::start(dir.path(), &fakes, Some(stop));
+        let first = Process::start(&common::config(dir.path()), &fakes, Some(stop));
         let api = Api::new(dir.path());
         let cred = api.post(
             &first,
@@ -199,7 +105,7 @@ fn a_replace_killed_before_each_step_finishes_after_a_restart() {
         let op = operation_at(&api, &first, "example/app-1", stop);
         drop(first); // killed, before `stop`
 
-        let second = Process::start(dir.path(), &fakes, None);
+        let second = Process::start(&common::config(dir.path()), &fakes, None);
         let id = op["id"].as_str().expect("id");
         let done = until("the operation to finish", || {
             let o = api.get(&second, &format!("/operations/{id}"));
@@ -257,7 +163,7 @@ fn a_rebundle_killed_before_each_step_finishes_after_a_restart() {
     for stop in REBUNDLE_STEPS {
         let dir = tempfile::tempdir().expect("tmp");
         let fakes = FakeClouds::default();
-        let first = Process::start(dir.path(), &fakes, Some(stop));
+        let first = Process::start(&common::config(dir.path()), &fakes, Some(stop));
         let api = Api::new(dir.path());
         let cred = api.post(
             &first,
@@ -278,7 +184,7 @@ fn a_rebundle_killed_before_each_step_finishes_after_a_restart() {
         let op = operation_at(&api, &first, &old_id, stop);
         drop(first);
 
-        let second = Process::start(dir.path(), &fakes, None);
+        let second = Process::start(&common::config(dir.path()), &fakes, None);
         let id = op["id"].as_str().expect("id");
         let done = until("the operation to finish", || {
             let o = api.get(&second, &format!("/operations/{id}"));
