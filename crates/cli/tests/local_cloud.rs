@@ -551,7 +551,12 @@ fn on_host(tag: &str, veth: &str, data: &Path, gateway: &str) -> Vec<String> {
     };
     found.extend(mine(run(&["ip", "netns", "list"]), "netns"));
     found.extend(mine(run(&["nft", "list", "tables"]), "nftables"));
-    for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/cpu", "/sys/fs/cgroup/pids"] {
+    for root in [
+        "/sys/fs/cgroup",
+        "/sys/fs/cgroup/memory",
+        "/sys/fs/cgroup/cpu",
+        "/sys/fs/cgroup/pids",
+    ] {
         let group = Path::new(root).join("stratus").join(tag);
         if group.exists() {
             found.push(format!("cgroup: {}", group.display()));
@@ -604,7 +609,10 @@ fn every_delete_on_the_local_cloud_leaves_nothing_behind() {
     let plane = Plane::start(&data);
     plane.ok(&["cloud", "list"]);
     let before = tree(&data);
-    let pool = format!("address_pools = [{{ name = \"public\", cidr = \"10.{}.{b}.0/28\" }}]", a + 50);
+    let pool = format!(
+        "address_pools = [{{ name = \"public\", cidr = \"10.{}.{b}.0/28\" }}]",
+        a + 50
+    );
     declare_local_cloud(&plane, tmp.path(), "tidy", (a, b), &pool);
     let tar = busybox_tarball(tmp.path());
     let tar = tar.to_str().expect("path");
@@ -632,7 +640,10 @@ fn every_delete_on_the_local_cloud_leaves_nothing_behind() {
     // An elastic IP: associated, it is a NAT rule; released, the rule is gone.
     plane.ok(&["address", "allocate", "vip", "--cloud", "tidy"]);
     plane.ok(&["address", "associate", "vip", "tidy/web-1"]);
-    let vip = plane.json(&["address", "show", "vip"])["ip"].as_str().expect("ip").to_string();
+    let vip = plane.json(&["address", "show", "vip"])["ip"]
+        .as_str()
+        .expect("ip")
+        .to_string();
     let nat = || {
         let out = Command::new("nft")
             .args(["list", "table", "ip", &format!("stratus-{tag}")])
@@ -652,10 +663,19 @@ fn every_delete_on_the_local_cloud_leaves_nothing_behind() {
 
     plane.ok(&["server", "terminate", "tidy/web-1"]);
     plane.wait_server("tidy/web-1", |v| v["state"] == "terminated");
-    for (kind, name) in [("deployment", "tidy"), ("template", "web"), ("image", "tidy"), ("cloud", "tidy")] {
+    for (kind, name) in [
+        ("deployment", "tidy"),
+        ("template", "web"),
+        ("image", "tidy"),
+        ("cloud", "tidy"),
+    ] {
         plane.ok(&[kind, "delete", name]);
     }
-    assert_eq!(on_host(&tag, &veth, &data, &gateway), Vec::<String>::new(), "left on the host");
+    assert_eq!(
+        on_host(&tag, &veth, &data, &gateway),
+        Vec::<String>::new(),
+        "left on the host"
+    );
     // The local cloud's store directories stay (empty): the image store is shared by every
     // local cloud of the data directory.
     let infrastructure = ["local", "local/clouds", "local/images"];

@@ -131,10 +131,7 @@ pub trait VerifyIdentity: Send + Sync {
 #[derive(Debug, thiserror::Error)]
 pub enum CloudError {
     #[error("the {driver:?} driver cannot {action}")]
-    Unsupported {
-        driver: DriverKind,
-        action: &'static str,
-    },
+    Unsupported { driver: DriverKind, action: &'static str },
     #[error("the cloud refused the request: {0}")]
     Refused(String),
     #[error("instance {0} does not exist")]

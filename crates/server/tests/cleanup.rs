@@ -97,7 +97,10 @@ fn tidy() -> stratus_types::Name {
 /// Make the cloud's driver now, so that only what a scenario makes counts.
 async fn opened(t: &TestServer) {
     let app = &t.running.as_ref().expect("running").app;
-    app.drivers.for_cloud(&*app.store, &tidy()).await.expect("open the cloud");
+    app.drivers
+        .for_cloud(&*app.store, &tidy())
+        .await
+        .expect("open the cloud");
 }
 
 async fn started() -> (TestServer, FakeClouds) {
@@ -110,7 +113,8 @@ async fn started() -> (TestServer, FakeClouds) {
 /// Nothing but `history` kinds' records were added since `before`.
 async fn nothing_left(t: &TestServer, fakes: &FakeClouds, before: &World, history: &[&str], what: &str) {
     let mut left = before.added(&World::now(t, fakes).await);
-    left.records.retain(|r| !history.iter().any(|h| r.starts_with(&format!("{h} "))));
+    left.records
+        .retain(|r| !history.iter().any(|h| r.starts_with(&format!("{h} "))));
     assert_eq!(left, World::default(), "{what} left these behind");
 }
 
@@ -156,7 +160,13 @@ cloud = "tidy"
 
 /// Delete what [`CLOUD`] made, users first.
 async fn delete_catalog(t: &TestServer) {
-    for path in ["/deployments/tidy", "/templates/box", "/scripts/hello", "/images/base", "/clouds/tidy"] {
+    for path in [
+        "/deployments/tidy",
+        "/templates/box",
+        "/scripts/hello",
+        "/images/base",
+        "/clouds/tidy",
+    ] {
         ok(t, Method::DELETE, path, None).await;
     }
 }
@@ -167,11 +177,27 @@ async fn a_cloud_and_its_catalog_leave_nothing_once_deleted() {
     let before = World::now(&t, &fakes).await;
     apply(&t, CLOUD).await;
     // The cloud is opened (its driver made and cached) by using it.
-    ok(&t, Method::POST, "/addresses", Some(json!({ "name": "vip", "cloud": "tidy" }))).await;
+    ok(
+        &t,
+        Method::POST,
+        "/addresses",
+        Some(json!({ "name": "vip", "cloud": "tidy" })),
+    )
+    .await;
     ok(&t, Method::DELETE, "/addresses/vip", None).await;
-    assert!(fakes.lock().expect("fakes").contains_key(&tidy()), "the cloud was opened");
+    assert!(
+        fakes.lock().expect("fakes").contains_key(&tidy()),
+        "the cloud was opened"
+    );
     delete_catalog(&t).await;
-    nothing_left(&t, &fakes, &before, &[], "a cloud, image, script, template and deployment").await;
+    nothing_left(
+        &t,
+        &fakes,
+        &before,
+        &[],
+        "a cloud, image, script, template and deployment",
+    )
+    .await;
     // A cloud of the same name later is a new, empty one.
     apply(&t, CLOUD).await;
     let driver = fakes.lock().expect("fakes").get(&tidy()).cloned();
@@ -192,14 +218,27 @@ async fn a_terminated_server_leaves_only_its_history() {
     )
     .await;
     t.wait_state("tidy/one", "operational").await;
-    ok(&t, Method::POST, "/addresses", Some(json!({ "name": "vip", "cloud": "tidy" }))).await;
+    ok(
+        &t,
+        Method::POST,
+        "/addresses",
+        Some(json!({ "name": "vip", "cloud": "tidy" })),
+    )
+    .await;
     let body = json!({ "server": "tidy/one" });
     ok(&t, Method::POST, "/addresses/vip/associate", Some(body)).await;
     ok(&t, Method::POST, "/addresses/vip/disassociate", None).await;
     ok(&t, Method::DELETE, "/addresses/vip", None).await;
     ok(&t, Method::DELETE, "/servers/tidy%2Fone", None).await;
     t.wait_state("tidy/one", "terminated").await;
-    nothing_left(&t, &fakes, &before, &["Server", "Run", "Agent"], "a server and an address").await;
+    nothing_left(
+        &t,
+        &fakes,
+        &before,
+        &["Server", "Run", "Agent"],
+        "a server and an address",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -215,7 +254,13 @@ async fn an_array_scaled_in_and_deleted_leaves_only_its_members_history() {
         (s == StatusCode::OK && v["state"] == "operational").then_some(())
     })
     .await;
-    ok(&t, Method::POST, "/arrays/tidy/pool/scale", Some(json!({ "desired": 0 }))).await;
+    ok(
+        &t,
+        Method::POST,
+        "/arrays/tidy/pool/scale",
+        Some(json!({ "desired": 0 })),
+    )
+    .await;
     t.wait_state("tidy/pool-1", "terminated").await;
     ok(&t, Method::DELETE, "/arrays/tidy/pool", None).await;
     nothing_left(&t, &fakes, &before, &["Server", "Run", "Agent"], "an array").await;
@@ -225,14 +270,29 @@ async fn an_array_scaled_in_and_deleted_leaves_only_its_members_history() {
 async fn credentials_users_and_artifacts_leave_nothing_once_deleted() {
     let (t, fakes) = started().await;
     let before = World::now(&t, &fakes).await;
-    let cred = ok(&t, Method::POST, "/credentials", Some(json!({ "name": "pw", "value": "s3cret-value" }))).await;
+    let cred = ok(
+        &t,
+        Method::POST,
+        "/credentials",
+        Some(json!({ "name": "pw", "value": "s3cret-value" })),
+    )
+    .await;
     let store = t.running.as_ref().expect("running").app.store.clone();
     let id = cred["id"].as_str().expect("id").to_string();
     assert!(store.sealed(&id).await.expect("sealed").is_some());
     ok(&t, Method::DELETE, "/credentials/pw", None).await;
-    assert!(store.sealed(&id).await.expect("sealed").is_none(), "the sealed value goes too");
+    assert!(
+        store.sealed(&id).await.expect("sealed").is_none(),
+        "the sealed value goes too"
+    );
 
-    ok(&t, Method::POST, "/users", Some(json!({ "name": "carol", "roles": ["observer"] }))).await;
+    ok(
+        &t,
+        Method::POST,
+        "/users",
+        Some(json!({ "name": "carol", "roles": ["observer"] })),
+    )
+    .await;
     let key = json!({ "public_key": common::ed25519_key(42, "carol") });
     ok(&t, Method::POST, "/users/carol/keys", Some(key)).await;
     let token = json!({ "user": "carol", "description": "ci" });
@@ -244,14 +304,28 @@ async fn credentials_users_and_artifacts_leave_nothing_once_deleted() {
     ok(&t, Method::POST, "/buckets", Some(json!({ "name": "apps" }))).await;
     for (key, body) in [("a.txt", "one"), ("b.txt", "two"), ("a.txt", "three")] {
         let url = format!("{}/api/v1/buckets/apps/object?key={key}", t.url);
-        let resp = t.http.put(url).bearer_auth(&t.token).body(body).send().await.expect("put");
+        let resp = t
+            .http
+            .put(url)
+            .bearer_auth(&t.token)
+            .body(body)
+            .send()
+            .await
+            .expect("put");
         assert!(resp.status().is_success(), "{}", resp.status());
     }
     for key in ["a.txt", "b.txt"] {
         ok(&t, Method::DELETE, &format!("/buckets/apps/object?key={key}"), None).await;
     }
     ok(&t, Method::DELETE, "/buckets/apps", None).await;
-    nothing_left(&t, &fakes, &before, &[], "a credential, a user, a bucket and its objects").await;
+    nothing_left(
+        &t,
+        &fakes,
+        &before,
+        &[],
+        "a credential, a user, a bucket and its objects",
+    )
+    .await;
 }
 
 /// The captured versions of an image (a rebundled server) are deleted on the cloud with the
@@ -287,7 +361,10 @@ async fn deleting_an_image_deletes_its_captured_native_images() {
 
     ok(&t, Method::DELETE, "/arrays/tidy/pool", None).await;
     ok(&t, Method::DELETE, "/images/captured", None).await;
-    assert!(!fake.image_exists(&native).await.expect("exists"), "the native image went too");
+    assert!(
+        !fake.image_exists(&native).await.expect("exists"),
+        "the native image went too"
+    );
     nothing_left(&t, &fakes, &before, &["Server", "Run", "Agent"], "a captured image").await;
     delete_catalog(&t).await;
     assert!(
@@ -309,7 +386,13 @@ async fn refused(t: &TestServer, fakes: &FakeClouds, path: &str, names: &str) {
 async fn a_cloud_or_image_still_in_use_is_refused_and_nothing_changes() {
     let (t, fakes) = started().await;
     apply(&t, CLOUD).await;
-    ok(&t, Method::POST, "/addresses", Some(json!({ "name": "vip", "cloud": "tidy" }))).await;
+    ok(
+        &t,
+        Method::POST,
+        "/addresses",
+        Some(json!({ "name": "vip", "cloud": "tidy" })),
+    )
+    .await;
     let server = json!({ "name": "one", "deployment": "tidy", "template": "box" });
     ok(&t, Method::POST, "/servers", Some(server)).await;
     t.wait_state("tidy/one", "operational").await;
@@ -333,5 +416,8 @@ async fn a_cloud_or_image_still_in_use_is_refused_and_nothing_changes() {
     refused(&t, &fakes, "/clouds/tidy", "deployments").await;
     ok(&t, Method::DELETE, "/deployments/tidy", None).await;
     ok(&t, Method::DELETE, "/clouds/tidy", None).await;
-    assert!(!fakes.lock().expect("fakes").contains_key(&tidy()), "the fake cloud is gone");
+    assert!(
+        !fakes.lock().expect("fakes").contains_key(&tidy()),
+        "the fake cloud is gone"
+    );
 }

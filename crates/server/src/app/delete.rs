@@ -116,7 +116,12 @@ async fn cloud(app: &App, users: &Users, name: &str) -> Result<Vec<Change>, AppE
         .filter(|i| i.versions.iter().any(|v| v.clouds.keys().any(on_it)) || i.spec.clouds.keys().any(on_it))
         .map(|i| i.spec.name.to_string())
         .collect();
-    unused("cloud", name, images, "images (delete them, or their versions on it with `stratus image gc`)")?;
+    unused(
+        "cloud",
+        name,
+        images,
+        "images (delete them, or their versions on it with `stratus image gc`)",
+    )?;
     let addresses = app
         .store
         .list_all::<Address>(&Query::default())
@@ -170,7 +175,12 @@ async fn script(app: &App, users: &Users, name: &str) -> Result<Vec<Change>, App
 
 async fn template(app: &App, users: &Users, name: &str) -> Result<Vec<Change>, AppError> {
     let t = named::<ServerTemplate>(&*app.store, name).await?;
-    unused("template", name, users.servers(|s| s.template.as_str() == name), "servers")?;
+    unused(
+        "template",
+        name,
+        users.servers(|s| s.template.as_str() == name),
+        "servers",
+    )?;
     let arrays = users.arrays(|a| a.spec.template.as_str() == name);
     unused("template", name, arrays, "arrays")?;
     let q = Query {
