@@ -92,7 +92,7 @@ fn unused(kind: &str, name: &str, list: Vec<String>, what: &str) -> Result<(), A
 pub async fn delete(app: &App, actor: &Actor, kind: &'static str, name: &str) -> Result<(), AppError> {
     actor.require(OPERATOR)?;
     let users = Users::load(app).await?;
-    let changes = match kind {
+    let mut changes = match kind {
         "cloud" => cloud(app, &users, name).await?,
         "image" => image(app, &users, name).await?,
         "script" => script(app, &users, name).await?,
@@ -100,7 +100,6 @@ pub async fn delete(app: &App, actor: &Actor, kind: &'static str, name: &str) ->
         "deployment" => deployment(app, &users, name).await?,
         _ => return Err(AppError::not_found("kind", kind)),
     };
-    let mut changes = changes;
     changes.push(audit(actor, &format!("{kind}.delete"), format!("{kind}/{name}"), ()));
     app.commit(changes).await
 }
@@ -120,7 +119,7 @@ async fn cloud(app: &App, users: &Users, name: &str) -> Result<Vec<Change>, AppE
         "cloud",
         name,
         images,
-        "images (delete them, or their versions on it with `stratus image gc`)",
+        "images (a version of each has a native image on it)",
     )?;
     let addresses = app
         .store
