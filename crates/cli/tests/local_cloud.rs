@@ -663,6 +663,16 @@ fn every_delete_on_the_local_cloud_leaves_nothing_behind() {
 
     plane.ok(&["server", "terminate", "tidy/web-1"]);
     plane.wait_server("tidy/web-1", |v| v["state"] == "terminated");
+    // Terminating removed the instance itself, before the cloud goes.
+    let of_instance: Vec<String> = on_host(&tag, &veth, &data, &gateway)
+        .into_iter()
+        .filter(|l| l.contains(&instance) || l.contains(&veth))
+        .collect();
+    assert_eq!(of_instance, Vec::<String>::new(), "left of the terminated instance");
+    let cgroup_v2 = Path::new("/sys/fs/cgroup/stratus").join(&tag).join(&instance);
+    assert!(!cgroup_v2.exists(), "its cgroup is gone");
+    let dir = data.join("local/clouds/tidy/instances").join(&instance);
+    assert!(!dir.exists(), "its directory is gone");
     for (kind, name) in [
         ("deployment", "tidy"),
         ("template", "web"),
