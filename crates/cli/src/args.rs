@@ -231,6 +231,9 @@ pub enum CatalogCmd {
         #[arg(short, long)]
         file: PathBuf,
     },
+    /// Delete, with what its create made (refused while something uses it): a cloud's
+    /// instances, network and keys on the cloud; an image's native images that Stratus made and
+    /// no other image names. The table: docs/API.md, "Deletes remove what their create made".
     Delete {
         name: String,
     },

@@ -531,6 +531,172 @@ template = "web"
     );
 }
 
+/// What the host holds of local cloud `tag`: its links (bridge `st-TAG`, the veth `veth`),
+/// namespaces, nftables tables, cgroups, mounts under `data`, and listeners on `gateway`.
+fn on_host(tag: &str, veth: &str, data: &Path, gateway: &str) -> Vec<String> {
+    let run = |args: &[&str]| {
+        let out = Command::new(args[0]).args(&args[1..]).output().expect("host tool");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let mut found: Vec<String> = run(&["ip", "-o", "link", "show"])
+        .lines()
+        .filter(|l| l.contains(&format!("st-{tag}")) || l.contains(veth))
+        .map(|l| format!("link: {l}"))
+        .collect();
+    let mine = |text: String, what: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.contains(tag))
+            .map(|l| format!("{what}: {l}"))
+            .collect()
+    };
+    found.extend(mine(run(&["ip", "netns", "list"]), "netns"));
+    found.extend(mine(run(&["nft", "list", "tables"]), "nftables"));
+    for root in [
+        "/sys/fs/cgroup",
+        "/sys/fs/cgroup/memory",
+        "/sys/fs/cgroup/cpu",
+        "/sys/fs/cgroup/pids",
+    ] {
+        let group = Path::new(root).join("stratus").join(tag);
+        if group.exists() {
+            found.push(format!("cgroup: {}", group.display()));
+        }
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let data = data.to_string_lossy().into_owned();
+    found.extend(
+        mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&data))
+            .map(|m| format!("mount: {m}")),
+    );
+    found.extend(
+        run(&["ss", "-ltnH"])
+            .lines()
+            .filter(|l| l.contains(&format!("{gateway}:")))
+            .map(|l| format!("listener: {l}")),
+    );
+    found
+}
+
+/// Every path under `dir`, relative to it.
+fn tree(dir: &Path) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).expect("read dir").map(|e| e.expect("entry")) {
+            if e.file_type().expect("type").is_dir() {
+                todo.push(e.path());
+            }
+            out.insert(e.path().strip_prefix(dir).expect("under").display().to_string());
+        }
+    }
+    out
+}
+
+/// Create then delete every kind of resource on a local cloud (an imported image, a server
+/// with an elastic IP, the cloud itself): nothing is left on the host (links, namespaces,
+/// nftables tables and rules, cgroups, mounts, listeners) or in the data directory (the
+/// image's tree, the instance's directory, the cloud's state and identity key). The same
+/// on the fake cloud, for every resource: `crates/server/tests/cleanup.rs`.
+#[test]
+fn every_delete_on_the_local_cloud_leaves_nothing_behind() {
+    let (tmp, data, _cleanup) = scratch("stratus-tidy-", "tidy");
+    let (a, b) = (100 + random_octet() % 50, random_octet());
+    let gateway = format!("10.{a}.{b}.1");
+    let tag = stratus_server::drivers::network_tag(&data, "tidy");
+    let plane = Plane::start(&data);
+    plane.ok(&["cloud", "list"]);
+    let before = tree(&data);
+    let pool = format!(
+        "address_pools = [{{ name = \"public\", cidr = \"10.{}.{b}.0/28\" }}]",
+        a + 50
+    );
+    declare_local_cloud(&plane, tmp.path(), "tidy", (a, b), &pool);
+    let tar = busybox_tarball(tmp.path());
+    let tar = tar.to_str().expect("path");
+    plane.ok(&["image", "import", tar, "--name", "tidy", "--cloud", "tidy"]);
+    let native = plane.json(&["image", "show", "tidy"])["clouds"]["tidy"]["native_id"]
+        .as_str()
+        .expect("native id")
+        .to_string();
+    let file = tmp.path().join("servers.toml");
+    std::fs::write(
+        &file,
+        "[[template]]\nname = \"web\"\nimage = \"tidy\"\nsize = \"small\"\n\
+         [deployment]\nname = \"tidy\"\ncloud = \"tidy\"\n[[server]]\nname = \"web-1\"\ntemplate = \"web\"\n",
+    )
+    .expect("write");
+    plane.ok(&["apply", "-f", file.to_str().expect("path")]);
+    let s = plane.wait_server("tidy/web-1", |v| v["state"] == "booting" && v["private_ip"].is_string());
+    let instance = s["instance_id"].as_str().expect("instance").to_string();
+    let veth = format!("sv{}", &instance[2..15]);
+    assert!(
+        data.join("local/images").join(&native).exists() && !on_host(&tag, &veth, &data, &gateway).is_empty(),
+        "the image is on disk and the cloud on the host"
+    );
+
+    // An elastic IP: associated, it is a NAT rule; released, the rule is gone.
+    plane.ok(&["address", "allocate", "vip", "--cloud", "tidy"]);
+    plane.ok(&["address", "associate", "vip", "tidy/web-1"]);
+    let vip = plane.json(&["address", "show", "vip"])["ip"]
+        .as_str()
+        .expect("ip")
+        .to_string();
+    let nat = || {
+        let out = Command::new("nft")
+            .args(["list", "table", "ip", &format!("stratus-{tag}")])
+            .output()
+            .expect("nft");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(nat().contains(&vip), "the address is NATed: {}", nat());
+    plane.ok(&["address", "disassociate", "vip"]);
+    plane.ok(&["address", "release", "vip"]);
+    assert!(!nat().contains(&vip), "no rule for a released address: {}", nat());
+
+    // The image is in use: refused, and it stays on disk.
+    let (ok, out) = plane.stratus(&["image", "delete", "tidy"]);
+    assert!(!ok && out.contains("web"), "{out}");
+    assert!(data.join("local/images").join(&native).exists());
+
+    plane.ok(&["server", "terminate", "tidy/web-1"]);
+    plane.wait_server("tidy/web-1", |v| v["state"] == "terminated");
+    // Terminating removed the instance itself, before the cloud goes.
+    let of_instance: Vec<String> = on_host(&tag, &veth, &data, &gateway)
+        .into_iter()
+        .filter(|l| l.contains(&instance) || l.contains(&veth))
+        .collect();
+    assert_eq!(of_instance, Vec::<String>::new(), "left of the terminated instance");
+    let cgroup_v2 = Path::new("/sys/fs/cgroup/stratus").join(&tag).join(&instance);
+    assert!(!cgroup_v2.exists(), "its cgroup is gone");
+    let dir = data.join("local/clouds/tidy/instances").join(&instance);
+    assert!(!dir.exists(), "its directory is gone");
+    for (kind, name) in [
+        ("deployment", "tidy"),
+        ("template", "web"),
+        ("image", "tidy"),
+        ("cloud", "tidy"),
+    ] {
+        plane.ok(&[kind, "delete", name]);
+    }
+    assert_eq!(
+        on_host(&tag, &veth, &data, &gateway),
+        Vec::<String>::new(),
+        "left on the host"
+    );
+    // The local cloud's store directories stay (empty): the image store is shared by every
+    // local cloud of the data directory.
+    let infrastructure = ["local", "local/clouds", "local/images"];
+    let left: Vec<String> = tree(&data)
+        .difference(&before)
+        .filter(|p| !p.starts_with("stratus.db") && !infrastructure.contains(&p.as_str()))
+        .cloned()
+        .collect();
+    assert_eq!(left, Vec::<String>::new(), "left in the data directory");
+}
+
 /// The whole path on a real Debian image: the agent inside the instance reads its user-data
 /// and identity from the metadata service, enrols, runs the boot script, and the server turns
 /// operational; a failing script strands its server with the exit code.

@@ -321,6 +321,10 @@ impl CloudDriver for FakeCloud {
         Ok(())
     }
 
+    fn simulated(&self) -> bool {
+        true
+    }
+
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }

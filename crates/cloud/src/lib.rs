@@ -7,8 +7,20 @@
 //! servers against [`CloudDriver::list`].
 //!
 //! Drivers: [`fake`] (in memory, for tests and trying the API) here; the `local` driver
-//! (namespaces on this machine) in the `stratus-local` crate; `ec2` later. All pass
+//! (namespaces on this machine) in the `stratus-local` crate; `ec2` in `stratus-ec2`. All pass
 //! [`conformance::run_all`].
+//!
+//! # Capabilities
+//!
+//! What only some clouds can do is a method with a default, never a downcast in the control
+//! plane: a driver overrides what it supports and the control plane asks every driver the same
+//! way. [`CloudDriver::identity_verifier`] (clouds that sign instance identities),
+//! [`CloudDriver::build_image`] and [`CloudDriver::import_image`] (clouds that make images from
+//! a recipe or a tarball; the default answers [`CloudError::Unsupported`]),
+//! [`CloudDriver::owns_all_images`] (whether every image the cloud knows is one Stratus made),
+//! [`CloudDriver::simulated`] (instances that run nothing, the fake's), and
+//! [`CloudDriver::tear_down`] (what deleting the cloud removes outside the control plane's
+//! records). docs/ARCHITECTURE.md "Adding a cloud driver" has the steps for a new driver.
 
 pub mod conformance;
 pub mod fake;
@@ -79,8 +91,47 @@ pub struct CapturedImage {
     pub size_bytes: Option<u64>,
 }
 
+/// What `stratus image build` asks a cloud for, in cloud-neutral terms; `None` takes the
+/// driver's default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageRecipe {
+    /// The distribution release (Debian suite on the local cloud).
+    pub suite: Option<String>,
+    /// Where packages come from.
+    pub mirror: Option<String>,
+    /// The packages, replacing the driver's default list.
+    pub packages: Option<Vec<String>>,
+    /// Packages added to the list (the default one or `packages`).
+    pub extra_packages: Vec<String>,
+}
+
+/// An image the cloud made from a recipe or a tarball.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MadeImage {
+    pub native_id: String,
+    pub size_bytes: Option<u64>,
+    /// For people: what it is and how it was made.
+    pub description: String,
+}
+
+/// What a verified instance-identity document says about the instance that sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedIdentity {
+    pub instance_id: String,
+    pub private_ip: IpAddr,
+}
+
+/// Checks instance-identity documents signed by a cloud's metadata service.
+pub trait VerifyIdentity: Send + Sync {
+    /// What the document says, if `signature` (base64) is the cloud's over exactly `document`.
+    /// Any refusal is the same [`CloudError::Refused`]: callers answer it with one status.
+    fn verify(&self, document: &[u8], signature: &str) -> Result<VerifiedIdentity, CloudError>;
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CloudError {
+    #[error("the {driver:?} driver cannot {action}")]
+    Unsupported { driver: DriverKind, action: &'static str },
     #[error("the cloud refused the request: {0}")]
     Refused(String),
     #[error("instance {0} does not exist")]
@@ -154,6 +205,55 @@ pub trait CloudDriver: Send + Sync + std::fmt::Debug {
     /// Delete an image [`CloudDriver::capture_image`] made (EC2's `DeregisterImage` and its
     /// snapshots). Deleting an image that is already gone succeeds.
     async fn delete_image(&self, native_id: &str) -> Result<(), CloudError>;
-    /// The driver as `Any`, for driver-specific operations (building local images).
+    /// Whether every image this cloud knows was made by Stratus (built, imported or captured
+    /// into a store of its own, as the local cloud's is): then deleting an image record that no
+    /// other refers to deletes its native images, whatever made them. Otherwise (the default)
+    /// only captured images are Stratus's to delete; an image named by hand (a public AMI, the
+    /// user's own) is never touched.
+    fn owns_all_images(&self) -> bool {
+        false
+    }
+    /// Build an image from a recipe (`stratus image build`), labelled `name`; `progress` gets
+    /// one line per step. Building what was built before may return the same image.
+    async fn build_image(
+        &self,
+        _name: &str,
+        _recipe: &ImageRecipe,
+        _progress: &(dyn for<'l> Fn(&'l str) + Send + Sync),
+    ) -> Result<MadeImage, CloudError> {
+        Err(self.unsupported("build images"))
+    }
+    /// Make an image of a root file system tarball on the control plane's machine
+    /// (`stratus image import`). The same content may return the same image.
+    async fn import_image(&self, _name: &str, _tarball: &std::path::Path) -> Result<MadeImage, CloudError> {
+        Err(self.unsupported("import images"))
+    }
+    /// The checker of the identity documents this cloud's metadata service signs; `None` (the
+    /// default): the cloud signs nothing the control plane can check with its own key.
+    fn identity_verifier(&self) -> Option<&dyn VerifyIdentity> {
+        None
+    }
+    /// Whether the cloud's instances run nothing (the fake's exist only as records): no agent
+    /// can ever connect from them, so the control plane may stand in for their agents
+    /// (`simulate_agents`).
+    fn simulated(&self) -> bool {
+        false
+    }
+    /// The cloud is being deleted and has no live instances left: remove what the driver made
+    /// for it outside the control plane's records (a local cloud: its remaining instances,
+    /// bridge, nftables tables, cgroups, metadata service and state directory with its
+    /// identity key). Safe to retry; the default has nothing to remove.
+    async fn tear_down(&self) -> Result<(), CloudError> {
+        Ok(())
+    }
+    /// [`CloudError::Unsupported`] for this driver.
+    fn unsupported(&self, action: &'static str) -> CloudError {
+        CloudError::Unsupported {
+            driver: self.kind(),
+            action,
+        }
+    }
+    /// The driver as `Any`: for the driver factory and tests, never for the control plane's
+    /// logic (what only some drivers do is a capability above).
     fn as_any(&self) -> &dyn std::any::Any;
 }

@@ -45,7 +45,7 @@ pub(crate) struct Shared {
 pub struct LocalCloud {
     shared: Arc<Shared>,
     imds: Option<tokio::task::JoinHandle<()>>,
-    verifier: Option<stratus_imds::IdentityVerifier>,
+    verifier: Option<crate::capability::Verifier>,
 }
 
 impl std::fmt::Debug for LocalCloud {
@@ -113,12 +113,8 @@ impl LocalCloud {
         }
         let n = shared.read().len();
         tracing::info!(network = %shared.config.network, instances = n, "local cloud ready");
+        let verifier = verifier.map(crate::capability::Verifier);
         Ok(Self { shared, imds, verifier })
-    }
-
-    /// Verifies instance-identity documents signed by this cloud's metadata service.
-    pub fn identity_verifier(&self) -> Option<&stratus_imds::IdentityVerifier> {
-        self.verifier.as_ref()
     }
 
     pub fn images(&self) -> &ImageStore {
@@ -153,6 +149,22 @@ impl LocalCloud {
         self.shared.net.remove().await.map_err(api)?;
         crate::purge::remove_cgroup_parents(&self.shared.config.network);
         Ok(())
+    }
+
+    /// [`LocalCloud::destroy_everything`], then the metadata service and the state directory
+    /// (instance records, the identity key): nothing of the cloud is left on the host but the
+    /// shared image store, whose images go with the image records that name them.
+    async fn tear_down_all(&self) -> Result<(), CloudError> {
+        self.destroy_everything().await?;
+        if let Some(h) = &self.imds {
+            h.abort();
+        }
+        let dir = &self.shared.config.state_dir;
+        crate::purge::unmount_under(dir);
+        match std::fs::remove_dir_all(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(api(e)),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -680,6 +692,37 @@ impl CloudDriver for LocalCloud {
             )));
         }
         s.images.remove(native_id).map_err(api)
+    }
+
+    /// Its image store is Stratus's own directory: every image in it was built, imported or
+    /// captured by Stratus.
+    fn owns_all_images(&self) -> bool {
+        true
+    }
+
+    async fn build_image(
+        &self,
+        name: &str,
+        recipe: &stratus_cloud::ImageRecipe,
+        progress: &(dyn for<'l> Fn(&'l str) + Send + Sync),
+    ) -> Result<stratus_cloud::MadeImage, CloudError> {
+        crate::capability::build(&self.shared.images, name, recipe, progress).await
+    }
+
+    async fn import_image(
+        &self,
+        name: &str,
+        tarball: &std::path::Path,
+    ) -> Result<stratus_cloud::MadeImage, CloudError> {
+        crate::capability::import(&self.shared.images, name, tarball).await
+    }
+
+    fn identity_verifier(&self) -> Option<&dyn stratus_cloud::VerifyIdentity> {
+        self.verifier.as_ref().map(|v| v as &dyn stratus_cloud::VerifyIdentity)
+    }
+
+    async fn tear_down(&self) -> Result<(), CloudError> {
+        self.tear_down_all().await
     }
 
     fn as_any(&self) -> &dyn std::any::Any {

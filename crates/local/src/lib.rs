@@ -20,6 +20,7 @@
 //! Needs root, util-linux (`nsenter`, `unshare`), iproute2 and nftables.
 
 pub mod antispoof;
+mod capability;
 pub mod cgroup;
 pub mod cmd;
 pub mod config;

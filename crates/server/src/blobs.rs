@@ -135,10 +135,12 @@ impl S3Location {
 }
 
 impl Blobs {
-    /// Blobs in a local directory (created if missing).
+    /// Blobs in a local directory (created if missing, with its `uploads/` working directory).
+    /// A deleted blob takes the directories it leaves empty with it (`blobs/sha256/AB/`), so a
+    /// deleted object leaves nothing behind; writes recreate a missing directory.
     pub fn local(dir: &Path, max: u64) -> Result<Self, BlobError> {
-        std::fs::create_dir_all(dir)?;
-        let fs = LocalFileSystem::new_with_prefix(dir)?;
+        std::fs::create_dir_all(dir.join("uploads"))?;
+        let fs = LocalFileSystem::new_with_prefix(dir)?.with_automatic_cleanup(true);
         Ok(Self::new(Arc::new(fs), max))
     }
 

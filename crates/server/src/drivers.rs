@@ -252,28 +252,44 @@ impl Drivers {
             .map_err(|e| AppError::BadState(format!("cloud {}: {}", c.spec.name, crate::app::error_chain(&e))))
     }
 
-    /// Remove a local cloud from the host (its instances, bridge and NAT table) and forget its
-    /// driver; the cloud's record is the caller's to delete.
-    pub async fn remove_local(&self, store: &dyn Datastore, cloud: &Name) -> Result<(), AppError> {
+    /// A cloud is being deleted (its record is the caller's to delete, once this succeeded):
+    /// the driver removes what it made for it ([`CloudDriver::tear_down`]), and the factory
+    /// forgets it (the cached driver, a fake cloud's instances, a local cloud's subnet claim
+    /// and gateway listener). A cloud that cannot even be opened (a local cloud whose host
+    /// lost root, broken settings) is purged by its names.
+    pub async fn remove(&self, store: &dyn Datastore, cloud: &Name) -> Result<(), AppError> {
         match self.for_cloud(store, cloud).await {
-            Ok(driver) => {
-                if let Some(local) = driver.as_any().downcast_ref::<LocalCloud>() {
-                    local.destroy_everything().await.map_err(|source| AppError::Cloud {
-                        context: format!("removing local cloud {cloud}"),
-                        source,
-                    })?;
-                }
-            }
-            // It cannot even be opened (not root, broken settings): remove what it left anyway.
+            Ok(driver) => driver.tear_down().await.map_err(|source| AppError::Cloud {
+                context: format!("removing cloud {cloud}"),
+                source,
+            })?,
             Err(e) => {
-                tracing::warn!(%cloud, error = %e, "removing a local cloud that cannot be opened");
-                if let Some(base) = &self.local {
-                    let tag = network_tag(&base.data_dir, cloud.as_str());
-                    stratus_local::purge::purge(&tag, None);
-                }
+                tracing::warn!(%cloud, error = %e, "removing a cloud that cannot be opened");
+                self.purge_unopened(store, cloud).await;
             }
         }
+        self.forget(cloud).await;
+        Ok(())
+    }
+
+    /// What a local cloud that cannot be opened left on the host, by its tag and state
+    /// directory.
+    async fn purge_unopened(&self, store: &dyn Datastore, cloud: &Name) {
+        let Ok(c) = crate::app::resolve::named::<Cloud>(store, cloud.as_str()).await else {
+            return;
+        };
+        if let (DriverKind::Local, Some(base)) = (c.spec.driver, &self.local) {
+            let config = local_config(base, &c);
+            stratus_local::purge::purge(&config.network, Some(&config.state_dir));
+        }
+    }
+
+    async fn forget(&self, cloud: &Name) {
         self.made.lock().await.remove(cloud);
+        self.fakes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(cloud);
         self.subnets
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -286,7 +302,6 @@ impl Drivers {
         if let Some((_, Some(task))) = gone {
             task.abort();
         }
-        Ok(())
     }
 }
 

@@ -10,8 +10,9 @@
 //! 3. The control plane checks, in this order: the server exists and is `booting`; the token
 //!    is the server's (constant-time compare); no agent has enrolled for it yet (a token works
 //!    once); then the instance ([`check_identity`]). Any failure changes nothing.
-//!    - On a cloud that signs identities (the local cloud), the document's signature is the
-//!      cloud's and it names the server's own instance and private address.
+//!    - On a cloud that signs identities (its driver has a
+//!      `CloudDriver::identity_verifier`; the local cloud does), the document's signature is
+//!      the cloud's and it names the server's own instance and private address.
 //!    - On every other cloud (EC2, the fake cloud) the token alone does not enrol: the driver
 //!      describes the server's instance, which must exist, be pending or running and belong to
 //!      the server; an identity document, when sent (the agent sends EC2's), must name that
@@ -34,7 +35,6 @@ use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use stratus_local::LocalCloud;
 use stratus_store::{Change, Kind, Resource, TypedStore};
 use stratus_types::server::{Server, ServerState};
 use stratus_types::{RunId, ServerId};
@@ -232,11 +232,7 @@ async fn check_identity(
     peer: Option<std::net::IpAddr>,
 ) -> Result<(), AppError> {
     let driver = app.drivers.for_cloud(&*app.store, &server.cloud).await?;
-    let Some(verifier) = driver
-        .as_any()
-        .downcast_ref::<LocalCloud>()
-        .and_then(LocalCloud::identity_verifier)
-    else {
+    let Some(verifier) = driver.identity_verifier() else {
         return check_described(app, &*driver, server, instance_id, req, peer).await;
     };
     let (Some(doc), Some(sig)) = (&req.identity_document, &req.identity_signature) else {
@@ -248,9 +244,7 @@ async fn check_identity(
     let parsed = verifier
         .verify(doc.as_bytes(), sig.trim())
         .map_err(|_| AppError::Unauthenticated)?;
-    let ip_matches = server
-        .private_ip
-        .is_some_and(|ip| ip == std::net::IpAddr::V4(parsed.private_ip));
+    let ip_matches = server.private_ip == Some(parsed.private_ip);
     if parsed.instance_id != instance_id || !ip_matches {
         return Err(AppError::Unauthenticated);
     }

@@ -1,14 +1,15 @@
-//! Local images: build one with debootstrap or import a tarball on a `local` cloud, and
-//! register it as that cloud's native image of a multi-cloud image (a new image version when
-//! the native id changes). Admin only: both run as root on the control plane's machine, and
-//! an import reads a file there.
+//! Images made by a cloud: build one from a recipe or import a tarball on a cloud whose driver
+//! can (`CloudDriver::build_image`, `import_image`: the local cloud's debootstrap and tarball
+//! import), and register it as that cloud's native image of a multi-cloud image (a new image
+//! version when the native id changes). Admin only: both run as root on the control plane's
+//! machine, and an import reads a file there. Also the image versions, their garbage
+//! collection, and what deleting an image removes ([`delete_native`]).
 
 use std::path::Path;
 
 use stratus_api::file::DeploymentFile;
 use stratus_api::params::{BuildImageRequest, ImportImageRequest};
-use stratus_local::LocalCloud;
-use stratus_local::image::{BuildSpec, LocalImage};
+use stratus_cloud::{CloudError, ImageRecipe, MadeImage};
 use stratus_types::Name;
 use stratus_types::image::{Image, ImageSpec, NativeImage};
 
@@ -18,35 +19,20 @@ use super::{ADMIN, Actor, App, AppError, audit};
 pub async fn build(app: &App, actor: &Actor, name: &str, req: &BuildImageRequest) -> Result<Image, AppError> {
     actor.require(ADMIN)?;
     let name = Name::parse(name).map_err(|e| AppError::invalid("name", e.problem))?;
-    let mut spec = BuildSpec::default();
-    if let Some(s) = &req.suite {
-        spec.suite = s.clone();
-    }
-    if let Some(m) = &req.mirror {
-        spec.mirror = m.clone();
-    }
-    if let Some(p) = &req.packages {
-        spec.packages = p.clone();
-    }
-    spec.packages.extend(req.extra_packages.iter().cloned());
-    spec.validate().map_err(|e| AppError::invalid("spec", e.to_string()))?;
-    let driver = local_cloud(app, &req.cloud).await?;
-    let local = driver
-        .as_any()
-        .downcast_ref::<LocalCloud>()
-        .expect("checked by local_cloud");
+    let recipe = ImageRecipe {
+        suite: req.suite.clone(),
+        mirror: req.mirror.clone(),
+        packages: req.packages.clone(),
+        extra_packages: req.extra_packages.clone(),
+    };
+    let driver = app.drivers.for_cloud(&*app.store, &req.cloud).await?;
     let cloud = req.cloud.clone();
-    let built = local
-        .images()
-        .build(
-            name.as_str(),
-            &spec,
-            &move |line: &str| tracing::info!(cloud = %cloud, "image build: {line}"),
-        )
+    let progress = move |line: &str| tracing::info!(cloud = %cloud, "image build: {line}");
+    let built = driver
+        .build_image(name.as_str(), &recipe, &progress)
         .await
-        .map_err(|e| AppError::BadState(format!("image build failed: {e}")))?;
-    let description = format!("Debian {} ({}) built with debootstrap", spec.suite, spec.variant);
-    register(app, actor, &name, &req.cloud, &built, &description, "image.build").await
+        .map_err(|e| made_error(&req.cloud, "spec", "image build failed", e))?;
+    register(app, actor, &name, &req.cloud, &built, "image.build").await
 }
 
 pub async fn import(app: &App, actor: &Actor, name: &str, req: &ImportImageRequest) -> Result<Image, AppError> {
@@ -59,32 +45,28 @@ pub async fn import(app: &App, actor: &Actor, name: &str, req: &ImportImageReque
             "give an absolute path on the control plane's machine",
         ));
     }
-    let driver = local_cloud(app, &req.cloud).await?;
-    let local = driver
-        .as_any()
-        .downcast_ref::<LocalCloud>()
-        .expect("checked by local_cloud");
-    let imported = local
-        .images()
-        .import(name.as_str(), path)
+    let driver = app.drivers.for_cloud(&*app.store, &req.cloud).await?;
+    let imported = driver
+        .import_image(name.as_str(), path)
         .await
-        .map_err(|e| AppError::BadState(format!("image import failed: {e}")))?;
-    let description = format!("imported from {}", path.display());
-    register(app, actor, &name, &req.cloud, &imported, &description, "image.import").await
+        .map_err(|e| made_error(&req.cloud, "path", "image import failed", e))?;
+    register(app, actor, &name, &req.cloud, &imported, "image.import").await
 }
 
-async fn local_cloud(app: &App, cloud: &Name) -> Result<std::sync::Arc<dyn stratus_cloud::CloudDriver>, AppError> {
-    let driver = app.drivers.for_cloud(&*app.store, cloud).await?;
-    if driver.as_any().downcast_ref::<LocalCloud>().is_none() {
-        return Err(AppError::invalid(
+/// A build's or import's failure: a cloud that cannot make images, bad input (`field`), or
+/// the making itself failing (`failed`, with the cloud's words).
+fn made_error(cloud: &Name, field: &str, failed: &str, e: CloudError) -> AppError {
+    match e {
+        CloudError::Unsupported { driver, .. } => AppError::invalid(
             "cloud",
             format!(
-                "cloud {cloud} uses the {:?} driver; images are built and imported on local clouds (on other clouds, name the native image id under [image.clouds.{cloud}])",
-                driver.kind()
+                "cloud {cloud} uses the {driver:?} driver, which makes no images (local clouds do); on this cloud, name the native image id under [image.clouds.{cloud}]"
             ),
-        ));
+        ),
+        CloudError::Invalid(problem) => AppError::invalid(field, problem),
+        CloudError::Api(source) => AppError::BadState(format!("{failed}: {}", super::error_chain(&*source))),
+        e => AppError::BadState(format!("{failed}: {}", super::error_chain(&e))),
     }
-    Ok(driver)
 }
 
 /// Make `built` the cloud's native image of `name`, keeping the rest of the image as it is.
@@ -93,15 +75,14 @@ async fn register(
     actor: &Actor,
     name: &Name,
     cloud: &Name,
-    built: &LocalImage,
-    description: &str,
+    built: &MadeImage,
     action: &str,
 ) -> Result<Image, AppError> {
     let existing = super::resolve::named::<Image>(&*app.store, name.as_str()).await.ok();
     let mut spec = existing.as_ref().map_or_else(
         || ImageSpec {
             name: name.clone(),
-            description: description.to_string(),
+            description: built.description.clone(),
             clouds: Default::default(),
         },
         |i| i.spec.clone(),
@@ -110,7 +91,7 @@ async fn register(
     spec.clouds.insert(
         cloud.clone(),
         NativeImage {
-            native_id: built.id.clone(),
+            native_id: built.native_id.clone(),
             default_size: previous.as_ref().and_then(|p| p.default_size.clone()),
             login_user: previous.map_or_else(|| "root".to_string(), |p| p.login_user),
         },
@@ -125,7 +106,7 @@ async fn register(
         actor,
         action,
         target,
-        serde_json::json!({ "cloud": cloud, "native_id": built.id, "size_bytes": built.size_bytes }),
+        serde_json::json!({ "cloud": cloud, "native_id": built.native_id, "size_bytes": built.size_bytes }),
     )])
     .await?;
     super::resolve::named::<Image>(&*app.store, name.as_str()).await
@@ -298,4 +279,47 @@ pub async fn gc(app: &App, actor: &Actor, name: &str, req: &GcRequest) -> Result
     ])
     .await?;
     Ok(result)
+}
+
+/// Every native image id `image` names, in any version.
+fn native_ids(image: &Image) -> impl Iterator<Item = &str> {
+    let versions = image.versions.iter().flat_map(|v| v.clouds.values());
+    versions.chain(image.spec.clouds.values()).map(|n| n.native_id.as_str())
+}
+
+/// Delete, on every cloud, the native images of `image` that are Stratus's to delete and that
+/// no other image names (by id, on any cloud: local clouds share one image store). Stratus's
+/// are those of captured versions, and on a cloud that owns all its images
+/// ([`stratus_cloud::CloudDriver::owns_all_images`], the local cloud) every one; an image
+/// named by hand on another cloud (a public AMI, the user's own) is never touched. The caller
+/// has checked that nothing launches from `image` any more; each deletion is safe to repeat.
+pub async fn delete_native(app: &App, image: &Image, catalog: &super::resolve::Catalog) -> Result<(), AppError> {
+    let elsewhere: std::collections::BTreeSet<&str> = catalog
+        .images
+        .values()
+        .filter(|i| i.id != image.id)
+        .flat_map(native_ids)
+        .collect();
+    let mut done = std::collections::BTreeSet::new();
+    for v in &image.versions {
+        for (cloud, native) in &v.clouds {
+            let id = native.native_id.as_str();
+            if elsewhere.contains(id) || !done.insert((cloud, id)) {
+                continue;
+            }
+            if !catalog.clouds.contains_key(cloud) {
+                tracing::warn!(%cloud, native_id = id, image = %image.spec.name, "the image's cloud is gone; its native image cannot be deleted");
+                continue;
+            }
+            let driver = app.drivers.for_cloud(&*app.store, cloud).await?;
+            if v.provenance.is_none() && !driver.owns_all_images() {
+                continue;
+            }
+            driver.delete_image(id).await.map_err(|source| AppError::Cloud {
+                context: format!("deleting native image {id} (version {}) on cloud {cloud}", v.version),
+                source,
+            })?;
+        }
+    }
+    Ok(())
 }

@@ -16,6 +16,7 @@ pub mod arrays;
 pub mod artifacts;
 pub mod audit;
 pub mod credentials;
+pub mod delete;
 pub mod deploys;
 pub mod gateway;
 pub mod hub;

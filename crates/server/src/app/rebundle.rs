@@ -42,7 +42,6 @@ use stratus_agent_proto::{ImagePrepared, SecretString};
 use stratus_cloud::{CloudDriver, InstanceState};
 use stratus_store::{Change, Query, TypedStore};
 use stratus_types::Name;
-use stratus_types::cloud::DriverKind;
 use stratus_types::deployment::Deployment;
 use stratus_types::image::{Image, ImageSpec, ImageVersion, NativeImage, Provenance};
 use stratus_types::input::InputValue;
@@ -159,7 +158,7 @@ pub async fn rebundle(app: &App, actor: &Actor, key: &str, req: &RebundleRequest
         return Err(AppError::BadState(format!("{skey} has no instance")));
     };
     let driver = app.drivers.for_cloud(&*app.store, &s.cloud).await?;
-    let simulated = driver.kind() == DriverKind::Fake && app.settings.simulate_agents;
+    let simulated = driver.simulated() && app.settings.simulate_agents;
     if !simulated && !app.agent_connected(s.id).await {
         return Err(AppError::BadState(format!(
             "the agent of {skey} is not connected; it prepares the instance, so try again when it is"

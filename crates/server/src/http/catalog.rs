@@ -20,7 +20,8 @@ use utoipa_axum::routes;
 
 use super::error::ApiError;
 use super::extract::{Body, Caller, Q};
-use crate::app::apply::{Mode, apply, delete};
+use crate::app::apply::{Mode, apply};
+use crate::app::delete::delete;
 use crate::app::resolve::{page, show};
 use crate::app::{App, AppError};
 
