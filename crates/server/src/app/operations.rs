@@ -386,7 +386,7 @@ async fn ask_to_prepare(app: &App, op: &mut Operation, s: &Server) -> Result<Flo
         return Ok(Flow::Wait);
     }
     let driver = app.drivers.for_cloud(&*app.store, &s.cloud).await?;
-    if driver.kind() == stratus_types::cloud::DriverKind::Fake && app.settings.simulate_agents {
+    if driver.simulated() && app.settings.simulate_agents {
         let answer = ImagePrepared {
             removed: vec!["simulated: the fake cloud has no file system".into()],
             ..Default::default()
