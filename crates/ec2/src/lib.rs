@@ -774,6 +774,13 @@ impl CloudDriver for Ec2Cloud {
             .filters(Filter::builder().name("name").values(name).build())
             .filters(
                 Filter::builder()
+                    .name("state")
+                    .values("available")
+                    .values("pending")
+                    .build(),
+            )
+            .filters(
+                Filter::builder()
                     .name(format!("tag:{SOURCE_INSTANCE_TAG}"))
                     .values(instance_id)
                     .build(),

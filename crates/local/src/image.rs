@@ -246,8 +246,8 @@ impl ImageStore {
     /// it). The instance must be stopped, its overlay unmounted. The two layers are mounted
     /// read-only as one overlay (which applies the upper layer's deletions) and copied with
     /// `cp -a`; the tree then gets the same generalization as an import (no SSH host keys, an
-    /// empty machine-id and hostname). Ids of captured images are random: two captures are
-    /// two images even if their trees happen to be equal.
+    /// empty machine-id and hostname). Ids of captured images are random; capturing the same
+    /// instance under the same name again returns the image made the first time.
     pub async fn capture(
         &self,
         name: &str,

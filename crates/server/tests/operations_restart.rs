@@ -103,6 +103,14 @@ fn a_replace_killed_before_each_step_finishes_after_a_restart() {
 
         api.fire(&first, "/servers/example%2Fapp-1/replace", json!({}));
         let op = operation_at(&api, &first, "example/app-1", stop);
+        // One operation at a time on a server: a second replace is refused, and makes nothing.
+        let again = api.post(&first, "/servers/example%2Fapp-1/replace", json!({}));
+        assert!(
+            again["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("has an operation under way")),
+            "{again}"
+        );
         drop(first); // killed, before `stop`
 
         let second = Process::start(&common::config(dir.path()), &fakes, None);

@@ -4,9 +4,10 @@
 //! An operation is a record in the store with the step it stands at. The leader's operation
 //! driver (`crates/server/src/app/operations.rs`) executes the step, then records the next one;
 //! a step whose effect is a store write (a server launched, an address moved) is committed in
-//! the same transaction as the step after it, so a step that took effect is never repeated; a
-//! step whose effect is in the cloud or on an agent is safe to repeat (the driver and agent
-//! calls it makes are idempotent). After a restart or a failover the driver picks every
+//! the same transaction as the step after it, so a step that took effect is never repeated; any
+//! other step only makes calls that are safe to repeat (an address already on the successor is
+//! skipped, a server already leaving is not terminated again, a capture under the same name
+//! returns the image already made, an agent asked again to prepare answers the same). After a restart or a failover the driver picks every
 //! unfinished operation up from the step it recorded.
 //!
 //! ```text

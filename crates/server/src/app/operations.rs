@@ -104,7 +104,7 @@ pub async fn get(app: &App, actor: &Actor, id: &str) -> Result<Operation, AppErr
     get_any(app, id).await
 }
 
-/// Operations, newest first within the page order of the store; of one server when given.
+/// Operations, oldest first (ids are time-ordered); of one server when given.
 pub async fn list(
     app: &App,
     actor: &Actor,
@@ -150,15 +150,37 @@ pub async fn pass(app: &App) -> Result<(), AppError> {
         let id = op.id;
         match drive(app, op).await {
             Ok(()) | Err(AppError::Stale(_)) => {}
+            // What will not pass by waiting (a successor gone, a name taken, a template deleted,
+            // a role the requester lacks) ends the operation; the rest is retried.
+            Err(e) if permanent(&e) => {
+                let mut op = get_any(app, id).await?;
+                if !op.step.is_finished() {
+                    let msg = format!("at step {}: {e}", op.step);
+                    fail(app, &mut op, msg).await?;
+                }
+            }
             Err(e) => warn!(operation = %id, error = %e, "operation step failed; retried on the next pass"),
         }
     }
     Ok(())
 }
 
+/// An error that waiting does not cure.
+fn permanent(e: &AppError) -> bool {
+    matches!(
+        e,
+        AppError::BadState(_)
+            | AppError::NotFound { .. }
+            | AppError::Missing(_)
+            | AppError::Forbidden(_)
+            | AppError::Invalid(_)
+            | AppError::Conflict(_)
+    )
+}
+
 /// What a step did.
 enum Flow {
-    /// It moved the operation on (committed): go on with the next step.
+    /// It moved the operation (or what it waits on) on: read it again and go on.
     Next,
     /// It waits for something (a server to boot, an agent to answer).
     Wait,
@@ -307,6 +329,9 @@ async fn rebundle_step(app: &App, op: &mut Operation, then: AfterRebundle) -> Re
     match op.step {
         Step::Prepare => match reb.step {
             RebundleStep::Preparing if elapsed(op) > PREPARE_WAIT => {
+                // The agent prepares, answers, and then forgets its identity: an answer lost
+                // with a connection cannot be asked for again, so whether it cleaned up is
+                // unknown, and the server may no longer have a working agent.
                 let msg = format!(
                     "the agent of {} did not answer the preparation within {} s; whether it cleaned up is unknown: \
                      look at `stratus server console {}`, and terminate the server if its agent is gone",
@@ -319,7 +344,25 @@ async fn rebundle_step(app: &App, op: &mut Operation, then: AfterRebundle) -> Re
                     ..Default::default()
                 };
                 super::rebundle::prepared(app, s.id, &answer).await?;
-                fail(app, op, msg).await
+                // A real answer may have come first: then it stands.
+                let now = server_by_id(app, s.id).await?;
+                match now.rebundle.map(|r| (r.step, r.error)) {
+                    Some((RebundleStep::Refused, Some(e))) if e == msg => fail(app, op, msg).await,
+                    _ => Ok(Flow::Next),
+                }
+            }
+            RebundleStep::Preparing if s.state != ServerState::Operational => {
+                // Terminated (or stranded) meanwhile: its agent must not wipe itself now.
+                let msg = format!(
+                    "{} became {} before its agent prepared it; nothing was asked of the agent after that",
+                    op.server_name, s.state
+                );
+                let answer = ImagePrepared {
+                    error: Some(msg),
+                    ..Default::default()
+                };
+                super::rebundle::prepared(app, s.id, &answer).await?;
+                Ok(Flow::Next)
             }
             RebundleStep::Preparing => ask_to_prepare(app, op, &s).await,
             RebundleStep::Refused => {
@@ -399,8 +442,9 @@ async fn ask_to_prepare(app: &App, op: &mut Operation, s: &Server) -> Result<Flo
     }
     let secrets = match super::rebundle::secrets_of(app, s).await {
         Ok(secrets) => secrets,
-        // A credential narrowed away since the request: refused, nothing changed.
-        Err(e) => {
+        // A credential narrowed away since the request: refused, nothing changed. (A store or
+        // key-ring error is retried.)
+        Err(e) if permanent(&e) => {
             let answer = ImagePrepared {
                 error: Some(e.to_string()),
                 ..Default::default()
@@ -408,6 +452,7 @@ async fn ask_to_prepare(app: &App, op: &mut Operation, s: &Server) -> Result<Flo
             super::rebundle::prepared(app, s.id, &answer).await?;
             return Ok(Flow::Next);
         }
+        Err(e) => return Err(e),
     };
     op.asked_at = Some(now);
     app.store.commit(vec![Change::update(op, now)]).await?;

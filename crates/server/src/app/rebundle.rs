@@ -10,7 +10,8 @@
 //!                             the agent has no identity left to run them)
 //!  reconcile: drained from its load balancers ──▶ stop ──▶ capture_image ──▶ new image version
 //!             (provenance) + array's next-launch image ──▶ step = captured ──▶ terminate
-//!  API: answers with the version; `--then relaunch` launches a new server of the same name
+//!  operation (operations.rs): waits for the capture; `--then relaunch` launches a new server
+//!  of the same name; the API answers with the version once the operation is done
 //! ```
 //!
 //! Decisions, and why:
@@ -174,6 +175,11 @@ pub async fn rebundle(app: &App, actor: &Actor, key: &str, req: &RebundleRequest
     // Refused now, with nothing started, if a credential it had may no longer be handed over;
     // the operation looks the values up again when it asks the agent.
     secrets_of(app, &s).await?;
+    // A relaunch is checked now with the requester's authority (its template, inputs and the
+    // credentials it attaches), though it is launched once the capture is done.
+    if req.then == AfterRebundle::Relaunch && s.array.is_none() {
+        super::servers::prepare_launch(app, actor, &super::replace::spec_like(&s, s.name.clone())).await?;
+    }
     let now = Utc::now();
     s.rebundle = Some(Rebundle {
         array: array.clone(),
@@ -217,7 +223,9 @@ pub async fn rebundle(app: &App, actor: &Actor, key: &str, req: &RebundleRequest
         Step::Done => {}
         Step::Failed => {
             let msg = op.error.unwrap_or_default();
-            return Err(if msg.contains("was refused") {
+            let now = super::operations::server_by_id(app, s.id).await?;
+            let refused = now.rebundle.is_some_and(|r| r.step == RebundleStep::Refused);
+            return Err(if refused {
                 AppError::Conflict(msg)
             } else {
                 AppError::BadState(msg)
@@ -506,7 +514,9 @@ async fn record(
         .await
         .map_err(|e| e.to_string())?;
     let version = existing.as_ref().map_or(1, |i| i.current_version() + 1);
-    let label = format!("{}-v{version}", reb.image);
+    // Named by the source server, not the version: a capture retried after a crash finds the
+    // image it made under the same name even if another rebundle took the version number since.
+    let label = format!("{}-{}", reb.image, s.id);
     let captured = driver
         .capture_image(instance, &label)
         .await

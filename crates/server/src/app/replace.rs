@@ -3,9 +3,9 @@
 //! moves the old server's elastic IPs to it, and then terminates the old one (decommission
 //! scripts, load-balancer draining). It is a durable operation (`operations.rs`): the request
 //! records the successor and the operation together, and the leader carries it through even if
-//! the request goes away or the control plane restarts half-way. Load-balancer membership follows by itself: the new server
-//! carries the old one's tags, so it joins the pool when it turns operational, and the old one
-//! leaves it when it starts decommissioning.
+//! the request goes away or the control plane restarts half-way. Load-balancer membership
+//! follows by itself: the new server carries the old one's tags, so it joins the pool when it
+//! turns operational, and the old one leaves it when it starts decommissioning.
 //!
 //! Names: the new server is the old one's name with a replacement number, `web-1` → `web-1-r2`
 //! → `web-1-r3` (two live servers of a deployment cannot share a name, and both are live during

@@ -107,4 +107,3 @@ impl Api {
         assert!(plan.get("error").is_none(), "{plan}");
     }
 }
-
