@@ -1,8 +1,8 @@
 //! Every delete removes what its create made (`app/delete.rs`): for each resource, a create
 //! then its delete on the fake cloud, and a list of what is left behind — store records of
 //! every kind, paths under the data directory, fake clouds and their live instances and
-//! images — which must be empty. Servers are terminated, not deleted: their record and runs
-//! stay as history, and nothing else may. Also the refusals while something still uses a
+//! images — which must be empty. Servers are terminated, not deleted: their record, runs and
+//! finished operations (a rebundle) stay as history, and nothing else may. Also the refusals while something still uses a
 //! cloud or an image, each changing nothing. The same on a real local cloud (host network,
 //! cgroups, images on disk): `crates/cli/tests/local_cloud.rs`.
 
@@ -365,7 +365,7 @@ async fn deleting_an_image_deletes_its_captured_native_images() {
         !fake.image_exists(&native).await.expect("exists"),
         "the native image went too"
     );
-    nothing_left(&t, &fakes, &before, &["Server", "Run", "Agent"], "a captured image").await;
+    nothing_left(&t, &fakes, &before, &["Server", "Run", "Agent", "Operation"], "a captured image").await;
     delete_catalog(&t).await;
     assert!(
         fake.image_exists("hand-named-base").await.expect("exists"),
