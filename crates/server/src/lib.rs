@@ -6,6 +6,7 @@
 //! and, after the first start, `admin.token` (the first admin's API token, mode 0600).
 
 pub mod app;
+pub mod background;
 pub mod blobs;
 pub mod cluster;
 pub mod crypto;
@@ -304,7 +305,9 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         // The drivers open the credentials clouds name.
         .with_keys(keys.clone())
         .with_fake_clouds(config.fake_clouds.clone()),
-        poke: Default::default(),
+        poke: tokio::sync::watch::Sender::new(0),
+        tasks: Default::default(),
+        inventory: Default::default(),
         run_finished: tokio::sync::watch::Sender::new(0),
         settings,
         blobs: open_blobs(&config).await?,

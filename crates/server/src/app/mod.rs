@@ -41,7 +41,6 @@ use stratus_store::{Change, Datastore, StoreError};
 use stratus_types::audit::AuditEntry;
 use stratus_types::user::User;
 use stratus_types::{AuditId, FieldError, Invalid};
-use tokio::sync::Notify;
 
 use crate::crypto::{CryptoError, KeyRing};
 use crate::drivers::Drivers;
@@ -52,8 +51,13 @@ pub struct App {
     pub store: Arc<dyn Datastore>,
     pub keys: Arc<KeyRing>,
     pub drivers: Drivers,
-    /// Wakes the reconcilers after a change.
-    pub poke: Notify,
+    /// Wakes the background tasks after a change (a counter each task watches; see
+    /// `crate::background`).
+    pub poke: tokio::sync::watch::Sender<u64>,
+    /// The background tasks' statuses (see `crate::background`).
+    pub tasks: crate::background::Registry,
+    /// Each cloud's inventory snapshot and backoff (see `reconcile::inventory`).
+    pub inventory: crate::reconcile::inventory::Inventories,
     /// Counts runs finished (by their agents or by the control plane): rollouts and
     /// decommissions wait on it.
     pub run_finished: tokio::sync::watch::Sender<u64>,
@@ -101,7 +105,7 @@ pub struct AppSettings {
 
 impl App {
     pub fn poke(&self) {
-        self.poke.notify_one();
+        self.poke.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// A run finished: wake whoever waits on runs.
