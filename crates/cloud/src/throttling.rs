@@ -22,7 +22,7 @@ use crate::{CapturedImage, CloudDriver, CloudError, Instance, LaunchRequest};
 pub struct Throttling {
     inner: Arc<dyn CloudDriver>,
     /// Share of calls refused, in percent.
-    percent: u64,
+    percent: AtomicU64,
     /// Refused launches and terminations are done first (the answer is lost).
     lose_answers: bool,
     seq: AtomicU64,
@@ -41,7 +41,7 @@ impl Throttling {
     pub fn new(inner: Arc<dyn CloudDriver>, percent: u8) -> Self {
         Self {
             inner,
-            percent: u64::from(percent.min(100)),
+            percent: AtomicU64::new(u64::from(percent.min(100))),
             lose_answers: false,
             seq: AtomicU64::new(0),
             refused: AtomicU64::new(0),
@@ -54,6 +54,11 @@ impl Throttling {
         self
     }
 
+    /// Refuse `percent` % of the calls from now on.
+    pub fn set_percent(&self, percent: u8) {
+        self.percent.store(u64::from(percent.min(100)), Ordering::Relaxed);
+    }
+
     /// Calls refused so far.
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
@@ -62,7 +67,7 @@ impl Throttling {
     /// Whether this call is refused.
     fn refuse(&self) -> bool {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
-        let no = splitmix(n) % 100 < self.percent;
+        let no = splitmix(n) % 100 < self.percent.load(Ordering::Relaxed);
         if no {
             self.refused.fetch_add(1, Ordering::Relaxed);
         }

@@ -87,6 +87,9 @@ pub struct Config {
     /// own unless the caller gives several the same map: replicas in one process then see one
     /// fake cloud, as replicas of a real deployment see one real cloud.
     pub fake_clouds: drivers::FakeClouds,
+    /// Wraps each cloud driver when it is made (tests and benchmarks count calls or play a
+    /// throttled cloud with `stratus_cloud::counting` / `throttling`).
+    pub wrap_driver: Option<drivers::WrapDriver>,
 }
 
 /// Shown without secrets: the store URL's password and the S3 secret are redacted.
@@ -135,6 +138,7 @@ impl Config {
             agent_source_check: true,
             identity_certificates: vec![],
             fake_clouds: drivers::FakeClouds::default(),
+            wrap_driver: None,
         }
     }
 }
@@ -304,10 +308,11 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         }))
         // The drivers open the credentials clouds name.
         .with_keys(keys.clone())
-        .with_fake_clouds(config.fake_clouds.clone()),
+        .with_fake_clouds(config.fake_clouds.clone())
+        .with_wrap(config.wrap_driver.clone()),
         poke: tokio::sync::watch::Sender::new(0),
         tasks: Default::default(),
-        inventory: Default::default(),
+        inventory: reconcile::inventory::Inventories::new(config.reconcile_interval),
         run_finished: tokio::sync::watch::Sender::new(0),
         settings,
         blobs: open_blobs(&config).await?,

@@ -10,6 +10,7 @@
 //! written in a file are checked by the same code.
 
 pub mod addresses;
+pub mod admin;
 pub mod agents;
 pub mod apply;
 pub mod arrays;

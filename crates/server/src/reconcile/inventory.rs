@@ -11,8 +11,9 @@
 //! before the call, a cloud in backoff is not called at all (the caller gets a transient error
 //! and leaves the server as it is for a later pass: a pending server stays pending); a
 //! [`CloudError::Throttled`] answer backs the cloud off; any answer ends the backoff.
-//! The delay is exponential with full jitter (uniform in `0..=min(CAP, BASE * 2^failures)`, the
-//! AWS architecture blog's recommendation), so replicas and tasks do not retry in step. One
+//! The delay is exponential with full jitter (uniform in `0..=min(cap, base * 2^failures)`, the
+//! AWS architecture blog's recommendation), so replicas and tasks do not retry in step; base
+//! and cap scale with the reconcile interval (250 ms and 30 s at the default 1 s). One
 //! cloud's backoff never delays another cloud: nothing sleeps, callers skip.
 
 use std::collections::HashMap;
@@ -25,10 +26,10 @@ use stratus_types::{Name, ServerId};
 
 use crate::app::AppError;
 
-/// The first backoff's upper bound.
-const BASE: Duration = Duration::from_millis(250);
-/// The longest backoff.
-const CAP: Duration = Duration::from_secs(30);
+/// The first backoff's upper bound, in reconcile intervals (250 ms at the default 1 s).
+const BASE_INTERVALS: f64 = 0.25;
+/// The longest backoff, in reconcile intervals (30 s at the default 1 s).
+const CAP_INTERVALS: u32 = 30;
 
 /// A cloud's instances at one moment.
 #[derive(Debug)]
@@ -81,11 +82,32 @@ pub struct Backoff {
     pub throttled_total: u64,
 }
 
+/// The backoff's bounds: scaled with the reconcile interval.
+#[derive(Debug, Clone, Copy)]
+struct Bounds {
+    base: Duration,
+    cap: Duration,
+}
+
+impl Bounds {
+    fn new(interval: Duration) -> Self {
+        Self {
+            base: interval.mul_f64(BASE_INTERVALS),
+            cap: interval.saturating_mul(CAP_INTERVALS),
+        }
+    }
+
+    /// The upper bound of the delay after `failures` failures in a row.
+    fn ceiling(self, failures: u32) -> Duration {
+        self.base.saturating_mul(1 << failures.min(16)).min(self.cap)
+    }
+}
+
 impl Backoff {
-    fn failed(&mut self, error: String) {
+    fn failed(&mut self, bounds: Bounds, error: String) {
         self.failures = self.failures.saturating_add(1);
         self.throttled_total += 1;
-        let ceiling = BASE.saturating_mul(1 << self.failures.min(16)).min(CAP);
+        let ceiling = bounds.ceiling(self.failures);
         let ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
         let jitter = getrandom::u64().unwrap_or(ms / 2) % (ms + 1);
         self.until = Some(Instant::now() + Duration::from_millis(jitter));
@@ -108,9 +130,10 @@ struct CloudState {
 }
 
 /// Snapshots and backoffs of every cloud (`App::inventory`).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Inventories {
     clouds: Mutex<HashMap<Name, Arc<CloudState>>>,
+    bounds: Bounds,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -123,6 +146,14 @@ pub fn is_transient(e: &AppError) -> bool {
 }
 
 impl Inventories {
+    /// Backoffs scaled to the reconcile interval (at 1 s: 250 ms doubling up to 30 s).
+    pub fn new(reconcile_interval: Duration) -> Self {
+        Self {
+            clouds: Mutex::default(),
+            bounds: Bounds::new(reconcile_interval),
+        }
+    }
+
     fn cloud(&self, name: &Name) -> Arc<CloudState> {
         lock(&self.clouds).entry(name.clone()).or_default().clone()
     }
@@ -153,7 +184,7 @@ impl Inventories {
         let c = self.cloud(cloud);
         let mut b = lock(&c.backoff);
         match &result {
-            Err(e) if e.is_transient() => b.failed(crate::app::error_chain(e)),
+            Err(e) if e.is_transient() => b.failed(self.bounds, crate::app::error_chain(e)),
             _ => {
                 b.failures = 0;
                 b.until = None;
@@ -212,11 +243,14 @@ mod tests {
     #[test]
     fn backoff_grows_with_failures_within_the_cap_and_jitters() {
         let mut b = Backoff::default();
+        let bounds = Bounds::new(Duration::from_secs(1));
+        assert_eq!(bounds.ceiling(1), Duration::from_millis(500));
+        assert_eq!(bounds.ceiling(20), Duration::from_secs(30));
         let mut seen = std::collections::BTreeSet::new();
         for n in 1..=20u32 {
-            b.failed("RequestLimitExceeded".into());
+            b.failed(bounds, "RequestLimitExceeded".into());
             let wait = b.remaining().unwrap_or_default();
-            let ceiling = BASE.saturating_mul(1 << n.min(16)).min(CAP);
+            let ceiling = bounds.ceiling(n);
             assert!(wait <= ceiling, "failure {n}: {wait:?} over {ceiling:?}");
             seen.insert(wait.as_millis());
         }
@@ -226,7 +260,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_throttled_cloud_is_not_called_until_its_backoff_ends_and_others_are() {
-        let inv = Inventories::default();
+        let inv = Inventories::new(Duration::from_secs(1));
         let (a, b): (Name, Name) = ("a".parse().unwrap(), "b".parse().unwrap());
         let throttled = inv
             .call(&a, String::new, async { Err::<(), _>(CloudError::Throttled("slow down".into())) })
