@@ -180,17 +180,27 @@ impl Ec2Cloud {
             self.set_rules(id, rules).await?;
             return Ok(id.to_string());
         }
-        let id = self
+        let created = self
             .client
             .create_security_group()
             .group_name(&name)
             .description(format!("Stratus server {server}: the template's firewall rules"))
             .send()
-            .await
-            .map_err(api)?
-            .group_id()
-            .ok_or_else(|| CloudError::Refused("CreateSecurityGroup returned no group id".into()))?
-            .to_string();
+            .await;
+        let id = match created {
+            Ok(out) => out
+                .group_id()
+                .ok_or_else(|| CloudError::Refused("CreateSecurityGroup returned no group id".into()))?
+                .to_string(),
+            // A retried create whose first answer was lost (the SDK retries 5xx): the group
+            // exists; it may hold some rules already, so replace them.
+            Err(e) if code(&e) == Some("InvalidGroup.Duplicate") => {
+                let id = self.groups_named(&name).await.into_iter().next().ok_or_else(|| api(e))?;
+                self.set_rules(&id, rules).await?;
+                return Ok(id);
+            }
+            Err(e) => return Err(api(e)),
+        };
         // A new group has no inbound rules: nothing to revoke, so no need to read them.
         self.authorize(&id, rules).await?;
         Ok(id)
@@ -228,29 +238,39 @@ impl Ec2Cloud {
             .map(|g| g.ip_permissions().to_vec())
             .unwrap_or_default();
         if !old.is_empty() {
-            self.client
+            let revoked = self
+                .client
                 .revoke_security_group_ingress()
                 .group_id(group)
                 .set_ip_permissions(Some(old))
                 .send()
-                .await
-                .map_err(api)?;
+                .await;
+            match revoked {
+                // A retry whose first answer was lost: already revoked.
+                Err(e) if code(&e) != Some("InvalidPermission.NotFound") => return Err(api(e)),
+                _ => {}
+            }
         }
         self.authorize(group, rules).await
     }
 
     async fn authorize(&self, group: &str, rules: &[FirewallRule]) -> Result<(), CloudError> {
         let new = permissions(rules);
-        if !new.is_empty() {
-            self.client
-                .authorize_security_group_ingress()
-                .group_id(group)
-                .set_ip_permissions(Some(new))
-                .send()
-                .await
-                .map_err(api)?;
+        if new.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        match self
+            .client
+            .authorize_security_group_ingress()
+            .group_id(group)
+            .set_ip_permissions(Some(new))
+            .send()
+            .await
+        {
+            // A retry whose first answer was lost: the rules are in place.
+            Err(e) if code(&e) == Some("InvalidPermission.Duplicate") => Ok(()),
+            other => other.map(drop).map_err(api),
+        }
     }
 
     async fn allocation(&self, ip: IpAddr) -> Result<(String, Option<String>), CloudError> {
