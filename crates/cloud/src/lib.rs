@@ -8,7 +8,9 @@
 //!
 //! Drivers: [`fake`] (in memory, for tests and trying the API) here; the `local` driver
 //! (namespaces on this machine) in the `stratus-local` crate; `ec2` later. All pass
-//! [`conformance::run_all`].
+//! [`conformance::run_all`]. Two wrappers around any driver serve tests and benchmarks:
+//! [`counting`] counts calls by method, [`throttling`] refuses a share of them with
+//! [`CloudError::Throttled`] (the orchestrator backs off and retries those).
 
 pub mod conformance;
 pub mod counting;

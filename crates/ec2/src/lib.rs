@@ -6,7 +6,8 @@
 //!   are instance types (the cloud's size names: `t3.micro`).
 //! - **Launch**: `RunInstances` with the Stratus user-data, the server's tags, and
 //!   `ClientToken` = the server id, so a retried launch returns the instance it already made
-//!   (and [`Ec2Cloud::launch`] looks for one tagged with the server first).
+//!   (and [`Ec2Cloud::launch`] looks for one tagged with the server first; the SDK does not
+//!   retry `RunInstances` itself, so every retry goes through that lookup).
 //! - **Tags**: a Stratus tag `ns:pred=value` is the EC2 tag `ns:pred` = `value`; the driver's own
 //!   are `stratus:server` (the server id) and `Name` (the host name). EC2 reserves keys starting
 //!   with `aws:`; such tags are refused.
@@ -195,7 +196,10 @@ impl Ec2Cloud {
             // A retried create whose first answer was lost (the SDK retries 5xx): the group
             // exists; it may hold some rules already, so replace them.
             Err(e) if code(&e) == Some("InvalidGroup.Duplicate") => {
-                let id = self.groups_named(&name).await.into_iter().next().ok_or_else(|| api(e))?;
+                // Not listed yet (EC2 is eventually consistent): a later attempt finds it.
+                let id = self.groups_named(&name).await?.into_iter().next().ok_or_else(|| {
+                    CloudError::Throttled(format!("security group {name} exists but is not listed yet"))
+                })?;
                 self.set_rules(&id, rules).await?;
                 return Ok(id);
             }
@@ -206,21 +210,20 @@ impl Ec2Cloud {
         Ok(id)
     }
 
-    /// The ids of the security groups called `name` (none when the lookup fails).
-    async fn groups_named(&self, name: &str) -> Vec<String> {
-        let Ok(out) = self
+    /// The ids of the security groups called `name`.
+    async fn groups_named(&self, name: &str) -> Result<Vec<String>, CloudError> {
+        let out = self
             .client
             .describe_security_groups()
             .filters(Filter::builder().name("group-name").values(name).build())
             .send()
             .await
-        else {
-            return vec![];
-        };
-        out.security_groups()
+            .map_err(api)?;
+        Ok(out
+            .security_groups()
             .iter()
             .filter_map(|g| g.group_id().map(str::to_string))
-            .collect()
+            .collect())
     }
 
     /// Replace a security group's inbound rules with `rules`.
@@ -585,7 +588,13 @@ impl CloudDriver for Ec2Cloud {
                     .build(),
             );
         }
-        let out = run.send().await.map_err(api)?;
+        // No retry inside the SDK: a RunInstances whose answer was lost is retried by the
+        // orchestrator, through this method, which looks for the server's instance first.
+        // `ClientToken` alone would do on AWS, but not on every EC2-compatible endpoint
+        // (moto records it and launches again).
+        let once = aws_sdk_ec2::config::Builder::default()
+            .retry_config(aws_sdk_ec2::config::retry::RetryConfig::disabled());
+        let out = run.customize().config_override(once).send().await.map_err(api)?;
         let inst = out
             .instances()
             .first()
@@ -713,7 +722,10 @@ impl CloudDriver for Ec2Cloud {
                 .map_err(for_instance(instance_id))?;
         } else if groups.is_empty() {
             // A repeated termination: a terminated instance may no longer name its groups.
-            groups = self.groups_named(&Self::group_name(inst.server)).await;
+            groups = self
+                .groups_named(&Self::group_name(inst.server))
+                .await
+                .unwrap_or_default();
         }
         // Its own security group goes too, once nothing uses it (best effort: on AWS the
         // instance takes a while to let go of it; a repeated termination retries).

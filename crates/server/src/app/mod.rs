@@ -70,7 +70,7 @@ pub struct App {
     /// Committed changes, for live views (see `crate::watch`).
     pub changes: crate::watch::Changes,
     /// When each terminating load-balancer member was first seen drained (see
-    /// `reconcile::drained`).
+    /// `reconcile/decommission.rs`).
     pub drained_at: std::sync::Mutex<std::collections::HashMap<stratus_types::ServerId, std::time::Instant>>,
     /// How this control plane shares the work with other replicas (see `crate::cluster`).
     pub cluster: crate::cluster::Cluster,
