@@ -75,7 +75,9 @@ impl Throttling {
     }
 
     fn throttled<T>() -> Result<T, CloudError> {
-        Err(CloudError::Throttled("RequestLimitExceeded: Request limit exceeded (test)".into()))
+        Err(CloudError::Throttled(
+            "RequestLimitExceeded: Request limit exceeded (test)".into(),
+        ))
     }
 
     /// A call that may be refused before it reaches the cloud.

@@ -592,8 +592,8 @@ impl CloudDriver for Ec2Cloud {
         // orchestrator, through this method, which looks for the server's instance first.
         // `ClientToken` alone would do on AWS, but not on every EC2-compatible endpoint
         // (moto records it and launches again).
-        let once = aws_sdk_ec2::config::Builder::default()
-            .retry_config(aws_sdk_ec2::config::retry::RetryConfig::disabled());
+        let once =
+            aws_sdk_ec2::config::Builder::default().retry_config(aws_sdk_ec2::config::retry::RetryConfig::disabled());
         let out = run.customize().config_override(once).send().await.map_err(api)?;
         let inst = out
             .instances()

@@ -9,6 +9,8 @@
 //! 3. the time from `POST /servers` to the cloud's `launch` call while the fleet is being
 //!    reconciled, on the fleet's cloud and on a second cloud.
 //!
+//! Run it:
+//!
 //!     cargo bench -p stratus-server --bench orchestrator
 //!     STRATUS_BENCH_FLEETS=100,1000,10000 STRATUS_BENCH_WINDOW=20 cargo bench -p stratus-server --bench orchestrator
 //!

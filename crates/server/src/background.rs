@@ -59,7 +59,12 @@ pub struct TaskDef {
 }
 
 impl TaskDef {
-    pub fn new(name: impl Into<String>, description: impl Into<String>, period: Duration, wakes: &'static [Wake]) -> Self {
+    pub fn new(
+        name: impl Into<String>,
+        description: impl Into<String>,
+        period: Duration,
+        wakes: &'static [Wake],
+    ) -> Self {
         Self {
             name: name.into(),
             description: description.into(),

@@ -187,7 +187,10 @@ async fn two_hundred_servers_converge_through_a_throttling_ec2() {
     })
     .await;
     let (s, v) = t
-        .post("/credentials", json!({ "name": "aws-key", "value": "AKIASTRATUSTEST:moto-secret" }))
+        .post(
+            "/credentials",
+            json!({ "name": "aws-key", "value": "AKIASTRATUSTEST:moto-secret" }),
+        )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let mut file = format!(

@@ -54,7 +54,11 @@ fn app(t: &TestServer) -> &Arc<App> {
 }
 
 async fn servers(t: &TestServer) -> Vec<Server> {
-    app(t).store.list_all::<Server>(&Query::default()).await.expect("servers")
+    app(t)
+        .store
+        .list_all::<Server>(&Query::default())
+        .await
+        .expect("servers")
 }
 
 /// Poll (bounded, generously: the throttled cloud backs off) until `check` holds.
@@ -98,7 +102,10 @@ async fn steady_calls(n: usize) -> (u64, u64, u64, u64) {
     .await;
     apply(&t, &catalog(&["scale"])).await;
     apply(&t, &deployment("fleet", "scale", n)).await;
-    until(&t, "every server booting", |all| count_in(all, "fleet", ServerState::Booting) == n).await;
+    until(&t, "every server booting", |all| {
+        count_in(all, "fleet", ServerState::Booting) == n
+    })
+    .await;
     assert_eq!(counts.get("launch"), n as u64, "one launch per server");
     // Steady state from here: count the calls of ten whole passes.
     let first = task_runs(&t, "lifecycle/scale") + 1;
@@ -111,7 +118,11 @@ async fn steady_calls(n: usize) -> (u64, u64, u64, u64) {
     }
     let passes = task_runs(&t, "lifecycle/scale") - first;
     let c = (passes, counts.get("list"), counts.get("describe"), counts.total());
-    assert_eq!(count_in(&servers(&t).await, "fleet", ServerState::Booting), n, "still booting");
+    assert_eq!(
+        count_in(&servers(&t).await, "fleet", ServerState::Booting),
+        n,
+        "still booting"
+    );
     c
 }
 
@@ -248,7 +259,10 @@ async fn admin_tasks_show_every_background_task_to_observers() {
     let t = TestServer::start().await;
     apply(&t, &catalog(&["c1"])).await;
     apply(&t, &deployment("d", "c1", 2)).await;
-    until(&t, "servers operational", |all| count_in(all, "d", ServerState::Operational) == 2).await;
+    until(&t, "servers operational", |all| {
+        count_in(all, "d", ServerState::Operational) == 2
+    })
+    .await;
     let observer = t.user_token("olga", &["observer"]).await;
     let v = t
         .wait_for("every task to have run", async |t: &TestServer| {
@@ -257,11 +271,23 @@ async fn admin_tasks_show_every_background_task_to_observers() {
                 .await;
             assert_eq!(s, StatusCode::OK, "{v}");
             let tasks: stratus_api::views::BackgroundTasks = serde_json::from_value(v).expect("typed");
-            tasks.tasks.iter().all(|t| t.runs > 0 && t.last.is_some()).then_some(tasks)
+            tasks
+                .tasks
+                .iter()
+                .all(|t| t.runs > 0 && t.last.is_some())
+                .then_some(tasks)
         })
         .await;
     let names: Vec<&str> = v.tasks.iter().map(|t| t.name.as_str()).collect();
-    for want in ["lifecycle", "lifecycle/c1", "drift", "arrays", "lb-sync", "rollouts", "gc"] {
+    for want in [
+        "lifecycle",
+        "lifecycle/c1",
+        "drift",
+        "arrays",
+        "lb-sync",
+        "rollouts",
+        "gc",
+    ] {
         assert!(names.contains(&want), "{want} missing from {names:?}");
     }
     assert!(v.leader, "a single control plane leads");

@@ -20,9 +20,13 @@ fn row(t: &BackgroundTask) -> Vec<String> {
                 TaskOutcome::Ok => "ok".to_string(),
                 TaskOutcome::Error => "error".to_string(),
             },
-            l.error
-                .clone()
-                .unwrap_or_else(|| if l.details.is_null() { String::new() } else { l.details.to_string() }),
+            l.error.clone().unwrap_or_else(|| {
+                if l.details.is_null() {
+                    String::new()
+                } else {
+                    l.details.to_string()
+                }
+            }),
         ),
     };
     let state = if t.running_since.is_some() { "running" } else { "idle" };
@@ -49,7 +53,15 @@ pub async fn tasks(ctx: &Ctx) -> anyhow::Result<()> {
     let mut t = comfy_table::Table::new();
     t.load_style(comfy_table::presets::UTF8_BORDERS_ONLY)
         .set_content_arrangement(comfy_table::ContentArrangement::Dynamic)
-        .set_header(["TASK", "STATE", "RUNS", "LAST START", "DURATION", "OUTCOME", "DETAILS / ERROR"]);
+        .set_header([
+            "TASK",
+            "STATE",
+            "RUNS",
+            "LAST START",
+            "DURATION",
+            "OUTCOME",
+            "DETAILS / ERROR",
+        ]);
     for task in &v.tasks {
         t.add_row(row(task));
     }

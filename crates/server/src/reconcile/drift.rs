@@ -30,7 +30,9 @@ pub async fn pass(app: &App) -> Result<Tally, AppError> {
     for s in app.store.list_all::<Server>(&q).await? {
         by_cloud.entry(s.cloud.clone()).or_default().push(s);
     }
-    let passes = by_cloud.into_iter().map(|(cloud, servers)| cloud_pass(app, cloud, servers));
+    let passes = by_cloud
+        .into_iter()
+        .map(|(cloud, servers)| cloud_pass(app, cloud, servers));
     let mut tally = Tally::default();
     for t in futures_util::future::join_all(passes).await {
         tally.merge(t);
@@ -45,7 +47,11 @@ async fn cloud_pass(app: &App, cloud: Name, servers: Vec<Server>) -> Tally {
         Ok(d) => d,
         Err(e) => return tally.failed(&e),
     };
-    let inventory = match app.inventory.read(&cloud, &*driver, app.settings.reconcile_interval).await {
+    let inventory = match app
+        .inventory
+        .read(&cloud, &*driver, app.settings.reconcile_interval)
+        .await
+    {
         Ok(i) => i,
         Err(e) => return tally.failed(&e),
     };
@@ -82,7 +88,10 @@ async fn check(app: &App, mut s: Server, driver: &dyn CloudDriver, inventory: &S
     let Some(instance_id) = s.instance_id.clone() else {
         return Ok(());
     };
-    if s.booting_since.or(s.launched_at).is_some_and(|t| t > inventory.taken_at) {
+    if s.booting_since
+        .or(s.launched_at)
+        .is_some_and(|t| t > inventory.taken_at)
+    {
         return Ok(()); // rebooted or launched after the inventory: the next one tells
     }
     let inst = instance_of(app, &s, driver, inventory, &instance_id).await?;

@@ -68,7 +68,10 @@ async fn cloud_pass(
         .read(cloud, &*driver, app.settings.reconcile_interval)
         .await?;
     let mut orphans = vec![];
-    for i in inventory.instances().filter(|i| i.state != stratus_cloud::InstanceState::Terminated) {
+    for i in inventory
+        .instances()
+        .filter(|i| i.state != stratus_cloud::InstanceState::Terminated)
+    {
         match states.get(&i.server) {
             Some(ServerState::Terminated) => orphans.push(i.id.clone()),
             Some(_) => {}

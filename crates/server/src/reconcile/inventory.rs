@@ -212,7 +212,11 @@ impl Inventories {
         }
         let taken_at = Utc::now();
         let listed = self
-            .call(cloud, || format!("listing the instances of cloud {cloud}"), driver.list())
+            .call(
+                cloud,
+                || format!("listing the instances of cloud {cloud}"),
+                driver.list(),
+            )
             .await?;
         let fresh = Arc::new(Snapshot::new(listed, taken_at));
         *snap = Some(fresh.clone());
@@ -263,7 +267,9 @@ mod tests {
         let inv = Inventories::new(Duration::from_secs(1));
         let (a, b): (Name, Name) = ("a".parse().unwrap(), "b".parse().unwrap());
         let throttled = inv
-            .call(&a, String::new, async { Err::<(), _>(CloudError::Throttled("slow down".into())) })
+            .call(&a, String::new, async {
+                Err::<(), _>(CloudError::Throttled("slow down".into()))
+            })
             .await;
         assert!(throttled.as_ref().is_err_and(is_transient));
         // Force a long backoff to check that the next call is not made.
@@ -275,7 +281,10 @@ mod tests {
                 Ok(())
             })
             .await;
-        assert!(skipped.is_err_and(|e| is_transient(&e)) && !called, "not called while backing off");
+        assert!(
+            skipped.is_err_and(|e| is_transient(&e)) && !called,
+            "not called while backing off"
+        );
         inv.call(&b, String::new, async { Ok(()) })
             .await
             .expect("another cloud is called");

@@ -161,7 +161,11 @@ pub async fn lifecycle(app: &App, cloud: &Name) -> Result<Tally, AppError> {
     let driver = app.drivers.for_cloud(&*app.store, cloud).await?;
     // Launches need no inventory; booting and terminating servers do.
     let inventory = if servers.iter().any(|s| s.state != ServerState::Pending) {
-        Some(app.inventory.read(cloud, &*driver, app.settings.reconcile_interval).await?)
+        Some(
+            app.inventory
+                .read(cloud, &*driver, app.settings.reconcile_interval)
+                .await?,
+        )
     } else {
         None
     };
@@ -206,19 +210,23 @@ async fn launch(app: &App, mut s: Server, driver: &dyn CloudDriver) -> Result<()
         None => Err(format!("size {} no longer exists on cloud {}", s.size, s.cloud)),
         Some(size) => match app
             .inventory
-            .call(&s.cloud, || "launching".into(), driver.launch(LaunchRequest {
-                server: s.id,
-                hostname: s.hostname(),
-                region: s.region.clone(),
-                size,
-                native_image: s.native_image.clone(),
-                user_data: user_data(app, &s),
-                tags: s.tags.clone(),
-                firewall: template.spec.firewall.clone(),
-                // Managed SSH (the agent) puts users' keys in place; the launch offers none.
-                ssh_keys: vec![],
-                metadata_tokens_required: template.spec.metadata_tokens == MetadataTokens::Required,
-            }))
+            .call(
+                &s.cloud,
+                || "launching".into(),
+                driver.launch(LaunchRequest {
+                    server: s.id,
+                    hostname: s.hostname(),
+                    region: s.region.clone(),
+                    size,
+                    native_image: s.native_image.clone(),
+                    user_data: user_data(app, &s),
+                    tags: s.tags.clone(),
+                    firewall: template.spec.firewall.clone(),
+                    // Managed SSH (the agent) puts users' keys in place; the launch offers none.
+                    ssh_keys: vec![],
+                    metadata_tokens_required: template.spec.metadata_tokens == MetadataTokens::Required,
+                }),
+            )
             .await
         {
             Ok(inst) => Ok(inst),
@@ -298,7 +306,10 @@ async fn boot(app: &App, mut s: Server, driver: &dyn CloudDriver, inventory: &Sn
     let Some(instance_id) = s.instance_id.clone() else {
         return Ok(());
     };
-    if s.booting_since.or(s.launched_at).is_some_and(|t| t > inventory.taken_at) {
+    if s.booting_since
+        .or(s.launched_at)
+        .is_some_and(|t| t > inventory.taken_at)
+    {
         return Ok(()); // launched after the inventory was read: the next one shows it
     }
     let inst = drift::instance_of(app, &s, driver, inventory, &instance_id).await?;

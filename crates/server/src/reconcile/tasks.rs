@@ -31,7 +31,12 @@ pub fn spawn_all(app: &Arc<App>) -> Vec<JoinHandle<()>> {
         ),
         spawn(
             app,
-            TaskDef::new("drift", "operational servers against their cloud's inventory; tags pushed", every, POKED),
+            TaskDef::new(
+                "drift",
+                "operational servers against their cloud's inventory; tags pushed",
+                every,
+                POKED,
+            ),
             Drift,
         ),
         spawn(
@@ -56,7 +61,12 @@ pub fn spawn_all(app: &Arc<App>) -> Vec<JoinHandle<()>> {
         ),
         spawn(
             app,
-            TaskDef::new("gc", "instances of terminated servers; stale drain marks", every * 30, &[]),
+            TaskDef::new(
+                "gc",
+                "instances of terminated servers; stale drain marks",
+                every * 30,
+                &[],
+            ),
             Gc,
         ),
     ]
@@ -118,7 +128,10 @@ struct CloudLifecycle {
 #[async_trait]
 impl BackgroundTask for CloudLifecycle {
     async fn activate(&mut self, app: &Arc<App>) -> Outcome {
-        super::lifecycle(app, &self.cloud).await.map_err(|e| shown(&e))?.outcome()
+        super::lifecycle(app, &self.cloud)
+            .await
+            .map_err(|e| shown(&e))?
+            .outcome()
     }
 }
 
