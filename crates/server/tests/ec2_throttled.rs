@@ -19,6 +19,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::Response;
 use common::TestServer;
+use futures_util::FutureExt;
 use reqwest::StatusCode;
 use serde_json::json;
 use stratus_store::{Query, TypedStore};
@@ -127,9 +128,9 @@ async fn all_in(t: &TestServer, state: ServerState) {
     panic!("not every server {}: {by:?}", state.as_str());
 }
 
-/// Every instance moto has for these servers (any state), by server id: its states.
-async fn instances(moto: &stratus_ec2::Ec2Cloud, ids: &[String]) -> HashMap<String, Vec<String>> {
-    let mut out: HashMap<String, Vec<String>> = HashMap::new();
+/// Every instance moto has for these servers (any state), by server id: (instance, state).
+async fn instances(moto: &stratus_ec2::Ec2Cloud, ids: &[String]) -> HashMap<String, Vec<(String, String)>> {
+    let mut out: HashMap<String, Vec<(String, String)>> = HashMap::new();
     for chunk in ids.chunks(100) {
         let mut pages = moto
             .client()
@@ -152,7 +153,8 @@ async fn instances(moto: &stratus_ec2::Ec2Cloud, ids: &[String]) -> HashMap<Stri
                     .unwrap_or_default()
                     .to_string();
                 let state = i.state().and_then(|s| s.name()).map(|n| n.as_str().to_string());
-                out.entry(server).or_default().push(state.unwrap_or_default());
+                let id = i.instance_id().unwrap_or_default().to_string();
+                out.entry(server).or_default().push((id, state.unwrap_or_default()));
             }
         }
     }
@@ -223,11 +225,37 @@ cloud = "aws"
     }
     let (s, plan) = t.apply_toml(&file, false).await;
     assert_eq!(s, StatusCode::OK, "{plan}");
-
-    // Launched: every server booting (no agent will come), each with an instance.
-    all_in(&t, ServerState::Booting).await;
+    // Whatever happens below, nothing of this test stays running in the shared endpoint.
+    let outcome = std::panic::AssertUnwindSafe(converge(&t, &moto, &p))
+        .catch_unwind()
+        .await;
     let ids: Vec<String> = servers(&t).await.iter().map(|s| s.id.to_string()).collect();
-    let launched = instances(&moto, &ids).await;
+    let running: Vec<String> = instances(&moto, &ids)
+        .await
+        .into_values()
+        .flatten()
+        .filter(|(_, state)| state == "running" || state == "pending")
+        .map(|(id, _)| id)
+        .collect();
+    for chunk in running.chunks(100) {
+        let _ = moto
+            .client()
+            .terminate_instances()
+            .set_instance_ids(Some(chunk.to_vec()))
+            .send()
+            .await;
+    }
+    proxy_task.abort();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn converge(t: &TestServer, moto: &stratus_ec2::Ec2Cloud, p: &Proxy) {
+    // Launched: every server booting (no agent will come), each with an instance.
+    all_in(t, ServerState::Booting).await;
+    let ids: Vec<String> = servers(t).await.iter().map(|s| s.id.to_string()).collect();
+    let launched = instances(moto, &ids).await;
     assert_eq!(launched.len(), SERVERS, "an instance for every server");
     for (server, states) in &launched {
         assert_eq!(states.len(), 1, "server {server}: exactly one instance, got {states:?}");
@@ -238,11 +266,11 @@ cloud = "aws"
         let (s, v) = t.delete(&format!("/servers/throttled%2Fweb-{i}")).await;
         assert_eq!(s, StatusCode::ACCEPTED, "{v}");
     }
-    all_in(&t, ServerState::Terminated).await;
-    let left = instances(&moto, &ids).await;
+    all_in(t, ServerState::Terminated).await;
+    let left = instances(moto, &ids).await;
     for (server, states) in &left {
         assert!(
-            states.iter().all(|s| s == "terminated" || s == "shutting-down"),
+            states.iter().all(|(_, s)| s == "terminated" || s == "shutting-down"),
             "server {server}: instances left running: {states:?}"
         );
     }
@@ -253,5 +281,4 @@ cloud = "aws"
         p.lost.load(Ordering::Relaxed)
     );
     assert!(p.refused.load(Ordering::Relaxed) > 0 && p.lost.load(Ordering::Relaxed) > 0);
-    proxy_task.abort();
 }

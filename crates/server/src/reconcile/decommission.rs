@@ -46,9 +46,11 @@ pub(super) async fn decommission(
         return Ok(()); // still stopping
     }
     // The recorded instance, plus any the cloud has for this server but we did not record (a
-    // launch whose answer was lost): nothing may be left running and billing. Only an
-    // inventory taken after the termination began can show them all.
-    if s.decommissioning_since.is_some_and(|t| inventory.taken_at < t) {
+    // launch whose answer was lost): nothing may be left running and billing. A server with
+    // no recorded instance waits for an inventory taken after its termination began, which
+    // shows every launch made before; one with a recorded instance cannot have another (a
+    // retried launch returns the instance it finds), and the `gc` task collects any stray.
+    if s.instance_id.is_none() && s.decommissioning_since.is_some_and(|t| inventory.taken_at < t) {
         return Ok(());
     }
     let mut ids: Vec<String> = s.instance_id.iter().cloned().collect();
