@@ -53,14 +53,6 @@ default_size = "small"
 [[template]]
 name = "web"
 image = "img"
-
-[[deployment]]
-name = "fleet"
-cloud = "fleet"
-
-[[deployment]]
-name = "other"
-cloud = "other"
 "##;
 
 struct Bench {
@@ -107,6 +99,10 @@ async fn start() -> Bench {
         counts,
     };
     b.apply(CATALOG).await;
+    for d in ["fleet", "other"] {
+        b.apply(&format!("[deployment]\nname = \"{d}\"\ncloud = \"{d}\"\n"))
+            .await;
+    }
     b
 }
 
