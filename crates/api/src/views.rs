@@ -76,3 +76,66 @@ pub struct FetchUrl {
     pub size: u64,
     pub expires_at: chrono::DateTime<chrono::Utc>,
 }
+
+/// `GET /admin/tasks`: the control plane's background tasks and each cloud's backoff.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct BackgroundTasks {
+    /// The replica that answered (`local` without a cluster).
+    pub replica: String,
+    /// Whether it leads (only the leader runs the tasks; another shows what it ran when it led).
+    pub leader: bool,
+    pub tasks: Vec<BackgroundTask>,
+    /// Clouds that throttled the orchestrator since it started.
+    pub clouds: Vec<CloudBackoff>,
+}
+
+/// One background task and how its last pass went.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct BackgroundTask {
+    /// `lifecycle`, `lifecycle/CLOUD`, `drift`, `arrays`, `lb-sync`, `rollouts`, `gc`.
+    pub name: String,
+    pub description: String,
+    /// It runs at least this often (and when woken by a change).
+    pub period_ms: u64,
+    /// Passes finished since this replica started it.
+    pub runs: u64,
+    /// A pass is under way, since then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_since: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<TaskRun>,
+}
+
+/// A finished pass.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct TaskRun {
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub duration_ms: u64,
+    /// `ok` or `error`.
+    pub outcome: TaskOutcome,
+    /// What the pass did (task-specific counts).
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub details: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskOutcome {
+    Ok,
+    Error,
+}
+
+/// A cloud's backoff: the orchestrator calls it again after `retry_in_ms`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct CloudBackoff {
+    pub cloud: String,
+    /// Throttled answers in a row (0: not backing off).
+    pub failures: u32,
+    pub retry_in_ms: u64,
+    /// Throttled answers since the control plane started.
+    pub throttled_total: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}

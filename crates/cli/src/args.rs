@@ -102,6 +102,9 @@ pub enum AdminCmd {
         #[arg(long, env = "STRATUS_STORE", hide_env_values = true)]
         to: String,
     },
+    /// The control plane's background tasks (lifecycle per cloud, drift, arrays, load-balancer
+    /// sync, rollouts, garbage collection): each one's last pass, duration, outcome and runs.
+    Tasks,
 }
 
 #[derive(Debug, Args)]

@@ -706,3 +706,23 @@ fn artifacts_put_get_ls_and_refusals() {
     s.stdout(&["artifact", "rb", "apps"]);
     assert!(s.stdout(&["artifact", "ls"]).contains("(none)"));
 }
+
+#[test]
+fn admin_tasks_lists_the_background_tasks() {
+    let s = Served::start();
+    s.stdout(&["apply", "-f", "examples/quickstart.toml"]);
+    s.wait_operational("example/app-1");
+    let table = s.stdout(&["admin", "tasks"]);
+    for task in ["lifecycle", "drift", "arrays", "lb-sync", "rollouts", "gc"] {
+        assert!(table.contains(task), "{task} missing from:\n{table}");
+    }
+    assert!(table.contains("(leader)"), "{table}");
+    let json = s.stdout(&["admin", "tasks", "--json"]);
+    let v: stratus_api::views::BackgroundTasks = serde_json::from_str(&json).expect("typed JSON");
+    let life = v
+        .tasks
+        .iter()
+        .find(|t| t.name.starts_with("lifecycle/"))
+        .expect("a lifecycle task per cloud");
+    assert!(life.runs > 0, "{life:?}");
+}

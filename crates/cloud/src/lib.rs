@@ -8,7 +8,9 @@
 //!
 //! Drivers: [`fake`] (in memory, for tests and trying the API) here; the `local` driver
 //! (namespaces on this machine) in the `stratus-local` crate; `ec2` in `stratus-ec2`. All pass
-//! [`conformance::run_all`].
+//! [`conformance::run_all`]. Two wrappers around any driver serve tests and benchmarks:
+//! [`counting`] counts calls by method, [`throttling`] refuses a share of them with
+//! [`CloudError::Throttled`] (the orchestrator backs off and retries those).
 //!
 //! # Capabilities
 //!
@@ -23,7 +25,9 @@
 //! records). docs/ARCHITECTURE.md "Adding a cloud driver" has the steps for a new driver.
 
 pub mod conformance;
+pub mod counting;
 pub mod fake;
+pub mod throttling;
 
 use std::net::IpAddr;
 
@@ -153,8 +157,19 @@ pub enum CloudError {
     Invalid(String),
     #[error("the instance failed to start: {0}")]
     StartFailed(String),
+    /// The cloud asks us to slow down (EC2's `RequestLimitExceeded`, a 503) or failed in a
+    /// way worth retrying (a 5xx): nothing was done; try again later.
+    #[error("the cloud is throttling requests or failing transiently: {0}")]
+    Throttled(String),
     #[error("cloud API call failed")]
     Api(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl CloudError {
+    /// Worth retrying after a pause, not a refusal of the request itself.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, CloudError::Throttled(_))
+    }
 }
 
 /// One cloud. Every method is safe to retry: launching is keyed by the server id (a retried
@@ -166,7 +181,9 @@ pub trait CloudDriver: Send + Sync + std::fmt::Debug {
     async fn launch(&self, req: LaunchRequest) -> Result<Instance, CloudError>;
     /// `None` when the cloud no longer knows the instance.
     async fn describe(&self, instance_id: &str) -> Result<Option<Instance>, CloudError>;
-    /// Every instance the driver manages (for reconciliation after a restart).
+    /// Every instance the driver manages: the orchestrator's inventory, read once per pass, so
+    /// a driver answers it with as few cloud calls as it can (paged, filtered on its own tag,
+    /// nothing looked up per instance; the firewall may be left empty, `describe` fills it).
     async fn list(&self) -> Result<Vec<Instance>, CloudError>;
     async fn stop(&self, instance_id: &str) -> Result<(), CloudError>;
     async fn start(&self, instance_id: &str) -> Result<(), CloudError>;

@@ -6,7 +6,8 @@
 //!   are instance types (the cloud's size names: `t3.micro`).
 //! - **Launch**: `RunInstances` with the Stratus user-data, the server's tags, and
 //!   `ClientToken` = the server id, so a retried launch returns the instance it already made
-//!   (and [`Ec2Cloud::launch`] looks for one tagged with the server first).
+//!   (and [`Ec2Cloud::launch`] looks for one tagged with the server first; the SDK does not
+//!   retry `RunInstances` itself, so every retry goes through that lookup).
 //! - **Tags**: a Stratus tag `ns:pred=value` is the EC2 tag `ns:pred` = `value`; the driver's own
 //!   are `stratus:server` (the server id) and `Name` (the host name). EC2 reserves keys starting
 //!   with `aws:`; such tags are refused.
@@ -18,6 +19,15 @@
 //! - **Rebundle**: `CreateImage` of the stopped instance; deleting an image deregisters it and
 //!   deletes its snapshots.
 //!
+//! - **Calls per operation** (EC2 throttles per account and action): `list` is one paged
+//!   `DescribeInstances` (1,000 per page) filtered on the `stratus:server` tag key and the live
+//!   states, nothing per instance: the orchestrator's inventory. `describe` (four calls: the
+//!   instance, its security group's rules, its elastic IP) is for single answers (enrolment).
+//!   Terminate, tag, reboot and capture look the instance up with one `DescribeInstances`.
+//! - **Throttling**: `RequestLimitExceeded` and the other throttling codes, 5xx answers and calls
+//!   without an answer are [`CloudError::Throttled`]; the orchestrator backs off per cloud and
+//!   retries (the SDK's own standard retries come first).
+//!
 //! Credentials come from the cloud's Stratus credential (an access key) or, without one, the
 //! usual AWS sources (environment, profile, web identity, instance profile). They are never
 //! logged: errors carry EC2's error code and message only.
@@ -26,7 +36,7 @@ use std::net::IpAddr;
 
 use async_trait::async_trait;
 use aws_sdk_ec2::Client;
-use aws_sdk_ec2::error::ProvideErrorMetadata;
+use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{
     DomainType, Filter, HttpTokensState, InstanceMetadataOptionsRequest, InstanceStateName, IpPermission, IpRange,
     Ipv6Range, ResourceType, Tag as Ec2Tag, TagSpecification,
@@ -46,6 +56,13 @@ pub use aws_sdk_ec2 as sdk;
 pub const SERVER_TAG: &str = "stratus:server";
 /// On a captured image: the instance it was captured from (a repeated capture finds it).
 pub const SOURCE_INSTANCE_TAG: &str = "stratus:source-instance";
+
+/// Instances per DescribeInstances page of [`CloudDriver::list`] (EC2's maximum).
+const LIST_PAGE: i32 = 1000;
+
+/// The states [`CloudDriver::list`] asks for: terminated instances (which EC2 shows for an
+/// hour) are left out, so an account that churns does not page through its dead.
+const LIVE_STATES: &[&str] = &["pending", "running", "shutting-down", "stopping", "stopped"];
 
 /// How to reach one EC2 cloud.
 #[derive(Clone)]
@@ -118,6 +135,36 @@ impl Ec2Cloud {
             .find(|i| i.state != InstanceState::Terminated))
     }
 
+    /// One instance as DescribeInstances alone reports it (no firewall, no elastic-IP lookup),
+    /// with the ids of its own security groups: what terminating, tagging and the other
+    /// per-instance calls need, in one call instead of [`CloudDriver::describe`]'s four.
+    async fn instance(&self, instance_id: &str) -> Result<Option<(Instance, Vec<String>)>, CloudError> {
+        let out = match self.client.describe_instances().instance_ids(instance_id).send().await {
+            Ok(out) => out,
+            Err(e) if not_found(&e) => return Ok(None),
+            Err(e) => return Err(api(e)),
+        };
+        let Some(raw) = out.reservations().iter().flat_map(|r| r.instances()).next() else {
+            return Ok(None);
+        };
+        let Some(inst) = observe(raw) else { return Ok(None) };
+        let own = Self::group_name(inst.server);
+        let groups = raw
+            .security_groups()
+            .iter()
+            .filter(|g| g.group_name() == Some(own.as_str()))
+            .filter_map(|g| g.group_id().map(str::to_string))
+            .collect();
+        Ok(Some((inst, groups)))
+    }
+
+    /// [`Self::instance`], or "no such instance".
+    async fn existing(&self, instance_id: &str) -> Result<(Instance, Vec<String>), CloudError> {
+        self.instance(instance_id)
+            .await?
+            .ok_or_else(|| CloudError::NoSuchInstance(instance_id.into()))
+    }
+
     fn group_name(server: ServerId) -> String {
         format!("stratus-{server}")
     }
@@ -132,22 +179,53 @@ impl Ec2Cloud {
             .send()
             .await
             .map_err(api)?;
-        let id = match existing.security_groups().first().and_then(|g| g.group_id()) {
-            Some(id) => id.to_string(),
-            None => self
-                .client
-                .create_security_group()
-                .group_name(&name)
-                .description(format!("Stratus server {server}: the template's firewall rules"))
-                .send()
-                .await
-                .map_err(api)?
+        if let Some(id) = existing.security_groups().first().and_then(|g| g.group_id()) {
+            self.set_rules(id, rules).await?;
+            return Ok(id.to_string());
+        }
+        let created = self
+            .client
+            .create_security_group()
+            .group_name(&name)
+            .description(format!("Stratus server {server}: the template's firewall rules"))
+            .send()
+            .await;
+        let id = match created {
+            Ok(out) => out
                 .group_id()
                 .ok_or_else(|| CloudError::Refused("CreateSecurityGroup returned no group id".into()))?
                 .to_string(),
+            // A retried create whose first answer was lost (the SDK retries 5xx): the group
+            // exists; it may hold some rules already, so replace them.
+            Err(e) if code(&e) == Some("InvalidGroup.Duplicate") => {
+                // Not listed yet (EC2 is eventually consistent): a later attempt finds it.
+                let id = self.groups_named(&name).await?.into_iter().next().ok_or_else(|| {
+                    CloudError::Throttled(format!("security group {name} exists but is not listed yet"))
+                })?;
+                self.set_rules(&id, rules).await?;
+                return Ok(id);
+            }
+            Err(e) => return Err(api(e)),
         };
-        self.set_rules(&id, rules).await?;
+        // A new group has no inbound rules: nothing to revoke, so no need to read them.
+        self.authorize(&id, rules).await?;
         Ok(id)
+    }
+
+    /// The ids of the security groups called `name`.
+    async fn groups_named(&self, name: &str) -> Result<Vec<String>, CloudError> {
+        let out = self
+            .client
+            .describe_security_groups()
+            .filters(Filter::builder().name("group-name").values(name).build())
+            .send()
+            .await
+            .map_err(api)?;
+        Ok(out
+            .security_groups()
+            .iter()
+            .filter_map(|g| g.group_id().map(str::to_string))
+            .collect())
     }
 
     /// Replace a security group's inbound rules with `rules`.
@@ -165,25 +243,39 @@ impl Ec2Cloud {
             .map(|g| g.ip_permissions().to_vec())
             .unwrap_or_default();
         if !old.is_empty() {
-            self.client
+            let revoked = self
+                .client
                 .revoke_security_group_ingress()
                 .group_id(group)
                 .set_ip_permissions(Some(old))
                 .send()
-                .await
-                .map_err(api)?;
+                .await;
+            match revoked {
+                // A retry whose first answer was lost: already revoked.
+                Err(e) if code(&e) != Some("InvalidPermission.NotFound") => return Err(api(e)),
+                _ => {}
+            }
         }
+        self.authorize(group, rules).await
+    }
+
+    async fn authorize(&self, group: &str, rules: &[FirewallRule]) -> Result<(), CloudError> {
         let new = permissions(rules);
-        if !new.is_empty() {
-            self.client
-                .authorize_security_group_ingress()
-                .group_id(group)
-                .set_ip_permissions(Some(new))
-                .send()
-                .await
-                .map_err(api)?;
+        if new.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        match self
+            .client
+            .authorize_security_group_ingress()
+            .group_id(group)
+            .set_ip_permissions(Some(new))
+            .send()
+            .await
+        {
+            // A retry whose first answer was lost: the rules are in place.
+            Err(e) if code(&e) == Some("InvalidPermission.Duplicate") => Ok(()),
+            other => other.map(drop).map_err(api),
+        }
     }
 
     async fn allocation(&self, ip: IpAddr) -> Result<(String, Option<String>), CloudError> {
@@ -271,10 +363,32 @@ fn code<E: ProvideErrorMetadata>(e: &E) -> Option<&str> {
     e.code()
 }
 
+/// EC2's codes for "slow down" and "try again": throttling (a token bucket per account and
+/// action) and its own transient failures. These never mean the request was wrong.
+const TRANSIENT_CODES: &[&str] = &[
+    "RequestLimitExceeded",
+    "Throttling",
+    "ThrottlingException",
+    "RequestThrottled",
+    "ServiceUnavailable",
+    "Unavailable",
+    "InternalError",
+    "InternalFailure",
+];
+
 /// A failed call as a cloud error: EC2's code and message, nothing else (no request, no
-/// credentials).
-fn api<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(e: E) -> CloudError {
+/// credentials). Throttling, 5xx answers and calls that got no answer (a timeout, a refused
+/// connection) are [`CloudError::Throttled`]: the orchestrator backs off and retries them,
+/// which is safe because every call it repeats is idempotent (`ClientToken`, tags).
+fn api<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(e: SdkError<E>) -> CloudError {
+    let status = e.raw_response().map(|r| r.status().as_u16());
+    let no_answer = matches!(e, SdkError::TimeoutError(_) | SdkError::DispatchFailure(_));
     match (e.code(), e.message()) {
+        (Some(c), m) if TRANSIENT_CODES.contains(&c) => CloudError::Throttled(format!("{c}: {}", m.unwrap_or(""))),
+        _ if no_answer || status.is_some_and(|s| s >= 500) => CloudError::Throttled(match status {
+            Some(s) => format!("HTTP {s} from the EC2 endpoint"),
+            None => "no answer from the EC2 endpoint".into(),
+        }),
         (Some("Unsupported" | "InsufficientInstanceCapacity" | "InstanceLimitExceeded"), m) => {
             CloudError::Capacity(m.unwrap_or("no capacity").to_string())
         }
@@ -286,7 +400,7 @@ fn api<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(e: E
 /// A failed call about one instance: "no such instance" when EC2 says so, else as [`api`].
 fn for_instance<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
     id: &str,
-) -> impl FnOnce(E) -> CloudError + '_ {
+) -> impl FnOnce(SdkError<E>) -> CloudError + '_ {
     move |e| {
         if not_found(&e) {
             CloudError::NoSuchInstance(id.into())
@@ -476,7 +590,13 @@ impl CloudDriver for Ec2Cloud {
                     .build(),
             );
         }
-        let out = run.send().await.map_err(api)?;
+        // No retry inside the SDK: a RunInstances whose answer was lost is retried by the
+        // orchestrator, through this method, which looks for the server's instance first.
+        // `ClientToken` alone would do on AWS, but not on every EC2-compatible endpoint
+        // (moto records it and launches again).
+        let once =
+            aws_sdk_ec2::config::Builder::default().retry_config(aws_sdk_ec2::config::retry::RetryConfig::disabled());
+        let out = run.customize().config_override(once).send().await.map_err(api)?;
         let inst = out
             .instances()
             .first()
@@ -531,6 +651,13 @@ impl CloudDriver for Ec2Cloud {
             .client
             .describe_instances()
             .filters(Filter::builder().name("tag-key").values(SERVER_TAG).build())
+            .filters(
+                Filter::builder()
+                    .name("instance-state-name")
+                    .set_values(Some(LIVE_STATES.iter().map(|s| s.to_string()).collect()))
+                    .build(),
+            )
+            .max_results(LIST_PAGE)
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
@@ -566,11 +693,7 @@ impl CloudDriver for Ec2Cloud {
     }
 
     async fn reboot(&self, instance_id: &str) -> Result<(), CloudError> {
-        let state = self
-            .describe(instance_id)
-            .await?
-            .ok_or_else(|| CloudError::NoSuchInstance(instance_id.into()))?
-            .state;
+        let state = self.existing(instance_id).await?.0.state;
         if state != InstanceState::Running {
             return Err(CloudError::WrongState {
                 id: instance_id.into(),
@@ -589,7 +712,7 @@ impl CloudDriver for Ec2Cloud {
     }
 
     async fn terminate(&self, instance_id: &str) -> Result<(), CloudError> {
-        let Some(inst) = self.describe(instance_id).await? else {
+        let Some((inst, mut groups)) = self.instance(instance_id).await? else {
             return Ok(());
         };
         if inst.state != InstanceState::Terminated {
@@ -599,26 +722,17 @@ impl CloudDriver for Ec2Cloud {
                 .send()
                 .await
                 .map_err(for_instance(instance_id))?;
+        } else if groups.is_empty() {
+            // A repeated termination: a terminated instance may no longer name its groups.
+            groups = self
+                .groups_named(&Self::group_name(inst.server))
+                .await
+                .unwrap_or_default();
         }
         // Its own security group goes too, once nothing uses it (best effort: on AWS the
-        // instance takes a while to let go of it; the next termination call retries).
-        if let Ok(groups) = self
-            .client
-            .describe_security_groups()
-            .filters(
-                Filter::builder()
-                    .name("group-name")
-                    .values(Self::group_name(inst.server))
-                    .build(),
-            )
-            .send()
-            .await
-        {
-            for g in groups.security_groups() {
-                if let Some(id) = g.group_id() {
-                    let _ = self.client.delete_security_group().group_id(id).send().await;
-                }
-            }
+        // instance takes a while to let go of it; a repeated termination retries).
+        for id in groups {
+            let _ = self.client.delete_security_group().group_id(id).send().await;
         }
         Ok(())
     }
@@ -650,10 +764,7 @@ impl CloudDriver for Ec2Cloud {
     }
 
     async fn set_tags(&self, instance_id: &str, tags: Vec<Tag>) -> Result<(), CloudError> {
-        let inst = self
-            .describe(instance_id)
-            .await?
-            .ok_or_else(|| CloudError::NoSuchInstance(instance_id.into()))?;
+        let (inst, _) = self.existing(instance_id).await?;
         let want = ec2_tags(inst.server, "", &tags)?;
         let want: Vec<Ec2Tag> = want.into_iter().skip(2).collect();
         let stale: Vec<Ec2Tag> = inst
@@ -689,10 +800,7 @@ impl CloudDriver for Ec2Cloud {
     }
 
     async fn set_firewall(&self, instance_id: &str, rules: Vec<FirewallRule>) -> Result<(), CloudError> {
-        let inst = self
-            .describe(instance_id)
-            .await?
-            .ok_or_else(|| CloudError::NoSuchInstance(instance_id.into()))?;
+        let (inst, _) = self.existing(instance_id).await?;
         self.group_for(inst.server, &rules).await.map(drop)
     }
 
@@ -753,11 +861,7 @@ impl CloudDriver for Ec2Cloud {
                 stratus_types::name::truncate(name)
             )));
         }
-        let state = self
-            .describe(instance_id)
-            .await?
-            .ok_or_else(|| CloudError::NoSuchInstance(instance_id.into()))?
-            .state;
+        let state = self.existing(instance_id).await?.0.state;
         if state != InstanceState::Stopped {
             return Err(CloudError::WrongState {
                 id: instance_id.into(),

@@ -202,14 +202,9 @@ pub async fn supervise(app: Arc<App>) {
             replica = app.cluster.replica(),
             "leading: orchestrator, load-balancer sync and rollouts run here"
         );
-        work.tasks = vec![
-            tokio::spawn(crate::reconcile::run(app.clone())),
-            tokio::spawn(crate::app::lb::sync(app.clone())),
-            tokio::spawn(crate::app::operations::run(app.clone())),
-        ];
-        // Load balancers connected before get their configuration checked at once.
-        app.servers_changed.notify_one();
-        crate::app::rollouts::resume_all(&app).await;
+        // Each task runs a pass at once: load balancers connected before get their
+        // configuration checked, rollouts left running go on (see `reconcile::spawn_all`).
+        work.tasks = crate::reconcile::spawn_all(&app);
         while *leads.borrow_and_update() {
             if leads.changed().await.is_err() {
                 break;

@@ -36,6 +36,9 @@ type DriverCell = tokio::sync::OnceCell<Arc<dyn CloudDriver>>;
 /// The `fake` driver's clouds, by name: shared by the control planes given the same map.
 pub type FakeClouds = Arc<std::sync::Mutex<HashMap<Name, Arc<FakeCloud>>>>;
 
+/// Wraps each driver when it is made (tests and benchmarks: counting calls, a throttled cloud).
+pub type WrapDriver = Arc<dyn Fn(&Name, Arc<dyn CloudDriver>) -> Arc<dyn CloudDriver> + Send + Sync>;
+
 /// What the local driver needs from the control plane's configuration.
 #[derive(Debug, Clone)]
 pub struct LocalBase {
@@ -63,6 +66,7 @@ pub struct Drivers {
     keys: Option<Arc<crate::crypto::KeyRing>>,
     /// The fake clouds made or shared so far.
     fakes: FakeClouds,
+    wrap: Option<WrapDriver>,
 }
 
 /// A local cloud's way to the control plane: the URL its instances use, and the listener
@@ -88,7 +92,14 @@ impl Drivers {
             gateways: std::sync::Mutex::default(),
             keys: None,
             fakes: FakeClouds::default(),
+            wrap: None,
         }
+    }
+
+    /// With every driver wrapped by `wrap` when it is made.
+    pub fn with_wrap(mut self, wrap: Option<WrapDriver>) -> Self {
+        self.wrap = wrap;
+        self
     }
 
     /// With fake clouds shared with other control planes in this process.
@@ -158,7 +169,15 @@ impl Drivers {
     pub async fn for_cloud(&self, store: &dyn Datastore, cloud: &Name) -> Result<Arc<dyn CloudDriver>, AppError> {
         let cell = self.made.lock().await.entry(cloud.clone()).or_default().clone();
         // Two callers never open one cloud twice; a failed open is retried by the next caller.
-        cell.get_or_try_init(|| self.make(store, cloud)).await.cloned()
+        cell.get_or_try_init(|| async {
+            let driver = self.make(store, cloud).await?;
+            Ok(match &self.wrap {
+                Some(wrap) => wrap(cloud, driver),
+                None => driver,
+            })
+        })
+        .await
+        .cloned()
     }
 
     async fn make(&self, store: &dyn Datastore, cloud: &Name) -> Result<Arc<dyn CloudDriver>, AppError> {

@@ -6,6 +6,7 @@
 //! and, after the first start, `admin.token` (the first admin's API token, mode 0600).
 
 pub mod app;
+pub mod background;
 pub mod blobs;
 pub mod cluster;
 pub mod crypto;
@@ -89,6 +90,9 @@ pub struct Config {
     /// Tests only: hold the operation driver before a step (the restart tests kill the control
     /// plane exactly there).
     pub operation_gate: Option<app::operations::StepGate>,
+    /// Wraps each cloud driver when it is made (tests and benchmarks count calls or play a
+    /// throttled cloud with `stratus_cloud::counting` / `throttling`).
+    pub wrap_driver: Option<drivers::WrapDriver>,
 }
 
 /// Shown without secrets: the store URL's password and the S3 secret are redacted.
@@ -138,6 +142,7 @@ impl Config {
             identity_certificates: vec![],
             fake_clouds: drivers::FakeClouds::default(),
             operation_gate: None,
+            wrap_driver: None,
         }
     }
 }
@@ -308,9 +313,11 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         }))
         // The drivers open the credentials clouds name.
         .with_keys(keys.clone())
-        .with_fake_clouds(config.fake_clouds.clone()),
-        poke: Default::default(),
-        operations_wake: Default::default(),
+        .with_fake_clouds(config.fake_clouds.clone())
+        .with_wrap(config.wrap_driver.clone()),
+        poke: tokio::sync::watch::Sender::new(0),
+        tasks: Default::default(),
+        inventory: reconcile::inventory::Inventories::new(config.reconcile_interval),
         run_finished: tokio::sync::watch::Sender::new(0),
         settings,
         blobs: open_blobs(&config).await?,

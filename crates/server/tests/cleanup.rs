@@ -365,7 +365,14 @@ async fn deleting_an_image_deletes_its_captured_native_images() {
         !fake.image_exists(&native).await.expect("exists"),
         "the native image went too"
     );
-    nothing_left(&t, &fakes, &before, &["Server", "Run", "Agent", "Operation"], "a captured image").await;
+    nothing_left(
+        &t,
+        &fakes,
+        &before,
+        &["Server", "Run", "Agent", "Operation"],
+        "a captured image",
+    )
+    .await;
     delete_catalog(&t).await;
     assert!(
         fake.image_exists("hand-named-base").await.expect("exists"),

@@ -1,5 +1,6 @@
 //! One function per subcommand.
 
+mod admin;
 mod apply;
 mod artifacts;
 mod quickstart;
@@ -53,6 +54,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Admin(crate::args::AdminCmd::MigrateStore { to }) => {
             serve::migrate_store(data_dir(&cli), to, cli.json).await
         }
+        Command::Admin(crate::args::AdminCmd::Tasks) => admin::tasks(&connect(&cli)?).await,
         Command::Quickstart(a) => serve::quickstart(data_dir(&cli), a, cli.json).await,
         Command::Login(a) => login(&cli, a).await,
         Command::Apply(a) => apply::apply(&connect(&cli)?, a).await,

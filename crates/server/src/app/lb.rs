@@ -34,7 +34,7 @@
 //! file and starts new workers on the listening sockets it holds, while the old workers finish
 //! the connections they have. No connection is refused or cut by a pool change.
 //!
-//! **When.** Every committed change to a server wakes [`sync`]. It waits [`DEBOUNCE`] more so a
+//! **When.** Every committed change to a server wakes the `lb-sync` task ([`LbSync`]). It waits [`DEBOUNCE`] more so a
 //! burst (an array scaling by ten) becomes one reload, renders every load balancer's
 //! configuration and pushes a new desired-state generation to each one whose configuration
 //! changed. A load balancer that is not connected gets it at its next hello.
@@ -272,22 +272,30 @@ async fn balancers(app: &App) -> Result<Vec<Server>, AppError> {
     Ok(app.store.list_all::<Server>(&q).await?)
 }
 
-/// Keep every load balancer's configuration in step with its pool (see the module docs). Runs
-/// for the life of the control plane.
-pub async fn sync(app: Arc<App>) {
-    // What each load balancer was last sent, by content hash.
-    let mut sent: HashMap<ServerId, String> = HashMap::new();
-    loop {
-        app.servers_changed.notified().await;
+/// The `lb-sync` background task: keeps every load balancer's configuration in step with its
+/// pool (see the module docs), woken by every committed server change.
+#[derive(Debug, Default)]
+pub struct LbSync {
+    /// What each load balancer was last sent, by content hash.
+    sent: HashMap<ServerId, String>,
+}
+
+#[async_trait::async_trait]
+impl crate::background::BackgroundTask for LbSync {
+    async fn activate(&mut self, app: &Arc<App>) -> crate::background::Outcome {
         tokio::time::sleep(DEBOUNCE).await;
-        if let Err(e) = sync_once(&app, &mut sent).await {
-            tracing::warn!(error = %e, "cannot update the load balancers");
-        }
+        let (balancers, pushed) = sync_once(app, &mut self.sent)
+            .await
+            .map_err(|e| super::error_chain(&e))?;
+        Ok(serde_json::json!({ "load_balancers": balancers, "pushed": pushed }))
     }
 }
 
-async fn sync_once(app: &App, sent: &mut HashMap<ServerId, String>) -> Result<(), AppError> {
+/// Push a new configuration to each connected load balancer whose configuration changed:
+/// (load balancers, pushes).
+async fn sync_once(app: &App, sent: &mut HashMap<ServerId, String>) -> Result<(usize, usize), AppError> {
     let lbs = balancers(app).await?;
+    let (count, mut pushed) = (lbs.len(), 0);
     sent.retain(|id, _| lbs.iter().any(|s| s.id == *id));
     for lb in lbs {
         if !app.agent_connected(lb.id).await {
@@ -301,9 +309,10 @@ async fn sync_once(app: &App, sent: &mut HashMap<ServerId, String>) -> Result<()
             super::gateway::desired_changed(app, lb.id).await;
             tracing::info!(lb = %lb.name, deployment = %lb.deployment, "load balancer configuration sent");
             sent.insert(lb.id, hash);
+            pushed += 1;
         }
     }
-    Ok(())
+    Ok((count, pushed))
 }
 
 /// Has every connected load balancer of `member`'s pool applied a configuration rendered from

@@ -10,6 +10,7 @@
 //! written in a file are checked by the same code.
 
 pub mod addresses;
+pub mod admin;
 pub mod agents;
 pub mod apply;
 pub mod arrays;
@@ -43,7 +44,6 @@ use stratus_store::{Change, Datastore, StoreError};
 use stratus_types::audit::AuditEntry;
 use stratus_types::user::User;
 use stratus_types::{AuditId, FieldError, Invalid};
-use tokio::sync::Notify;
 
 use crate::crypto::{CryptoError, KeyRing};
 use crate::drivers::Drivers;
@@ -54,10 +54,13 @@ pub struct App {
     pub store: Arc<dyn Datastore>,
     pub keys: Arc<KeyRing>,
     pub drivers: Drivers,
-    /// Wakes the reconcilers after a change.
-    pub poke: Notify,
-    /// Wakes the operation driver after a change (see `operations::run`).
-    pub operations_wake: Notify,
+    /// Wakes the background tasks after a change (a counter each task watches; see
+    /// `crate::background`).
+    pub poke: tokio::sync::watch::Sender<u64>,
+    /// The background tasks' statuses (see `crate::background`).
+    pub tasks: crate::background::Registry,
+    /// Each cloud's inventory snapshot and backoff (see `reconcile::inventory`).
+    pub inventory: crate::reconcile::inventory::Inventories,
     /// Counts runs finished (by their agents or by the control plane): rollouts and
     /// decommissions wait on it.
     pub run_finished: tokio::sync::watch::Sender<u64>,
@@ -69,7 +72,7 @@ pub struct App {
     /// Committed changes, for live views (see `crate::watch`).
     pub changes: crate::watch::Changes,
     /// When each terminating load-balancer member was first seen drained (see
-    /// `reconcile::drained`).
+    /// `reconcile/decommission.rs`).
     pub drained_at: std::sync::Mutex<std::collections::HashMap<stratus_types::ServerId, std::time::Instant>>,
     /// How this control plane shares the work with other replicas (see `crate::cluster`).
     pub cluster: crate::cluster::Cluster,
@@ -107,8 +110,7 @@ pub struct AppSettings {
 
 impl App {
     pub fn poke(&self) {
-        self.poke.notify_one();
-        self.operations_wake.notify_one();
+        self.poke.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// A run finished: wake whoever waits on runs.

@@ -4,7 +4,7 @@
 //! The request that starts an operation checks everything it can and commits the operation's
 //! record together with its first effect (a replacement's successor server, a rebundle's
 //! `preparing` mark), so a request that was answered has an operation that will finish. The
-//! leader's driver ([`run`]) then executes one step at a time, each either a store write
+//! leader's driver ([`Driver`], a background task) then executes one step at a time, each either a store write
 //! committed in the same transaction as the next step, or an idempotent call (moving an address
 //! that already moved, terminating a server that is already leaving, asking an agent again) —
 //! so a control plane killed at any point, restarted or replaced by another replica, goes on
@@ -127,26 +127,28 @@ pub async fn list(
     Ok(Page { items, next })
 }
 
-/// The leader's driver: a pass when poked and every reconcile interval, until dropped.
-pub async fn run(app: Arc<App>) {
-    loop {
-        if let Err(e) = pass(&app).await {
-            warn!(error = %e, "operation pass failed; retrying");
-        }
-        tokio::select! {
-            _ = app.operations_wake.notified() => {}
-            _ = tokio::time::sleep(app.settings.reconcile_interval) => {}
-        }
+/// The leader's operation driver, a background task (`reconcile::spawn_all`): a pass when poked
+/// and every reconcile interval.
+#[derive(Debug)]
+pub struct Driver;
+
+#[async_trait::async_trait]
+impl crate::background::BackgroundTask for Driver {
+    async fn activate(&mut self, app: &Arc<App>) -> crate::background::Outcome {
+        let open = pass(app).await.map_err(|e| super::error_chain(&e))?;
+        Ok(serde_json::json!({ "open": open }))
     }
 }
 
-/// Advance every unfinished operation as far as it goes now. Public so tests can step it.
-pub async fn pass(app: &App) -> Result<(), AppError> {
+/// Advance every unfinished operation as far as it goes now; how many were open.
+async fn pass(app: &App) -> Result<usize, AppError> {
     let q = Query {
         live_only: true,
         ..Default::default()
     };
-    for op in app.store.list_all::<Operation>(&q).await? {
+    let open = app.store.list_all::<Operation>(&q).await?;
+    let count = open.len();
+    for op in open {
         let id = op.id;
         match drive(app, op).await {
             Ok(()) | Err(AppError::Stale(_)) => {}
@@ -162,7 +164,7 @@ pub async fn pass(app: &App) -> Result<(), AppError> {
             Err(e) => warn!(operation = %id, error = %e, "operation step failed; retried on the next pass"),
         }
     }
-    Ok(())
+    Ok(count)
 }
 
 /// An error that waiting does not cure.
@@ -380,7 +382,7 @@ async fn rebundle_step(app: &App, op: &mut Operation, then: AfterRebundle) -> Re
                 advance(app, op, Step::Capture, vec![]).await
             }
         },
-        // The orchestrator drains, stops, captures and terminates (reconcile.rs).
+        // The orchestrator drains, stops, captures and terminates (reconcile/decommission.rs).
         Step::Capture => match (s.state, reb.step) {
             (ServerState::Terminated, RebundleStep::Captured) => {
                 let next = if then == AfterRebundle::Relaunch && s.array.is_none() {

@@ -1,5 +1,5 @@
 //! Servers: launch, terminate, tags, listing. The lifecycle after launch is driven by the
-//! orchestrator (`reconcile.rs`); this file only records intent (a `pending` server, a
+//! orchestrator (`reconcile/`); this file only records intent (a `pending` server, a
 //! `decommissioning` one) and pokes it.
 
 use std::collections::BTreeSet;

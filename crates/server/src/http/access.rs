@@ -144,6 +144,8 @@ pub const API: &[Row] = &[
     row("POST", "/addresses/{name}/associate", OPS),
     row("POST", "/addresses/{name}/disassociate", OPS),
     row("GET", "/audit", OBS),
+    // The control plane's background tasks: how its work goes, nothing secret.
+    row("GET", "/admin/tasks", OBS),
     // Servers, arrays, runs, rollouts.
     row("GET", "/servers", OBS),
     row("POST", "/servers", OPS),

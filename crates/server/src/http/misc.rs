@@ -292,6 +292,16 @@ async fn image_gc(
     Ok(Json(crate::app::images::gc(&app, &c.0, &name, &r).await?))
 }
 
+/// The control plane's background tasks: each one's last pass (start, duration, outcome) and
+/// run count, and the clouds that throttled it.
+#[utoipa::path(get, path = "/admin/tasks", tag = "admin", responses((status = 200, body = stratus_api::views::BackgroundTasks)))]
+async fn admin_tasks(
+    State(app): State<Arc<App>>,
+    c: Caller,
+) -> Result<Json<stratus_api::views::BackgroundTasks>, ApiError> {
+    Ok(Json(crate::app::admin::tasks(&app, &c.0)?))
+}
+
 /// The audit log, newest first.
 #[utoipa::path(get, path = "/audit", tag = "audit", params(AuditParams), responses((status = 200, body = Vec<AuditEntry>)))]
 async fn audit_log(
@@ -321,6 +331,7 @@ pub fn routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(associate))
         .routes(routes!(disassociate))
         .routes(routes!(audit_log))
+        .routes(routes!(admin_tasks))
         .routes(routes!(build_image))
         .routes(routes!(import_image))
         .routes(routes!(image_versions))
