@@ -32,9 +32,8 @@ use stratus_types::server::{ArraySpec, Server, ServerArray, ServerSpec};
 use stratus_types::template::{ServerTemplate, TemplateSpec};
 use stratus_types::{ArrayId, CloudId, DeploymentId, FieldError, ImageId, Invalid, Name, ScriptId, TemplateId};
 
+use super::catalog::{Catalog, build_server};
 use super::credentials::{Attachments, Bindings, attach, attachments, listed};
-use super::resolve::Catalog;
-use super::servers::build_server;
 use super::{Actor, App, AppError, OPERATOR, audit};
 
 /// Create-only refuses to touch an existing resource (POST); upsert creates or updates (PUT, apply).

@@ -74,7 +74,7 @@ pub async fn scale(
     // credential needs the role to attach it.
     if desired > from {
         let store = &*app.store;
-        let cat = super::resolve::Catalog::load(store).await?;
+        let cat = super::catalog::Catalog::load(store).await?;
         let dep = super::apply::deployment(store, deployment).await?;
         let mut attached = super::credentials::Attachments::new();
         let place = format!("array {deployment}/{name}");

@@ -47,7 +47,8 @@ use stratus_api::file::DeploymentFile;
 use stratus_store::Datastore;
 use stratus_types::template::TemplateSpec;
 
-use super::resolve::{Catalog, named};
+use super::catalog::Catalog;
+use super::resolve::named;
 use super::{ADMIN, Actor, App, AppError, OBSERVER, audit};
 
 /// Create, or replace the value of, a credential (an update keeps the description, deployments

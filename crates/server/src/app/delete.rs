@@ -27,7 +27,8 @@ use stratus_types::script::Script;
 use stratus_types::server::{Server, ServerArray};
 use stratus_types::template::ServerTemplate;
 
-use super::resolve::{Catalog, named};
+use super::catalog::Catalog;
+use super::resolve::named;
 use super::{Actor, App, AppError, OPERATOR, audit};
 
 /// What a delete checks against, loaded once.

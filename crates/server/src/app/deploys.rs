@@ -207,7 +207,7 @@ pub async fn start(app: &Arc<App>, actor: &Actor, req: &StartDeploy) -> Result<R
     }
     // The archive (and its activation) runs as root beside the scripts of each server: whoever
     // deploys can read what those servers received, so it needs the attach role of all of it.
-    let cat = super::resolve::Catalog::load(&*app.store).await?;
+    let cat = super::catalog::Catalog::load(&*app.store).await?;
     let mut deployments: BTreeMap<String, Inputs> = BTreeMap::new();
     let mut attached = super::credentials::Attachments::new();
     for r in &runs {

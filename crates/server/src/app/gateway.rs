@@ -23,19 +23,16 @@
 use std::collections::HashMap;
 
 use chrono::Utc;
-use stratus_agent_proto::{
-    ControlMessage, DesiredState, EnvVar, Generation, Hello, Masker, PeerServer, Resume, ScriptRun,
-};
+use stratus_agent_proto::{ControlMessage, DesiredState, Generation, Hello, Masker, PeerServer, Resume, ScriptRun};
 use stratus_store::{Change, Query, TypedStore};
 use stratus_types::input::InputValue;
 use stratus_types::run::{Phase, Run, RunStatus};
 use stratus_types::script::{Frequency, Script};
-use stratus_types::server::{Server, ServerState, StrandedReason};
+use stratus_types::server::{Server, ServerState};
 use stratus_types::tag::{Selector, Tag};
 use stratus_types::template::ServerTemplate;
 use stratus_types::{RunId, ServerId};
 
-use super::agents::AgentRecord;
 use super::{App, AppError};
 
 /// A connected agent's runs: the maskers that keep their secrets out of stored output.
@@ -152,7 +149,7 @@ pub async fn start_run(app: &App, actor: &super::Actor, req: &StartRun) -> Resul
         run: run.id,
         name: script.spec.name.clone(),
         body: script.spec.body.clone(),
-        env: env_for(app, &with_inputs, &script).await?,
+        env: super::desired::env_for(app, &with_inputs, &script).await?,
         timeout_secs: req.timeout_secs,
         phase: Phase::Operational,
         frequency: script.spec.frequency,
@@ -217,7 +214,10 @@ pub async fn hello(app: &App, session: &mut Session, hello: &Hello) -> Result<Gr
         }
         break;
     }
-    let desired = desired_state(app, session).await?;
+    let desired = super::desired::desired_state(app, session.server).await?;
+    for sr in &desired.boot {
+        session.track(sr);
+    }
     let resend = unreceived(app, session, &hello.unacked).await?;
     Ok(Greeting {
         resume,
@@ -255,7 +255,7 @@ async fn unreceived(app: &App, session: &mut Session, unacked: &[RunId]) -> Resu
             Ok(Some(sr)) => sr,
             Ok(None) => continue,
             Err(e @ (AppError::BadState(_) | AppError::NotFound { .. } | AppError::Missing(_))) => {
-                undeliverable(app, r, &e.to_string()).await?;
+                super::boot::undeliverable(app, r, &e.to_string()).await?;
                 continue;
             }
             Err(e) => return Err(e),
@@ -289,8 +289,8 @@ async fn resume(app: &App, session: &Session, unacked: &[RunId]) -> Result<Vec<R
 }
 
 async fn record_boot(app: &App, server: ServerId, boot_id: &str) -> Result<(), AppError> {
-    let mut rec = agent_record(app, server).await?;
-    let mut s: Server = server_of(app, server).await?;
+    let mut rec = super::desired::agent_record(app, server).await?;
+    let mut s: Server = super::desired::server_of(app, server).await?;
     let rebooted = rec.boot_id.as_deref().is_some_and(|b| b != boot_id);
     if !rebooted && rec.boot_id.is_some() && rec.generation > 0 {
         return Ok(());
@@ -300,7 +300,7 @@ async fn record_boot(app: &App, server: ServerId, boot_id: &str) -> Result<(), A
     rec.generation = rec.generation.max(1);
     let mut changes = vec![];
     if rebooted && s.state == ServerState::Operational {
-        let runs = new_boot_runs(app, &s, |f| f == Frequency::EveryBoot).await?;
+        let runs = super::desired::new_boot_runs(app, &s, |f| f == Frequency::EveryBoot).await?;
         let target = format!("server/{}/{}", s.deployment, s.name);
         changes.push(super::audit(
             &super::Actor::system(),
@@ -321,163 +321,9 @@ async fn record_boot(app: &App, server: ServerId, boot_id: &str) -> Result<(), A
     app.commit(changes).await
 }
 
-async fn server_of(app: &App, id: ServerId) -> Result<Server, AppError> {
-    app.store
-        .get_as(&id.to_string())
-        .await?
-        .ok_or_else(|| AppError::not_found("server", id.to_string()))
-}
-
-pub(crate) async fn agent_record(app: &App, server: ServerId) -> Result<AgentRecord, AppError> {
-    app.store
-        .get_as::<AgentRecord>(&server.to_string())
-        .await?
-        .ok_or_else(|| AppError::not_found("agent", server.to_string()))
-}
-
-/// Queued runs of the template's boot scripts whose frequency `include` accepts, in order.
-async fn new_boot_runs(app: &App, s: &Server, include: impl Fn(Frequency) -> bool) -> Result<Vec<Run>, AppError> {
-    let Some(template) = app.store.find_as::<ServerTemplate>("", s.template.as_str()).await? else {
-        return Ok(vec![]);
-    };
-    let mut out = vec![];
-    // The application goes in place first, once per instance (later versions come with
-    // `stratus deploy`, and survive a reboot).
-    if include(Frequency::PerInstance)
-        && let Some(run) = super::deploys::boot_run(app, s, &template).await?
-    {
-        out.push(run);
-    }
-    // A rebundled image has the per-image scripts its source ran baked in: skipped while
-    // unchanged.
-    let baked = if include(Frequency::PerImage) {
-        super::rebundle::baked_into(app, s).await?
-    } else {
-        Default::default()
-    };
-    for name in &template.spec.boot_scripts {
-        if let Some(script) = app.store.find_as::<Script>("", name.as_str()).await?
-            && include(script.spec.frequency)
-            && !(script.spec.frequency == Frequency::PerImage && baked.get(name) == Some(&script.spec.body_hash()))
-        {
-            out.push(super::runs::queued(s, &script, Phase::Boot, "system"));
-        }
-    }
-    Ok(out)
-}
-
-/// A run whose inputs cannot be delivered fails with the reason (and a boot run strands its
-/// server, as a failing script would).
-async fn undeliverable(app: &App, mut run: Run, why: &str) -> Result<(), AppError> {
-    if run.status.is_finished() {
-        return Ok(());
-    }
-    let now = Utc::now();
-    run.status = RunStatus::Failed;
-    run.finished_at = Some(now);
-    run.append_output(&format!("[stratus] cannot deliver this run: {why}\n"));
-    let server = run.server;
-    app.store.commit(vec![Change::update(&mut run, now)]).await?;
-    app.run_ended();
-    if run.phase == Phase::Boot {
-        settle_boot(app, server).await?;
-    }
-    Ok(())
-}
-
-/// The server's desired state: its current boot's runs (created on the first boot) and its
-/// tags, under the generation last issued.
-pub async fn desired_state(app: &App, session: &mut Session) -> Result<DesiredState, AppError> {
-    let mut rec = agent_record(app, session.server).await?;
-    let s: Server = server_of(app, session.server).await?;
-    if rec.boot_runs.is_empty() && s.state == ServerState::Booting {
-        // The first boot: every boot script, whatever its frequency. Runs recorded before the
-        // agent record kept the list are reused, so nothing is created twice.
-        let q = Query {
-            scope: Some(s.id.to_string()),
-            ..Default::default()
-        };
-        let mut runs: Vec<Run> = app
-            .store
-            .list_all::<Run>(&q)
-            .await?
-            .into_iter()
-            .filter(|r| r.phase == Phase::Boot)
-            .collect();
-        let mut changes = vec![];
-        if runs.is_empty() {
-            runs = new_boot_runs(app, &s, |_| true).await?;
-            changes.extend(runs.iter().map(Change::insert));
-        }
-        if !runs.is_empty() {
-            rec.boot_runs = runs.iter().map(|r| r.id).collect();
-            changes.push(Change::update(&mut rec, Utc::now()));
-            app.store.commit(changes).await?;
-        }
-    }
-    let mut boot = vec![];
-    for id in &rec.boot_runs {
-        let Some(run) = app.store.get_as::<Run>(&id.to_string()).await? else {
-            continue;
-        };
-        match super::runs::delivery(app, &s, &run, None).await {
-            Ok(Some(sr)) => {
-                session.track(&sr);
-                boot.push(sr);
-            }
-            Ok(None) => {}
-            // Inputs that cannot be delivered (a missing archive or credential) fail the run
-            // with the reason, which strands the boot, instead of failing the connection.
-            Err(e @ (AppError::BadState(_) | AppError::NotFound { .. } | AppError::Missing(_))) => {
-                undeliverable(app, run, &e.to_string()).await?;
-                // The rest of the boot is not sent: the boot stops at its first failure.
-                break;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(DesiredState {
-        generation: Generation(rec.generation.max(1)),
-        boot,
-        tags: s.tags.clone(),
-        files: super::watched::files_for(app, &s).await?,
-        logins: Some(super::logins::logins_for(app, &s).await?),
-    })
-}
-
-/// What the server should hold changed (its tags): issue a new generation and send it to the
-/// agent if it is connected (otherwise it gets it at its next hello). Best effort: a failure
-/// is logged, the change that caused it stands.
-pub async fn desired_changed(app: &App, server: ServerId) {
-    let pushed = async {
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let Some(mut rec) = app.store.get_as::<AgentRecord>(&server.to_string()).await? else {
-                return Ok::<_, AppError>(());
-            };
-            rec.generation += 1;
-            match app.store.commit(vec![Change::update(&mut rec, Utc::now())]).await {
-                Err(stratus_store::StoreError::Stale { .. }) if attempts < 5 => continue,
-                other => other?,
-            }
-            break;
-        }
-        if app.agent_connected(server).await {
-            let mut session = Session::new(server);
-            let desired = desired_state(app, &mut session).await?;
-            app.push_agent(server, ControlMessage::DesiredState(desired)).await;
-        }
-        Ok(())
-    };
-    if let Err(e) = pushed.await {
-        tracing::warn!(%server, error = %e, "cannot send the new desired state");
-    }
-}
-
 /// The agent applied a generation.
 pub async fn applied(app: &App, session: &Session, generation: Generation) -> Result<(), AppError> {
-    let mut rec = agent_record(app, session.server).await?;
+    let mut rec = super::desired::agent_record(app, session.server).await?;
     if rec.applied_generation != generation.0 {
         rec.applied_generation = generation.0;
         // Losing this race to a newer change is fine: the next `applied` records it.
@@ -502,7 +348,7 @@ pub async fn access(
     from: Option<&str>,
     at: chrono::DateTime<Utc>,
 ) -> Result<(), AppError> {
-    let s = server_of(app, session.server).await?;
+    let s = super::desired::server_of(app, session.server).await?;
     let known = app
         .store
         .find_as::<stratus_types::user::User>("", user)
@@ -548,10 +394,10 @@ pub async fn file_status(
     applied: bool,
     error: Option<&str>,
 ) -> Result<(), AppError> {
-    let mut rec = agent_record(app, session.server).await?;
+    let mut rec = super::desired::agent_record(app, session.server).await?;
     // Each managed path with the content it should hold.
     let managed: Vec<(String, String)> = {
-        let s = server_of(app, session.server).await?;
+        let s = super::desired::server_of(app, session.server).await?;
         super::watched::files_for(app, &s)
             .await?
             .into_iter()
@@ -609,7 +455,7 @@ pub async fn file_status(
     }
     let mut changes = vec![];
     if let Some(e) = error.filter(|_| !already_audited) {
-        let s = server_of(app, session.server).await?;
+        let s = super::desired::server_of(app, session.server).await?;
         tracing::warn!(server = %s.name, deployment = %s.deployment, %path, error = %e, "a managed file was not applied cleanly");
         let detail = serde_json::json!({ "path": path, "sha256": sha256, "applied": applied, "error": e });
         changes.push(super::audit(
@@ -628,7 +474,7 @@ pub async fn file_status(
         Err(e) => return Err(e.into()),
     }
     if changed {
-        let s = server_of(app, session.server).await?;
+        let s = super::desired::server_of(app, session.server).await?;
         super::watched::file_changed(app, &s, path).await?;
     }
     Ok(())
@@ -658,7 +504,7 @@ pub async fn tag_change(app: &App, session: &Session, add: &[Tag], remove: &[Tag
             stratus_types::tag::RESERVED_FOR_USERS.join(", ")
         )));
     }
-    let s: Server = server_of(app, session.server).await?;
+    let s: Server = super::desired::server_of(app, session.server).await?;
     // Operator level for the tag change itself; the name is the credential's server's.
     let actor = super::Actor {
         level: super::OPERATOR,
@@ -675,7 +521,7 @@ pub async fn tag_change(app: &App, session: &Session, add: &[Tag], remove: &[Tag
 /// `stratus-agent tag query SELECTOR`: the live servers of the agent's own deployment whose tags
 /// match, by name, with their addresses. A server sees its own deployment and nothing else.
 pub async fn tag_query(app: &App, session: &Session, selector: &Selector) -> Result<(Vec<PeerServer>, bool), AppError> {
-    let me: Server = server_of(app, session.server).await?;
+    let me: Server = super::desired::server_of(app, session.server).await?;
     let q = Query {
         scope: Some(me.deployment.to_string()),
         live_only: true,
@@ -699,52 +545,6 @@ pub async fn tag_query(app: &App, session: &Session, selector: &Selector) -> Res
     let truncated = peers.len() > stratus_agent_proto::limits::MAX_PEERS;
     peers.truncate(stratus_agent_proto::limits::MAX_PEERS);
     Ok((peers, truncated))
-}
-
-/// The script's inputs as environment variables: text as is, `cred:` decrypted into the frame
-/// (marked secret, so the agent masks it), `env:` read by the agent from its own environment.
-pub(crate) async fn env_for(app: &App, s: &Server, script: &Script) -> Result<Vec<EnvVar>, AppError> {
-    let mut env = vec![];
-    for decl in &script.spec.inputs {
-        // The server's value (template < deployment < server, merged at launch), else the
-        // script's own default.
-        let Some(value) = s.inputs.get(&decl.name).or(decl.default.as_ref()) else {
-            continue;
-        };
-        env.push(match value {
-            InputValue::Text(t) => EnvVar::text(&decl.name, t),
-            InputValue::Cred(name) => {
-                let secret = super::credentials::reveal_for(app, name.as_str(), s.deployment.as_str()).await?;
-                EnvVar::secret(&decl.name, secret.expose())
-            }
-            InputValue::Env(var) => EnvVar::instance(&decl.name, var),
-            InputValue::Artifact { bucket, key } => {
-                let o = app
-                    .store
-                    .find_as::<stratus_types::artifact::Object>(bucket, key)
-                    .await?
-                    .ok_or_else(|| {
-                        AppError::BadState(format!(
-                            "input {}: artifact {bucket}/{key} does not exist; upload it with `stratus artifact put FILE {bucket}/{key}`",
-                            decl.name
-                        ))
-                    })?;
-                // Relative: the agent resolves it against the URL it reaches this control
-                // plane at (a local cloud's gateway, a public URL).
-                let url = super::artifacts::agent_url(app, &o, s.id);
-                EnvVar {
-                    name: decl.name.to_string(),
-                    value: stratus_agent_proto::EnvValue::Artifact(stratus_agent_proto::ArtifactRef {
-                        url: url.url,
-                        sha256: o.sha256.clone(),
-                        size: o.size,
-                        name: key.rsplit('/').next().unwrap_or(key).to_string(),
-                    }),
-                }
-            }
-        });
-    }
-    Ok(env)
 }
 
 /// The run, if it is this session's server's; otherwise a protocol error.
@@ -846,68 +646,7 @@ pub async fn run_finished(
         app.run_ended();
     }
     if r.phase == Phase::Boot {
-        settle_boot(app, session.server).await?;
+        super::boot::settle_boot(app, session.server).await?;
     }
     Ok(())
-}
-
-/// Move a booting server on if its boot is decided (all runs succeeded — also when it has
-/// none — or one failed).
-pub async fn settle_boot(app: &App, server: ServerId) -> Result<(), AppError> {
-    let Some(mut s) = app.store.get_as::<Server>(&server.to_string()).await? else {
-        return Ok(());
-    };
-    if s.state != ServerState::Booting {
-        return Ok(());
-    }
-    // The current boot's runs (a reboot starts a new list); without an agent record, every
-    // boot run the server has.
-    let current = app
-        .store
-        .get_as::<AgentRecord>(&server.to_string())
-        .await?
-        .map(|a| a.boot_runs);
-    let q = Query {
-        scope: Some(server.to_string()),
-        ..Default::default()
-    };
-    let mut runs: Vec<Run> = app
-        .store
-        .list_all::<Run>(&q)
-        .await?
-        .into_iter()
-        .filter(|r| r.phase == Phase::Boot)
-        .filter(|r| current.as_ref().is_none_or(|c| c.is_empty() || c.contains(&r.id)))
-        .collect();
-    // In boot order: the boot is decided by its first run that did not succeed, once that one
-    // has finished (a later run cancelled because of it may be reported first).
-    let order = |r: &Run| current.as_ref().and_then(|c| c.iter().position(|id| *id == r.id));
-    runs.sort_by_key(|r| (order(r), r.id));
-    let now = Utc::now();
-    let first_open = runs.iter().find(|r| r.status != RunStatus::Succeeded);
-    if let Some(failed) = first_open.filter(|r| r.status.is_finished()) {
-        let failed = super::runs::with_output(app, failed.clone()).await?;
-        let tail: String = failed
-            .output
-            .chars()
-            .rev()
-            .take(2000)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        let reason = StrandedReason {
-            step: failed.script.to_string(),
-            message: format!("boot script {} {:?}", failed.script, failed.status).to_lowercase(),
-            exit_code: failed.exit_code,
-            output_tail: tail,
-        };
-        s.strand(reason, now).map_err(|e| AppError::BadState(e.to_string()))?;
-    } else if first_open.is_none() {
-        s.move_to(ServerState::Operational, now)
-            .map_err(|e| AppError::BadState(e.to_string()))?;
-    } else {
-        return Ok(());
-    }
-    app.commit(vec![Change::update(&mut s, now)]).await
 }

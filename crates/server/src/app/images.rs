@@ -293,7 +293,7 @@ fn native_ids(image: &Image) -> impl Iterator<Item = &str> {
 /// ([`stratus_cloud::CloudDriver::owns_all_images`], the local cloud) every one; an image
 /// named by hand on another cloud (a public AMI, the user's own) is never touched. The caller
 /// has checked that nothing launches from `image` any more; each deletion is safe to repeat.
-pub async fn delete_native(app: &App, image: &Image, catalog: &super::resolve::Catalog) -> Result<(), AppError> {
+pub async fn delete_native(app: &App, image: &Image, catalog: &super::catalog::Catalog) -> Result<(), AppError> {
     let elsewhere: std::collections::BTreeSet<&str> = catalog
         .images
         .values()

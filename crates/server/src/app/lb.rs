@@ -306,7 +306,7 @@ async fn sync_once(app: &App, sent: &mut HashMap<ServerId, String>) -> Result<(u
         let files = super::watched::files_for(app, &lb).await?;
         let hash = files.iter().map(ManagedFile::sha256).collect::<Vec<_>>().join(",");
         if sent.get(&lb.id) != Some(&hash) {
-            super::gateway::desired_changed(app, lb.id).await;
+            super::announce::desired_changed(app, lb.id).await;
             tracing::info!(lb = %lb.name, deployment = %lb.deployment, "load balancer configuration sent");
             sent.insert(lb.id, hash);
             pushed += 1;
@@ -329,7 +329,7 @@ pub async fn in_step(app: &App, member: &Server) -> Result<bool, AppError> {
             continue;
         }
         let want: Vec<String> = files_for(app, &lb).await?.iter().map(ManagedFile::sha256).collect();
-        let rec = super::gateway::agent_record(app, lb.id).await?;
+        let rec = super::desired::agent_record(app, lb.id).await?;
         if want.iter().any(|sha| {
             rec.files
                 .get(HAPROXY_CFG)

@@ -78,7 +78,7 @@ pub async fn users_changed(app: &App) {
         Ok(servers) => {
             for s in servers {
                 if s.state != ServerState::Terminated {
-                    super::gateway::desired_changed(app, s.id).await;
+                    super::announce::desired_changed(app, s.id).await;
                 }
             }
         }

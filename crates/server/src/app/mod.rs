@@ -12,13 +12,17 @@
 pub mod addresses;
 pub mod admin;
 pub mod agents;
+pub mod announce;
 pub mod apply;
 pub mod arrays;
 pub mod artifacts;
 pub mod audit;
+pub mod boot;
+pub mod catalog;
 pub mod credentials;
 pub mod delete;
 pub mod deploys;
+pub mod desired;
 pub mod gateway;
 pub mod hub;
 pub mod images;

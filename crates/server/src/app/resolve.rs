@@ -1,13 +1,6 @@
 //! Finding resources by what users type: a name, or for servers an id or `deployment/name`.
 
-use std::collections::BTreeMap;
-
 use stratus_store::{Datastore, Query, Resource, TypedStore};
-use stratus_types::Name;
-use stratus_types::cloud::Cloud;
-use stratus_types::credential::Credential;
-use stratus_types::image::Image;
-use stratus_types::script::Script;
 use stratus_types::server::Server;
 use stratus_types::template::ServerTemplate;
 
@@ -48,56 +41,6 @@ pub async fn server(store: &dyn Datastore, key: &str) -> Result<Server, AppError
         }
     };
     found.ok_or_else(|| AppError::not_found("server", key))
-}
-
-/// The catalog (clouds, images, scripts, templates, credentials) as one snapshot. It is
-/// small (hundreds of entries), so planning loads it whole.
-#[derive(Debug, Clone, Default)]
-pub struct Catalog {
-    pub clouds: BTreeMap<Name, Cloud>,
-    pub images: BTreeMap<Name, Image>,
-    pub scripts: BTreeMap<Name, Script>,
-    pub templates: BTreeMap<Name, ServerTemplate>,
-    /// By name, with their scopes (never values).
-    pub credentials: BTreeMap<Name, Credential>,
-}
-
-impl Catalog {
-    pub async fn load(store: &dyn Datastore) -> Result<Self, AppError> {
-        let q = Query::default();
-        Ok(Self {
-            clouds: store
-                .list_all::<Cloud>(&q)
-                .await?
-                .into_iter()
-                .map(|c| (c.spec.name.clone(), c))
-                .collect(),
-            images: store
-                .list_all::<Image>(&q)
-                .await?
-                .into_iter()
-                .map(|c| (c.spec.name.clone(), c))
-                .collect(),
-            scripts: store
-                .list_all::<Script>(&q)
-                .await?
-                .into_iter()
-                .map(|c| (c.spec.name.clone(), c))
-                .collect(),
-            templates: store
-                .list_all::<ServerTemplate>(&q)
-                .await?
-                .into_iter()
-                .map(|c| (c.spec.name.clone(), c))
-                .collect(),
-            credentials: store
-                .list_all::<Credential>(&q)
-                .await?
-                .into_iter()
-                .map(|c| (c.name.clone(), c))
-                .collect(),
-        })
-    }
 }
 
 /// A page of resources of one kind (catalog lists).

@@ -154,7 +154,7 @@ pub async fn delivery(
         run: run.id,
         name: script.spec.name.clone(),
         body: script.spec.body.clone(),
-        env: super::gateway::env_for(app, s, &script).await?,
+        env: super::desired::env_for(app, s, &script).await?,
         timeout_secs,
         phase: run.phase,
         frequency: script.spec.frequency,

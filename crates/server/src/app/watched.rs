@@ -73,7 +73,7 @@ pub async fn object_changed(app: &App, bucket: &str, key: &str) {
         };
         for s in app.store.list_all::<Server>(&q).await? {
             if templates.iter().any(|t| t.spec.name == s.template) {
-                super::gateway::desired_changed(app, s.id).await;
+                super::announce::desired_changed(app, s.id).await;
             }
         }
         Ok(())

@@ -21,7 +21,7 @@ use super::error::ApiError;
 use super::extract::{AgentCaller, Body, ConnectingAgent, PeerIp};
 use crate::app::agents::{self, EnrolRequest, Enrolled};
 use crate::app::hub::SessionSlot;
-use crate::app::{App, AppError, gateway};
+use crate::app::{App, AppError, boot, gateway};
 
 /// Enrol an instance's agent with its one-time token (and, where the cloud signs them, its
 /// instance-identity document); the answer holds the agent's credential, shown once.
@@ -189,7 +189,7 @@ async fn session(app: Arc<App>, a: AgentCaller, slot: SessionSlot, mut socket: W
         }
     }
     // A template without boot scripts is booted once its agent is connected.
-    if nothing_to_boot && let Err(e) = gateway::settle_boot(&app, server.id).await {
+    if nothing_to_boot && let Err(e) = boot::settle_boot(&app, server.id).await {
         tracing::warn!(server = %server.name, error = %e, "cannot settle the boot");
     }
     // A newer connection of this agent took over during the handshake: it has the agent.

@@ -8,8 +8,7 @@ use stratus_types::deployment::Deployment;
 use stratus_types::server::{Autoscale, Server, ServerArray, ServerState, VOTE_PREDICATE};
 use tracing::{info, warn};
 
-use crate::app::resolve::Catalog;
-use crate::app::servers::build_server;
+use crate::app::catalog::{Catalog, build_server};
 use crate::app::{Actor, App, AppError, arrays, audit};
 
 /// Launch missing members and decommission the oldest extra ones.

@@ -227,7 +227,7 @@ async fn decommission_scripts_done(app: &App, s: &Server) -> Result<bool, AppErr
                 run: next.id,
                 name: script.spec.name.clone(),
                 body: script.spec.body.clone(),
-                env: crate::app::gateway::env_for(app, s, &script).await?,
+                env: crate::app::desired::env_for(app, s, &script).await?,
                 timeout_secs: Some(timeout_secs),
                 phase: Phase::Decommission,
                 frequency: script.spec.frequency,
