@@ -377,12 +377,19 @@ const TRANSIENT_CODES: &[&str] = &[
 ];
 
 /// A failed call as a cloud error: EC2's code and message, nothing else (no request, no
-/// credentials). Throttling, 5xx answers and calls that got no answer (a timeout, a refused
-/// connection) are [`CloudError::Throttled`]: the orchestrator backs off and retries them,
+/// credentials). Throttling, 5xx answers and calls that got no answer (a timeout, a refused or
+/// broken connection) are [`CloudError::Throttled`]: the orchestrator backs off and retries them,
 /// which is safe because every call it repeats is idempotent (`ClientToken`, tags).
 fn api<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(e: SdkError<E>) -> CloudError {
     let status = e.raw_response().map(|r| r.status().as_u16());
-    let no_answer = matches!(e, SdkError::TimeoutError(_) | SdkError::DispatchFailure(_));
+    // Only a timeout or a connection that failed is "no answer": credentials that cannot be
+    // resolved or an endpoint that cannot be built also fail to dispatch, and waiting does not
+    // cure those, so they are reported, not retried for ever.
+    let no_answer = match &e {
+        SdkError::TimeoutError(_) => true,
+        SdkError::DispatchFailure(d) => d.is_timeout() || d.is_io(),
+        _ => false,
+    };
     match (e.code(), e.message()) {
         (Some(c), m) if TRANSIENT_CODES.contains(&c) => CloudError::Throttled(format!("{c}: {}", m.unwrap_or(""))),
         _ if no_answer || status.is_some_and(|s| s >= 500) => CloudError::Throttled(match status {

@@ -430,7 +430,7 @@ pub async fn prepared(app: &App, server: ServerId, answer: &ImagePrepared) -> Re
 
 /// The orchestrator's part, for a prepared server that has left its load balancers: stop the
 /// instance, capture it, record the image version and point the array at it. `Ok(false)`: the
-/// instance is still stopping (call again). Failures are recorded on the server (`Failed`) and
+/// instance is still stopping, or the cloud throttled us (call again). Failures are recorded on the server (`Failed`) and
 /// the termination goes on.
 pub async fn capture(app: &App, s: &mut Server, driver: &dyn CloudDriver) -> Result<bool, AppError> {
     let Some(reb) = s.rebundle.clone().filter(|r| r.step == RebundleStep::Prepared) else {
@@ -446,7 +446,12 @@ pub async fn capture(app: &App, s: &mut Server, driver: &dyn CloudDriver) -> Res
                 STOP_WAIT.num_minutes()
             )),
             Err(e) => Err(e),
-            Ok(true) => record(app, s, &reb, &id, driver).await,
+            Ok(true) => match record(app, s, &reb, &id, driver).await {
+                // Throttled: the capture is asked again (it is idempotent by its label).
+                Ok(None) => return Ok(false),
+                Ok(Some(done)) => Ok(done),
+                Err(e) => Err(e),
+            },
         },
     };
     let now = Utc::now();
@@ -479,20 +484,27 @@ pub async fn capture(app: &App, s: &mut Server, driver: &dyn CloudDriver) -> Res
 
 /// Stop the instance if it runs; true once it is stopped.
 async fn stopped(driver: &dyn CloudDriver, id: &str) -> Result<bool, String> {
-    let state = driver
-        .describe(id)
-        .await
-        .map_err(|e| super::error_chain(&e))?
-        .map(|i| i.state);
+    // A throttled or unanswered call is not a failure: "not stopped yet", asked again.
+    let settle = |e: stratus_cloud::CloudError| {
+        if e.is_transient() {
+            Ok(None)
+        } else {
+            Err(super::error_chain(&e))
+        }
+    };
+    let state = match driver.describe(id).await {
+        Ok(i) => Some(i.map(|i| i.state)),
+        Err(e) => settle(e)?,
+    };
+    let Some(state) = state else { return Ok(false) };
     match state {
         Some(InstanceState::Stopped) => Ok(true),
         Some(InstanceState::Running | InstanceState::Pending) => {
-            driver.stop(id).await.map_err(|e| super::error_chain(&e))?;
-            Ok(driver
-                .describe(id)
-                .await
-                .map_err(|e| super::error_chain(&e))?
-                .is_some_and(|i| i.state == InstanceState::Stopped))
+            if let Err(e) = driver.stop(id).await {
+                settle(e)?;
+                return Ok(false);
+            }
+            Ok(matches!(driver.describe(id).await, Ok(Some(i)) if i.state == InstanceState::Stopped))
         }
         Some(InstanceState::Stopping) => Ok(false),
         Some(InstanceState::Terminated) | None => Err("the instance is gone".into()),
@@ -500,14 +512,15 @@ async fn stopped(driver: &dyn CloudDriver, id: &str) -> Result<bool, String> {
 }
 
 /// Capture the stopped instance and build the store changes that register it: the image's
-/// new version (with provenance), the array's next-launch image and an audit entry.
+/// new version (with provenance), the array's next-launch image and an audit entry. `None`:
+/// the cloud throttled the capture (asked again on the next pass, under the same label).
 async fn record(
     app: &App,
     s: &Server,
     reb: &Rebundle,
     instance: &str,
     driver: &dyn CloudDriver,
-) -> Result<(u32, Vec<Change>), String> {
+) -> Result<Option<(u32, Vec<Change>)>, String> {
     let existing = app
         .store
         .find_as::<Image>("", reb.image.as_str())
@@ -517,10 +530,11 @@ async fn record(
     // Named by the source server, not the version: a capture retried after a crash finds the
     // image it made under the same name even if another rebundle took the version number since.
     let label = format!("{}-{}", reb.image, s.id);
-    let captured = driver
-        .capture_image(instance, &label)
-        .await
-        .map_err(|e| super::error_chain(&e))?;
+    let captured = match driver.capture_image(instance, &label).await {
+        Ok(c) => c,
+        Err(e) if e.is_transient() => return Ok(None),
+        Err(e) => return Err(super::error_chain(&e)),
+    };
     let base = super::resolve::named::<Image>(&*app.store, s.image.as_str()).await.ok();
     let base_native = base
         .as_ref()
@@ -601,7 +615,7 @@ async fn record(
         }),
     ));
     tracing::info!(image = %reb.image, version, native_id = %captured.native_id, "captured");
-    Ok((version, changes))
+    Ok(Some((version, changes)))
 }
 
 /// The per-image scripts of the server's template that are in its file system now: those it ran

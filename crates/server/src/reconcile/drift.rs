@@ -65,21 +65,36 @@ async fn cloud_pass(app: &App, cloud: Name, servers: Vec<Server>) -> Tally {
     tally
 }
 
+/// How long after its launch an instance may still be missing from the cloud's answers (EC2 is
+/// eventually consistent: a new instance can be absent from `DescribeInstances`, and answered
+/// `InvalidInstanceID.NotFound`, for a while) before its absence means it is gone.
+pub(super) const LIST_SETTLE: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
+
 /// The instance as the inventory shows it; one the inventory lacks is looked up alone, to tell
-/// "gone" from "not listed yet" (an eventually consistent list). `None`: gone.
+/// "gone" from "not listed yet". `Some(None)`: gone; `None`: not visible yet, but launched so
+/// recently that the cloud may not show it yet (look again later; never strand on it).
 pub(super) async fn instance_of(
     app: &App,
     s: &Server,
     driver: &dyn CloudDriver,
     inventory: &Snapshot,
     id: &str,
-) -> Result<Option<Instance>, AppError> {
+) -> Result<Option<Option<Instance>>, AppError> {
     if let Some(i) = inventory.instance(id) {
-        return Ok(Some(i.clone()));
+        return Ok(Some(Some(i.clone())));
     }
-    app.inventory
+    let found = app
+        .inventory
         .call(&s.cloud, || "describe".into(), driver.describe(id))
-        .await
+        .await?;
+    let recent = s
+        .launched_at
+        .or(s.booting_since)
+        .is_some_and(|t| Utc::now() - t < LIST_SETTLE);
+    Ok(match found {
+        None if recent => None,
+        found => Some(found),
+    })
 }
 
 /// Is this server's instance as it should be? Strands it if not; pushes changed tags.
@@ -93,7 +108,9 @@ async fn check(app: &App, mut s: Server, driver: &dyn CloudDriver, inventory: &S
     {
         return Ok(()); // rebooted or launched after the inventory: the next one tells
     }
-    let inst = instance_of(app, &s, driver, inventory, &instance_id).await?;
+    let Some(inst) = instance_of(app, &s, driver, inventory, &instance_id).await? else {
+        return Ok(()); // not visible yet
+    };
     let message = match inst {
         None => format!("instance {instance_id} no longer exists"),
         Some(i) if i.state == InstanceState::Terminated => format!("instance {instance_id} was terminated"),

@@ -69,6 +69,10 @@ impl Snapshot {
     }
 }
 
+/// The longest one cloud call may take before it counts as a transient failure (a cloud that
+/// stopped answering). Generous: a page of 1,000 instances, a launch, a capture request.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// A cloud's backoff.
 #[derive(Debug, Clone, Default)]
 pub struct Backoff {
@@ -80,6 +84,9 @@ pub struct Backoff {
     pub last_error: Option<String>,
     /// Calls refused since the start (throttled answers).
     pub throttled_total: u64,
+    /// When the last transient failure was answered: only a success of a call started after it
+    /// ends the backoff (calls in flight when the cloud began to refuse do not).
+    pub failed_at: Option<Instant>,
 }
 
 /// The backoff's bounds: scaled with the reconcile interval.
@@ -111,6 +118,7 @@ impl Backoff {
         let ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
         let jitter = getrandom::u64().unwrap_or(ms / 2) % (ms + 1);
         self.until = Some(Instant::now() + Duration::from_millis(jitter));
+        self.failed_at = Some(Instant::now());
         self.last_error = Some(error);
     }
 
@@ -171,8 +179,10 @@ impl Inventories {
         }
     }
 
-    /// Call the cloud unless it is backing off; a throttled answer backs it off, any other
-    /// answer ends its backoff.
+    /// Call the cloud unless it is backing off; a throttled answer, or none within
+    /// [`CALL_TIMEOUT`], backs it off; any other answer to a call started after the last
+    /// failure ends its backoff. A cloud that hangs holds up only the task calling it, and that
+    /// for at most the timeout.
     pub async fn call<T>(
         &self,
         cloud: &Name,
@@ -180,15 +190,23 @@ impl Inventories {
         call: impl Future<Output = Result<T, CloudError>>,
     ) -> Result<T, AppError> {
         self.ready(cloud)?;
-        let result = call.await;
+        let started = Instant::now();
+        let result = match tokio::time::timeout(CALL_TIMEOUT, call).await {
+            Ok(r) => r,
+            Err(_) => Err(CloudError::Throttled(format!(
+                "no answer within {} s",
+                CALL_TIMEOUT.as_secs()
+            ))),
+        };
         let c = self.cloud(cloud);
         let mut b = lock(&c.backoff);
         match &result {
             Err(e) if e.is_transient() => b.failed(self.bounds, crate::app::error_chain(e)),
-            _ => {
+            _ if b.failed_at.is_none_or(|f| started > f) => {
                 b.failures = 0;
                 b.until = None;
             }
+            _ => {}
         }
         result.map_err(|source| AppError::Cloud {
             context: context(),

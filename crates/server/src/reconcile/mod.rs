@@ -213,7 +213,6 @@ async fn launch(app: &App, mut s: Server, driver: &dyn CloudDriver) -> Result<()
     let cloud = crate::app::resolve::named::<Cloud>(&*app.store, s.cloud.as_str()).await?;
     let template = crate::app::resolve::named::<ServerTemplate>(&*app.store, s.template.as_str()).await?;
     let size = cloud.spec.sizes.iter().find(|z| z.name == s.size).cloned();
-    let now = Utc::now();
     let result = match size {
         None => Err(format!("size {} no longer exists on cloud {}", s.size, s.cloud)),
         Some(size) => match app
@@ -244,6 +243,9 @@ async fn launch(app: &App, mut s: Server, driver: &dyn CloudDriver) -> Result<()
             Err(e) => return Err(e),
         },
     };
+    // When the cloud answered: the instance is not older than this (the grace for an eventually
+    // consistent list counts from here).
+    let now = Utc::now();
     match result {
         Ok(inst) => {
             s.instance_id = Some(inst.id.clone());
@@ -320,7 +322,9 @@ async fn boot(app: &App, mut s: Server, driver: &dyn CloudDriver, inventory: &Sn
     {
         return Ok(()); // launched after the inventory was read: the next one shows it
     }
-    let inst = drift::instance_of(app, &s, driver, inventory, &instance_id).await?;
+    let Some(inst) = drift::instance_of(app, &s, driver, inventory, &instance_id).await? else {
+        return Ok(()); // launched moments ago; the cloud does not show it yet
+    };
     let mut changes = vec![];
     let inst_reason = inst.as_ref().and_then(|i| i.state_reason.clone());
     match inst.map(|i| i.state) {
