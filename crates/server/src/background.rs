@@ -8,8 +8,7 @@
 //! ```text
 //!   its period elapsed ─┐
 //!   app.poke()  ────────┼─▶ activate() ─▶ status: runs+1, started, duration, details | error
-//!   servers changed ────┤        (activations that arrive during a run coalesce into one)
-//!   its own activator ──┘
+//!   servers changed ────┘        (activations that arrive during a run coalesce into one)
 //! ```
 //!
 //! Tasks never call one another and never wait on one another: a pass that is slow (a cloud
@@ -26,7 +25,6 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use tokio::sync::Notify;
 
 use crate::app::App;
 
@@ -54,8 +52,6 @@ pub struct TaskDef {
     pub description: String,
     pub period: Duration,
     pub wakes: &'static [Wake],
-    /// Wakes this task alone (per-cloud tasks are woken by their supervisor).
-    pub activator: Arc<Notify>,
 }
 
 impl TaskDef {
@@ -70,7 +66,6 @@ impl TaskDef {
             description: description.into(),
             period,
             wakes,
-            activator: Arc::default(),
         }
     }
 }
@@ -161,7 +156,6 @@ async fn run(app: Arc<App>, def: TaskDef, mut task: impl BackgroundTask, status:
         pass(&app, &mut task, &status).await;
         tokio::select! {
             _ = tokio::time::sleep(def.period) => {}
-            _ = def.activator.notified() => {}
             r = pokes.changed(), if by_pokes => if r.is_err() { return },
             _ = app.servers_changed.notified(), if by_servers => {}
         }

@@ -22,7 +22,10 @@
 //! compares; `describe` only confirms an instance the inventory lacks. Launches, terminations
 //! and tag pushes of one pass run side by side, at most [`CONCURRENCY`] per cloud. Each cloud
 //! has its own lifecycle task and its own backoff, so a cloud that throttles or answers slowly
-//! holds up no other cloud and no other task. A throttled launch leaves the server `pending`
+//! holds up no other cloud's launches; a call unanswered for `inventory::CALL_TIMEOUT` counts
+//! as throttled, so the tasks that go over every cloud (`drift`, `gc`) wait at most that long
+//! for one. An instance missing within `drift::LIST_SETTLE` of its launch is not yet listed,
+//! not gone (EC2 lists new instances eventually). A throttled launch leaves the server `pending`
 //! (tried again after the backoff; the launch is idempotent per server, so a lost answer makes
 //! no second instance); a refusal strands it.
 //!
