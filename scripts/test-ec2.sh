@@ -4,9 +4,9 @@
 # not running, reused if it is (tests use names and tags of their own, and never reset it).
 # Prints the endpoint URL. Needs python3-venv (scripts/test.sh installs it) and PyPI.
 set -euo pipefail
-dir=/var/tmp/stratus-test-ec2
 venv=/var/tmp/stratus-test-venv
 port="${STRATUS_TEST_EC2_PORT:-55055}"
+dir="/var/tmp/stratus-test-ec2/$port"
 if [ ! -x "$venv/bin/pip" ]; then
     /usr/bin/python3 -m venv "$venv"
 fi

@@ -12,7 +12,9 @@ bash scripts/host-packages.sh python3-botocore openssl haproxy chromium chromium
 STRATUS_TEST_POSTGRES="$(bash scripts/test-postgres.sh)"
 STRATUS_TEST_S3="$(bash scripts/test-s3.sh)"
 STRATUS_TEST_EC2="$(bash scripts/test-ec2.sh)"
-export STRATUS_TEST_POSTGRES STRATUS_TEST_S3 STRATUS_TEST_EC2
+# The throttling test's 200 servers get a moto of their own: one moto answers slowly under them.
+STRATUS_TEST_EC2_LOAD="$(STRATUS_TEST_EC2_PORT=55056 bash scripts/test-ec2.sh)"
+export STRATUS_TEST_POSTGRES STRATUS_TEST_S3 STRATUS_TEST_EC2 STRATUS_TEST_EC2_LOAD
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/stratus-target}"
 if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install --locked cargo-nextest

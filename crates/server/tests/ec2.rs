@@ -148,7 +148,9 @@ template = "web"
     // Terminated through Stratus: terminated on EC2.
     let (s, v) = t.delete("/servers/prod%2Fweb-1").await;
     assert_eq!(s, StatusCode::ACCEPTED, "{v}");
-    t.wait_state("prod/web-1", "terminated").await;
+    // Bounded generously: the EC2 endpoint is shared with the throttling test's 200 servers.
+    t.wait_state_within("prod/web-1", "terminated", std::time::Duration::from_secs(60))
+        .await;
     let raw = ec2
         .client()
         .describe_instances()

@@ -1,5 +1,7 @@
 //! A throttled EC2: a proxy on loopback, made by this test, in front of the EC2-compatible
-//! endpoint (moto, started by scripts/test-ec2.sh) refuses a share of the calls with EC2's
+//! endpoint (a moto of its own, STRATUS_TEST_EC2_LOAD, started by scripts/test.sh with
+//! scripts/test-ec2.sh on another port, so its 200 servers do not slow the other EC2 tests down)
+//! refuses a share of the calls with EC2's
 //! `RequestLimitExceeded` (HTTP 503 and EC2's XML error body), carries out another share and
 //! then loses the answer (a 503 after the work was done: what makes a careless retry launch a
 //! second instance), and answers the rest slowly. 200 servers launched through it and then
@@ -163,8 +165,9 @@ async fn instances(moto: &stratus_ec2::Ec2Cloud, ids: &[String]) -> HashMap<Stri
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_servers_converge_through_a_throttling_ec2() {
-    let endpoint = std::env::var("STRATUS_TEST_EC2")
-        .expect("STRATUS_TEST_EC2 is not set: run the tests with scripts/test.sh, which starts moto");
+    let endpoint = std::env::var("STRATUS_TEST_EC2_LOAD").expect(
+        "STRATUS_TEST_EC2_LOAD is not set: run the tests with scripts/test.sh, which starts a moto for this test",
+    );
     let (proxied, p, proxy_task) = start_proxy(&endpoint).await;
     let moto = stratus_ec2::Ec2Cloud::new(stratus_ec2::Ec2Config {
         endpoint: Some(endpoint.clone()),

@@ -232,10 +232,16 @@ impl TestServer {
             .await
     }
 
-    /// Poll until the server reaches `state` (bounded).
+    /// Poll until the server reaches `state` (bounded: 5 s).
     pub async fn wait_state(&self, key: &str, state: &str) -> Value {
+        self.wait_state_within(key, state, Duration::from_secs(5)).await
+    }
+
+    /// Poll until the server reaches `state`, at most `limit` (a shared cloud endpoint under
+    /// another test's load answers slowly).
+    pub async fn wait_state_within(&self, key: &str, state: &str, limit: Duration) -> Value {
         let path = format!("/servers/{}", key.replace('/', "%2F"));
-        for _ in 0..200 {
+        for _ in 0..limit.as_millis().div_ceil(25) {
             let v = self.get(&path).await;
             if v["state"] == state {
                 return v;
